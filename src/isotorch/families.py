@@ -1,0 +1,5 @@
+"""(in progress)"""
+
+
+def convert(*a, **k):
+    raise NotImplementedError

@@ -1,0 +1,172 @@
+"""Equivariance and invariance assertions for pytest suites (isotorch's own and its users').
+
+The check follows e3nn's ``assert_equivariant`` and EMLP's error measure: draw random elements g of the group,
+apply them in float64, and compare f(g·x) with g·f(x) (equivariance) or with f(x) (invariance) using the
+relative error
+
+    rel(a, b) = rms(a − b) / max(rms(a) + rms(b), 1e-7)
+
+maximised over trials, against a tolerance that depends on the dtype of the output.
+
+Examples:
+    >>> import torch, isotorch as it
+    >>> x = torch.randn(5, 8, dtype=torch.float64)
+    >>> it.testing.assert_equivariant(it.functional.iso_tanh, x, "orthogonal")
+    >>> it.testing.equivariance_error(torch.tanh, x, "orthogonal") > 1e-3
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from isotorch import groups as _groups
+
+__all__ = [
+    "assert_equivariant",
+    "assert_invariant",
+    "equivariance_error",
+    "invariance_error",
+    "relative_error",
+    "tolerance",
+]
+
+_TOLERANCE = {
+    torch.float64: 1e-9,
+    torch.float32: 1e-4,
+    torch.float16: 2e-2,
+    torch.bfloat16: 5e-2,
+}
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    """The relative-error tolerance used for outputs of ``dtype`` (1e-9 float64, 1e-4 float32, 2e-2 float16,
+    5e-2 bfloat16)."""
+    if dtype not in _TOLERANCE:
+        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    return _TOLERANCE[dtype]
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """rms(a − b) / max(rms(a) + rms(b), 1e-7), computed in float64; 0 for empty tensors."""
+    a = a.detach().to(torch.float64)
+    b = b.detach().to(torch.float64)
+    if a.numel() == 0:
+        return 0.0
+
+    def rms(t):
+        return t.pow(2).mean().sqrt()
+
+    return float(rms(a - b) / torch.clamp(rms(a) + rms(b), min=1e-7))
+
+
+def _as_generator(generator: torch.Generator | int | None) -> torch.Generator:
+    if isinstance(generator, torch.Generator):
+        return generator
+    return torch.Generator().manual_seed(0 if generator is None else int(generator))
+
+
+def _errors(fn, x, group, dim, trials, generator, equivariant: bool) -> float:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x))}")
+    g_obj = _groups.get(group)
+    n = x.shape[dim]
+    gen = _as_generator(generator)
+    with torch.no_grad():
+        y = fn(x)
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"fn must return a tensor, got {type(y).__name__}")
+        if equivariant and (y.ndim != x.ndim or y.shape[dim] != n):
+            raise ValueError(
+                f"an equivariance check needs fn to keep the size of dim={dim}: {tuple(x.shape)} → {tuple(y.shape)}"
+            )
+        worst = 0.0
+        for _ in range(trials):
+            g = g_obj.sample(n, generator=gen, dtype=torch.float64, device=x.device)
+            gx = _groups.act(g, x, dim).to(x.dtype)
+            lhs = fn(gx)
+            rhs = _groups.act(g, y.to(torch.float64), dim) if equivariant else y
+            worst = max(worst, relative_error(lhs, rhs))
+    return worst
+
+
+def equivariance_error(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    group,
+    *,
+    dim: int = -1,
+    trials: int = 4,
+    generator: torch.Generator | int | None = None,
+) -> float:
+    """Max over ``trials`` random g of rel(f(g·x), g·f(x)), the group acting along ``dim``."""
+    return _errors(fn, x, group, dim, trials, generator, equivariant=True)
+
+
+def invariance_error(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    group,
+    *,
+    dim: int = -1,
+    trials: int = 4,
+    generator: torch.Generator | int | None = None,
+) -> float:
+    """Max over ``trials`` random g of rel(f(g·x), f(x)), the group acting along ``dim``."""
+    return _errors(fn, x, group, dim, trials, generator, equivariant=False)
+
+
+def _assert(kind, fn, x, group, dim, trials, generator, tol):
+    __tracebackhide__ = True
+    err = _errors(fn, x, group, dim, trials, generator, equivariant=kind == "equivariant")
+    with torch.no_grad():
+        out_dtype = fn(x).dtype
+    tol = tolerance(out_dtype) if tol is None else tol
+    if not err <= tol:
+        name = getattr(fn, "__name__", type(fn).__name__)
+        raise AssertionError(
+            f"{name} is not {kind} under {_groups.get(group)} along dim={dim}: relative error {err:.3e} > "
+            f"tolerance {tol:.1e} ({out_dtype}, {trials} random elements)"
+        )
+
+
+def assert_equivariant(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    group,
+    *,
+    dim: int = -1,
+    trials: int = 4,
+    generator: torch.Generator | int | None = None,
+    tol: float | None = None,
+) -> None:
+    """Assert f(g·x) = g·f(x) for random g in ``group`` acting along ``dim``, within a dtype tolerance.
+
+    Args:
+        fn: the function or module (put modules in ``eval()`` mode first).
+        x: a generic input (avoid degenerate inputs such as zeros or one-hot rows).
+        group: a group name (see :mod:`isotorch.groups`) or :class:`~isotorch.groups.Group`.
+        dim: the feature axis the group acts on.
+        trials: number of random group elements.
+        generator: a ``torch.Generator`` or an int seed for the group samples.
+        tol: relative-error tolerance; default :func:`tolerance` of the output dtype.
+    """
+    __tracebackhide__ = True
+    _assert("equivariant", fn, x, group, dim, trials, generator, tol)
+
+
+def assert_invariant(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    group,
+    *,
+    dim: int = -1,
+    trials: int = 4,
+    generator: torch.Generator | int | None = None,
+    tol: float | None = None,
+) -> None:
+    """Assert f(g·x) = f(x) for random g in ``group`` acting along ``dim``, within a dtype tolerance."""
+    __tracebackhide__ = True
+    _assert("invariant", fn, x, group, dim, trials, generator, tol)
