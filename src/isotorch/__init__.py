@@ -4,8 +4,7 @@ Every primitive has a symmetry group; isotorch lets you choose it, measure it, a
 parameters, representations and training.
 """
 
-from isotorch import directions, functional, groups, init, nn, optim, testing
-from isotorch import families
+from isotorch import directions, families, functional, groups, init, nn, optim, testing
 from isotorch.families import convert
 
 __version__ = "0.1.0"

@@ -201,9 +201,7 @@ class Group:
     def contains(self, matrix: torch.Tensor, atol: float = 1e-6) -> bool:
         """Whether a square matrix is (within ``atol``) an element of this group."""
         if not isinstance(matrix, torch.Tensor) or matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-            raise ValueError(
-                f"matrix must be a square 2-D tensor, got {getattr(matrix, 'shape', type(matrix))}"
-            )
+            raise ValueError(f"matrix must be a square 2-D tensor, got {getattr(matrix, 'shape', type(matrix))}")
         g = matrix.detach().to(torch.float64)
         n = g.shape[0]
         if self.name == "block_orthogonal" and n % self.block != 0:
@@ -390,11 +388,7 @@ def covers(group: str | Group, n: int) -> list[Group]:
     g = get(group)
     groups = lattice(n)
     above = [h for h in groups if h != g and is_subgroup(g, h, n) and not is_subgroup(h, g, n)]
-    return [
-        h
-        for h in above
-        if not any(m != h and is_subgroup(m, h, n) and not is_subgroup(h, m, n) for m in above)
-    ]
+    return [h for h in above if not any(m != h and is_subgroup(m, h, n) and not is_subgroup(h, m, n) for m in above)]
 
 
 def act(matrix: torch.Tensor, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -410,9 +404,7 @@ def act(matrix: torch.Tensor, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     if not -x.ndim <= dim < x.ndim:
         raise ValueError(f"dim={dim} is out of range for a tensor with {x.ndim} dimensions")
     if x.shape[dim] != matrix.shape[0]:
-        raise ValueError(
-            f"x has size {x.shape[dim]} along dim={dim}, but the matrix is {tuple(matrix.shape)}"
-        )
+        raise ValueError(f"x has size {x.shape[dim]} along dim={dim}, but the matrix is {tuple(matrix.shape)}")
     dtype = torch.promote_types(matrix.dtype, x.dtype)
     moved = x.to(dtype).movedim(dim, -1)
     return (moved @ matrix.to(dtype).T).movedim(-1, dim)
@@ -429,14 +421,8 @@ def generate(generators: torch.Tensor, *, max_order: int = 100_000, atol: float 
         ValueError: generators that are not a (m, n, n) stack of orthogonal matrices, or a group larger than
             ``max_order`` (likely not finite).
     """
-    if (
-        not isinstance(generators, torch.Tensor)
-        or generators.ndim != 3
-        or generators.shape[1] != generators.shape[2]
-    ):
-        raise ValueError(
-            f"generators must be an (m, n, n) tensor, got {getattr(generators, 'shape', generators)}"
-        )
+    if not isinstance(generators, torch.Tensor) or generators.ndim != 3 or generators.shape[1] != generators.shape[2]:
+        raise ValueError(f"generators must be an (m, n, n) tensor, got {getattr(generators, 'shape', generators)}")
     gens = generators.detach().to(torch.float64)
     n = gens.shape[1]
     eye = torch.eye(n, dtype=torch.float64, device=gens.device)
