@@ -1,0 +1,1 @@
+"""Implementation modules of :mod:`isotorch.functional` (one per primitive role)."""
