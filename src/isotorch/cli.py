@@ -11,9 +11,53 @@ app = typer.Typer(help="isotorch: symmetry-principled deep learning.", no_args_i
 
 
 @app.command()
-def demo() -> None:
-    """Run the main job."""
-    raise typer.Exit(1)
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder for metrics, figures and report.html.")] = Path("runs/demo"),
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
+    epochs: Annotated[int, typer.Option(help="Training epochs per model.")] = 30,
+) -> None:
+    """The main job: train a matched elementwise/isotropic pair on digits, measure, and write a report."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from isotorch.studies.demo import DemoConfig, run_demo
+
+    console = Console()
+    try:
+        config = DemoConfig(seeds=_parse_ints(seeds, "--seeds"), epochs=epochs)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("demo", total=None)
+        result = run_demo(out, config, progress=lambda done, total: bar.update(task, completed=done, total=total))
+
+    table = Table(title=f"digits, {len(config.seeds)} seeds (mean ± 95% CI)")
+    for column in ("family", "test accuracy (%)", "test loss", "output change under hidden rotation"):
+        table.add_column(column)
+    for name, s in result.summary.items():
+        table.add_row(
+            name,
+            f"{s['accuracy_mean'] * 100:.2f} ± {s['accuracy_ci95'] * 100:.2f}",
+            f"{s['loss_mean']:.4f} ± {s['loss_ci95']:.4f}",
+            f"{s['rotation_mean']:.1e}",
+        )
+    console.print(table)
+    prims = Table(title="primitives and their symmetry groups")
+    for column in ("site", "elementwise", "group", "isotropic", "group"):
+        prims.add_column(column)
+    for row in result.primitives:
+        prims.add_row(*(str(v) for v in row.values()))
+    console.print(prims)
+    console.print(f"report: {result.report}")
+
+
+def _parse_ints(text: str, name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"{name} must be comma-separated integers, got {text!r}") from None
 
 
 @app.command()

@@ -1,15 +1,73 @@
-"""Primitive sets chosen by symmetry group, the primitive registry, and model conversion (in progress)."""
+"""Primitive families chosen by symmetry group, the primitive registry, conversion, and group averaging.
+
+A :class:`PrimitiveSet` names a group and gives one primitive for each role a network is built from
+(activation, normaliser, dropout, pooling, gating, initialiser, optimiser). Registered families:
+
+=================  ===========================  ===============================================================
+name               group                        activation
+=================  ===========================  ===============================================================
+``elementwise``    permutation                  ``torch.nn.Tanh`` (today's default: each neuron on its own)
+``isotropic``      orthogonal                   :class:`~isotorch.nn.IsoTanh` (σ(‖x‖)·x/‖x‖)
+``block:<k>``      block_orthogonal:k           :class:`~isotorch.nn.BlockIsotropicActivation` (isotropic per
+                                                block of k features; k = 1 is elementwise tanh)
+``direction:<K>``  trivial (generic K)          :class:`~isotorch.nn.DirectionActivation` over K Thomson
+                                                directions
+=================  ===========================  ===============================================================
+
+:func:`convert` swaps the primitives of an existing model for a family's, keeping every weight, and reports what
+it swapped and what it left alone. :func:`symmetrize` is the generating half of the taxonomy: it turns any
+primitive into a G-equivariant one by averaging over a finite group.
+
+Examples:
+    >>> import torch, isotorch as it
+    >>> mlp = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    >>> iso, report = it.convert(mlp, "isotropic", return_report=True)
+    >>> type(iso[1]).__name__, report.swapped[0].path
+    ('IsoTanh', '1')
+    >>> torch.equal(iso[0].weight, mlp[0].weight)
+    True
+"""
 
 from __future__ import annotations
 
+import copy
+import logging
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
+import torch
 from torch import nn
 
-__all__ = ["PrimitiveSpec", "convert", "primitives", "register_primitive"]
+from isotorch import directions as _directions
+from isotorch import groups as _groups
+from isotorch import init as _init
+from isotorch import nn as inn
+from isotorch import optim as _optim
+
+__all__ = [
+    "ConversionReport",
+    "ConversionRow",
+    "PrimitiveSet",
+    "PrimitiveSpec",
+    "Symmetrized",
+    "convert",
+    "get",
+    "names",
+    "primitives",
+    "register",
+    "register_primitive",
+    "symmetrize",
+]
+
+logger = logging.getLogger(__name__)
 
 ROLES = ("activation", "norm", "dropout", "pool", "gate")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The primitive registry: every isotorch primitive, how to build it for a test, and the groups it declares.
+# ----------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -19,12 +77,14 @@ class PrimitiveSpec:
     Attributes:
         name: registry name, e.g. ``"iso_tanh"``.
         role: one of ``activation``, ``norm``, ``dropout``, ``pool``, ``gate``.
-        build: ``build(n)`` returns the module (in eval mode) for feature size ``n`` along ``dim``.
+        build: ``build(n)`` returns the module for feature size ``n`` along ``dim``.
         groups: canonical group keys it is equivariant to (``"block_orthogonal:2"`` style for parameters).
         sizes: feature sizes at which the registry tests check it.
-        input_shape: shape of a test input with ``n`` in place of the feature axis, e.g. ``(5, "n")`` or
+        input_shape: shape of a test input with ``"n"`` in place of the feature axis, e.g. ``(5, "n")`` or
             ``(2, "n", 6, 6)`` for a channel-first feature map.
         dim: the feature axis.
+        train: check it in training mode (batch statistics, or seeded randomness for dropout).
+        note: why the negative control does not apply, when it does not.
     """
 
     name: str
@@ -34,17 +94,26 @@ class PrimitiveSpec:
     sizes: tuple[int, ...] = (8,)
     input_shape: tuple = (5, "n")
     dim: int = -1
+    train: bool = False
+    note: str = ""
+
+    def example_input(self, n: int, *, dtype=torch.float32, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A generic Gaussian test input of :attr:`input_shape` with feature size ``n``."""
+        shape = tuple(n if s == "n" else s for s in self.input_shape)
+        return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
 
 
 _PRIMITIVES: dict[str, PrimitiveSpec] = {}
 
 
 def register_primitive(spec: PrimitiveSpec) -> PrimitiveSpec:
-    """Add a primitive to the registry (tests audit every registered primitive against its declared groups)."""
+    """Add a primitive to the registry; the test suite then audits it against its declared groups."""
     if spec.role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {spec.role!r}")
     if spec.name in _PRIMITIVES:
         raise ValueError(f"a primitive named {spec.name!r} is already registered")
+    for key in spec.groups:
+        _groups.get(key)
     _PRIMITIVES[spec.name] = spec
     return spec
 
@@ -56,5 +125,495 @@ def primitives(role: str | None = None) -> list[PrimitiveSpec]:
     return [s for s in _PRIMITIVES.values() if role is None or s.role == role]
 
 
-def convert(model: nn.Module, family: str) -> nn.Module:
-    raise NotImplementedError("in progress")
+_MAP = (2, "n", 5, 5)
+_ISO = ("orthogonal",)
+_SCALAR_NOTE = "multiplies each vector by a scalar, so it commutes with every linear map: no larger group can fail"
+for _spec in (
+    PrimitiveSpec("iso_tanh", "activation", lambda n: inn.IsoTanh(), _ISO),
+    PrimitiveSpec("iso_tanh_channels", "activation", lambda n: inn.IsoTanh(dim=1), _ISO, input_shape=_MAP, dim=1),
+    PrimitiveSpec("iso_log1p", "activation", lambda n: inn.IsotropicActivation("log1p"), _ISO),
+    PrimitiveSpec("iso_softsign", "activation", lambda n: inn.IsotropicActivation("softsign"), _ISO),
+    PrimitiveSpec("iso_relu", "activation", lambda n: inn.IsoReLU(radius=1.0), _ISO),
+    PrimitiveSpec("iso_tanh_length", "activation", lambda n: inn.IsotropicActivation("tanh", length=0.5), _ISO),
+    PrimitiveSpec(
+        "block_iso_2", "activation", lambda n: inn.BlockIsotropicActivation(2), ("block_orthogonal:2",), sizes=(8, 6)
+    ),
+    PrimitiveSpec(
+        "direction_standard_tanh",
+        "activation",
+        lambda n: inn.DirectionActivation(_directions.standard_basis(n), "tanh"),
+        ("signed_permutation",),
+    ),
+    PrimitiveSpec(
+        "direction_thomson",
+        "activation",
+        lambda n: inn.DirectionActivation(_directions.thomson(n + 4, n, seed=0), "tanh"),
+        ("trivial",),
+    ),
+    PrimitiveSpec("iso_rms_norm", "norm", lambda n: inn.IsoRMSNorm(), _ISO),
+    PrimitiveSpec("chi_norm", "norm", lambda n: inn.ChiNorm(n), _ISO, train=True),
+    PrimitiveSpec("iso_batch_norm", "norm", lambda n: inn.IsoBatchNorm(n), _ISO, train=True),
+    PrimitiveSpec(
+        "iso_batch_norm_channels",
+        "norm",
+        lambda n: inn.IsoBatchNorm(n, dim=1),
+        _ISO,
+        input_shape=_MAP,
+        dim=1,
+        train=True,
+    ),
+    PrimitiveSpec("iso_dropout", "dropout", lambda n: inn.IsoDropout(0.5), _ISO, train=True, note=_SCALAR_NOTE),
+    PrimitiveSpec("norm_max_pool", "pool", lambda n: inn.NormMaxPool2d(2), _ISO, input_shape=(2, "n", 4, 4), dim=1),
+):
+    register_primitive(_spec)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Families
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrimitiveSet:
+    """A family of primitives that share one symmetry group.
+
+    Each factory builds the family's primitive for a feature axis of size ``n`` at position ``dim``.
+
+    Attributes:
+        name: registry name (``"isotropic"``, ``"block:4"``, ...).
+        group: the canonical group key that every primitive of the family respects.
+        activation: ``activation(n, dim)``.
+        norm: ``norm(n, dim, kind)`` with ``kind`` ``"layer"`` (per-sample normalisers: LayerNorm, RMSNorm,
+            GroupNorm with one group) or ``"batch"`` (BatchNorm).
+        dropout: ``dropout(p, dim)``.
+        pool: ``pool(kernel_size, stride, padding)`` for 2-D feature maps (channels at dim 1).
+        gate: ``gate(dim)``: input split in two halves along ``dim`` (like ``torch.nn.GLU``).
+        init: a name in :data:`isotorch.init.INITIALIZERS`.
+        optimizer: a name in :data:`isotorch.optim.OPTIMIZERS`.
+        description: one line for tables.
+    """
+
+    name: str
+    group: str
+    activation: Callable[[int, int], nn.Module]
+    norm: Callable[[int, int, str], nn.Module]
+    dropout: Callable[[float, int], nn.Module]
+    pool: Callable[..., nn.Module]
+    gate: Callable[[int], nn.Module]
+    init: str
+    optimizer: str
+    description: str = ""
+
+    def make_optimizer(self, params, **kwargs) -> torch.optim.Optimizer:
+        """Build the family's optimiser for ``params`` (keyword arguments go to its constructor)."""
+        factory, _ = _optim.OPTIMIZERS[self.optimizer]
+        return factory(params, **kwargs)
+
+    def init_(self, model: nn.Module, *, generator: torch.Generator | None = None) -> nn.Module:
+        """Re-initialise every Linear/Conv weight of ``model`` in place with the family's initialiser."""
+        fn, _ = _init.INITIALIZERS[self.init]
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                with torch.no_grad():
+                    _call_init(fn, module.weight, generator)
+                    if module.bias is not None:
+                        module.bias.zero_()
+        return model
+
+
+def _call_init(fn, weight, generator):
+    try:
+        fn(weight, generator=generator)
+    except TypeError:  # torch.nn.init functions on older torch take no generator
+        fn(weight)
+
+
+def _elementwise_norm(n: int, dim: int, kind: str) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm1d(n) if dim == -1 else nn.BatchNorm2d(n)
+    return nn.LayerNorm(n) if dim == -1 else nn.GroupNorm(1, n)
+
+
+def _isotropic_norm(n: int, dim: int, kind: str) -> nn.Module:
+    # Per-sample x/‖x‖ next to an isotropic activation cancels it ("shell collapse", REFERENCE 2.3), so the
+    # isotropic family normalises with population or batch statistics and keeps each sample's radius.
+    return inn.IsoBatchNorm(n, dim=dim) if kind == "batch" else inn.ChiNorm(n, dim=dim)
+
+
+def _shared(name: str, group: str, activation, description: str, *, elementwise: bool = False) -> PrimitiveSet:
+    if elementwise:
+        return PrimitiveSet(
+            name=name,
+            group=group,
+            activation=activation,
+            norm=_elementwise_norm,
+            dropout=lambda p, dim: nn.Dropout(p),
+            pool=lambda kernel_size, stride=None, padding=0: nn.MaxPool2d(kernel_size, stride, padding),
+            gate=lambda dim: nn.GLU(dim),
+            init="kaiming_uniform",
+            optimizer="adam",
+            description=description,
+        )
+    return PrimitiveSet(
+        name=name,
+        group=group,
+        activation=activation,
+        norm=_isotropic_norm,
+        dropout=lambda p, dim: inn.IsoDropout(p, dim=dim),
+        pool=lambda kernel_size, stride=None, padding=0: inn.NormMaxPool2d(kernel_size, stride, padding),
+        gate=lambda dim: inn.IsoGate(dim=dim),
+        init="orthogonal",
+        optimizer="iso_adam",
+        description=description,
+    )
+
+
+_FAMILIES: dict[str, tuple[Callable[..., PrimitiveSet], bool]] = {}
+
+
+def register(name: str, factory: Callable[..., PrimitiveSet], *, parametrised: bool = False) -> None:
+    """Register a family: ``factory()`` builds it, or ``factory(k)`` for a parametrised family named ``name:<k>``."""
+    if name in _FAMILIES or ":" in name:
+        raise ValueError(f"family name {name!r} is taken or contains ':'")
+    _FAMILIES[name] = (factory, parametrised)
+
+
+def names() -> list[str]:
+    """The registered family names (parametrised ones shown as ``name:<k>``)."""
+    return [f"{name}:<k>" if parametrised else name for name, (_, parametrised) in _FAMILIES.items()]
+
+
+def get(name: str | PrimitiveSet) -> PrimitiveSet:
+    """Look up a family: ``"elementwise"``, ``"isotropic"``, ``"block:<k>"`` or ``"direction:<K>"``.
+
+    Raises:
+        KeyError: unknown family (the message lists the valid names).
+        ValueError: a malformed parameter (``"block:x"``, ``"block:0"``).
+    """
+    if isinstance(name, PrimitiveSet):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"family must be a name or a PrimitiveSet, got {type(name).__name__}")
+    base, sep, param = name.partition(":")
+    if base not in _FAMILIES:
+        raise KeyError(f"unknown family {name!r}; valid families: {', '.join(names())}")
+    factory, parametrised = _FAMILIES[base]
+    if parametrised:
+        if not re.fullmatch(r"[0-9]+", param) or int(param) < 1:
+            raise ValueError(f"family {base!r} needs a positive integer parameter, e.g. '{base}:4'; got {name!r}")
+        return factory(int(param))
+    if sep:
+        raise ValueError(f"family {base!r} takes no parameter; got {name!r}")
+    return factory()
+
+
+def _block_family(k: int) -> PrimitiveSet:
+    def activation(n: int, dim: int) -> nn.Module:
+        if n % k:
+            raise ValueError(f"block size {k} does not divide the feature size {n}")
+        return inn.BlockIsotropicActivation(k, dim=dim)
+
+    return _shared(f"block:{k}", f"block_orthogonal:{k}", activation, f"isotropic tanh within blocks of {k} features")
+
+
+def _direction_family(k: int) -> PrimitiveSet:
+    def activation(n: int, dim: int) -> nn.Module:
+        return inn.DirectionActivation(_directions.thomson(k, n, seed=0), "tanh", dim=dim)
+
+    return _shared(f"direction:{k}", "trivial", activation, f"tanh over {k} Thomson directions")
+
+
+register(
+    "elementwise",
+    lambda: _shared(
+        "elementwise", "permutation", lambda n, dim: nn.Tanh(), "torch's elementwise primitives", elementwise=True
+    ),
+)
+register("isotropic", lambda: _shared("isotropic", "orthogonal", lambda n, dim: inn.IsoTanh(dim=dim), "isotropic"))
+register("block", _block_family, parametrised=True)
+register("direction", _direction_family, parametrised=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Conversion
+# ----------------------------------------------------------------------------------------------------------------
+
+_ACTIVATIONS = (
+    nn.Tanh,
+    nn.ReLU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.ELU,
+    nn.LeakyReLU,
+    nn.Softplus,
+    nn.Mish,
+    nn.Hardtanh,
+    nn.Softsign,
+    nn.CELU,
+    nn.SELU,
+)
+_PRODUCERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+_ABSORBED = (*_PRODUCERS, nn.Flatten, nn.Identity, nn.Unflatten)
+
+
+@dataclass(frozen=True)
+class ConversionRow:
+    """One leaf module considered by :func:`convert`."""
+
+    path: str
+    old: str
+    new: str | None
+    dim: int | None
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ConversionReport:
+    """What :func:`convert` swapped and what it left alone (and why)."""
+
+    family: str
+    group: str
+    swapped: tuple[ConversionRow, ...] = field(default_factory=tuple)
+    left: tuple[ConversionRow, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        return {
+            "family": self.family,
+            "group": self.group,
+            "swapped": [r.to_dict() for r in self.swapped],
+            "left": [r.to_dict() for r in self.left],
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"ConversionReport(family={self.family!r}, group={self.group!r}, swapped={len(self.swapped)}, "
+            f"left={len(self.left)})"
+        )
+
+
+def _producer_axis(module: nn.Module) -> tuple[int, int] | None:
+    """(feature size, feature dim) of the tensor a producer/normaliser writes, if the module says."""
+    if isinstance(module, nn.Linear):
+        return module.out_features, -1
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return module.out_channels, 1
+    if isinstance(module, nn.Embedding):
+        return module.embedding_dim, -1
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return module.num_features, 1
+    if isinstance(module, nn.GroupNorm):
+        return module.num_channels, 1
+    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
+        return module.normalized_shape[0], -1
+    return None
+
+
+def _input_sizes(model: nn.Module, example_input) -> dict[str, torch.Size]:
+    shapes: dict[str, torch.Size] = {}
+    handles = []
+    for path, module in model.named_modules():
+        if not list(module.children()):
+
+            def hook(mod, args, path=path):
+                if args and isinstance(args[0], torch.Tensor):
+                    shapes.setdefault(path, args[0].shape)
+
+            handles.append(module.register_forward_pre_hook(hook))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def _set_module(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, child = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, child, new)
+
+
+def convert(
+    model: nn.Module,
+    family: str | PrimitiveSet,
+    *,
+    example_input: torch.Tensor | None = None,
+    dims: dict[str, int] | None = None,
+    return_report: bool = False,
+):
+    """Return a copy of ``model`` whose activations, normalisers, dropout, pooling and gates are ``family``'s.
+
+    Linear, convolutional and embedding layers (the channel mixing that absorbs any group) keep their weights;
+    only primitives are swapped. Torch's Tanh/ReLU/GELU/SiLU/Sigmoid/ELU/LeakyReLU/Softplus/... become the family's
+    activation, LayerNorm/RMSNorm/GroupNorm(1 group) its per-sample normaliser, BatchNorm its batch normaliser,
+    Dropout its dropout, MaxPool2d its pooling and GLU its gate. Elementwise affine parameters of normalisers
+    cannot be carried over to a family whose normaliser has a scalar gain; the report says so.
+
+    The feature axis of each primitive is inferred from the nearest preceding layer in registration order
+    (Linear/Embedding/LayerNorm: last dim; Conv/BatchNorm/GroupNorm: dim 1). Pass ``example_input`` to read the
+    feature sizes from a real forward pass, and ``dims={path: dim}`` to override the axis of any module.
+
+    Args:
+        model: the model to convert (left unchanged).
+        family: a family name (see :func:`get`) or a :class:`PrimitiveSet`.
+        example_input: optional input for one forward pass that records the input shape of every leaf.
+        dims: optional per-module feature axis overrides.
+        return_report: also return a :class:`ConversionReport`.
+
+    Returns:
+        The converted model, or ``(model, report)`` when ``return_report`` is true.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    fam = get(family)
+    dims = dict(dims or {})
+    new_model = copy.deepcopy(model)
+    known = {path for path, _ in new_model.named_modules()}
+    unknown = set(dims) - known
+    if unknown:
+        raise KeyError(f"dims names modules that are not in the model: {sorted(unknown)}")
+    shapes = _input_sizes(new_model, example_input) if example_input is not None else {}
+
+    swapped: list[ConversionRow] = []
+    left: list[ConversionRow] = []
+    axis: tuple[int, int] | None = None
+    for path, module in list(new_model.named_modules()):
+        if list(module.children()):
+            continue
+        old = type(module).__name__
+        dim = dims.get(path, axis[1] if axis else -1)
+        size = axis[0] if axis else None
+        if path in shapes and len(shapes[path]) > 0:
+            shape = shapes[path]
+            dim = dims.get(path, 1 if len(shape) > 2 and axis is not None and axis[1] == 1 else -1)
+            size = shape[dim]
+        try:
+            new, note = _swap(module, fam, size, dim)
+        except (ValueError, TypeError) as exc:  # e.g. a block size that does not divide the width
+            new, note = None, f"left alone: {exc}"
+        if new is not None:
+            _set_module(new_model, path, new)
+            swapped.append(ConversionRow(path, old, type(new).__name__, dim, note))
+        elif not isinstance(module, _ABSORBED):
+            left.append(ConversionRow(path, old, None, None, note or "not a primitive isotorch converts"))
+        produced = _producer_axis(module)
+        if produced is not None:
+            axis = produced
+    report = ConversionReport(fam.name, fam.group, tuple(swapped), tuple(left))
+    logger.info("converted %d primitives to %s; left %d alone", len(swapped), fam.name, len(left))
+    return (new_model, report) if return_report else new_model
+
+
+def _swap(module: nn.Module, fam: PrimitiveSet, size: int | None, dim: int) -> tuple[nn.Module | None, str]:
+    """The family's replacement for one leaf module, and a note; ``(None, reason)`` to leave it alone."""
+    if isinstance(module, _ACTIVATIONS):
+        if size is None:
+            return None, "left alone: feature size unknown (pass example_input=)"
+        return fam.activation(size, dim), ""
+    if isinstance(module, nn.GLU):
+        return fam.gate(module.dim), ""
+    if isinstance(module, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)):
+        return fam.dropout(module.p, dim), ""
+    if isinstance(module, nn.MaxPool2d):
+        if module.dilation not in (1, (1, 1)) or module.ceil_mode or module.return_indices:
+            return None, "left alone: dilation, ceil_mode and return_indices are not supported by the family's pool"
+        return fam.pool(module.kernel_size, module.stride, module.padding), ""
+    kind = None
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        kind, size, dim = "batch", module.num_features, 1
+    elif isinstance(module, nn.LayerNorm) or (hasattr(nn, "RMSNorm") and isinstance(module, nn.RMSNorm)):
+        if len(module.normalized_shape) != 1:
+            return None, "left alone: normalises over several axes"
+        kind, size, dim = "layer", module.normalized_shape[0], -1
+    elif isinstance(module, nn.GroupNorm):
+        if module.num_groups != 1:
+            return None, f"left alone: GroupNorm with {module.num_groups} groups is not a per-sample normaliser"
+        kind, size, dim = "layer", module.num_channels, 1
+    if kind is None:
+        return None, ""
+    new = fam.norm(size, dim, kind)
+    affine = [p for name, p in module.named_parameters(recurse=False) if name in ("weight", "bias")]
+    note = ""
+    if affine and type(new) is not type(module):
+        note = "elementwise affine parameters dropped: the family's normaliser has no elementwise gain"
+    return new, note
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Group averaging: the generating half of the taxonomy
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class Symmetrized(nn.Module):
+    """The G-equivariant average of a primitive over a finite group G of n×n matrices.
+
+    .. math:: f_G(x) = \\frac{1}{|G|} \\sum_{g \\in G} \\rho(g)^{-1} f(\\rho(g) x)
+
+    Args:
+        fn: the primitive to symmetrise; it must accept a tensor with extra leading axes and act on ``dim``.
+        elements: the group's elements as a (|G|, n, n) tensor (see :func:`isotorch.groups.generate`).
+        dim: the feature axis.
+
+    Shape:
+        - Input: (*, n, *) with n at ``dim``. Output: the same.
+    """
+
+    role = "activation"
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], elements: torch.Tensor, dim: int = -1):
+        super().__init__()
+        if not isinstance(elements, torch.Tensor) or elements.ndim != 3 or elements.shape[1] != elements.shape[2]:
+            raise ValueError(
+                f"group_elements must be a (|G|, n, n) tensor, got {getattr(elements, 'shape', type(elements))}"
+            )
+        self.fn = fn
+        self.dim = dim
+        elements = elements.detach().to(torch.float64)
+        self.register_buffer("elements", elements)
+        self.register_buffer("inverses", torch.linalg.inv(elements))
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """Equivariant to the finite group given by :attr:`elements` (not a canonical group in general)."""
+        return ("trivial",)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.elements.shape[-1]
+        if x.shape[self.dim] != n:
+            raise ValueError(f"x has size {x.shape[self.dim]} along dim={self.dim}, but the group acts on size {n}")
+        g = self.elements.to(x.dtype)
+        moved = x.movedim(self.dim, -1)
+        gx = torch.einsum("gij,...j->g...i", g, moved).movedim(-1, self.dim + (1 if self.dim >= 0 else 0))
+        y = self.fn(gx).movedim(self.dim + (1 if self.dim >= 0 else 0), -1)
+        out = torch.einsum("gij,g...j->...i", self.inverses.to(x.dtype), y) / g.shape[0]
+        return out.movedim(-1, self.dim)
+
+    def extra_repr(self) -> str:
+        return f"order={self.elements.shape[0]}, n={self.elements.shape[-1]}, dim={self.dim}"
+
+
+def symmetrize(
+    fn: Callable[[torch.Tensor], torch.Tensor], group_elements: torch.Tensor, *, dim: int = -1
+) -> Symmetrized:
+    """Build a G-equivariant primitive from any primitive by group averaging (see :class:`Symmetrized`).
+
+    Averaging a single-direction map K·σ(x·v)·v over the symmetry group of a direction set V ∋ v gives exactly
+    the direction-set activation Σ_k σ(x·v_k)·v_k (when G acts transitively on V).
+
+    Examples:
+        >>> import torch, isotorch as it
+        >>> signs = it.groups.generate(torch.diag(torch.tensor([-1.0, 1.0, 1.0]))[None])  # {I, reflection}
+        >>> f = it.families.symmetrize(torch.nn.functional.relu, signs)
+        >>> x = torch.tensor([[-2.0, 1.0, -1.0]])
+        >>> f(x)  # the x0 coordinate becomes (relu(x0) − relu(−x0))/2 = x0/2: odd in x0
+        tensor([[-1.,  1.,  0.]])
+    """
+    return Symmetrized(fn, group_elements, dim=dim)

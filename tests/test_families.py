@@ -1,0 +1,278 @@
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import isotorch as it
+from isotorch import families, groups
+from isotorch.testing import assert_equivariant, equivariance_error, tolerance
+
+SPECS = families.primitives()
+
+
+def _runner(spec, module):
+    """The module as a function of its input; seeded per call when it is random in training mode."""
+    module.train(spec.train)
+    if spec.role == "dropout":
+        return lambda t: (torch.manual_seed(0), module(t))[1]
+    return module
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_registered_primitive_holds_its_declared_groups(spec, dtype):
+    gen = torch.Generator().manual_seed(0)
+    for n in spec.sizes:
+        module = spec.build(n).to(dtype)
+        assert module.role == spec.role
+        assert tuple(module.groups) == spec.groups, "the module and the registry must declare the same groups"
+        x = spec.example_input(n, dtype=dtype, generator=gen)
+        fn = _runner(spec, module)
+        for key in spec.groups:
+            assert_equivariant(fn, x, key, dim=spec.dim, generator=1)
+
+
+def _negative_controls(spec, n):
+    declared = [groups.get(k) for k in spec.groups]
+    larger = {h for g in declared for h in groups.covers(g, n)}
+    larger = {h for h in larger if not any(groups.is_subgroup(h, g, n) for g in declared)}
+    if any(g.name == "orthogonal" for g in declared):
+        larger.add(groups.get("positive_scaling"))  # O(n) is the top of the lattice: the control is GL-type
+    return sorted(larger, key=str)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_registered_primitive_fails_the_next_larger_group(spec, dtype):
+    if spec.note:
+        pytest.skip(spec.note)
+    gen = torch.Generator().manual_seed(0)
+    for n in spec.sizes:
+        controls = _negative_controls(spec, n)
+        assert controls, "every primitive needs a negative control"
+        module = spec.build(n).to(dtype)
+        x = spec.example_input(n, dtype=dtype, generator=gen)
+        fn = _runner(spec, module)
+        for h in controls:
+            err = equivariance_error(fn, x, h, dim=spec.dim, generator=2)
+            assert err > 100 * tolerance(dtype), f"{spec.name} unexpectedly holds {h} (error {err:.2e})"
+
+
+def test_registry_rejects_bad_specs():
+    with pytest.raises(ValueError, match="role"):
+        families.register_primitive(families.PrimitiveSpec("x", "nonsense", nn.Identity, ("trivial",)))
+    with pytest.raises(ValueError, match="already registered"):
+        families.register_primitive(SPECS[0])
+    with pytest.raises(KeyError, match="valid names"):
+        families.register_primitive(families.PrimitiveSpec("y", "activation", nn.Identity, ("rotation",)))
+
+
+# -- families -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["elementwise", "isotropic", "block:2", "direction:12"])
+def test_family_primitives_respect_the_family_group(name):
+    fam = families.get(name)
+    x = torch.randn(6, 8, dtype=torch.float64)
+    act = fam.activation(8, -1).double().eval()
+    assert_equivariant(act, x, fam.group)
+    norm = fam.norm(8, -1, "batch").double().train()
+    assert_equivariant(norm, x, fam.group)
+
+
+def test_family_lookup_errors():
+    with pytest.raises(KeyError, match="valid families: elementwise, isotropic"):
+        families.get("isotropc")
+    with pytest.raises(ValueError, match="positive integer"):
+        families.get("block:0")
+    with pytest.raises(ValueError, match="positive integer"):
+        families.get("block")
+    with pytest.raises(ValueError, match="takes no parameter"):
+        families.get("isotropic:3")
+    with pytest.raises(TypeError):
+        families.get(3)
+
+
+def test_family_optimizer_and_init():
+    fam = families.get("isotropic")
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    fam.init_(model, generator=torch.Generator().manual_seed(0))
+    w = model[0].weight.detach().double()
+    torch.testing.assert_close(w @ w.T, torch.eye(6, dtype=torch.float64), atol=1e-5, rtol=0)
+    assert torch.count_nonzero(model[0].bias) == 0
+    opt = fam.make_optimizer(model.parameters(), lr=1e-2)
+    assert type(opt).__name__ == "IsoAdam"
+
+
+# -- conversion ---------------------------------------------------------------------------------------------------
+
+
+def _mlp():
+    return nn.Sequential(
+        nn.Linear(5, 8),
+        nn.Tanh(),
+        nn.LayerNorm(8),
+        nn.Dropout(0.1),
+        nn.Linear(8, 8),
+        nn.ReLU(),
+        nn.Linear(8, 3),
+    )
+
+
+def test_convert_mlp_keeps_weights_and_swaps_only_primitives():
+    model = _mlp()
+    iso, report = it.convert(model, "isotropic", return_report=True)
+    assert [type(m).__name__ for m in iso] == [
+        "Linear",
+        "IsoTanh",
+        "ChiNorm",
+        "IsoDropout",
+        "Linear",
+        "IsoTanh",
+        "Linear",
+    ]
+    for a, b in zip(model.state_dict().items(), iso.state_dict().items(), strict=False):
+        if a[0].startswith(("0.", "4.", "6.")):
+            assert a[0] == b[0] and torch.equal(a[1], b[1])
+    assert type(model[1]) is nn.Tanh, "the input model is left unchanged"
+    assert [r.path for r in report.swapped] == ["1", "2", "3", "5"]
+    assert "affine" in report.swapped[1].note
+    assert report.left == ()
+    assert report.to_dict()["group"] == "orthogonal"
+
+
+def test_converted_mlp_gains_rotation_parameter_symmetry():
+    """After conversion the hidden layer carries O(n): W₁→QW₁, b₁→Qb₁, W₂→W₂Qᵀ leaves the function unchanged."""
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    x = torch.randn(16, 5, dtype=torch.float64)
+    q = groups.get("orthogonal").sample(8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+    def rotated(model):
+        model = copy.deepcopy(model)
+        with torch.no_grad():
+            model[0].weight.copy_(q @ model[0].weight)
+            model[0].bias.copy_(q @ model[0].bias)
+            model[2].weight.copy_(model[2].weight @ q.T)
+        return model
+
+    iso = it.convert(base, "isotropic").eval()
+    torch.testing.assert_close(rotated(iso)(x), iso(x), atol=1e-12, rtol=0)
+    assert (rotated(base)(x) - base(x)).abs().max() > 1e-2, "negative control: elementwise tanh has no O(n)"
+
+
+def test_convert_cnn_uses_the_channel_axis():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.GELU(),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 10),
+        nn.SiLU(),
+    )
+    iso, report = it.convert(model, "isotropic", return_report=True)
+    dims = {r.path: r.dim for r in report.swapped}
+    assert dims == {"1": 1, "2": 1, "3": 1, "5": 1, "8": -1}
+    assert type(iso[3]).__name__ == "NormMaxPool2d" and type(iso[1]).__name__ == "IsoBatchNorm"
+    x = torch.randn(2, 3, 8, 8)
+    assert iso.eval()(x).shape == (2, 10)
+    assert torch.equal(iso[0].weight, model[0].weight) and torch.equal(iso[7].weight, model[7].weight)
+
+
+def test_convert_block_family_leaves_indivisible_widths_alone():
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5), nn.Tanh())
+    _, report = it.convert(model, "block:2", return_report=True)
+    assert [r.path for r in report.swapped] == ["1"]
+    assert report.left[0].path == "3" and "does not divide" in report.left[0].note
+
+
+class _OutOfOrder(nn.Module):
+    """Registers its activation before the layer that feeds it, so registration order says nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.act = nn.Tanh()
+        self.fc1 = nn.Linear(4, 6)
+        self.fc2 = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def test_convert_reads_feature_sizes_from_an_example_input():
+    _, report = it.convert(_OutOfOrder(), "direction:8", return_report=True)
+    assert report.swapped == () and "example_input" in report.left[0].note
+    converted, report = it.convert(_OutOfOrder(), "direction:8", example_input=torch.randn(3, 4), return_report=True)
+    assert [r.path for r in report.swapped] == ["act"]
+    assert converted.act.directions.shape == (8, 6)
+    assert converted(torch.randn(3, 4)).shape == (3, 3)
+
+
+def test_convert_errors():
+    with pytest.raises(TypeError, match="model"):
+        it.convert("not a model", "isotropic")
+    with pytest.raises(KeyError, match="valid families"):
+        it.convert(_mlp(), "rotational")
+    with pytest.raises(KeyError, match="dims"):
+        it.convert(_mlp(), "isotropic", dims={"99": 1})
+
+
+# -- group averaging ----------------------------------------------------------------------------------------------
+
+
+def _b3():
+    swap = torch.tensor([[0.0, 1, 0], [1, 0, 0], [0, 0, 1]])
+    cycle = torch.tensor([[0.0, 0, 1], [1, 0, 0], [0, 1, 0]])
+    flip = torch.diag(torch.tensor([-1.0, 1, 1]))
+    return groups.generate(torch.stack([swap, cycle, flip]))
+
+
+def _dihedral(m):
+    c, s = math.cos(2 * math.pi / m), math.sin(2 * math.pi / m)
+    rot = torch.tensor([[c, -s], [s, c]])
+    ref = torch.tensor([[1.0, 0], [0, -1]])
+    return groups.generate(torch.stack([rot, ref]))
+
+
+def _single_direction(v, k):
+    return lambda x: k * torch.tanh(x @ v)[..., None] * v
+
+
+@pytest.mark.parametrize(
+    ("elements", "directions"),
+    [
+        (_b3(), torch.cat([torch.eye(3), -torch.eye(3)]).double()),
+        (
+            _dihedral(5),
+            torch.tensor([[math.cos(2 * math.pi * j / 5), math.sin(2 * math.pi * j / 5)] for j in range(5)]),
+        ),
+    ],
+    ids=["B3-cross-polytope", "D5-pentagon"],
+)
+def test_symmetrize_equals_the_direction_set_activation(elements, directions, dtype):
+    assert elements.shape[0] in (48, 10)
+    v = directions.to(dtype)
+    x = torch.randn(7, v.shape[1], dtype=dtype)
+    averaged = families.symmetrize(_single_direction(v[0], v.shape[0]), elements)
+    direct = it.nn.DirectionActivation(v, "tanh").to(dtype)
+    torch.testing.assert_close(averaged(x), direct(x), atol=10 * tolerance(dtype), rtol=0)
+    # equivariant under the finite group, and the unsymmetrised map is not
+    for g in elements[:6].to(dtype):
+        torch.testing.assert_close(averaged(x @ g.T), averaged(x) @ g.T, atol=10 * tolerance(dtype), rtol=0)
+    raw = _single_direction(v[0], v.shape[0])
+    g = elements[1].to(dtype)
+    assert (raw(x @ g.T) - raw(x) @ g.T).abs().max() > 1e-2
+
+
+def test_symmetrize_on_channel_axis_and_errors():
+    elements = _b3()
+    f = families.symmetrize(torch.tanh, elements, dim=1)
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    torch.testing.assert_close(f(x), torch.tanh(x))  # tanh is already B_n-equivariant: averaging changes nothing
+    with pytest.raises(ValueError, match="group_elements"):
+        families.symmetrize(torch.tanh, torch.eye(3))
+    with pytest.raises(ValueError, match="size"):
+        f(torch.randn(2, 4))
