@@ -25,6 +25,7 @@ import torch
 from isotorch import groups as _groups
 
 __all__ = [
+    "VacuousCheckError",
     "assert_equivariant",
     "assert_invariant",
     "equivariance_error",
@@ -68,9 +69,30 @@ def _as_generator(generator: torch.Generator | int | None) -> torch.Generator:
     return torch.Generator().manual_seed(0 if generator is None else int(generator))
 
 
+class VacuousCheckError(AssertionError):
+    """The function's output does not depend on its input (zero or constant): no symmetry check can fail."""
+
+
+def _check_not_vacuous(fn, x, y) -> None:
+    if x.numel() == 0:
+        return
+    # an independent input: its own seed, so that it is never a multiple of an x drawn from a seeded generator
+    other = torch.randn(x.shape, generator=torch.Generator().manual_seed(0x5EED), dtype=torch.float64).to(x.device)
+    other = (other * x.detach().double().pow(2).mean().sqrt().clamp(min=1e-3)).to(x.dtype)
+    y_other = fn(other)
+    if y.detach().abs().max() == 0 and y_other.detach().abs().max() == 0:
+        raise VacuousCheckError("vacuous check: fn returns zeros, so every group would pass")
+    if y_other.shape == y.shape and relative_error(y_other, y) == 0:
+        raise VacuousCheckError("vacuous check: fn gives the same output on an independent input (constant function)")
+
+
 def _errors(fn, x, group, dim, trials, generator, equivariant: bool) -> float:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x))}")
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ValueError(f"trials must be a positive int, got {trials!r}")
+    if not -x.ndim <= dim < x.ndim:
+        raise ValueError(f"dim={dim} is out of range for x with {x.ndim} dimensions")
     g_obj = _groups.get(group)
     n = x.shape[dim]
     gen = _as_generator(generator)
@@ -82,6 +104,7 @@ def _errors(fn, x, group, dim, trials, generator, equivariant: bool) -> float:
             raise ValueError(
                 f"an equivariance check needs fn to keep the size of dim={dim}: {tuple(x.shape)} → {tuple(y.shape)}"
             )
+        _check_not_vacuous(fn, x, y)
         worst = 0.0
         for _ in range(trials):
             g = g_obj.sample(n, generator=gen, dtype=torch.float64, device=x.device)
