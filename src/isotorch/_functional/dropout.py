@@ -1,1 +1,128 @@
-__all__: list[str] = []
+"""Isotropic dropout: unbiased noise whose law is invariant under rotations of the feature vectors.
+
+Bernoulli dropout multiplies each coordinate by its own mask, so its law is only invariant under signed
+permutations (REFERENCE.md §2.4). The three modes here keep E[out] = x and make the law of the noise
+rotation invariant, so out(gx) and g·out(x) have the same distribution for every orthogonal g.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from isotorch._functional.norm import _check_floating, _compute_dtype, _feature_dim, _vector_norm
+
+__all__ = ["iso_dropout"]
+
+MODES = ("vector", "projection", "gaussian")
+
+
+def _check_p(p: object) -> float:
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise TypeError(f"p must be a float in [0, 1), got {type(p).__name__}")
+    p = float(p)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"p must be in [0, 1) (p = 1 would drop everything and cannot be rescaled), got {p!r}")
+    return p
+
+
+def _check_mode(mode: object) -> str:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return mode
+
+
+def _projection_rank(n: int, p: float) -> int:
+    """The rank k of the random projection for ``mode="projection"``: round((1 − p)·n), half up, in [1, n].
+
+    k is clipped to at least 1, so that a small feature axis with a large p still keeps one direction; the
+    rescaling n/k keeps the output unbiased for every k.
+    """
+    p = _check_p(p)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    return min(n, max(1, math.floor((1.0 - p) * n + 0.5)))
+
+
+def iso_dropout(
+    x: torch.Tensor,
+    p: float = 0.5,
+    *,
+    training: bool = True,
+    mode: str = "vector",
+    dim: int = -1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Isotropic dropout along ``dim``: identity in evaluation, unbiased and rotation invariant in law in training.
+
+    Modes (n = size of ``dim``):
+
+    - ``"vector"``: drop whole vectors, out = x·b/(1 − p) with b ~ Bernoulli(1 − p) per vector. The mask does
+      not depend on the values, so for a fixed generator state it is *pathwise* equivariant: out(gx) = g·out(x)
+      for every linear g (orthogonal or not).
+    - ``"projection"``: out = (n/k)·P_k x with P_k the orthogonal projection onto a Haar-random k-dimensional
+      subspace, drawn independently for every vector, k = round((1 − p)·n) (half up, at least 1), and
+      E[P_k] = (k/n)I. The subspace is the span of a Gaussian n×min(k, n − k) matrix (via QR; the complement
+      is used when k > n/2), so a forward costs O(vectors·n·min(k, n − k)²).
+    - ``"gaussian"``: out = x + s‖x‖ξ with ξ ~ N(0, I/n) and s = √(p/(1 − p)), so that E‖out − x‖² =
+      s²‖x‖², the same total variance as Bernoulli dropout with rate p.
+
+    Args:
+        x: floating-point input.
+        p: drop rate in [0, 1) (default ``0.5``); ``p = 0`` is the identity.
+        training: apply the noise (default ``True``, as ``torch.nn.functional.dropout``); ``False`` returns x.
+        mode: ``"vector"``, ``"projection"`` or ``"gaussian"`` (default ``"vector"``).
+        dim: feature axis (default ``-1``).
+        generator: optional ``torch.Generator`` on x's device for the noise.
+
+    Shape:
+        - Input: any shape with a non-empty axis ``dim`` (an empty batch passes through).
+        - Output: same shape and dtype as the input (float16/bfloat16 noise is applied in float32).
+
+    NaN stays in its vector. With n = 1, ``"projection"`` is the identity (the only rank-1 projection of ℝ¹).
+
+    Examples:
+        >>> import torch, isotorch as it
+        >>> x = torch.randn(6, 4)
+        >>> y = it.functional.iso_dropout(x, 0.5, generator=torch.Generator().manual_seed(0))
+        >>> kept = y.abs().sum(-1) > 0  # whole vectors kept (scaled by 2) or dropped
+        >>> bool(torch.allclose(y[kept], 2 * x[kept]))
+        True
+        >>> it.functional.iso_dropout(x, 0.5, training=False) is x
+        True
+    """
+    _check_floating(x)
+    d = _feature_dim(x, dim)
+    p = _check_p(p)
+    mode = _check_mode(mode)
+    if not isinstance(training, bool):
+        raise TypeError(f"training must be a bool, got {type(training).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if not training or p == 0.0:
+        return x
+    n = x.shape[d]
+    ct = _compute_dtype(x.dtype)
+    h = x.to(ct)
+    if mode == "vector":
+        shape = list(x.shape)
+        shape[d] = 1
+        keep = torch.empty(shape, dtype=ct, device=x.device).bernoulli_(1.0 - p, generator=generator)
+        out = h * (keep / (1.0 - p))
+    elif mode == "gaussian":
+        xi = torch.randn(h.shape, generator=generator, dtype=ct, device=x.device)
+        out = h + _vector_norm(h, d) * xi * math.sqrt(p / ((1.0 - p) * n))
+    else:
+        k = _projection_rank(n, p)
+        if k == n:
+            return x
+        r = min(k, n - k)
+        v = h.movedim(d, -1)
+        flat = v.reshape(-1, n)
+        basis = torch.randn(flat.shape[0], n, r, generator=generator, dtype=ct, device=x.device)
+        q = torch.linalg.qr(basis).Q  # (vectors, n, r): an orthonormal basis of a Haar-random r-dim subspace
+        proj = (q @ (q.transpose(-1, -2) @ flat.unsqueeze(-1))).squeeze(-1)
+        kept = proj if k == r else flat - proj
+        out = (kept * (n / k)).reshape(v.shape).movedim(-1, d)
+    return out.to(x.dtype)
