@@ -97,8 +97,8 @@ def test_family_optimizer_and_init():
     fam = families.get("isotropic")
     model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
     fam.init_(model, generator=torch.Generator().manual_seed(0))
-    w = model[0].weight.detach().double()
-    torch.testing.assert_close(w @ w.T, torch.eye(6, dtype=torch.float64), atol=1e-5, rtol=0)
+    w = model[0].weight.detach().double()  # (6, 4): a tall Haar-orthogonal matrix has orthonormal columns
+    torch.testing.assert_close(w.T @ w, torch.eye(4, dtype=torch.float64), atol=1e-5, rtol=0)
     assert torch.count_nonzero(model[0].bias) == 0
     opt = fam.make_optimizer(model.parameters(), lr=1e-2)
     assert type(opt).__name__ == "IsoAdam"
@@ -131,9 +131,9 @@ def test_convert_mlp_keeps_weights_and_swaps_only_primitives():
         "IsoTanh",
         "Linear",
     ]
-    for a, b in zip(model.state_dict().items(), iso.state_dict().items(), strict=False):
-        if a[0].startswith(("0.", "4.", "6.")):
-            assert a[0] == b[0] and torch.equal(a[1], b[1])
+    old, new = model.state_dict(), iso.state_dict()
+    for key in ("0.weight", "0.bias", "4.weight", "4.bias", "6.weight", "6.bias"):
+        assert torch.equal(old[key], new[key])
     assert type(model[1]) is nn.Tanh, "the input model is left unchanged"
     assert [r.path for r in report.swapped] == ["1", "2", "3", "5"]
     assert "affine" in report.swapped[1].note
@@ -232,8 +232,8 @@ def _b3():
 
 def _dihedral(m):
     c, s = math.cos(2 * math.pi / m), math.sin(2 * math.pi / m)
-    rot = torch.tensor([[c, -s], [s, c]])
-    ref = torch.tensor([[1.0, 0], [0, -1]])
+    rot = torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
+    ref = torch.tensor([[1.0, 0], [0, -1]], dtype=torch.float64)
     return groups.generate(torch.stack([rot, ref]))
 
 
@@ -247,7 +247,9 @@ def _single_direction(v, k):
         (_b3(), torch.cat([torch.eye(3), -torch.eye(3)]).double()),
         (
             _dihedral(5),
-            torch.tensor([[math.cos(2 * math.pi * j / 5), math.sin(2 * math.pi * j / 5)] for j in range(5)]),
+            torch.tensor(
+                [[math.cos(2 * math.pi * j / 5), math.sin(2 * math.pi * j / 5)] for j in range(5)], dtype=torch.float64
+            ),
         ),
     ],
     ids=["B3-cross-polytope", "D5-pentagon"],
