@@ -211,3 +211,8 @@ def test_vacuous_functions_are_flagged():
     with pytest.raises(VacuousCheckError, match="constant"):
         assert_invariant(lambda t: torch.ones(t.shape[0], dtype=t.dtype), x, "orthogonal")
     assert_invariant(lambda t: t.norm(dim=-1), x, "orthogonal")  # invariant, but not constant: passes
+
+
+def test_relative_error_is_scale_free_at_huge_magnitudes():
+    a = torch.tensor([1e200, -2e200], dtype=torch.float64)
+    assert relative_error(a, a * (1 + 1e-6)) == pytest.approx(relative_error(a / 1e200, a / 1e200 * (1 + 1e-6)))

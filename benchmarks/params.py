@@ -1,0 +1,125 @@
+"""Weight matching: isotorch.params.align against the `rebasin` package (PyPI) on the same model pairs.
+
+Two independently initialised 784-w-w-w-10 ReLU MLPs (float32) are weight-matched at each width w, by
+``isotorch.params.align(a, b, method="weights")`` and by ``rebasin.PermutationCoordinateDescent``, in the same run.
+Both results are scored with the same objective, Σ_params ⟨θ_A, θ_B'⟩ (the weight-matching objective, REFERENCE
+§5.3), and checked to compute B's function. Targets: our objective ≥ theirs on every pair, our time ≤ 0.5× theirs,
+and w = 4096 in under 60 s.
+
+`rebasin` is not an isotorch dependency. Install it into the environment for this benchmark only, e.g.
+``pip install --no-deps rebasin torchview graphviz tqdm``; without it, its column is skipped with a message.
+
+Usage:
+    python benchmarks/params.py [--widths 512 2048 4096] [--seed 0] [--no-rebasin]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import time
+
+import torch
+from torch import nn
+
+from isotorch.params import align
+
+
+def mlp(width: int, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(784, width),
+        nn.ReLU(),
+        nn.Linear(width, width),
+        nn.ReLU(),
+        nn.Linear(width, width),
+        nn.ReLU(),
+        nn.Linear(width, 10),
+    )
+
+
+def objective(a: nn.Module, b: nn.Module) -> float:
+    sb = b.state_dict()
+    return float(sum((v.double() * sb[k].double()).sum() for k, v in a.state_dict().items()))
+
+
+def same_function(b: nn.Module, aligned: nn.Module, x: torch.Tensor) -> bool:
+    with torch.no_grad():
+        return torch.allclose(b(x), aligned(x), rtol=1e-4, atol=1e-5)
+
+
+def run_ours(a, b, x):
+    start = time.perf_counter()
+    result = align(a, b, method="weights", x=x, generator=0)
+    return time.perf_counter() - start, result.model, result.iterations
+
+
+def run_rebasin(a, b, x):
+    from rebasin import PermutationCoordinateDescent
+
+    b = copy.deepcopy(b)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    pcd = PermutationCoordinateDescent(a, b, x)
+    pcd.rebasin()
+    return time.perf_counter() - start, b
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--widths", type=int, nargs="+", default=[512, 2048, 4096])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-rebasin", action="store_true", help="skip the rebasin baseline")
+    args = parser.parse_args()
+
+    have_rebasin = not args.no_rebasin
+    if have_rebasin:
+        try:
+            import rebasin  # noqa: F401
+        except ImportError as err:
+            print(f"rebasin is not importable ({err}); its column is skipped. Install it for this run with")
+            print("  pip install --no-deps rebasin torchview graphviz tqdm")
+            have_rebasin = False
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    header = (
+        f"{'w':>6} {'ours s':>8} {'rebasin s':>10} {'ratio':>6} {'ours obj':>14} {'rebasin obj':>14} "
+        f"{'ours≥':>6} {'iters':>5}"
+    )
+    print(header)
+    rows = []
+    for w in args.widths:
+        a, b = mlp(w, args.seed), mlp(w, args.seed + 1)
+        x = torch.randn(4, 784, generator=torch.Generator().manual_seed(args.seed))
+        t_ours, ours, iters = run_ours(a, b, x)
+        obj_ours = objective(a, ours)
+        assert same_function(b, ours, x), "isotorch changed the function"
+        t_theirs = obj_theirs = None
+        if have_rebasin:
+            t_theirs, theirs = run_rebasin(a, b, x)
+            obj_theirs = objective(a, theirs)
+            if not same_function(b, theirs, x):
+                print(f"  note: rebasin's result at w={w} computes a different function")
+        ratio = f"{t_ours / t_theirs:6.2f}" if t_theirs else "   n/a"
+        better = (
+            ("yes" if obj_ours >= obj_theirs - 1e-6 * abs(obj_theirs) else "NO") if obj_theirs is not None else "n/a"
+        )
+        theirs_t = f"{t_theirs:10.2f}" if t_theirs else f"{'skipped':>10}"
+        theirs_o = f"{obj_theirs:14.4f}" if obj_theirs is not None else f"{'skipped':>14}"
+        print(f"{w:>6} {t_ours:8.2f} {theirs_t} {ratio} {obj_ours:14.4f} {theirs_o} {better:>6} {iters:>5}", flush=True)
+        rows.append((w, t_ours, t_theirs, obj_ours, obj_theirs))
+    print()
+    print("targets: our objective ≥ rebasin's on every pair; our time ≤ 0.5× rebasin's; w = 4096 in < 60 s")
+    for w, t_ours, t_theirs, obj_ours, obj_theirs in rows:
+        checks = []
+        if obj_theirs is not None:
+            checks.append(f"objective {'ok' if obj_ours >= obj_theirs - 1e-6 * abs(obj_theirs) else 'MISSED'}")
+            checks.append(f"time ratio {'ok' if t_ours <= 0.5 * t_theirs else 'MISSED'}")
+        if w == 4096:
+            checks.append(f"under 60 s {'ok' if t_ours < 60 else 'MISSED'}")
+        print(f"  w={w}: " + (", ".join(checks) or "no baseline"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,431 @@
+"""Align network B to network A through their parameter-space symmetries (REFERENCE §5.3–5.5).
+
+*Weight matching* maximises Σ_params ⟨θ_A, g·θ_B⟩ by coordinate descent over the sites: in random order, each
+site's element is set to the exact maximiser of its own term with the other sites held fixed,
+
+    C_s = Σ_{(param, axis) acted on by s} A[axis→0, rest flattened] · (B with the other sites applied)[...]ᵀ,
+    g_s = argmax_{g ∈ G_s} ⟨g, C_s⟩,
+
+until a full round improves no site by more than ``tol`` (at most ``max_iter`` rounds). The maximiser is a linear
+assignment for permutation sites (Git Re-Basin), and an orthogonal Procrustes rotation R = UVᵀ for isotropic
+(orthogonal) sites, block-wise for block-orthogonal ones, which no permutation-only tool can do. A site's cost
+matrix depends only on the sites that share a parameter with it, so a site whose neighbours did not change since
+its last solve is not solved again (same answer).
+
+Permutation sites start from a greedy pass in graph order that matches each site's producer rows given the
+already matched input axes (layer-wise matching); descent from there converges in a few rounds to better optima
+than from the identity. Orthogonal sites start from the eigenbases of their Gram matrices (exact for a rotated
+copy). Positive scalings of ReLU sites are not matched; bring both networks to
+``canonicalize(..., scaling="balanced")`` first if they may differ by rescaling.
+
+*Activation matching* solves each site independently with C_s = Z_Aᵀ Z_B, the correlation of the features the
+site's consumers read, over ``data``.
+
+Examples:
+    >>> import torch
+    >>> from torch import nn
+    >>> from isotorch.params import align, symmetries, sample_element, transform
+    >>> a = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    >>> x = torch.randn(8, 4, dtype=torch.float64)
+    >>> b = transform(a, sample_element(symmetries(a, x), torch.Generator().manual_seed(0)))
+    >>> result = align(a, b, x=x)
+    >>> torch.allclose(result.model[0].weight, a[0].weight)
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from isotorch import groups as _groups
+from isotorch.params import _solvers
+from isotorch.params._compat import batches, check_same_architecture, first_inputs, run_checked
+from isotorch.params._element import Element
+from isotorch.params._errors import SymmetryError
+from isotorch.params._sites import Action, Site, Symmetries, symmetries
+from isotorch.params._trace import evaluation
+from isotorch.params._transform import act, transform
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AlignResult", "align"]
+
+METHODS = ("weights", "activations")
+
+
+@dataclass(frozen=True)
+class AlignResult:
+    """The result of :func:`align`.
+
+    Attributes:
+        model: the aligned copy of model B (same function as B, verified).
+        element: the :class:`~isotorch.params.Element` that maps B to the aligned copy.
+        method: ``"weights"`` or ``"activations"``.
+        objective_before, objective_after: Σ⟨θ_A, θ_B⟩ over the parameters the aligned sites touch (weights), or
+            Σ_s ⟨Z_A, Z_B⟩/N (activations), before and after alignment.
+        distance_before, distance_after: ‖θ_A − θ_B‖ over all floating parameters, before and after.
+        iterations: coordinate-descent rounds (weights; 1 for activations).
+        groups: site → the group key the site was aligned over.
+        skipped: site → why it was not aligned.
+    """
+
+    model: nn.Module = field(repr=False)
+    element: Element = field(repr=False)
+    method: str
+    objective_before: float
+    objective_after: float
+    distance_before: float
+    distance_after: float
+    iterations: int
+    groups: dict[str, str]
+    skipped: dict[str, str]
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (without the model; the element as nested lists)."""
+        return {
+            "method": self.method,
+            "objective_before": self.objective_before,
+            "objective_after": self.objective_after,
+            "distance_before": self.distance_before,
+            "distance_after": self.distance_after,
+            "iterations": self.iterations,
+            "groups": dict(self.groups),
+            "skipped": dict(self.skipped),
+            "element": self.element.to_dict(),
+        }
+
+
+def _site_group(site: Site, group: str | dict | None) -> tuple[str | None, str | None]:
+    """The group key to align ``site`` over, or (None, reason)."""
+    if not site.free:
+        return None, f"{site.status}: {site.reason}"
+    requested = group.get(site.name) if isinstance(group, dict) else group
+    if requested is None:
+        key = _solvers.best_compact(site.groups, site.maximal, site.general_linear)
+        if key is None:
+            return None, f"no compact group to match over ({site.group})"
+        return key, None
+    key = _groups.get(requested).key
+    if _groups.get(key).name not in _solvers.MATCHABLE:
+        raise ValueError(f"group must be one of {', '.join(_solvers.MATCHABLE)}, got {requested!r}")
+    if key not in site.groups and not site.general_linear:
+        if isinstance(group, dict):
+            raise ValueError(f"the requested group {key} is not a symmetry of site {site.name!r} ({site.group})")
+        return None, f"the requested group {key} is not a symmetry of the site ({site.group})"
+    return key, None
+
+
+def _moved(t: torch.Tensor, a: Action, n: int) -> torch.Tensor:
+    """The slice of ``t`` an action touches, with its features first: (n, everything else)."""
+    sa = a.axis if a.slice_axis is None else a.slice_axis
+    stop = t.shape[sa] if a.stop is None else a.stop
+    seg = t.narrow(sa, a.start, stop - a.start)
+    return seg.movedim(a.axis, 0).reshape(n, -1)
+
+
+class _WeightMatcher:
+    def __init__(self, syms: Symmetries, params_a, params_b, sites: dict[str, str], generator):
+        self.syms = syms
+        self.a = params_a
+        self.b = params_b
+        self.sites = sites  # site name -> group key
+        self.generator = generator
+        self.current: dict[str, torch.Tensor] = {}
+        self.version = dict.fromkeys(sites, 0)
+        # which sites act on each parameter
+        self.on_param: dict[str, list[tuple[str, Action]]] = {}
+        for name in sites:
+            for act_ in syms[name].actions:
+                self.on_param.setdefault(act_.param, []).append((name, act_))
+        self.neighbours = {
+            name: sorted({other for a in syms[name].actions for other, _ in self.on_param[a.param] if other != name})
+            for name in sites
+        }
+        self.solved_at: dict[str, tuple] = {}
+        self.terms: dict[tuple, tuple] = {}
+
+    def forward_init(self) -> None:
+        """Start the permutation sites with a greedy pass in graph order that matches each site's producer rows
+        (weights and biases, with the already matched input axes applied) — layer-wise matching. Descent from
+        there reaches better optima than from the identity, where the consumer terms of unmatched later layers are
+        noise."""
+        for name, key in self.sites.items():
+            if key not in ("permutation", "signed_permutation"):
+                continue
+            c = self.cost(name, kinds=("out", "passenger"))
+            if c is None:
+                continue
+            self.current[name] = _solvers.solve(c, key)
+            self.version[name] += 1
+
+    def cost(self, name: str, known: set[str] | None = None, kinds=None) -> torch.Tensor | None:
+        """C_s with the other sites at their current elements; with ``known``, only the actions whose parameter
+        is acted on by no site outside ``known`` (``None`` if there is no such action)."""
+        site = self.syms[name]
+        n = site.size
+        total = None
+        for a in site.actions:
+            if known is not None and any(o != name and o not in known for o, _ in self.on_param[a.param]):
+                continue
+            if kinds is not None and a.kind not in kinds:
+                continue
+            others = [(o, oa) for o, oa in self.on_param[a.param] if o != name and o in self.current]
+            key = tuple((o, self.version[o]) for o, _ in others)
+            cached = self.terms.get((name, a))
+            if cached is not None and cached[0] == key:
+                c = cached[1]
+            else:
+                tb = self.b[a.param]
+                for other, other_action in others:
+                    # every matchable group is orthogonal, so g⁻ᵀ = g for consumer and dual actions too
+                    tb = act(tb, self.current[other], other_action)
+                c = _moved(self.a[a.param], a, n) @ _moved(tb, a, n).mT
+                self.terms[(name, a)] = (key, c)  # a term changes only when a site sharing its parameter does
+            total = c if total is None else total + c
+        return total
+
+    def spectral_init(self) -> None:
+        """Start each orthogonal site at the rotation that matches the eigenbases of its Gram matrices.
+
+        S_s = Σ_actions M·Mᵀ (M the parameter slice with the site's features first) transforms as S → R·S·Rᵀ under
+        the site's own rotation R and is unchanged by the rotations and permutations of the other sites, so for
+        a rotated copy the eigenvectors of S_A and S_B agree up to signs: g = V_A·D·V_Bᵀ. The signs D are chosen to
+        maximise the terms whose other axes are already fixed (sites are visited in graph order). Coordinate
+        descent from there only has to polish; from the identity it gets stuck in reflected local optima.
+        """
+        done: set[str] = set()
+        fixed = {o for o in self.sites if _groups.get(self.sites[o]).name not in ("orthogonal", "special_orthogonal")}
+        for name, key in self.sites.items():
+            if name in fixed:
+                continue
+            site = self.syms[name]
+            sa = sb = None
+            for a in site.actions:
+                ma = _moved(self.a[a.param], a, site.size).double()
+                mb = _moved(self.b[a.param], a, site.size).double()
+                sa = ma @ ma.mT if sa is None else sa + ma @ ma.mT
+                sb = mb @ mb.mT if sb is None else sb + mb @ mb.mT
+            va = torch.linalg.eigh(sa).eigenvectors
+            vb = torch.linalg.eigh(sb).eigenvectors
+            c = self.cost(name, known=done | fixed)
+            if c is None:
+                c = self.cost(name)
+            overlap = torch.diagonal(va.mT @ c.double() @ vb)
+            d = torch.where(overlap < 0, -1.0, 1.0).to(torch.float64)
+            if (
+                _groups.get(key).name == "special_orthogonal"
+                and torch.linalg.det(va) * torch.linalg.det(vb) * d.prod() < 0
+            ):
+                d[overlap.abs().argmin()] *= -1
+            self.current[name] = (va * d) @ vb.mT
+            self.version[name] += 1
+            done.add(name)
+
+    def run(self, max_iter: int, tol: float) -> int:
+        names = list(self.sites)
+        rounds = 0
+        for rounds in range(1, max_iter + 1):  # noqa: B007 - the count is returned
+            progress = False
+            order = torch.randperm(len(names), generator=self.generator).tolist()
+            for i in order:
+                name = names[i]
+                key = tuple(self.version[o] for o in self.neighbours[name])
+                if self.solved_at.get(name) == key:
+                    continue
+                c = self.cost(name)
+                g_new = _solvers.solve(c, self.sites[name])
+                self.solved_at[name] = key
+                old = self.current.get(name)
+                old_value = _solvers.value(old, c) if old is not None else float(torch.diagonal(c).double().sum())
+                new_value = _solvers.value(g_new, c)
+                # rotations converge asymptotically: stop polishing at a relative gain of 1e-9
+                eps = tol if self.sites[name] in ("permutation", "signed_permutation") else max(tol, 1e-9)
+                if new_value > old_value + eps * max(1.0, abs(old_value)):
+                    self.current[name] = g_new
+                    self.version[name] += 1
+                    progress = True
+            if not progress:
+                break
+        return rounds
+
+
+def _float_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+def _inner(a: dict, b: dict, names) -> float:
+    return float(sum(torch.sum(a[n] * b[n], dtype=torch.float64) for n in names))
+
+
+def _distance(a: dict, b: dict) -> float:
+    return float(sum(torch.sum((a[n] - b[n]).pow(2), dtype=torch.float64) for n in a) ** 0.5)
+
+
+def _consumer_features(model: nn.Module, syms: Symmetries, names: list[str]) -> tuple[list, dict]:
+    """Hooks that capture the features each site's consumers read, as per-site lists of (N·inner, n) blocks."""
+    hooks, captured = [], {name: [] for name in names}
+    modules = dict(model.named_modules())
+    for name in names:
+        site = syms[name]
+        for consumer in site.consumers:
+            act_ = next(
+                a for a in site.actions if a.kind == "in" and a.param.rsplit(".", 1)[0] in (consumer, f"{consumer}.")
+            )
+
+            def hook(module, args, kwargs, _name=name, _act=act_, _site=site):
+                x = args[0] if args else next(iter(kwargs.values()))
+                if isinstance(module, nn.modules.conv._ConvNd):
+                    z = x.movedim(1, -1).reshape(-1, _site.size)
+                else:
+                    z = x.reshape(-1, _site.size, _act.inner).movedim(1, -1).reshape(-1, _site.size)
+                captured[_name].append(z.detach())
+
+            hooks.append(modules[consumer].register_forward_pre_hook(hook, with_kwargs=True))
+    return hooks, captured
+
+
+def _activation_costs(model_a, model_b, syms, names, data) -> dict[str, torch.Tensor]:
+    costs: dict[str, torch.Tensor] = {}
+    counts = dict.fromkeys(names, 0)
+    hooks_a, cap_a = _consumer_features(model_a, syms, names)
+    hooks_b, cap_b = _consumer_features(model_b, syms, names)
+    try:
+        with evaluation(model_a), evaluation(model_b):
+            for batch in batches(data):
+                run_checked(model_a, batch[0])
+                run_checked(model_b, batch[0])
+                for name in names:
+                    for za, zb in zip(cap_a[name], cap_b[name], strict=True):
+                        c = za.double().mT @ zb.double()
+                        costs[name] = c if name not in costs else costs[name] + c
+                        counts[name] += za.shape[0]
+                    cap_a[name].clear()
+                    cap_b[name].clear()
+    finally:
+        for h in hooks_a + hooks_b:
+            h.remove()
+    return {k: v / max(counts[k], 1) for k, v in costs.items()}
+
+
+def align(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    method: str = "weights",
+    data=None,
+    *,
+    x=None,
+    group: str | dict[str, str] | None = None,
+    max_iter: int = 100,
+    tol: float = 1e-12,
+    generator: torch.Generator | int | None = None,
+    syms: Symmetries | None = None,
+) -> AlignResult:
+    """Align ``model_b`` to ``model_a`` by the symmetries of their sites; return the aligned copy of B.
+
+    Args:
+        model_a: the reference network.
+        model_b: the network to align; same architecture and state-dict shapes as ``model_a``.
+        method: ``"weights"`` (weight matching by coordinate descent, data-free) or ``"activations"`` (match the
+            features each site's consumers read over ``data``).
+        data: inputs for activation matching: a tensor, an ``(inputs, targets)`` pair, or an iterable of batches.
+            For weight matching it is only used (its first batch) as the example input if ``x`` is not given.
+        x: the example input used to find the sites and to verify the aligned model (default: the first batch of
+            ``data``).
+        group: the group to align every site over (e.g. ``"permutation"``), or a dict site → group; it must be a
+            symmetry of the site. Default: each site's largest compact group (orthogonal for isotropic and
+            linear sites, signed permutation for odd elementwise activations, permutation for ReLU/GELU).
+        max_iter: the most coordinate-descent rounds (weight matching).
+        tol: a round that improves no site by more than ``tol``·max(1, |objective|) ends the descent.
+        generator: a ``torch.Generator`` or int seed for the random site order.
+        syms: precomputed :func:`symmetries` of ``model_a`` (skips tracing).
+
+    Returns:
+        :class:`AlignResult` with the aligned model, the element, and the objective before and after.
+
+    Raises:
+        ValueError: different architectures or state dicts, an unknown method, missing example input or data, data
+            that does not fit the model.
+        SymmetryError: if the aligned model would compute a different function than B (never expected).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_same_architecture(model_a, model_b)
+    if method == "activations" and data is None:
+        raise ValueError("method='activations' needs data= (inputs to collect the features on)")
+    if syms is None:
+        if x is None and data is None:
+            raise ValueError("align needs an example input x= (or data=) to find the symmetry sites")
+        example = x if x is not None else first_inputs(data)
+        if not isinstance(example, (tuple, list)):
+            with evaluation(model_a):
+                run_checked(model_a, example, "x" if x is not None else "data")
+        syms = symmetries(model_a, example)
+    if isinstance(generator, int) or generator is None:
+        generator = torch.Generator().manual_seed(0 if generator is None else generator)
+
+    chosen: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    for site in syms:
+        key, reason = _site_group(site, group)
+        if key is None:
+            skipped[site.name] = reason
+        elif method == "activations" and site.kind in ("heads", "query_key", "value_output"):
+            skipped[site.name] = "activation matching needs the features a layer reads; attention-internal site"
+        else:
+            chosen[site.name] = key
+
+    if group is not None and not chosen and any(s.free for s in syms):
+        raise ValueError(f"the requested group {group!r} is not a symmetry of any site: {skipped}")
+    if isinstance(group, dict):
+        unknown = set(group) - {s.name for s in syms}
+        if unknown:
+            raise KeyError(f"group names unknown sites {sorted(unknown)}; sites: {[s.name for s in syms]}")
+
+    pa, pb = _float_params(model_a), _float_params(model_b)
+    touched = sorted({a.param for name in chosen for a in syms[name].actions})
+    iterations = 1
+    if method == "weights":
+        matcher = _WeightMatcher(syms, pa, pb, chosen, generator)
+        matcher.spectral_init()
+        matcher.forward_init()
+        iterations = matcher.run(max_iter, tol)
+        matrices = dict(matcher.current)
+        objective_before = _inner(pa, pb, touched)
+    else:
+        costs = _activation_costs(model_a, model_b, syms, list(chosen), data)
+        matrices = {}
+        objective_before = 0.0
+        for name, c in costs.items():
+            g = _solvers.solve(c, chosen[name])
+            objective_before += float(torch.diagonal(c).sum())
+            if _solvers.value(g, c) > float(torch.diagonal(c).sum()) + tol * max(1.0, abs(float(c.trace()))):
+                matrices[name] = g
+    element = Element(syms, matrices)
+    try:
+        aligned = transform(model_b, element)
+    except SymmetryError as err:
+        raise SymmetryError(f"alignment produced an element that changes model_b's function: {err}") from err
+    pn = _float_params(aligned)
+    if method == "weights":
+        objective_after = _inner(pa, pn, touched)
+    else:
+        objective_after = sum(
+            _solvers.value(matrices[n], c) if n in matrices else float(torch.diagonal(c).sum())
+            for n, c in costs.items()
+        )
+    return AlignResult(
+        model=aligned,
+        element=element,
+        method=method,
+        objective_before=objective_before,
+        objective_after=objective_after,
+        distance_before=_distance(pa, pb),
+        distance_after=_distance(pa, pn),
+        iterations=iterations,
+        groups=chosen,
+        skipped=skipped,
+    )

@@ -1,0 +1,189 @@
+"""Group elements acting on a model's sites: construction, membership, random sampling.
+
+An :class:`Element` assigns one matrix g_s ∈ G_s to some sites s of a :class:`~isotorch.params.Symmetries`. A
+permutation may be given as an index vector ``perm`` (g = I[perm], so that g·W = W[perm]: new unit i is old unit
+``perm[i]``, the Git Re-Basin convention), which is how large permutations are stored and applied.
+
+Examples:
+    >>> import torch
+    >>> from torch import nn
+    >>> from isotorch.params import symmetries, sample_element
+    >>> syms = symmetries(nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2)), torch.randn(4, 3))
+    >>> g = sample_element(syms, generator=torch.Generator().manual_seed(0))
+    >>> g.matrix("0").shape
+    torch.Size([5, 5])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import torch
+
+from isotorch import groups as _groups
+from isotorch.params._errors import SymmetryError
+from isotorch.params._sites import Site, Symmetries
+
+__all__ = ["Element", "sample_element"]
+
+
+def _is_perm(t: torch.Tensor) -> bool:
+    return t.ndim == 1 and not t.is_floating_point() and not t.is_complex()
+
+
+@dataclass(frozen=True)
+class Element:
+    """A group element: one matrix (or permutation index vector) per site of ``symmetries``.
+
+    Args:
+        symmetries: the :class:`~isotorch.params.Symmetries` whose sites the element acts on.
+        matrices: site name → an (n, n) floating matrix, or an (n,) integer permutation (g = I[perm]). Sites not
+            named are left alone.
+
+    Raises:
+        KeyError: a name that is not a site.
+        ValueError: a matrix of the wrong shape, or an index vector that is not a permutation.
+    """
+
+    symmetries: Symmetries = field(repr=False, compare=False)
+    matrices: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.symmetries, Symmetries):
+            raise TypeError(f"symmetries must be a Symmetries, got {type(self.symmetries).__name__}")
+        checked = {}
+        for name, g in dict(self.matrices).items():
+            site = self.symmetries[name]
+            if not isinstance(g, torch.Tensor):
+                raise TypeError(f"the element at site {name!r} must be a tensor, got {type(g).__name__}")
+            n = site.size
+            if _is_perm(g):
+                if g.shape != (n,) or not torch.equal(torch.sort(g.cpu()).values, torch.arange(n)):
+                    raise ValueError(f"the index vector at site {name!r} must be a permutation of range({n})")
+                g = g.to(torch.long)
+            elif g.ndim != 2 or g.shape != (n, n) or not g.is_floating_point():
+                raise ValueError(
+                    f"the element at site {name!r} must be a ({n}, {n}) floating matrix or a permutation index "
+                    f"vector of length {n}, got {g.dtype} of shape {tuple(g.shape)}"
+                )
+            checked[name] = g.detach()
+        object.__setattr__(self, "matrices", MappingProxyType(checked))
+
+    def matrix(self, name: str, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """The element at site ``name`` as an (n, n) matrix (the identity for sites not in the element)."""
+        site = self.symmetries[name]
+        g = self.matrices.get(name)
+        if g is None:
+            return torch.eye(site.size, dtype=dtype)
+        if _is_perm(g):
+            return torch.eye(site.size, dtype=dtype, device=g.device)[g]
+        return g.to(dtype)
+
+    def inverse(self) -> Element:
+        """The inverse element (applying it undoes :func:`~isotorch.params.transform` with this one)."""
+        out = {}
+        for name, g in self.matrices.items():
+            out[name] = torch.argsort(g) if _is_perm(g) else torch.linalg.inv(g.to(torch.float64)).to(g.dtype)
+        return Element(self.symmetries, out)
+
+    def __matmul__(self, other: Element) -> Element:
+        """The composition ``self ∘ other`` (apply ``other`` first), site by site."""
+        if not isinstance(other, Element):
+            return NotImplemented
+        out = {}
+        for name in dict.fromkeys([*self.matrices, *other.matrices]):
+            a, b = self.matrices.get(name), other.matrices.get(name)
+            if a is None or b is None:
+                out[name] = a if b is None else b
+            elif _is_perm(a) and _is_perm(b):
+                out[name] = b[a]
+            else:
+                out[name] = self.matrix(name) @ other.matrix(name)
+        return Element(self.symmetries, out)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict: site → nested list (matrix) or list of ints (permutation)."""
+        return {name: {"permutation" if _is_perm(g) else "matrix": g.tolist()} for name, g in self.matrices.items()}
+
+
+def contains(site: Site, g: torch.Tensor, atol: float = 1e-6) -> bool:
+    """Whether ``g`` (a matrix or a permutation index vector) lies in the group of ``site``."""
+    if not site.free:
+        return False
+    if _is_perm(g):
+        return "permutation" in site.groups
+    g = g.detach().to(torch.float64)
+    if site.general_linear:
+        return bool(torch.isfinite(g).all()) and int(torch.linalg.matrix_rank(g)) == g.shape[0]
+    for key in site.maximal:
+        if _groups.get(key).contains(g, atol=atol):
+            return True
+    scaled = "positive_scaling" in site.groups
+    if scaled and ("permutation" in site.groups or "signed_permutation" in site.groups):
+        nonzero = g.abs() > atol
+        if bool((nonzero.sum(0) == 1).all() and (nonzero.sum(1) == 1).all()):
+            values = g[nonzero]
+            return "signed_permutation" in site.groups or bool((values > 0).all())
+    return False
+
+
+def check_membership(element: Element) -> None:
+    """Raise :class:`SymmetryError` if an element's matrix is not in its site's group."""
+    for name, g in element.matrices.items():
+        site = element.symmetries[name]
+        if site.status != "free":
+            raise SymmetryError(f"site {name!r} is {site.status} and cannot be transformed: {site.reason}")
+        if not contains(site, g):
+            prims = "; ".join(site.primitives) or "no primitives"
+            raise SymmetryError(
+                f"the element at site {name!r} is not in the site's group {site.group} (primitives: {prims})"
+            )
+
+
+def sample_element(
+    syms: Symmetries,
+    generator: torch.Generator | None = None,
+    *,
+    sites: list[str] | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> Element:
+    """Draw a random element of the symmetry group of every free site.
+
+    Each site's matrix is the product of one Haar-random sample (:meth:`isotorch.groups.Group.sample`) from each
+    of its maximal groups, e.g. a random permutation times a random positive diagonal for a ReLU site; a site with
+    no primitive between its layers (GL(n)) gets a random orthogonal matrix times a positive diagonal.
+
+    Args:
+        syms: the model's :class:`~isotorch.params.Symmetries`.
+        generator: a ``torch.Generator`` for reproducible draws (default: torch's global RNG).
+        sites: the site names to draw for (default: every free site).
+        dtype: the dtype of the matrices (float64 by default, so that transforms are exact to rounding).
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from isotorch.params import symmetries, sample_element, transform
+        >>> model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 2)).double()
+        >>> syms = symmetries(model, torch.randn(5, 3, dtype=torch.float64))
+        >>> new = transform(model, sample_element(syms, torch.Generator().manual_seed(1)))
+    """
+    if not isinstance(syms, Symmetries):
+        raise TypeError(f"syms must be the Symmetries of a model, got {type(syms).__name__}")
+    names = [s.name for s in syms.free] if sites is None else list(sites)
+    out = {}
+    for name in names:
+        site = syms[name]
+        if not site.free:
+            raise SymmetryError(f"site {name!r} is {site.status}: {site.reason}")
+        n = site.size
+        if site.general_linear:
+            g = _groups.get("orthogonal").sample(n, generator=generator, dtype=torch.float64)
+            g = g @ _groups.get("positive_scaling").sample(n, generator=generator, dtype=torch.float64)
+        else:
+            g = torch.eye(n, dtype=torch.float64)
+            for key in sorted(site.maximal):
+                g = g @ _groups.get(key).sample(n, generator=generator, dtype=torch.float64)
+        out[name] = g.to(dtype)
+    return Element(syms, out)

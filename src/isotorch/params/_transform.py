@@ -1,0 +1,314 @@
+"""Apply a group element to a model's parameters, and verify that the function did not change.
+
+For each site s with element g (REFERENCE §1.3, §5.2):
+
+    producers  W → g·W, b → g·b            consumers  W → W·g⁻¹
+    dual rows  W_K → g⁻ᵀ·W_K (keys)        passengers p → g·p (per-feature norm parameters, permutations)
+
+The new model is checked on the example input the symmetries were found with: if its output differs from the
+original's by more than the dtype tolerance (:func:`isotorch.testing.tolerance`), :class:`SymmetryError` is
+raised. isotorch never returns a silently broken model.
+
+Optimiser state transforms like the gradient, ∇L(T·θ) = T⁻ᵀ∇L(θ): momentum and first moments with T⁻ᵀ, Adam's
+second moments with the elementwise square of T⁻ᵀ, which is exact only for monomial elements (permutations, sign
+flips, positive scalings); for a rotation it raises, because Adam is not rotation-equivariant (REFERENCE §2.5).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from isotorch import testing as _testing
+from isotorch.params._element import Element, _is_perm, check_membership
+from isotorch.params._errors import SymmetryError
+from isotorch.params._sites import Action, Symmetries
+from isotorch.params._trace import evaluation
+
+__all__ = ["transform"]
+
+_GRADIENT_STATE = {"momentum_buffer", "exp_avg", "grad", "ax", "prev"}
+_SQUARE_STATE = {"exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "acc_delta", "exp_inf"}
+
+
+def act(t: torch.Tensor, g: torch.Tensor, action: Action) -> torch.Tensor:
+    """Multiply the features of ``t`` along ``action.axis`` (in the range of ``action.slice_axis``) by ``g``.
+
+    ``g`` is an (n, n) matrix or a permutation index vector; the result has ``t``'s dtype and is differentiable
+    in both ``t`` and ``g``.
+    """
+    sa = action.axis if action.slice_axis is None else action.slice_axis
+    size = t.shape[sa]
+    stop = size if action.stop is None else action.stop
+    sliced = (action.start, stop) != (0, size)
+    seg = t.narrow(sa, action.start, stop - action.start) if sliced else t
+    moved = seg.movedim(action.axis, 0)
+    n = g.shape[0]
+    if moved.shape[0] != n * action.inner:
+        raise SymmetryError(
+            f"parameter {action.param} has {moved.shape[0]} entries on axis {action.axis}, but the element acts on "
+            f"{n} features × {action.inner}"
+        )
+    m = moved.reshape(n, action.inner, -1)
+    if _is_perm(g):
+        out = m.index_select(0, g.to(m.device))
+    else:
+        dtype = torch.promote_types(g.dtype, m.dtype)
+        out = torch.einsum("ij,jkr->ikr", g.to(device=m.device, dtype=dtype), m.to(dtype)).to(t.dtype)
+    out = out.reshape(moved.shape).movedim(0, action.axis)
+    if not sliced:
+        return out
+    return torch.cat([t.narrow(sa, 0, action.start), out, t.narrow(sa, stop, size - stop)], dim=sa)
+
+
+def _inverse_transpose(g: torch.Tensor) -> torch.Tensor:
+    if _is_perm(g):
+        return g  # a permutation matrix is orthogonal: g⁻ᵀ = g
+    return torch.linalg.inv(g).mT
+
+
+def apply_element(
+    tensors: Mapping[str, torch.Tensor],
+    syms: Symmetries,
+    matrices: Mapping[str, torch.Tensor],
+    *,
+    mode: str = "parameter",
+    skip_missing: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Apply site matrices to a dict of named tensors (differentiable); returns the changed entries.
+
+    Args:
+        tensors: state-dict-like name → tensor.
+        syms: the symmetries whose site actions are used.
+        matrices: site name → (n, n) matrix or permutation index vector.
+        mode: ``"parameter"`` (the action on parameters), ``"gradient"`` (its inverse transpose, for gradients and
+            first moments) or ``"square"`` (the elementwise square of the gradient action, for second moments;
+            monomial elements only).
+    """
+    out: dict[str, torch.Tensor] = {}
+    for name, g in matrices.items():
+        site = syms[name]
+        g_inv_t = _inverse_transpose(g)
+        for a in site.actions:
+            if a.param not in tensors:
+                if skip_missing:
+                    continue
+                raise SymmetryError(f"parameter {a.param} of site {name!r} is not in the model")
+            forward = a.kind in ("out", "passenger")
+            if mode == "gradient":
+                forward = not forward
+            mat = g if forward else g_inv_t
+            if mode == "square":
+                mat = (g_inv_t if forward else g) if not _is_perm(g) else g
+                if not _is_perm(mat):
+                    nonzero = mat.abs() > 1e-12 * mat.abs().max()
+                    if not bool((nonzero.sum(0) == 1).all() and (nonzero.sum(1) == 1).all()):
+                        raise SymmetryError(
+                            f"second-moment optimiser state cannot be transformed by the non-monomial element at "
+                            f"site {name!r} (an adaptive optimiser is not equivariant to it)"
+                        )
+                    mat = mat * mat
+            current = out.get(a.param, tensors[a.param])
+            out[a.param] = act(current, mat, a)
+    return out
+
+
+def check_model(model: nn.Module, syms: Symmetries) -> None:
+    """Raise ``ValueError`` if ``model``'s state dict does not match the one the symmetries were found on."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if shapes == dict(syms.shapes):
+        return
+    missing = sorted(set(syms.shapes) - set(shapes))
+    extra = sorted(set(shapes) - set(syms.shapes))
+    changed = [
+        f"{k}: {shapes[k]} vs {syms.shapes[k]}" for k in shapes if k in syms.shapes and shapes[k] != syms.shapes[k]
+    ]
+    parts = []
+    if missing:
+        parts.append(f"missing {missing[:5]}")
+    if extra:
+        parts.append(f"unexpected {extra[:5]}")
+    if changed:
+        parts.append(f"different shapes {changed[:5]}")
+    raise ValueError(f"model does not match the symmetries ({syms.model}): " + "; ".join(parts))
+
+
+def _leaves(obj) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [t for o in obj for t in _leaves(o)]
+    if isinstance(obj, Mapping):
+        return [t for o in obj.values() for t in _leaves(o)]
+    return []
+
+
+def _rescaled(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Divide both by their largest magnitude, so that the relative error does not overflow for huge outputs."""
+    a, b = a.detach().to(torch.float64), b.detach().to(torch.float64)
+    scale = max(float(a.abs().max()) if a.numel() else 0.0, float(b.abs().max()) if b.numel() else 0.0)
+    if scale > 0 and scale != float("inf"):
+        return a / scale, b / scale
+    return a, b
+
+
+def function_error(model_a: nn.Module, model_b: nn.Module, inputs: tuple) -> tuple[float, torch.dtype]:
+    """The largest relative error between the outputs of two models on ``inputs`` (eval mode, no grad)."""
+    with evaluation(model_a), evaluation(model_b):
+        out_a = _leaves(model_a(*inputs))
+        out_b = _leaves(model_b(*inputs))
+    if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in out_a):
+        raise ValueError("the model's output on the example input is not finite, so no transform can be verified")
+    if len(out_a) != len(out_b) or not out_a:
+        raise SymmetryError("the transformed model returns a different output structure")
+    errors = [
+        _testing.relative_error(*_rescaled(a, b)) if a.is_floating_point() else float(not torch.equal(a, b))
+        for a, b in zip(out_a, out_b, strict=True)
+    ]
+    worst = max(errors)
+    if any(e != e for e in errors):  # NaN
+        worst = float("nan")
+    return worst, out_a[0].dtype
+
+
+def verify(model: nn.Module, new: nn.Module, syms: Symmetries, tol: float | None, what: str) -> float:
+    """Raise :class:`SymmetryError` if ``new`` computes a different function than ``model`` on the example."""
+    err, dtype = function_error(model, new, syms.example_input)
+    limit = tol if tol is not None else (_testing.tolerance(dtype) if dtype.is_floating_point else 0.0)
+    if not err <= limit:
+        raise SymmetryError(
+            f"{what} changed the model's function on the example input: relative error {err:.3e} > tolerance "
+            f"{limit:.1e} ({dtype})"
+        )
+    return err
+
+
+def _state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    return dict(model.state_dict(keep_vars=True))
+
+
+def load_changes(model: nn.Module, changes: Mapping[str, torch.Tensor]) -> None:
+    """Copy changed tensors into ``model``'s parameters and buffers in place."""
+    state = _state_tensors(model)
+    with torch.no_grad():
+        for name, value in changes.items():
+            state[name].copy_(value)
+
+
+def transform(
+    model: nn.Module,
+    element: Element,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    check: bool = True,
+    check_group: bool = True,
+    tol: float | None = None,
+) -> nn.Module:
+    """Apply a group element to a copy of ``model`` and verify that the function is unchanged.
+
+    Every parameter and buffer that a site touches is transformed: weights, biases, attention projections, norm
+    gains and running statistics (see :class:`~isotorch.params.Action`).
+
+    Args:
+        model: the model the element's symmetries were found on (or one with the same state-dict shapes).
+        element: an :class:`~isotorch.params.Element` (from :func:`sample_element`, :func:`align`, or built by
+            hand).
+        optimizer: if given, its state (momentum, Adam moments) is transformed like the gradient and the optimiser
+            is rebound **in place** to the returned model's parameters.
+        check: verify the function on the example input (default ``True``).
+        check_group: check first that every matrix lies in its site's group (default ``True``).
+        tol: the relative-error tolerance of the check (default: :func:`isotorch.testing.tolerance` of the
+            output dtype, 1e-4 in float32 and 1e-9 in float64).
+
+    Returns:
+        A new model (``model`` is not modified).
+
+    Raises:
+        SymmetryError: a matrix outside its site's group, a frozen or broken site, or a function that changed.
+        ValueError: a model that does not match the element's symmetries.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from isotorch.params import symmetries, transform, Element, SymmetryError
+        >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+        >>> syms = symmetries(model, torch.randn(8, 3, dtype=torch.float64))
+        >>> swapped = transform(model, Element(syms, {"0": torch.tensor([1, 0, 3, 2])}))
+        >>> torch.equal(swapped[0].weight[0], model[0].weight[1])
+        True
+        >>> rotation = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64))[0]
+        >>> try:
+        ...     transform(model, Element(syms, {"0": rotation}))
+        ... except SymmetryError as err:
+        ...     print("refused")
+        refused
+    """
+    if not isinstance(element, Element):
+        raise TypeError(f"element must be an Element, got {type(element).__name__}")
+    syms = element.symmetries
+    check_model(model, syms)
+    if check_group:
+        check_membership(element)
+    else:
+        for name in element.matrices:
+            if not syms[name].free:
+                raise SymmetryError(f"site {name!r} is {syms[name].status}: {syms[name].reason}")
+    new = copy.deepcopy(model)
+    tensors = {k: v.detach() for k, v in model.state_dict().items()}
+    changes = apply_element(tensors, syms, element.matrices)
+    load_changes(new, changes)
+    if check:
+        verify(model, new, syms, tol, "the transform")
+    if optimizer is not None:
+        _rebind_optimizer(optimizer, model, new, syms, element)
+    return new
+
+
+def _rebind_optimizer(optimizer, model, new, syms, element) -> None:
+    names = {id(p): n for n, p in model.named_parameters()}
+    new_params = dict(new.named_parameters())
+    state: dict[str, dict] = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if id(p) not in names:
+                raise ValueError("the optimizer holds a parameter that is not in the model")
+            state[names[id(p)]] = optimizer.state.get(p, {})
+    # collect every state tensor with its parameter's shape into per-key dicts and transform them together
+    keys = {k for s in state.values() for k, v in s.items() if isinstance(v, torch.Tensor) and v.ndim > 0}
+    touched = {a.param for name in element.matrices for a in syms[name].actions}
+    transformed: dict[str, dict[str, torch.Tensor]] = {}
+    for key in keys:
+        tensors = {
+            n: s[key]
+            for n, s in state.items()
+            if isinstance(s.get(key), torch.Tensor) and s[key].shape == new_params[n].shape
+        }
+        relevant = {n: t for n, t in tensors.items() if n in touched}
+        if not relevant:
+            continue
+        if key in _GRADIENT_STATE:
+            mode = "gradient"
+        elif key in _SQUARE_STATE:
+            mode = "square"
+        else:
+            raise SymmetryError(f"optimizer state {key!r} has no known transformation rule")
+        changes = apply_element(tensors, syms, element.matrices, mode=mode, skip_missing=True)
+        for n, v in changes.items():
+            if n in tensors:
+                transformed.setdefault(n, {})[key] = v
+    new_state = {}
+    for group in optimizer.param_groups:
+        group["params"] = [new_params[names[id(p)]] for p in group["params"]]
+    for n, s in state.items():
+        entry = {
+            k: (transformed.get(n, {}).get(k, v).clone() if isinstance(v, torch.Tensor) else v) for k, v in s.items()
+        }
+        if entry:
+            new_state[new_params[n]] = entry
+    optimizer.state.clear()
+    optimizer.state.update(new_state)

@@ -1,0 +1,126 @@
+"""transform: verification, elements, inverses, optimiser state."""
+
+import pytest
+import torch
+from params_models import iso_mlp, mlp
+from torch import nn
+
+import isotorch as it
+from isotorch.params import Element, SymmetryError, sample_element, symmetries, transform
+
+
+def _x(dtype, *shape):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(3), dtype=dtype)
+
+
+def test_transform_does_not_modify_the_original(dtype):
+    model = mlp(nn.ReLU, dtype=dtype)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    syms = symmetries(model, _x(dtype, 4, 5))
+    new = transform(model, sample_element(syms, torch.Generator().manual_seed(0)))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not torch.allclose(new[0].weight, model[0].weight)
+
+
+def test_inverse_undoes_the_transform(dtype):
+    model = iso_mlp(dtype=dtype)
+    syms = symmetries(model, _x(dtype, 4, 5))
+    g = sample_element(syms, torch.Generator().manual_seed(0))
+    back = transform(transform(model, g), g.inverse())
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for k, v in model.state_dict().items():
+        assert torch.allclose(back.state_dict()[k], v, atol=tol)
+    composed = g.inverse() @ g
+    assert torch.allclose(composed.matrix("0"), torch.eye(16, dtype=torch.float64), atol=1e-12)
+
+
+def test_permutation_index_vectors_follow_the_rebasin_convention():
+    model = mlp(nn.ReLU)
+    syms = symmetries(model, _x(torch.float64, 4, 5))
+    perm = torch.randperm(16, generator=torch.Generator().manual_seed(0))
+    new = transform(model, Element(syms, {"0": perm}))
+    assert torch.equal(new[0].weight, model[0].weight[perm])
+    assert torch.equal(new[2].weight, model[2].weight[:, perm])
+    same = transform(model, Element(syms, {"0": torch.eye(16, dtype=torch.float64)[perm]}))
+    assert torch.equal(same[0].weight, new[0].weight)
+
+
+def test_element_validation():
+    syms = symmetries(mlp(nn.ReLU), _x(torch.float64, 4, 5))
+    with pytest.raises(KeyError, match="no site named"):
+        Element(syms, {"9": torch.eye(16)})
+    with pytest.raises(ValueError, match=r"\(16, 16\)"):
+        Element(syms, {"0": torch.eye(15)})
+    with pytest.raises(ValueError, match="permutation of range"):
+        Element(syms, {"0": torch.zeros(16, dtype=torch.long)})
+    with pytest.raises(TypeError, match="Symmetries"):
+        Element("syms", {})
+    with pytest.raises(TypeError, match="Element"):
+        transform(mlp(nn.ReLU), {"0": torch.eye(16)})
+
+
+def test_negative_scaling_is_not_a_relu_symmetry(dtype):
+    model = mlp(nn.ReLU, dtype=dtype)
+    syms = symmetries(model, _x(dtype, 8, 5))
+    d = torch.diag(torch.linspace(0.5, 2.0, 16, dtype=torch.float64))
+    transform(model, Element(syms, {"0": d}))  # positive scaling: fine
+    with pytest.raises(SymmetryError):
+        transform(model, Element(syms, {"0": -d}))
+    with pytest.raises(SymmetryError):
+        transform(model, Element(syms, {"0": -d}), check_group=False)
+
+
+def test_model_mismatch_is_named():
+    syms = symmetries(mlp(nn.ReLU), _x(torch.float64, 4, 5))
+    other = mlp(nn.ReLU, widths=(5, 16, 12, 3))
+    with pytest.raises(ValueError, match=r"2\.weight"):
+        transform(other, sample_element(syms))
+
+
+def _step(model, opt, x):
+    opt.zero_grad()
+    model(x).pow(2).sum().backward()
+    opt.step()
+
+
+@pytest.mark.parametrize(
+    ("opt_cls", "kwargs", "act", "group_ok"),
+    [
+        (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9}, it.nn.IsoTanh, True),
+        (torch.optim.Adam, {"lr": 0.01}, nn.ReLU, True),
+        (torch.optim.Adam, {"lr": 0.01}, it.nn.IsoTanh, False),
+    ],
+)
+def test_optimizer_state_follows_the_transform(opt_cls, kwargs, act, group_ok):
+    torch.manual_seed(0)
+    model = mlp(act)
+    twin = mlp(act)
+    twin.load_state_dict(model.state_dict())
+    x = _x(torch.float64, 6, 5)
+    opt = opt_cls(model.parameters(), **kwargs)
+    twin_opt = opt_cls(twin.parameters(), **kwargs)
+    _step(model, opt, x)
+    _step(twin, twin_opt, x)
+    syms = symmetries(model, x)
+    if act is nn.ReLU:  # a permutation (Adam is permutation-equivariant)
+        g = Element(syms, {"0": torch.randperm(16), "2": torch.randperm(16)})
+    else:
+        g = sample_element(syms, torch.Generator().manual_seed(1))
+    if not group_ok:
+        with pytest.raises(SymmetryError, match="second-moment"):
+            transform(model, g, optimizer=opt)
+        return
+    new = transform(model, g, optimizer=opt)
+    assert all(p is q for p, q in zip(opt.param_groups[0]["params"], new.parameters(), strict=True))
+    _step(new, opt, x)  # the second step in the transformed coordinates
+    _step(twin, twin_opt, x)  # the second step in the original coordinates
+    expected = transform(twin, g)
+    for (k, v), w in zip(expected.state_dict().items(), new.state_dict().values(), strict=True):
+        assert torch.allclose(v, w, atol=1e-10), k
+    # negative control: without transforming the state, the momentum points the wrong way
+    stale = transform(twin, g)
+    stale_opt = opt_cls(stale.parameters(), **kwargs)
+    stale_opt.load_state_dict(twin_opt.state_dict())
+    _step(stale, stale_opt, x)
+    _step(twin, twin_opt, x)
+    assert not torch.allclose(transform(twin, g, check=False)[0].weight, stale[0].weight, atol=1e-6)
