@@ -4,7 +4,7 @@ Every primitive has a symmetry group; isotorch lets you choose it, measure it, a
 parameters, representations and training.
 """
 
-from isotorch import directions, families, functional, groups, init, nn, optim, params, testing
+from isotorch import directions, families, functional, groups, init, nn, optim, params, probes, testing
 from isotorch.families import convert
 
 __version__ = "0.1.0"
@@ -20,5 +20,6 @@ __all__ = [
     "nn",
     "optim",
     "params",
+    "probes",
     "testing",
 ]

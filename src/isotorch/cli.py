@@ -21,7 +21,7 @@ def demo(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from isotorch.studies.demo import DemoConfig, run_demo
+    from isotorch.studies.demo import METRICS, DemoConfig, format_metric, run_demo
 
     console = Console()
     try:
@@ -34,14 +34,15 @@ def demo(
         result = run_demo(out, config, progress=lambda done, total: bar.update(task, completed=done, total=total))
 
     table = Table(title=f"digits, {len(config.seeds)} seeds (mean ± 95% CI)")
-    for column in ("family", "test accuracy (%)", "test loss", "output change under hidden rotation"):
-        table.add_column(column)
-    for name, s in result.summary.items():
+    table.add_column("metric")
+    for name in result.summary:
+        table.add_column(name, justify="right")
+    for key, label, scale in METRICS:
+        table.add_row(label, *(format_metric(summary, key, scale) for summary in result.summary.values()))
+    if result.lmc:
         table.add_row(
-            name,
-            f"{s['accuracy_mean'] * 100:.2f} ± {s['accuracy_ci95'] * 100:.2f}",
-            f"{s['loss_mean']:.4f} ± {s['loss_ci95']:.4f}",
-            f"{s['rotation_mean']:.1e}",
+            "LMC barrier: unaligned → aligned",
+            *(f"{s['barrier_before']:.3f} → {s['barrier_after']:.3f}" for s in result.summary.values()),
         )
     console.print(table)
     prims = Table(title="primitives and their symmetry groups")

@@ -1,10 +1,19 @@
 """The main job (``isotorch demo``): a matched elementwise/isotropic pair on scikit-learn's bundled digits.
 
 The two models share their architecture and initial weights and differ only in their primitive family
-(:func:`isotorch.convert`). Each is trained over several seeds; the job then reports test accuracy (mean ± 95% CI
-over seeds), the group of every primitive site, and the hidden-layer parameter symmetry those groups induce: a
-random rotation W₁→QW₁, b₁→Qb₁, W₂→W₂Qᵀ of a hidden layer leaves the isotropic model's function unchanged and
-changes the elementwise one's. It writes ``metrics.jsonl``, PNG figures and ``report.html`` to the output folder.
+(:func:`isotorch.convert`). Each is trained over several seeds; the job then reports, per family (mean ± 95% CI
+over seeds):
+
+- test accuracy and loss;
+- the hidden-layer parameter symmetry the primitives induce: a random rotation W₁→QW₁, b₁→Qb₁, W₂→W₂Qᵀ of a
+  hidden layer leaves the isotropic model's function unchanged and changes the elementwise one's;
+- what the group does to the last hidden representation: its SRM curve in the standard basis, the basis-alignment
+  and quantisation scores, and its effective rank (:mod:`isotorch.probes`);
+- linear mode connectivity of two seeds' models: the loss barrier before and after aligning them by their
+  parameter symmetry (permutations for the elementwise model, rotations for the isotropic one,
+  :func:`isotorch.params.align`).
+
+It writes ``metrics.jsonl``, PNG figures and ``report.html`` to the output folder.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from isotorch import families, groups
+from isotorch import families, groups, params, probes
 
 __all__ = ["DemoConfig", "DemoResult", "load_digits", "run_demo"]
 
@@ -61,6 +70,8 @@ class DemoResult:
     summary: dict[str, dict[str, float]]
     curves: dict[str, list[list[float]]]
     primitives: list[dict] = field(default_factory=list)
+    srm: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    lmc: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     report: Path | None = None
 
     def to_dict(self) -> dict:
@@ -68,6 +79,8 @@ class DemoResult:
             "config": asdict(self.config),
             "summary": self.summary,
             "primitives": self.primitives,
+            "srm": self.srm,
+            "lmc": self.lmc,
             "report": str(self.report) if self.report else None,
         }
 
@@ -194,25 +207,34 @@ def _run(out: Path, config: DemoConfig, progress) -> DemoResult:
             progress(done, total)
 
     curves: dict[str, list[list[float]]] = {f: [] for f in FAMILIES}
-    finals: dict[str, dict[str, list[float]]] = {f: {"accuracy": [], "loss": [], "rotation": []} for f in FAMILIES}
-    models: dict[str, nn.Module] = {}
+    finals: dict[str, dict[str, list[float]]] = {f: {} for f in FAMILIES}
+    srm_curves: dict[str, list[torch.Tensor]] = {f: [] for f in FAMILIES}
+    trained: dict[str, list[nn.Module]] = {f: [] for f in FAMILIES}
+    x_test = data[2]
     with (out / "metrics.jsonl").open("w") as log:
         for seed in config.seeds:
             torch.manual_seed(seed)
             base = _base_model(config.width)
             for name in FAMILIES:
-                model = base if name == "elementwise" else families.convert(base, name)
-                model = copy.deepcopy(model)
+                model = copy.deepcopy(base if name == "elementwise" else families.convert(base, name))
                 curve = _train(model, data, config, seed, tick)
-                loss, acc = _evaluate(model, data[2], data[3])
-                change = hidden_rotation_change(model, data[2], seed=seed)
+                loss, acc = _evaluate(model, x_test, data[3])
+                record = {"test_accuracy": acc, "test_loss": loss}
+                record["hidden_rotation_change"] = hidden_rotation_change(model, x_test, seed=seed)
+                hidden = _last_hidden(model, x_test)
+                spot = probes.srm(hidden)
+                record["alignment_score"] = probes.alignment_score(hidden, n_bootstrap=50, generator=seed).value
+                record["quantisation_score"] = probes.quantisation_score(hidden, n_bootstrap=50, generator=seed).value
+                record["effective_rank"] = probes.effective_rank(hidden - hidden.mean(0))
+                for key, value in record.items():
+                    finals[name].setdefault(key, []).append(value)
+                log.write(json.dumps({"seed": seed, "family": name, **record}) + "\n")
                 curves[name].append(curve)
-                for key, value in (("accuracy", acc), ("loss", loss), ("rotation", change)):
-                    finals[name][key].append(value)
-                record = {"seed": seed, "family": name, "test_accuracy": acc, "test_loss": loss}
-                record["hidden_rotation_change"] = change
-                log.write(json.dumps(record) + "\n")
-                models[name] = model
+                srm_curves[name].append(spot.mean)
+                trained[name].append(model)
+        lmc = _connectivity(trained, data) if len(config.seeds) > 1 else {}
+        for name, entry in lmc.items():
+            log.write(json.dumps({"family": name, "seeds": list(config.seeds[:2]), **_scalars(entry)}) + "\n")
 
     summary = {
         name: {
@@ -222,10 +244,49 @@ def _run(out: Path, config: DemoConfig, progress) -> DemoResult:
         }
         for name in FAMILIES
     }
-    table = _primitive_table(models)
-    result = DemoResult(config, summary, curves, table)
+    for name, entry in lmc.items():
+        summary[name].update(_scalars(entry))
+    srm = {
+        name: {
+            "angles": spot.angles.tolist(),
+            "mean": torch.stack(srm_curves[name]).mean(0).tolist(),
+            "baseline": [spot.baseline] * len(spot.angles),
+        }
+        for name in FAMILIES
+    }
+    table = _primitive_table({name: models[0] for name, models in trained.items()})
+    result = DemoResult(config, summary, curves, table, srm, lmc)
     report = _write_report(out, result)
-    return DemoResult(config, summary, curves, table, report)
+    return DemoResult(config, summary, curves, table, srm, lmc, report)
+
+
+def _last_hidden(model: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """The output of the last primitive before the classifier: the representation the probes measure."""
+    model.eval()
+    with torch.no_grad():
+        return model[:-1](x)
+
+
+def _connectivity(trained: dict[str, list[nn.Module]], data) -> dict[str, dict[str, list[float]]]:
+    """Loss along the linear path between the first two seeds' models, before and after alignment."""
+    x_train, _, x_test, y_test = data
+    out = {}
+    for name, (model_a, model_b) in ((n, models[:2]) for n, models in trained.items()):
+        aligned = params.align(model_a, model_b, method="weights", x=x_train[:256]).model
+        before = params.barrier(model_a, model_b, nn.functional.cross_entropy, (x_test, y_test), steps=11)
+        after = params.barrier(model_a, aligned, nn.functional.cross_entropy, (x_test, y_test), steps=11)
+        out[name] = {
+            "alphas": list(before.alphas),
+            "loss_before": list(before.losses),
+            "loss_after": list(after.losses),
+            "barrier_before": [before.barrier],
+            "barrier_after": [after.barrier],
+        }
+    return out
+
+
+def _scalars(entry: dict[str, list[float]]) -> dict[str, float]:
+    return {key: values[0] for key, values in entry.items() if key.startswith("barrier")}
 
 
 def _primitive_table(models: dict[str, nn.Module]) -> list[dict]:
@@ -256,54 +317,142 @@ def _declared_group(module: nn.Module) -> str:
     return _TORCH_GROUPS.get(type(module), "?")
 
 
-def _write_report(out: Path, result: DemoResult) -> Path:
+#: (key, label, scale) of the per-seed metrics shown in the terminal and the report (mean ± 95% CI).
+METRICS = (
+    ("test_accuracy", "test accuracy (%)", 100.0),
+    ("test_loss", "test loss", 1.0),
+    ("hidden_rotation_change", "output change under a hidden rotation", 1.0),
+    ("alignment_score", "basis alignment", 1.0),
+    ("quantisation_score", "quantisation", 1.0),
+    ("effective_rank", "effective rank", 1.0),
+)
+
+
+def format_metric(summary: dict[str, float], key: str, scale: float = 1.0) -> str:
+    """``mean ± ci95`` of one metric of a family's summary, in a precision that suits its size."""
+    mean, ci = summary[f"{key}_mean"] * scale, summary[f"{key}_ci95"] * scale
+    if 0 < abs(mean) < 1e-3:
+        return f"{mean:.1e} ± {ci:.1e}"
+    return f"{mean:.3g} ± {ci:.2g}" if abs(mean) < 10 else f"{mean:.2f} ± {ci:.2f}"
+
+
+_COLOURS = {"elementwise": "tab:orange", "isotropic": "tab:blue"}
+
+
+def _figure(path: Path, title: str, xlabel: str, ylabel: str, draw) -> None:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    colours = {"elementwise": "tab:orange", "isotropic": "tab:blue"}
-    for name, runs in result.curves.items():
-        arr = np.array(runs) * 100
-        epochs = np.arange(1, arr.shape[1] + 1)
-        ax.plot(epochs, arr.mean(0), color=colours[name], label=f"{name} (mean, band: min–max of {len(runs)} seeds)")
-        ax.fill_between(epochs, arr.min(0), arr.max(0), color=colours[name], alpha=0.2)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("digits: test accuracy by primitive family")
-    ax.legend()
+    draw(ax)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "accuracy.png")
+    fig.savefig(path)
     plt.close(fig)
 
-    cfg = asdict(result.config)
+
+def _write_report(out: Path, result: DemoResult) -> Path:
+    def accuracy(ax):
+        for name, runs in result.curves.items():
+            arr = np.array(runs) * 100
+            epochs = np.arange(1, arr.shape[1] + 1)
+            ax.plot(
+                epochs, arr.mean(0), color=_COLOURS[name], label=f"{name} (mean; band: min–max of {len(runs)} seeds)"
+            )
+            ax.fill_between(epochs, arr.min(0), arr.max(0), color=_COLOURS[name], alpha=0.2)
+
+    def spotlight(ax):
+        for name, curve in result.srm.items():
+            ax.plot(curve["angles"], curve["mean"], color=_COLOURS[name], label=name)
+        baseline = next(iter(result.srm.values()))
+        ax.plot(baseline["angles"], baseline["baseline"], "k--", lw=1, label="isotropic reference")
+        ax.set_xticks(np.arange(5) * np.pi / 2, ["0", "π/2", "π", "3π/2", "2π"])
+
+    def connectivity(ax):
+        for name, entry in result.lmc.items():
+            ax.plot(entry["alphas"], entry["loss_before"], ":", color=_COLOURS[name], label=f"{name}, unaligned")
+            ax.plot(entry["alphas"], entry["loss_after"], "-", color=_COLOURS[name], label=f"{name}, aligned")
+
+    figures = [
+        (
+            "accuracy.png",
+            "test accuracy per epoch",
+            accuracy,
+            ("test accuracy by family", "epoch", "test accuracy (%)"),
+        ),
+        (
+            "srm.png",
+            "spotlight resonance of the last hidden layer in the standard basis (mean over planes and seeds): peaks "
+            "at multiples of π/2 mean neuron-aligned features, a flat curve at the reference means isotropy",
+            spotlight,
+            ("SRM, last hidden layer", "spotlight angle θ", "fraction inside the spotlight"),
+        ),
+    ]
+    if result.lmc:
+        figures.append(
+            (
+                "lmc.png",
+                "test loss along the linear path between two seeds' models, before and after aligning them by their "
+                "parameter symmetry (permutations for elementwise, rotations for isotropic)",
+                connectivity,
+                ("linear mode connectivity", "interpolation λ", "test loss"),
+            )
+        )
+    for filename, _, draw, (title, xlabel, ylabel) in figures:
+        _figure(out / filename, title, xlabel, ylabel, draw)
+
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in METRICS)
     rows = "".join(
-        f"<tr><td>{name}</td><td>{s['accuracy_mean'] * 100:.2f} ± {s['accuracy_ci95'] * 100:.2f}</td>"
-        f"<td>{s['loss_mean']:.4f} ± {s['loss_ci95']:.4f}</td><td>{s['rotation_mean']:.2e}</td></tr>"
+        f"<tr><td>{name}</td>" + "".join(f"<td>{format_metric(s, k, sc)}</td>" for k, _, sc in METRICS) + "</tr>"
         for name, s in result.summary.items()
+    )
+    lmc_rows = "".join(
+        f"<tr><td>{name}</td><td>{result.summary[name]['barrier_before']:.4f}</td>"
+        f"<td>{result.summary[name]['barrier_after']:.4f}</td></tr>"
+        for name in result.lmc
+    )
+    lmc_table = (
+        "<h2>Linear mode connectivity</h2><table><tr><th>family</th><th>barrier before alignment</th>"
+        f"<th>barrier after alignment</th></tr>{lmc_rows}</table><p>Barrier: max over λ of the test loss minus the "
+        f"mean of the endpoint losses, between the models of seeds {result.config.seeds[0]} and "
+        f"{result.config.seeds[1]}.</p>"
+        if result.lmc
+        else "<p>Linear mode connectivity needs at least two seeds.</p>"
     )
     prim = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(r[k]))}</td>" for k in r) + "</tr>" for r in result.primitives
     )
+    images = "".join(
+        f'<figure><img src="{f}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>'
+        for f, c, _, _ in figures
+    )
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>isotorch demo</title>
-<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px}}</style></head><body>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px}}figcaption{{font-size:90%;color:#444;max-width:720px}}</style>
+</head><body>
 <h1>isotorch demo: elementwise vs isotropic primitives on digits</h1>
 <p>Two MLPs with the same architecture and initial weights, differing only in their primitive family, trained
 with Adam on scikit-learn's bundled digits. Uncertainties are 95% confidence intervals over
-{len(result.config.seeds)} seeds.</p>
+{len(result.config.seeds)} seeds (t distribution).</p>
 <h2>Results</h2>
-<table><tr><th>family</th><th>test accuracy (%)</th><th>test loss</th>
-<th>output change under a random hidden rotation</th></tr>{rows}</table>
-<p>The last column applies W₁→QW₁, b₁→Qb₁, W₂→W₂Qᵀ with a Haar-random Q to the first hidden layer: a parameter
-symmetry exactly when every primitive at that layer is O(n)-equivariant.</p>
-<img src="accuracy.png" alt="test accuracy per epoch">
+<table><tr><th>family</th>{head}</tr>{rows}</table>
+<p><em>Output change under a hidden rotation</em>: W₁→QW₁, b₁→Qb₁, W₂→W₂Qᵀ with a Haar-random Q on the first hidden
+layer; this is a parameter symmetry exactly when every primitive at that layer is O(n)-equivariant.
+<em>Basis alignment</em> and <em>quantisation</em> (isotorch.probes) measure how far the last hidden layer's
+activations depart from isotropy in the standard basis (0 for isotropic data); <em>effective rank</em> is the
+Roy–Vetterli rank of its centred activations.</p>
+{lmc_table}
+{images}
 <h2>Primitives and their groups</h2>
 <table><tr><th>site</th><th>elementwise</th><th>group</th><th>isotropic</th><th>group</th></tr>{prim}</table>
-<h2>Settings</h2><pre>{html.escape(json.dumps(cfg, indent=2))}</pre>
+<h2>Settings</h2><pre>{html.escape(json.dumps(asdict(result.config), indent=2))}</pre>
 <h2>Environment</h2><pre>python {platform.python_version()}, torch {torch.__version__}, {platform.platform()}</pre>
 </body></html>
 """
