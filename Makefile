@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint format docs install clean
+.PHONY: run test bench lint format audit-docs install clean
 
 install: $(STAMP)
 
@@ -29,6 +29,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/primitives.py
+	$(BIN)/python benchmarks/audit.py
+	$(BIN)/python benchmarks/probes.py
+	$(BIN)/python benchmarks/params.py
+
+# docs/audit.md is generated from the measured audit table (a test fails when it is stale)
+audit-docs: $(STAMP)
+	$(BIN)/python -m isotorch.audit --markdown docs/audit.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -1,0 +1,249 @@
+"""Tests for isotorch.audit._model: per-site audits from one hooked forward pass, G2 chains applied to a deep copy
+(verified, with a negative control), G3 end to end, and the modules that cannot be audited."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from torch import nn
+
+from isotorch.audit import ModelAudit, audit_model
+
+
+def _seed_params(model, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1 and "weight" in name:
+                p.copy_(1 + 0.5 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def _mlp(dtype):
+    model = nn.Sequential(
+        nn.Linear(6, 16), nn.LayerNorm(16), nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3)
+    )
+    return _seed_params(model).to(dtype)
+
+
+def _cnn(dtype):
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 4, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    )
+    _seed_params(model)
+    with torch.no_grad():
+        model[1].running_mean.normal_(generator=torch.Generator().manual_seed(1))
+        model[1].running_var.uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(2))
+    return model.to(dtype)
+
+
+def _x(*shape, dtype=torch.float64):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(dtype)
+
+
+def test_mlp_sites_chains_and_end_to_end(dtype):
+    model = _mlp(dtype).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = audit_model(model, _x(4, 6, dtype=dtype))
+    assert model.training  # mode restored
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # G2 works on a deep copy
+
+    roles = {r.path: r.role for r in report.rows}
+    assert roles == {
+        "0": "absorbed",
+        "1": "primitive",
+        "2": "primitive",
+        "3": "primitive",
+        "4": "absorbed",
+        "5": "primitive",
+        "6": "absorbed",
+    }
+    maximal = {r.path: r.maximal for r in report.sites}
+    assert maximal["1"] == {"permutation"}  # LayerNorm with a random affine
+    assert maximal["2"] == {"permutation", "positive_scaling"}
+    assert maximal["3"] == {"orthogonal", "positive_scaling"}  # dropout in eval mode is the identity
+    assert maximal["5"] == {"signed_permutation"}
+    assert report.common == {"permutation"}
+
+    chains = {(c.first, c.last): c for c in report.chains}
+    assert set(chains) == {("0", "4"), ("4", "6")}
+    first, second = chains[("0", "4")], chains[("4", "6")]
+    assert first.primitives == ("1", "2", "3") and first.groups == {"permutation"}
+    assert second.groups == {"signed_permutation"}
+    for chain in (first, second):
+        assert chain.verified, chain
+        assert all(v <= chain.tolerance for v in chain.changes.values())
+        assert chain.control is not None and chain.control[1] > 10 * chain.tolerance  # a larger group breaks it
+    assert report.not_analysed == ("6: its output does not flow directly into another hooked module",)
+
+    g3 = report.end_to_end
+    assert g3 is not None and g3.ok
+    assert g3.respects == "invariance" and g3.maximal == {"trivial"}  # the first layer fixes the input basis
+
+
+def test_cnn_uses_the_channel_axis_and_verifies_conv_chains(dtype):
+    report = audit_model(_cnn(dtype), _x(2, 3, 8, 8, dtype=dtype))
+    sites = {r.path: r for r in report.sites}
+    assert {r.dim for r in sites.values()} == {1}
+    assert sites["1"].maximal == {"permutation"}  # BatchNorm with running statistics and affine
+    assert sites["4"].maximal == {"permutation", "positive_scaling"}  # in-place ReLU
+    assert sites["5"].maximal == {"permutation", "positive_scaling"}  # per-channel max pooling
+    assert sites["7"].maximal == {"orthogonal", "positive_scaling"}  # average pooling is linear per channel
+    assert {r.path: r.role for r in report.rows}["8"] == "structural"
+    chains = {(c.first, c.last): c for c in report.chains}
+    assert set(chains) == {("0", "3"), ("3", "6")}
+    assert chains[("0", "3")].groups == {"permutation"}
+    assert chains[("3", "6")].groups == {"permutation", "positive_scaling"}
+    assert all(c.verified for c in report.chains), report.chains
+    assert any(line.startswith("6: 8 (Flatten)") for line in report.not_analysed)
+    assert report.end_to_end.dim == 1
+
+
+class _Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = self.act(self.fc1(x))
+        return self.fc2(h) + h
+
+
+def test_a_hidden_activation_reused_outside_the_chain_is_caught():
+    report = audit_model(_Residual(), _x(4, 8, dtype=torch.float32))
+    (chain,) = report.chains
+    assert not chain.verified
+    assert "outside the chain" in chain.note
+    assert any(v > chain.tolerance for v in chain.changes.values())
+
+
+class _Functional(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+def test_functional_ops_between_layers_are_listed_as_not_analysed():
+    report = audit_model(_Functional(), _x(4, 8, dtype=torch.float32))
+    assert report.chains == ()
+    assert any(line.startswith("fc1:") for line in report.not_analysed)
+
+
+class _Pair(nn.Module):
+    def forward(self, x, y):
+        return x + y
+
+
+class _Tuple(nn.Module):
+    def forward(self, x):
+        return x, x
+
+
+class _Odd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.pair, self.tuple, self.unused = _Pair(), _Tuple(), nn.GELU()
+
+    def forward(self, x):
+        a = self.attn(x, x, x)[0]
+        b, _ = self.tuple(a)
+        return self.pair(a, b)
+
+
+def test_modules_that_cannot_be_audited_are_skipped_with_a_reason():
+    report = audit_model(_Odd(), _x(2, 5, 8, dtype=torch.float32))
+    notes = {r.path: (r.role, r.note) for r in report.rows}
+    assert notes["attn"][0] == "skipped" and "composite" in notes["attn"][1]
+    assert notes["attn.out_proj"] == ("skipped", "never called in the forward pass (unused, or a fused fast path)")
+    assert notes["pair"] == ("skipped", "called with more than one argument")
+    assert notes["tuple"][0] == "skipped" and "tuple" in notes["tuple"][1]
+    assert notes["unused"][0] == "skipped"
+    assert report.sites == ()
+
+
+class _Declared(nn.Module):
+    """An isotorch-style primitive: role, dim and groups (this one overclaims)."""
+
+    role, dim = "activation", -1
+
+    def __init__(self, groups):
+        super().__init__()
+        self._groups = groups
+
+    @property
+    def groups(self):
+        return self._groups
+
+    def forward(self, x):
+        return torch.tanh(x)
+
+
+def test_isotorch_primitives_are_checked_against_their_declared_groups():
+    model = nn.Sequential(
+        nn.Linear(4, 8), _Declared(("orthogonal",)), nn.Linear(8, 8), _Declared(("signed_permutation",))
+    )
+    report = audit_model(model, _x(3, 4, dtype=torch.float32))
+    notes = {r.path: r.note for r in report.sites}
+    assert "fails orthogonal" in notes["1"]
+    assert "signed_permutation: holds" in notes["3"]
+
+
+def test_equivariant_model_end_to_end():
+    report = audit_model(nn.Sequential(nn.Tanh(), nn.Softsign()), _x(3, 6, dtype=torch.float64))
+    assert report.end_to_end.maximal == {"signed_permutation"}
+    assert report.summary()["G3"]["equivariant"] == ["signed_permutation"]
+
+
+def test_token_inputs_skip_end_to_end():
+    model = nn.Sequential(nn.Embedding(10, 8), nn.GELU(), nn.Linear(8, 8))
+    report = audit_model(model, torch.randint(0, 10, (2, 5), generator=torch.Generator().manual_seed(0)))
+    assert report.end_to_end is None and "not floating point" in report.end_to_end_reason
+    assert {r.path: r.role for r in report.rows}["0"] == "absorbed"
+    assert report.sites[0].maximal == {"permutation"}
+
+
+def test_large_activations_are_sliced():
+    report = audit_model(nn.Sequential(nn.GELU()), _x(16, 40, 8, dtype=torch.float32), max_elements=64)
+    (row,) = report.sites
+    assert "slice" in row.note and row.maximal == {"permutation"}
+
+
+def test_reports_serialise_and_render():
+    report = audit_model(_mlp(torch.float32), _x(4, 6, dtype=torch.float32))
+    assert isinstance(report, ModelAudit)
+    d = report.to_dict()
+    json.dumps(d, allow_nan=False)
+    assert set(d["summary"]) == {"G1", "G2", "G3", "not_analysed"}
+    markdown = report.to_markdown()
+    assert "| 2 | ReLU | -1 | 16 | S_n, (ℝ>0)ⁿ |" in markdown
+    console = Console(record=True, width=160)
+    console.print(report)
+    text = console.export_text()
+    assert "G2: hidden-layer parameter symmetries" in text and "2/2 chains verified" in text
+    assert "ModelAudit(Sequential" in repr(report)
+
+
+def test_bad_arguments_and_failing_forward():
+    with pytest.raises(TypeError, match=r"nn\.Module"):
+        audit_model(torch.tanh, _x(2, 3))
+    with pytest.raises(TypeError, match="tensor"):
+        audit_model(nn.Tanh(), [1.0])
+    with pytest.raises(RuntimeError, match="forward pass"):
+        audit_model(nn.Linear(3, 2), _x(2, 4, dtype=torch.float32))

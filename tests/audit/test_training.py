@@ -1,0 +1,129 @@
+"""Tests for isotorch.audit._training: optimisers (equivariance of the update), initialisers (invariance in law)
+and weight penalties (invariance), with negative controls and the degenerate and failing cases."""
+
+import functools
+import json
+
+import pytest
+import torch
+
+from isotorch.audit import InitializerAudit, audit_initializer, audit_optimizer, audit_regularizer
+
+SGD = functools.partial(torch.optim.SGD, lr=0.1)
+MOMENTUM = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2)
+ADAM = functools.partial(torch.optim.Adam, lr=1e-2)
+
+
+@pytest.mark.parametrize("factory", [SGD, MOMENTUM], ids=["sgd", "nesterov"])
+def test_sgd_and_momentum_are_orthogonal(factory, dtype):
+    result = audit_optimizer(factory, dtype=dtype)
+    assert result.ok and result.kind == "optimizer"
+    assert result.maximal == {"orthogonal"}
+    # negative control: gradients transform contragrediently, so a rescaling is not a symmetry of SGD
+    assert result.errors["positive_scaling"]["equivariance"] > 1e-2
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [ADAM, functools.partial(torch.optim.RMSprop, lr=1e-2), functools.partial(torch.optim.Adagrad, lr=0.1)],
+    ids=["adam", "rmsprop", "adagrad"],
+)
+def test_per_coordinate_optimisers_are_signed_permutation(factory, dtype):
+    result = audit_optimizer(factory, dtype=dtype)
+    assert result.maximal == {"signed_permutation"}
+    for cover in ("block_orthogonal:2", "orthogonal", "mean_orthogonal"):
+        assert result.errors[cover]["equivariance"] > 1e-2
+
+
+def test_isotorch_iso_adam_is_orthogonal_when_registered():
+    optim = pytest.importorskip("isotorch.optim")
+    if "iso_adam" not in getattr(optim, "OPTIMIZERS", {}):
+        pytest.skip("IsoAdam is not registered")
+    factory, _ = optim.OPTIMIZERS["iso_adam"]
+    assert audit_optimizer(factory).maximal == {"orthogonal"}
+
+
+def test_optimiser_failures_are_results():
+    assert audit_optimizer(lambda p: 3).status == "failed"
+    assert audit_optimizer(functools.partial(torch.optim.LBFGS)).status == "failed"  # needs a closure
+    zero = audit_optimizer(functools.partial(torch.optim.SGD, lr=0.0))
+    assert zero.degenerate and "does not move" in zero.reason
+
+    class Noisy(torch.optim.SGD):
+        def step(self, closure=None):
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.grad.add_(torch.randn_like(p.grad))
+            return super().step(closure)
+
+    assert audit_optimizer(lambda p: Noisy(p, lr=0.1)).status == "random"
+    json.dumps(zero.to_dict(), allow_nan=False)
+
+
+def test_optimiser_bad_arguments():
+    with pytest.raises(TypeError, match="callable"):
+        audit_optimizer(3)
+    with pytest.raises(ValueError, match="steps"):
+        audit_optimizer(SGD, steps=0)
+    with pytest.raises(TypeError, match="dtype"):
+        audit_optimizer(SGD, dtype=torch.int64)
+
+
+@pytest.mark.parametrize(
+    ("fn", "expected"),
+    [
+        (torch.nn.init.normal_, {"orthogonal"}),
+        (torch.nn.init.orthogonal_, {"orthogonal"}),
+        (torch.nn.init.kaiming_uniform_, {"signed_permutation"}),
+        (functools.partial(torch.nn.init.uniform_, a=0.0, b=1.0), {"permutation"}),  # a sign flip moves the mean
+    ],
+    ids=["normal", "orthogonal", "kaiming_uniform", "uniform01"],
+)
+def test_initialisers_invariance_in_law(fn, expected):
+    result = audit_initializer(fn)
+    assert isinstance(result, InitializerAudit) and result.ok
+    assert result.maximal == expected
+    assert result.p_values["trivial"] == 1.0
+    # the uniform law is a cube, not a ball: rotations and rescalings are detected with tiny p-values
+    if "orthogonal" not in expected:
+        assert result.p_values["orthogonal"] < 1e-6
+    assert result.p_values["positive_scaling"] < 1e-6
+    json.dumps(result.to_dict(), allow_nan=False)
+
+
+def test_initialiser_tests_are_seeded_and_leave_the_global_rng_alone():
+    state = torch.random.get_rng_state()
+    a = audit_initializer(torch.nn.init.normal_, generator=3)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    b = audit_initializer(torch.nn.init.normal_, generator=3)
+    assert a.p_values == b.p_values
+
+
+def test_degenerate_and_failing_initialisers():
+    assert audit_initializer(torch.nn.init.zeros_).degenerate
+    eye = audit_initializer(torch.nn.init.eye_)
+    assert eye.degenerate and "deterministic" in eye.reason
+    assert audit_initializer(lambda t: 1 / 0).status == "failed"
+    assert audit_initializer(lambda t: t.fill_(float("nan"))).status == "failed"
+    assert "in law" in repr(eye)
+
+
+def test_initialiser_bad_arguments():
+    with pytest.raises(ValueError, match="shape"):
+        audit_initializer(torch.nn.init.normal_, shape=(64,))
+    with pytest.raises(ValueError, match="alpha"):
+        audit_initializer(torch.nn.init.normal_, alpha=0.0)
+    with pytest.raises(TypeError, match="callable"):
+        audit_initializer("normal")
+
+
+def test_regularisers(dtype):
+    l1 = audit_regularizer(lambda w: w.abs().sum(), dtype=dtype)
+    l2 = audit_regularizer(lambda w: w.pow(2).sum(), dtype=dtype)
+    assert l1.kind == "regularizer" and l1.respects == "invariance"
+    assert l1.maximal == {"signed_permutation"}
+    assert l1.errors["orthogonal"]["invariance"] > 1e-2  # negative control
+    assert l2.maximal == {"orthogonal"}
+    assert l2.errors["positive_scaling"]["invariance"] > 1e-2
+    assert audit_regularizer(lambda w: w.sum() * 0).degenerate
+    assert not l1.notes
