@@ -45,8 +45,8 @@ def demo(
             *(f"{s['barrier_before']:.3f} → {s['barrier_after']:.3f}" for s in result.summary.values()),
         )
     console.print(table)
-    prims = Table(title="primitives and their symmetry groups")
-    for column in ("site", "elementwise", "group", "isotropic", "group"):
+    prims = Table(title="primitive sites and their measured groups (isotorch.audit)")
+    for column in result.primitives[0]:
         prims.add_column(column)
     for row in result.primitives:
         prims.add_row(*(str(v) for v in row.values()))

@@ -30,6 +30,9 @@ def test_demo_trains_measures_and_writes_a_report(tmp_path):
         assert summary["barrier_after"] < summary["barrier_before"]
     assert len(result.srm["isotropic"]["mean"]) == 100 and len(result.lmc["elementwise"]["alphas"]) == 11
     assert [r["isotropic"] for r in result.primitives] == ["IsoTanh", "ChiNorm", "IsoTanh"]
+    assert [r["isotropic group (measured)"] for r in result.primitives][0] == "orthogonal"
+    assert [r["elementwise group (measured)"] for r in result.primitives][0] == "signed_permutation"
+    assert result.chains["isotropic"] and all("NOT" not in line for line in result.chains["isotropic"])
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 6 and {"seed", "family", "test_accuracy", "quantisation_score"} <= set(lines[0])
     assert {"barrier_before", "barrier_after"} <= set(lines[-1])

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from isotorch import families, groups, params, probes
+from isotorch import audit, families, groups, params, probes
 
 __all__ = ["DemoConfig", "DemoResult", "load_digits", "run_demo"]
 
@@ -70,6 +70,7 @@ class DemoResult:
     summary: dict[str, dict[str, float]]
     curves: dict[str, list[list[float]]]
     primitives: list[dict] = field(default_factory=list)
+    chains: dict[str, list[str]] = field(default_factory=dict)
     srm: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     lmc: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     report: Path | None = None
@@ -79,6 +80,7 @@ class DemoResult:
             "config": asdict(self.config),
             "summary": self.summary,
             "primitives": self.primitives,
+            "chains": self.chains,
             "srm": self.srm,
             "lmc": self.lmc,
             "report": str(self.report) if self.report else None,
@@ -254,10 +256,10 @@ def _run(out: Path, config: DemoConfig, progress) -> DemoResult:
         }
         for name in FAMILIES
     }
-    table = _primitive_table({name: models[0] for name, models in trained.items()})
-    result = DemoResult(config, summary, curves, table, srm, lmc)
+    table, chains = _primitive_table({name: models[0] for name, models in trained.items()}, x_test[:64])
+    result = DemoResult(config, summary, curves, table, chains, srm, lmc)
     report = _write_report(out, result)
-    return DemoResult(config, summary, curves, table, srm, lmc, report)
+    return DemoResult(config, summary, curves, table, chains, srm, lmc, report)
 
 
 def _last_hidden(model: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
@@ -289,32 +291,31 @@ def _scalars(entry: dict[str, list[float]]) -> dict[str, float]:
     return {key: values[0] for key, values in entry.items() if key.startswith("barrier")}
 
 
-def _primitive_table(models: dict[str, nn.Module]) -> list[dict]:
+def _primitive_table(models: dict[str, nn.Module], x: torch.Tensor) -> tuple[list[dict], dict[str, list[str]]]:
+    """Measure (not declare) the group of every primitive site of each trained model with the audit.
+
+    Returns the rows (site, then type and maximal groups per family) and each family's G2 summary lines: the
+    hidden-layer parameter symmetry between consecutive Linear layers, verified on the model.
+    """
+    audits = {name: audit.audit_model(model, x) for name, model in models.items()}
+    sites = {name: {row.path: row for row in result.sites} for name, result in audits.items()}
     rows = []
-    elementwise = dict(models["elementwise"].named_children())
-    for path, module in models["isotropic"].named_children():
-        old = elementwise[path]
-        if isinstance(module, nn.Linear):
-            continue
-        rows.append(
-            {
-                "path": path,
-                "elementwise": type(old).__name__,
-                "elementwise_group": _declared_group(old),
-                "isotropic": type(module).__name__,
-                "isotropic_group": _declared_group(module),
-            }
-        )
-    return rows
-
-
-_TORCH_GROUPS = {nn.Tanh: "signed_permutation", nn.LayerNorm: "permutation"}
-
-
-def _declared_group(module: nn.Module) -> str:
-    if hasattr(module, "groups"):
-        return ", ".join(module.groups)
-    return _TORCH_GROUPS.get(type(module), "?")
+    for path in sites["elementwise"]:
+        row = {"site": path}
+        for name in FAMILIES:
+            site = sites[name][path]
+            row[name] = site.type
+            row[f"{name} group (measured)"] = ", ".join(audit.sort_groups(site.maximal)) or "—"
+        rows.append(row)
+    chains = {
+        name: [
+            f"{c['first']} → {c['last']} (width {c['width']}): {', '.join(c['groups']) or 'trivial'}"
+            f" — {'verified' if c['verified'] else 'NOT verified'} on the trained model"
+            for c in result.summary()["G2"]
+        ]
+        for name, result in audits.items()
+    }
+    return rows, chains
 
 
 #: (key, label, scale) of the per-seed metrics shown in the terminal and the report (mean ± 95% CI).
@@ -425,9 +426,11 @@ def _write_report(out: Path, result: DemoResult) -> Path:
         if result.lmc
         else "<p>Linear mode connectivity needs at least two seeds.</p>"
     )
+    prim_head = "".join(f"<th>{html.escape(k)}</th>" for k in result.primitives[0]) if result.primitives else ""
     prim = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(r[k]))}</td>" for k in r) + "</tr>" for r in result.primitives
     )
+    chains = "".join(f"<li>{name}: {html.escape(line)}</li>" for name, lines in result.chains.items() for line in lines)
     images = "".join(
         f'<figure><img src="{f}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>'
         for f, c, _, _ in figures
@@ -450,8 +453,11 @@ activations depart from isotropy in the standard basis (0 for isotropic data); <
 Roy–Vetterli rank of its centred activations.</p>
 {lmc_table}
 {images}
-<h2>Primitives and their groups</h2>
-<table><tr><th>site</th><th>elementwise</th><th>group</th><th>isotropic</th><th>group</th></tr>{prim}</table>
+<h2>Audit of the trained models (seed {result.config.seeds[0]})</h2>
+<p>The maximal group of every primitive site, measured by <code>isotorch.audit.audit_model</code> on test inputs (not
+declared), and the hidden-layer parameter symmetry it induces between consecutive Linear layers (G2), applied to the
+trained model and checked to leave its output unchanged.</p>
+<table><tr>{prim_head}</tr>{prim}</table><ul>{chains}</ul>
 <h2>Settings</h2><pre>{html.escape(json.dumps(asdict(result.config), indent=2))}</pre>
 <h2>Environment</h2><pre>python {platform.python_version()}, torch {torch.__version__}, {platform.platform()}</pre>
 </body></html>
