@@ -8,7 +8,7 @@ from isotorch.studies.demo import DemoConfig, load_digits, run_demo
 
 
 def test_load_digits_is_standardised_and_split():
-    x_train, y_train, x_test, y_test = load_digits(test_fraction=0.25)
+    x_train, y_train, x_test, _ = load_digits(test_fraction=0.25)
     assert x_train.shape[1] == 64 and len(x_train) + len(x_test) == 1797
     assert abs(len(x_test) - 0.25 * 1797) < 1
     assert x_train.mean().abs() < 1e-5 and set(y_train.tolist()) == set(range(10))
@@ -30,8 +30,9 @@ def test_demo_trains_measures_and_writes_a_report(tmp_path):
         assert summary["barrier_after"] < summary["barrier_before"]
     assert len(result.srm["isotropic"]["mean"]) == 100 and len(result.lmc["elementwise"]["alphas"]) == 11
     assert [r["isotropic"] for r in result.primitives] == ["IsoTanh", "ChiNorm", "IsoTanh"]
-    assert [r["isotropic group (measured)"] for r in result.primitives][0] == "orthogonal"
-    assert [r["elementwise group (measured)"] for r in result.primitives][0] == "signed_permutation"
+    first = result.primitives[0]
+    assert first["isotropic group (measured)"] == "orthogonal"
+    assert first["elementwise group (measured)"] == "signed_permutation"
     assert result.chains["isotropic"] and all("NOT" not in line for line in result.chains["isotropic"])
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 6 and {"seed", "family", "test_accuracy", "quantisation_score"} <= set(lines[0])
