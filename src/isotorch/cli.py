@@ -1,4 +1,4 @@
-"""The ``isotorch`` command: ``demo`` (the main job) and ``audit``."""
+"""The ``isotorch`` command: ``demo`` (the main job), ``audit`` and ``study``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ from typing import Annotated
 
 import typer
 
+from isotorch.studies._cli import study_app
+
 app = typer.Typer(help="isotorch: symmetry-principled deep learning.", no_args_is_help=True, add_completion=False)
+app.add_typer(study_app, name="study")
 
 
 @app.command()

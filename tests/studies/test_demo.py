@@ -4,7 +4,7 @@ import pytest
 from typer.testing import CliRunner
 
 from isotorch.cli import app
-from isotorch.studies.demo import DemoConfig, load_digits, run_demo
+from isotorch.studies import DemoConfig, load_digits, run_demo
 
 
 def test_load_digits_is_standardised_and_split():

@@ -1,5 +1,64 @@
-"""Reproducible experiments. For now: the main job, :func:`~isotorch.studies.demo.run_demo`."""
+"""Reproducible experiments: the study registry and runner, the embedded datasets, and the main job (``demo``).
 
-from isotorch.studies.demo import DemoConfig, DemoResult, load_digits, run_demo
+``isotorch study list`` shows the registered studies; ``isotorch study run NAME --out DIR`` runs one (see
+``docs/studies.md`` for writing a study).
+"""
 
-__all__ = ["DemoConfig", "DemoResult", "load_digits", "run_demo"]
+from isotorch.studies._checkpoint import CheckpointError
+from isotorch.studies._config import ConfigError
+from isotorch.studies._data import (
+    DatasetNotFoundError,
+    Split,
+    load_dataset,
+    load_digits,
+    load_vision,
+    make_mnist1d,
+    teacher_student,
+)
+from isotorch.studies._registry import Study, UnknownStudyError, get, names, register_study
+from isotorch.studies._report import write_report
+from isotorch.studies._runner import (
+    NonFiniteLossError,
+    RunData,
+    RunFolderError,
+    StudyContext,
+    StudyInterrupted,
+    StudyRun,
+    TrainResult,
+    run_study,
+)
+from isotorch.studies._stats import Estimate, Figure, Findings, mean_ci
+from isotorch.studies.demo import DemoConfig, DemoResult, run_demo
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DatasetNotFoundError",
+    "DemoConfig",
+    "DemoResult",
+    "Estimate",
+    "Figure",
+    "Findings",
+    "NonFiniteLossError",
+    "RunData",
+    "RunFolderError",
+    "Split",
+    "Study",
+    "StudyContext",
+    "StudyInterrupted",
+    "StudyRun",
+    "TrainResult",
+    "UnknownStudyError",
+    "get",
+    "load_dataset",
+    "load_digits",
+    "load_vision",
+    "make_mnist1d",
+    "mean_ci",
+    "names",
+    "register_study",
+    "run_demo",
+    "run_study",
+    "teacher_student",
+    "write_report",
+]

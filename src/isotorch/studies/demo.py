@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import html
 import json
-import math
 import platform
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,8 +31,10 @@ import torch
 from torch import nn
 
 from isotorch import audit, families, groups, params, probes
+from isotorch.studies._data import load_digits
+from isotorch.studies._stats import mean_ci
 
-__all__ = ["DemoConfig", "DemoResult", "load_digits", "run_demo"]
+__all__ = ["DemoConfig", "DemoResult", "run_demo"]
 
 FAMILIES = ("elementwise", "isotropic")
 
@@ -85,26 +86,6 @@ class DemoResult:
             "lmc": self.lmc,
             "report": str(self.report) if self.report else None,
         }
-
-
-def load_digits(*, test_fraction: float = 0.2, seed: int = 0):
-    """scikit-learn's bundled 8×8 digits (1,797 samples, no download), standardised, split train/test.
-
-    Returns:
-        ``(x_train, y_train, x_test, y_test)`` as float32/int64 tensors.
-    """
-    from sklearn.datasets import load_digits as _load
-
-    x, y = _load(return_X_y=True)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(x))
-    n_test = round(test_fraction * len(x))
-    test, train = order[:n_test], order[n_test:]
-    mean, std = x[train].mean(0), x[train].std(0) + 1e-6
-    x = (x - mean) / std
-    as_x = lambda idx: torch.tensor(x[idx], dtype=torch.float32)  # noqa: E731
-    as_y = lambda idx: torch.tensor(y[idx], dtype=torch.int64)  # noqa: E731
-    return as_x(train), as_y(train), as_x(test), as_y(test)
 
 
 def _base_model(width: int) -> nn.Sequential:
@@ -165,15 +146,6 @@ def hidden_rotation_change(model: nn.Sequential, x: torch.Tensor, *, seed: int =
     return float((a - b).norm() / a.norm())
 
 
-def _ci95(values: list[float]) -> float:
-    """Half-width of a t-based 95% confidence interval of the mean (0 for a single value)."""
-    if len(values) < 2:
-        return 0.0
-    from scipy import stats
-
-    return float(stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values)))
-
-
 def run_demo(
     out_dir: str | Path = "runs/demo",
     config: DemoConfig | None = None,
@@ -212,7 +184,7 @@ def _run(out: Path, config: DemoConfig, progress) -> DemoResult:
     finals: dict[str, dict[str, list[float]]] = {f: {} for f in FAMILIES}
     srm_curves: dict[str, list[torch.Tensor]] = {f: [] for f in FAMILIES}
     trained: dict[str, list[nn.Module]] = {f: [] for f in FAMILIES}
-    x_test = data[2]
+    x_test = data.x_test
     with (out / "metrics.jsonl").open("w") as log:
         for seed in config.seeds:
             torch.manual_seed(seed)
@@ -220,7 +192,7 @@ def _run(out: Path, config: DemoConfig, progress) -> DemoResult:
             for name in FAMILIES:
                 model = copy.deepcopy(base if name == "elementwise" else families.convert(base, name))
                 curve = _train(model, data, config, seed, tick)
-                loss, acc = _evaluate(model, x_test, data[3])
+                loss, acc = _evaluate(model, x_test, data.y_test)
                 record = {"test_accuracy": acc, "test_loss": loss}
                 record["hidden_rotation_change"] = hidden_rotation_change(model, x_test, seed=seed)
                 hidden = _last_hidden(model, x_test)
@@ -242,7 +214,7 @@ def _run(out: Path, config: DemoConfig, progress) -> DemoResult:
         name: {
             f"{key}_{stat}": value
             for key, values in finals[name].items()
-            for stat, value in (("mean", float(np.mean(values))), ("ci95", _ci95(values)))
+            for stat, value in zip(("mean", "ci95"), _mean_ci(values), strict=True)
         }
         for name in FAMILIES
     }
@@ -260,6 +232,11 @@ def _run(out: Path, config: DemoConfig, progress) -> DemoResult:
     result = DemoResult(config, summary, curves, table, chains, srm, lmc)
     report = _write_report(out, result)
     return DemoResult(config, summary, curves, table, chains, srm, lmc, report)
+
+
+def _mean_ci(values: list[float]) -> tuple[float, float]:
+    estimate = mean_ci(values)
+    return estimate.mean, estimate.ci95 if estimate.n > 1 else 0.0
 
 
 def _last_hidden(model: nn.Sequential, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,137 @@
+"""The study registry: ``@register_study("name")`` over a :class:`Study` subclass; :func:`get` and :func:`names`.
+
+A study is a class with a frozen dataclass ``Config`` (every field has a default), optional ``presets`` (named
+dicts of overrides; ``"tiny"`` is the size the test suite runs), ``run(ctx)`` called once per seed, and
+``summarise``/``figures`` called once over all seeds (see ``docs/studies.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from isotorch.studies._runner import RunData, StudyContext
+    from isotorch.studies._stats import Figure, Findings
+
+__all__ = ["Study", "UnknownStudyError", "get", "names", "register_study"]
+
+_REGISTRY: dict[str, type[Study]] = {}
+_SKIP = {"demo"}  # public modules of isotorch.studies that are not studies
+
+
+class UnknownStudyError(KeyError):
+    """No study is registered under the name (the message lists the registered ones)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class Study:
+    """Base class of a study. Subclasses set ``Config`` and implement :meth:`run`; the rest is optional.
+
+    Attributes:
+        name: the registered name (set by :func:`register_study`).
+        Config: a frozen dataclass type with defaults for every field.
+        presets: named override dicts, e.g. ``{"tiny": {"steps": 50}}``; the test suite runs ``"tiny"``.
+        description: one line shown by ``isotorch study list`` (default: the first docstring line).
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type]
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    description: ClassVar[str] = ""
+
+    def run(self, ctx: StudyContext) -> Mapping[str, Any] | None:
+        """Train and measure for one seed (``ctx.seed``); return final scalar results (JSON-ready) or None."""
+        raise NotImplementedError
+
+    def summarise(self, data: RunData) -> list[Findings]:
+        """Findings tables over seeds (default: mean ± 95% CI of every numeric final result)."""
+        from isotorch.studies._stats import Findings
+
+        finals = data.finals
+        if not finals:
+            return []
+        keys = [k for k, v in next(iter(finals.values())).items() if isinstance(v, int | float)]
+        values = {k: [float(f[k]) for f in finals.values() if k in f] for k in keys}
+        return [Findings.from_values("final results", {"all": values})]
+
+    def figures(self, data: RunData, out: Path) -> list[Figure]:
+        """Write PNG figures into ``out`` and return them with captions (default: none)."""
+        return []
+
+
+def register_study(name: str) -> Callable[[type[Study]], type[Study]]:
+    """Class decorator: register a :class:`Study` subclass under ``name``.
+
+    Examples:
+        >>> from dataclasses import dataclass
+        >>> @dataclass(frozen=True)
+        ... class EchoConfig:
+        ...     steps: int = 3
+        >>> @register_study("echo-doctest")
+        ... class Echo(Study):
+        ...     Config = EchoConfig
+        ...     def run(self, ctx):
+        ...         return {"steps": ctx.config.steps}
+        >>> get("echo-doctest").name
+        'echo-doctest'
+    """
+    if not isinstance(name, str) or not name or not name.replace("-", "_").isidentifier():
+        raise ValueError(f"name must be a non-empty identifier-like string, got {name!r}")
+
+    def decorate(cls: type[Study]) -> type[Study]:
+        if not (isinstance(cls, type) and issubclass(cls, Study)):
+            raise TypeError(f"@register_study({name!r}) must decorate a Study subclass, got {cls!r}")
+        config = getattr(cls, "Config", None)
+        if not (isinstance(config, type) and dataclasses.is_dataclass(config)):
+            raise TypeError(f"study {name!r} needs a dataclass Config, got {config!r}")
+        if not config.__dataclass_params__.frozen:
+            raise TypeError(f"study {name!r}: Config {config.__name__} must be a frozen dataclass")
+        try:
+            config()
+        except TypeError as exc:
+            raise TypeError(f"study {name!r}: every field of {config.__name__} needs a default ({exc})") from None
+        existing = _REGISTRY.get(name)
+        if existing is not None and existing.__qualname__ != cls.__qualname__:
+            raise ValueError(f"a study named {name!r} is already registered ({existing.__qualname__})")
+        cls.name = name
+        if not cls.description:
+            cls.description = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def _load_builtin() -> None:
+    """Import every public module of ``isotorch.studies``, so that a new study file registers itself."""
+    import importlib
+    import pkgutil
+
+    import isotorch.studies as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("_") and info.name not in _SKIP:
+            importlib.import_module(f"isotorch.studies.{info.name}")
+
+
+def names() -> list[str]:
+    """Sorted names of the registered studies."""
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> Study:
+    """A new instance of the study registered under ``name``.
+
+    Raises:
+        UnknownStudyError: unknown name (a ``KeyError``; the message lists the registered ones).
+    """
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise UnknownStudyError(f"unknown study {name!r}; registered studies: {', '.join(sorted(_REGISTRY)) or 'none'}")
+    return _REGISTRY[name]()

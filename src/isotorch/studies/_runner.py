@@ -1,0 +1,714 @@
+"""The study runner: output folder, config and environment, seeding, metrics, checkpoints, resume and Ctrl-C.
+
+Run folder layout (``out/``)::
+
+    config.json          study, preset, config, seeds, runner settings and the environment
+    metrics.jsonl        one JSON record per logged step: {"seed", "run", "step", ...values}
+    results.json         {seed: final results returned by Study.run}
+    checkpoints/seedS.pt one atomic checkpoint per seed (see below)
+    models/              models saved with ctx.save_model (audited by the report)
+    findings.json        the study's findings tables; figures.json: its figures and captions
+    *.png, report.html   figures and the report
+
+**Resume.** ``Study.run(ctx)`` is called again from the top for an unfinished seed, with every RNG reseeded. Each
+``ctx.train(key, ...)`` that had finished restores its end state (the objects in ``state``, every RNG, the log
+count) instead of training; the one that was interrupted restores its last checkpoint and continues from its step.
+``ctx.log`` calls that replay records already in ``metrics.jsonl`` are dropped, after the file is truncated back to
+the checkpoint's offset. So a run killed at any moment (even by SIGKILL) and resumed writes exactly the records,
+and ends with exactly the models, of an uninterrupted run — provided that ``run`` is deterministic given the seed
+and that every stateful object of a training loop (models, optimisers, schedulers, scalers) is passed in ``state``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import logging
+import math
+import os
+import platform
+import random
+import signal
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from isotorch.studies._checkpoint import (
+    CheckpointError,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    save_atomic,
+    write_text_atomic,
+)
+from isotorch.studies._config import ConfigError, config_from_dict, config_to_dict, make_config
+from isotorch.studies._registry import Study, get
+from isotorch.studies._stats import Figure, Findings
+
+__all__ = [
+    "NonFiniteLossError",
+    "RunData",
+    "RunFolderError",
+    "StudyContext",
+    "StudyInterrupted",
+    "StudyRun",
+    "TrainResult",
+    "environment",
+    "run_study",
+]
+
+logger = logging.getLogger(__name__)
+_FORMAT = "isotorch-study-checkpoint"
+
+
+class RunFolderError(RuntimeError):
+    """The output folder cannot be used: it exists and is not empty (without resume), is not writable, etc."""
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """Ctrl-C: the current training loop saved a checkpoint and the run stopped; resume with ``resume=True``."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def environment() -> dict[str, Any]:
+    """Versions, platform and threading of this process (recorded in ``config.json``)."""
+    import isotorch
+
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "isotorch": getattr(isotorch, "__version__", "unknown"),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    for env_var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        if env_var in os.environ:
+            env[env_var] = os.environ[env_var]
+    return env
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :meth:`StudyContext.train` returns.
+
+    Attributes:
+        key: the training loop's name within the seed.
+        steps: updates done in total.
+        last: the values of the last logged record.
+        restored: ``"completed"`` (finished before a resume: nothing was trained), ``"checkpoint"`` (continued from
+            a checkpoint) or ``None`` (trained from step 0).
+    """
+
+    key: str
+    steps: int
+    last: Mapping[str, Any] = field(default_factory=dict)
+    restored: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"key": self.key, "steps": self.steps, "last": dict(self.last), "restored": self.restored}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        return value.item() if value.ndim == 0 else value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+class _Metrics:
+    """The append-only metrics file, its byte offset and optional TensorBoard mirror."""
+
+    def __init__(self, path: Path, tensorboard_dir: Path | None):
+        self.path = path
+        self.handle = path.open("ab")
+        self.writers: dict[int, Any] = {}
+        self.tensorboard_dir = tensorboard_dir
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        self.handle.write((json.dumps(record) + "\n").encode())
+        if self.tensorboard_dir is not None:
+            self._tensorboard(record)
+
+    def _tensorboard(self, record: Mapping[str, Any]) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        seed = record["seed"]
+        if seed not in self.writers:
+            self.writers[seed] = SummaryWriter(log_dir=str(self.tensorboard_dir / f"seed{seed}"))
+        prefix = f"{record['run']}/" if record.get("run") else ""
+        for key, value in record.items():
+            if key not in ("seed", "step", "run") and isinstance(value, int | float) and not isinstance(value, bool):
+                self.writers[seed].add_scalar(prefix + key, value, record["step"])
+
+    def sync(self) -> int:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        return self.handle.tell()
+
+    def close(self) -> None:
+        self.handle.close()
+        for writer in self.writers.values():
+            writer.close()
+
+
+class StudyContext:
+    """Everything a study's ``run`` gets for one seed.
+
+    Attributes:
+        seed: the seed (python, numpy and torch's global RNGs are seeded with it before ``run``).
+        config: the study's frozen config.
+        generator: a ``torch.Generator`` seeded with ``seed``; checkpointed and restored with the rest.
+        out: the run folder (figures go here; ``models/`` holds saved models).
+        device: the device to train on.
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int,
+        config: Any,
+        out: Path,
+        device: torch.device,
+        metrics: _Metrics,
+        checkpoint_every: int,
+        resume_state: Mapping[str, Any] | None,
+        progress: Any,
+        interrupted: threading.Event,
+    ):
+        self.seed = seed
+        self.config = config
+        self.out = out
+        self.device = device
+        self.generator = torch.Generator().manual_seed(seed)
+        self.checkpoint_path = out / "checkpoints" / f"seed{seed}.pt"
+        self._metrics = metrics
+        self._checkpoint_every = checkpoint_every
+        self._progress = progress
+        self._interrupted = interrupted
+        state = dict(resume_state or {})
+        self._completed: dict[str, dict[str, Any]] = dict(state.get("completed", {}))
+        self._current: dict[str, Any] | None = state.get("current")
+        self._in_file = int(state.get("log_count", 0))  # records of this seed already in metrics.jsonl
+        self._logged = 0
+        self._run: str | None = None
+        self._keys: set[str] = set()
+        self._last_good: int | None = state.get("current", {}).get("step") if state.get("current") else None
+
+    # ----------------------------------------------------------------------------------------------- logging
+    def log(self, step: int, **values: Any) -> None:
+        """Append one record ``{"seed", "run", "step", **values}`` to ``metrics.jsonl``.
+
+        Tensors and numpy values become numbers or lists. Inside :meth:`train` the record's ``run`` is the loop's
+        key; outside it is ``None`` unless ``run=`` is given in ``values``.
+        """
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise TypeError(f"step must be an int, got {step!r}")
+        record = {"seed": self.seed, "run": values.pop("run", self._run), "step": step}
+        record.update({k: _plain(v) for k, v in values.items()})
+        if self._logged >= self._in_file:
+            self._metrics.write(record)
+        self._logged += 1
+
+    def records(self, **match: Any) -> list[dict[str, Any]]:
+        """This seed's records written so far (also those of a run before a resume) whose fields equal ``match``."""
+        self._metrics.handle.flush()
+        out = []
+        with self._metrics.path.open() as handle:
+            for line in handle:
+                record = json.loads(line)
+                if record["seed"] == self.seed and all(record.get(k) == v for k, v in match.items()):
+                    out.append(record)
+        return out
+
+    # ----------------------------------------------------------------------------------------------- training
+    def train(
+        self,
+        key: str,
+        step: Callable[[int], torch.Tensor | float],
+        steps: int,
+        *,
+        state: Mapping[str, Any],
+        evaluate: Callable[[int], Mapping[str, Any]] | None = None,
+        log_steps: Iterable[int] | None = None,
+        log_every: int | None = None,
+    ) -> TrainResult:
+        """Run ``step(t)`` for t = 0 … steps−1 with logging, checkpoints, NaN checks, Ctrl-C and resume.
+
+        ``step(t)`` performs update t and returns its loss (a scalar tensor or float, the loss *before* the update).
+        After update t the count is t+1; at every count in ``log_steps`` (or every ``log_every``; the count 0 is
+        the initial state) a record is logged with ``loss`` and the values of ``evaluate(count)``. A checkpoint is
+        saved every ``checkpoint_every`` updates (a runner setting), at the end, and on Ctrl-C.
+
+        Args:
+            key: unique name of this loop within the seed (e.g. ``"scale=0.01"``); it is the records' ``run``.
+            step: one update; must draw randomness only from ``ctx.generator`` or the global RNGs.
+            steps: number of updates.
+            state: every stateful object of the loop, by name: anything with ``state_dict``/``load_state_dict``
+                (models, optimisers, schedulers). Restored on resume.
+            evaluate: values to log at logging steps (called in ``torch.no_grad``). Default: none.
+            log_steps: the counts to log at. Default: every ``log_every`` (default: every 1% of ``steps``).
+            log_every: log every this many updates (ignored when ``log_steps`` is given).
+
+        Raises:
+            NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept and named).
+            StudyInterrupted: Ctrl-C (after saving a checkpoint).
+        """
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"key must be a non-empty string, got {key!r}")
+        if key in self._keys:
+            raise ValueError(f"train key {key!r} was already used for seed {self.seed}; keys must be unique")
+        if not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+        for name, obj in state.items():
+            if not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
+                raise TypeError(f"state[{name!r}] must have state_dict()/load_state_dict(), got {type(obj).__name__}")
+        self._keys.add(key)
+        if log_steps is None:
+            every = log_every or max(1, steps // 100)
+            log_set = set(range(0, steps + 1, every)) | {steps}
+        else:
+            log_set = {int(t) for t in log_steps}
+
+        if key in self._completed:
+            done = self._completed[key]
+            self._load(state, done)
+            return TrainResult(key, done["steps"], done.get("last", {}), restored="completed")
+
+        start, restored, last = 0, None, {}
+        if self._current is not None and self._current["key"] == key:
+            self._load(state, self._current)
+            start, restored, last = self._current["step"], "checkpoint", self._current.get("last", {})
+        self._current = None
+        self._run = key
+        task = None
+        if self._progress is not None:
+            task = self._progress.add_task(f"seed {self.seed} · {key}", total=steps, completed=start)
+        try:
+            if start == 0 and 0 in log_set:
+                last = self._log_values(0, None, evaluate)
+            for t in range(start, steps):
+                loss = step(t)
+                value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+                if not math.isfinite(value):
+                    where = (
+                        f"the last good checkpoint ({self.checkpoint_path}, update {self._last_good}) was kept"
+                        if self._last_good is not None
+                        else "no checkpoint of this loop had been saved yet"
+                    )
+                    raise NonFiniteLossError(
+                        f"the loss became {value} at update {t} of run {key!r} (seed {self.seed}); {where}. "
+                        "Lower the learning rate or the initialisation scale."
+                    )
+                count = t + 1
+                if count in log_set:
+                    last = self._log_values(count, value, evaluate)
+                if task is not None:
+                    self._progress.update(task, completed=count)
+                if self._interrupted.is_set():
+                    self._save(key, count, state, last)
+                    raise StudyInterrupted(
+                        f"interrupted at update {count} of run {key!r} (seed {self.seed}); checkpoint saved to "
+                        f"{self.checkpoint_path}. Resume with --resume."
+                    )
+                if count % self._checkpoint_every == 0 and count < steps:
+                    self._save(key, count, state, last)
+        finally:
+            self._run = None
+            if task is not None:
+                self._progress.remove_task(task)
+        self._completed[key] = {
+            "steps": steps,
+            "state": {name: obj.state_dict() for name, obj in state.items()},
+            "rng": capture_rng({"ctx": self.generator}),
+            "log_count": self._logged,
+            "last": last,
+        }
+        self._save(None, steps, state, last)
+        return TrainResult(key, steps, last, restored)
+
+    def _log_values(self, count: int, loss: float | None, evaluate) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        if loss is not None:
+            values["loss"] = loss
+        if evaluate is not None:
+            with torch.no_grad():
+                values.update({k: _plain(v) for k, v in evaluate(count).items()})
+        self.log(count, **values)
+        return values
+
+    def _load(self, state: Mapping[str, Any], saved: Mapping[str, Any]) -> None:
+        missing = set(state) - set(saved["state"])
+        if missing:
+            raise CheckpointError(
+                f"{self.checkpoint_path} has no state for {sorted(missing)}; was the study changed since the run "
+                "started? Start a new run folder."
+            )
+        for name, obj in state.items():
+            obj.load_state_dict(saved["state"][name])
+        restore_rng(saved["rng"], {"ctx": self.generator})
+        self._logged = int(saved["log_count"])
+
+    def _save(self, key: str | None, count: int, state: Mapping[str, Any], last: Mapping[str, Any]) -> None:
+        offset = self._metrics.sync()
+        current = None
+        if key is not None:
+            current = {
+                "key": key,
+                "step": count,
+                "state": {name: obj.state_dict() for name, obj in state.items()},
+                "rng": capture_rng({"ctx": self.generator}),
+                "log_count": self._logged,
+                "last": dict(last),
+            }
+            self._last_good = count
+        save_atomic(
+            {
+                "format": _FORMAT,
+                "seed": self.seed,
+                "done": False,
+                "offset": offset,
+                "log_count": self._logged,
+                "completed": self._completed,
+                "current": current,
+            },
+            self.checkpoint_path,
+        )
+
+    # ----------------------------------------------------------------------------------------------- helpers
+    def batch_indices(self, t: int, n: int, batch_size: int, *, key: str = "") -> torch.Tensor:
+        """Indices of minibatch t of an epoch-wise shuffle of ``n`` samples, derived from (seed, key, epoch) alone.
+
+        Stateless, so it resumes exactly: epoch e = t·batch_size // n uses the permutation of a generator seeded
+        with a SHA-256 of (seed, key, e); the last batch of an epoch may be short.
+        """
+        if n < 1 or batch_size < 1:
+            raise ValueError(f"n and batch_size must be positive, got n={n}, batch_size={batch_size}")
+        per_epoch = math.ceil(n / batch_size)
+        epoch, index = divmod(int(t), per_epoch)
+        digest = hashlib.sha256(f"{self.seed}|{key}|{epoch}".encode()).digest()
+        g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF)
+        order = torch.randperm(n, generator=g)
+        return order[index * batch_size : (index + 1) * batch_size]
+
+    def save_model(self, name: str, model: torch.nn.Module, example_input: torch.Tensor | None = None) -> Path:
+        """Save a trained model (whole module) and an example input to ``models/seed{seed}-{name}.pt``.
+
+        The report audits every saved model (:func:`isotorch.audit.audit_model` on the example input).
+        """
+        if not name or "/" in name or "\\" in name:
+            raise ValueError(f"name must be a plain file-name part, got {name!r}")
+        path = self.out / "models" / f"seed{self.seed}-{name}.pt"
+        path.parent.mkdir(exist_ok=True)
+        example = None if example_input is None else example_input.detach().cpu()
+        save_atomic({"model": model, "input": example, "seed": self.seed, "name": name}, path)
+        return path
+
+
+@dataclass
+class RunData:
+    """A run folder read back: config, seeds, every metrics record and the per-seed final results.
+
+    Attributes:
+        out: the run folder.
+        study: the study's name.
+        config: the study's config object.
+        seeds: the seeds of the run.
+        records: every record of ``metrics.jsonl``, in order.
+        finals: ``{seed: results returned by Study.run}`` for the seeds that finished.
+    """
+
+    out: Path
+    study: str
+    config: Any
+    seeds: tuple[int, ...]
+    records: list[dict[str, Any]]
+    finals: dict[int, dict[str, Any]]
+
+    @classmethod
+    def load(cls, out: str | Path) -> RunData:
+        """Read a run folder (``config.json``, ``metrics.jsonl``, ``results.json``)."""
+        out = Path(out)
+        meta = _read_json(out / "config.json")
+        study = get(meta["study"])
+        config = config_from_dict(study.Config, meta["config"])
+        records = []
+        metrics = out / "metrics.jsonl"
+        if metrics.exists():
+            with metrics.open() as handle:
+                records = [json.loads(line) for line in handle if line.strip()]
+        finals = {}
+        if (out / "results.json").exists():
+            finals = {int(k): v for k, v in _read_json(out / "results.json").items()}
+        return cls(out, meta["study"], config, tuple(meta["seeds"]), records, finals)
+
+    def select(self, **match: Any) -> list[dict[str, Any]]:
+        """The records whose fields equal every ``match`` (e.g. ``select(seed=0, run="scale=0.1")``)."""
+        return [r for r in self.records if all(r.get(k) == v for k, v in match.items())]
+
+    def runs(self) -> list[str]:
+        """The distinct ``run`` keys, in order of first appearance."""
+        return list(dict.fromkeys(r["run"] for r in self.records if r.get("run") is not None))
+
+    def series(self, key: str, **match: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(steps, values)`` of the selected records that have ``key`` (values as float)."""
+        rows = [r for r in self.select(**match) if key in r and r[key] is not None]
+        steps = np.array([r["step"] for r in rows], dtype=np.int64)
+        return steps, np.array([r[key] for r in rows], dtype=np.float64)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunFolderError(f"{path} does not exist: is {path.parent} a study run folder?") from None
+    except json.JSONDecodeError as exc:
+        raise RunFolderError(f"{path} is not valid JSON ({exc})") from None
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """What :func:`run_study` returns: the run folder's data, findings, figures and report path."""
+
+    data: RunData
+    findings: tuple[Findings, ...]
+    figures: tuple[Figure, ...]
+    report: Path | None
+
+    @property
+    def out(self) -> Path:
+        return self.data.out
+
+
+def _check_folder(out: Path, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"output path {out} exists and is not a folder")
+    if resume:
+        if not (out / "config.json").exists():
+            raise RunFolderError(f"cannot resume: {out} holds no config.json (not a study run folder)")
+    elif out.exists() and any(out.iterdir()):
+        raise RunFolderError(
+            f"output folder {out} exists and is not empty; pass --resume to continue that run, or choose a new folder"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "checkpoints").mkdir(exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise RunFolderError(f"output folder {out} is not writable ({exc.strerror or exc})") from None
+
+
+def _resolve(study: Study, preset: str | None, overrides) -> Any:
+    presets = dict(study.presets)
+    if preset is not None and preset not in presets:
+        raise ConfigError(
+            f"unknown preset {preset!r} for study {study.name!r}; presets: {', '.join(presets) or 'none'}"
+        )
+    return make_config(study.Config, preset=presets.get(preset) if preset else None, overrides=overrides)
+
+
+def _seed_state(out: Path, seeds: Sequence[int]) -> tuple[dict[int, dict[str, Any]], int]:
+    """Load the seeds' checkpoints and find the metrics offset to truncate back to."""
+    states: dict[int, dict[str, Any]] = {}
+    offset = 0
+    for seed in seeds:
+        path = out / "checkpoints" / f"seed{seed}.pt"
+        if not path.exists():
+            break
+        state = load_checkpoint(path)
+        states[seed] = state
+        offset = int(state["offset"])
+        if not state["done"]:
+            break
+    return states, offset
+
+
+def run_study(
+    name: str,
+    out: str | Path,
+    *,
+    seeds: Sequence[int] | None = None,
+    preset: str | None = None,
+    overrides: Mapping[str, Any] | Iterable[str] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    checkpoint_every: int = 500,
+    tensorboard: bool = False,
+    device: str | torch.device | None = None,
+    report: bool = True,
+) -> StudyRun:
+    """Run a registered study over seeds into ``out``: config, metrics, checkpoints, figures, findings, report.
+
+    Args:
+        name: the registered study name (:func:`isotorch.studies.names`).
+        out: the run folder; created. An existing non-empty folder is an error unless ``resume``.
+        seeds: seeds to run. Default: ``(0,)``, or the stored seeds when resuming.
+        preset: a named preset of the study (e.g. ``"tiny"``), applied before ``overrides``.
+        overrides: typed values or ``"key=value"`` strings for config fields.
+        resume: continue the run stored in ``out`` (its stored config; giving a different one is an error).
+        progress: show a rich progress bar (on stderr). Default: True.
+        checkpoint_every: updates between checkpoints of a training loop. Default: 500.
+        tensorboard: also write TensorBoard scalars to ``out/tensorboard`` (needs the ``tensorboard`` package).
+        device: the device studies train on. Default: CPU.
+        report: write ``report.html`` at the end. Default: True.
+
+    Raises:
+        UnknownStudyError, ConfigError, RunFolderError, CheckpointError, NonFiniteLossError, StudyInterrupted.
+    """
+    study = get(name)
+    out = Path(out)
+    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+    if seeds is not None:
+        seeds = tuple(int(s) for s in seeds)
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be a non-empty sequence of distinct ints, got {seeds!r}")
+    if tensorboard:
+        try:
+            importlib.import_module("torch.utils.tensorboard")
+        except ImportError:
+            raise ImportError(
+                "tensorboard=True needs the tensorboard package: pip install 'isotorch[tensorboard]'"
+            ) from None
+    _check_folder(out, resume)
+
+    if resume:
+        meta = _read_json(out / "config.json")
+        if meta.get("study") != name:
+            raise RunFolderError(f"{out} holds a run of study {meta.get('study')!r}, not {name!r}")
+        config = config_from_dict(study.Config, meta["config"])
+        if preset is not None or overrides:
+            asked = _resolve(study, preset, overrides)
+            if asked != config:
+                raise ConfigError(
+                    f"cannot resume {out} with a different config: stored {config_to_dict(config)}, asked "
+                    f"{config_to_dict(asked)}. Resume without --set/--preset, or start a new folder."
+                )
+        if seeds is not None and tuple(seeds) != tuple(meta["seeds"]):
+            raise ConfigError(f"cannot resume {out} with seeds {list(seeds)}: the run was started with {meta['seeds']}")
+        seeds = tuple(meta["seeds"])
+    else:
+        config = _resolve(study, preset, overrides)
+        seeds = seeds or (0,)
+        meta = {
+            "study": name,
+            "preset": preset,
+            "config": config_to_dict(config),
+            "seeds": list(seeds),
+            "runner": {"checkpoint_every": checkpoint_every, "device": str(device or "cpu")},
+            "environment": environment(),
+        }
+        write_text_atomic(out / "config.json", json.dumps(meta, indent=2) + "\n")
+
+    states, offset = _seed_state(out, seeds) if resume else ({}, 0)
+    metrics_path = out / "metrics.jsonl"
+    if metrics_path.exists():
+        size = metrics_path.stat().st_size
+        if size < offset:
+            raise CheckpointError(f"{metrics_path} is shorter ({size} bytes) than its checkpoint's offset ({offset})")
+        os.truncate(metrics_path, offset)
+    results_path = out / "results.json"
+    finals = {int(k): v for k, v in _read_json(results_path).items()} if results_path.exists() else {}
+
+    interrupted = threading.Event()
+    metrics = _Metrics(metrics_path, out / "tensorboard" if tensorboard else None)
+    torch_device = torch.device(device) if device is not None else torch.device("cpu")
+    with _sigint(interrupted), _progress_bar(progress) as bar:
+        try:
+            for seed in seeds:
+                state = states.get(seed)
+                if state is not None and state["done"]:
+                    continue
+                random.seed(seed)
+                np.random.seed(seed)  # noqa: NPY002 - the legacy global RNG that user code may use
+                torch.manual_seed(seed)
+                ctx = StudyContext(
+                    seed=seed,
+                    config=config,
+                    out=out,
+                    device=torch_device,
+                    metrics=metrics,
+                    checkpoint_every=checkpoint_every,
+                    resume_state=state,
+                    progress=bar,
+                    interrupted=interrupted,
+                )
+                final = _plain(dict(study.run(ctx) or {}))
+                finals[seed] = final
+                write_text_atomic(results_path, json.dumps({str(k): v for k, v in finals.items()}, indent=2) + "\n")
+                save_atomic(
+                    {"format": _FORMAT, "seed": seed, "done": True, "offset": metrics.sync(), "log_count": ctx._logged},
+                    ctx.checkpoint_path,
+                )
+        finally:
+            metrics.close()
+
+    data = RunData.load(out)
+    findings = tuple(study.summarise(data))
+    write_text_atomic(out / "findings.json", json.dumps([f.to_dict() for f in findings], indent=2) + "\n")
+    figures = tuple(study.figures(data, out))
+    write_text_atomic(out / "figures.json", json.dumps([f.to_dict() for f in figures], indent=2) + "\n")
+    path = None
+    if report:
+        from isotorch.studies._report import write_report
+
+        path = write_report(out)
+    return StudyRun(data, findings, figures, path)
+
+
+@contextlib.contextmanager
+def _sigint(event: threading.Event):
+    """First Ctrl-C sets ``event`` (the training loop checkpoints and stops); a second one interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if event.is_set():
+            raise KeyboardInterrupt
+        event.set()
+        logger.warning("Ctrl-C: saving a checkpoint at the next update (press again to stop at once)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool):
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        yield bar
