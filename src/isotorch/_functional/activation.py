@@ -64,6 +64,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from isotorch._functional._checks import _check_floating, _compute_dtype
+
 __all__ = [
     "PROFILES",
     "Profile",
@@ -271,10 +273,7 @@ def _resolve_profile(profile) -> Profile | Callable:
 
 
 def _check_input(x, dim, name: str = "x") -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    _check_floating(x, name)
     if isinstance(dim, bool) or not isinstance(dim, int):
         raise TypeError(f"dim must be an int, got {dim!r}")
     if x.ndim == 0:
@@ -302,10 +301,6 @@ def _check_length(length):
     if not (math.isfinite(length) and length >= 0.0):
         raise ValueError(f"length (the squared intrinsic length o) must be a finite float ≥ 0, got {length!r}")
     return length if length > 0.0 else None
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in _HALF else dtype
 
 
 # ----------------------------------------------------------------------------------------------------------------

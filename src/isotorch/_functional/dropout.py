@@ -11,7 +11,8 @@ import math
 
 import torch
 
-from isotorch._functional.norm import _check_floating, _compute_dtype, _feature_dim, _vector_norm
+from isotorch._functional._checks import _check_floating, _compute_dtype, _feature_dim
+from isotorch._functional.norm import _vector_norm
 
 __all__ = ["iso_dropout"]
 

@@ -13,7 +13,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from isotorch._functional.norm import _check_floating, _compute_dtype, _feature_dim, _max_abs, _vector_norm
+from isotorch._functional._checks import _check_floating, _compute_dtype, _feature_dim
+from isotorch._functional.norm import _max_abs, _vector_norm
 
 __all__ = ["iso_gate"]
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from isotorch._functional.norm import _check_floating, _compute_dtype, _vector_norm
+from isotorch._functional._checks import _check_floating, _compute_dtype
+from isotorch._functional.norm import _vector_norm
 
 __all__ = ["norm_max_pool2d"]
 
