@@ -76,7 +76,6 @@ __all__ = [
     "iso_tanh",
 ]
 
-_HALF = (torch.float16, torch.bfloat16)
 # Rows whose sum of squares overflows are re-measured after scaling by these exact powers of two. For such a row
 # ‖x‖ ≥ 2^(max_exp/2), so the scaled entries neither overflow when squared nor underflow where it matters.
 _DOWNSCALE = {torch.float32: 2.0**-80, torch.float64: 2.0**-640}
