@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from isotorch import studies
+from isotorch.studies import _registry
 from isotorch.studies._checkpoint import CheckpointError, load_checkpoint, save_atomic
 from isotorch.studies._config import ConfigError, config_from_dict, config_to_dict, make_config, parse_overrides
 from isotorch.studies._registry import Study, UnknownStudyError, get, names, register_study
@@ -35,6 +36,13 @@ class ToyConfig:
     def __post_init__(self):
         if self.steps < 1:
             raise ValueError(f"steps must be positive, got {self.steps}")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _unregister_toy_study():
+    """The toy study lives only as long as this module's tests: other tests loop over the built-in studies."""
+    yield
+    _registry._REGISTRY.pop("toy-test", None)
 
 
 @register_study("toy-test")

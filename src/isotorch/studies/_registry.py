@@ -79,6 +79,7 @@ def register_study(name: str) -> Callable[[type[Study]], type[Study]]:
         ...         return {"steps": ctx.config.steps}
         >>> get("echo-doctest").name
         'echo-doctest'
+        >>> _ = _REGISTRY.pop("echo-doctest")  # keep the registry to the built-in studies
     """
     if not isinstance(name, str) or not name or not name.replace("-", "_").isidentifier():
         raise ValueError(f"name must be a non-empty identifier-like string, got {name!r}")
