@@ -1,0 +1,477 @@
+"""Study ``lmc``: linear mode connectivity and cross-network alignment by symmetry class (REFERENCE 6.6, 6.7, 5.3–5.6).
+
+For each variant, four MLPs (``depth`` hidden layers of ``width`` units, AdamW) are trained side by side from
+different initialisations and minibatch orders, seeds derived from the run seed:
+
+- the *LMC pair* A, B on the same inputs: after training, the loss along θ(λ) = (1 − λ)θ_A + λθ_B
+  (:func:`isotorch.params.barrier`, 25 points, training data; both conventions, ``max`` and ``linear``) before and
+  after aligning B to A (:func:`isotorch.params.align`, weight matching);
+- the *universal pair* A′, B′, each fed its own fixed random linear transform x ↦ xT (T ~ N(0, 1/d)) of the input:
+  the linear CKA (:func:`isotorch.probes.linear_cka`) between A′'s and B′'s hidden layers at log-spaced epochs,
+  against the CKA of their two inputs (the "universal representation" claim: hidden CKA rises above it).
+
+Variants (the architecture randomness — fixed entries, F, θ₀ — is shared by A and B; it is part of the model):
+
+- ``elementwise``: Linear → tanh; aligned by permutation weight matching.
+- ``isotropic``: Linear → IsoTanh (:func:`isotorch.convert`); aligned by orthogonal Procrustes weight matching.
+- ``w_asym``: :class:`isotorch.params.AsymLinear` (``n_fix`` fixed entries per row, κ = ``kappa``) → tanh.
+- ``sigma_asym``: Linear → :class:`isotorch.params.FiGLU`.
+- ``syre``: the elementwise net under :func:`isotorch.params.syre` (offset σ₀ = ``syre_sigma0``, weight decay
+  ``syre_weight_decay`` towards θ₀).
+
+``w_asym`` and ``syre`` are "aligned" by permutation weight matching on plain copies with their effective weights
+(function-preserving for those copies) to show what matching does to them; ``sigma_asym`` has no permutation
+symmetry (FiGLU mixes units), so no function-preserving matching exists and its aligned barrier is n/a.
+
+Expected ordering from the literature (Lim et al. 2024, qualitative, not a target): W-Asym unaligned < standard +
+weight matching < σ-Asym < standard unaligned.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from isotorch.studies._data import load_dataset
+from isotorch.studies._registry import Study, register_study
+from isotorch.studies._stats import Figure, Findings
+from isotorch.studies.collapse import layer_features, unparametrized
+
+__all__ = ["Lmc", "LmcConfig", "build_mlp", "plain_copy"]
+
+VARIANTS = ("elementwise", "isotropic", "w_asym", "sigma_asym", "syre")
+DATASETS = ("digits", "mnist1d", "mnist", "fashion_mnist", "cifar10")
+MODELS = ("A", "B", "UA", "UB")
+
+
+@dataclass(frozen=True)
+class LmcConfig:
+    """Settings of the ``lmc`` study (see the module docstring)."""
+
+    variants: tuple[str, ...] = VARIANTS
+    dataset: str = "digits"
+    data_root: str = ""
+    n_train: int = 0
+    width: int = 128
+    depth: int = 3
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    n_fix: int = 16
+    kappa: float = 1.0
+    syre_sigma0: float = 0.1
+    syre_weight_decay: float = 1.0
+    path_steps: int = 25
+    log_points: int = 12
+    cka_samples: int = 500
+
+    def __post_init__(self):
+        if not self.variants or any(v not in VARIANTS for v in self.variants):
+            raise ValueError(f"variants must be a non-empty subset of {VARIANTS}, got {self.variants!r}")
+        if len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"variants must not repeat, got {self.variants!r}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.dataset not in ("digits", "mnist1d") and not self.data_root:
+            raise ValueError(f"data_root must name the folder holding the {self.dataset} files, got ''")
+        for name in ("width", "depth", "epochs", "batch_size", "n_fix", "log_points"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        if self.n_train < 0:
+            raise ValueError(f"n_train must be ≥ 0 (0: the whole training set), got {self.n_train}")
+        if self.path_steps < 3:
+            raise ValueError(f"path_steps must be at least 3, got {self.path_steps}")
+        if self.cka_samples < 4:
+            raise ValueError(f"cka_samples must be at least 4, got {self.cka_samples}")
+        for name in ("lr", "kappa", "syre_sigma0"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive finite float, got {value!r}")
+        for name in ("weight_decay", "syre_weight_decay"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite float ≥ 0, got {value!r}")
+
+
+def build_mlp(
+    variant: str,
+    in_features: int,
+    num_classes: int,
+    *,
+    width: int,
+    depth: int,
+    arch_seed: int,
+    init_seed: int,
+    n_fix: int = 16,
+    kappa: float = 1.0,
+    syre_sigma0: float = 0.1,
+) -> tuple[nn.Sequential, list[str]]:
+    """An MLP of ``variant`` and the names of its hidden activations.
+
+    The architecture's randomness (AsymLinear masks and fixed entries, FiGLU's F, syre's θ₀) comes from
+    ``arch_seed``; the trainable initial weights (U(±1/√fan_in), as ``nn.Linear``) from ``init_seed``.
+
+    Examples:
+        >>> a, names = build_mlp("w_asym", 8, 3, width=6, depth=2, arch_seed=0, init_seed=1, n_fix=2)
+        >>> b, _ = build_mlp("w_asym", 8, 3, width=6, depth=2, arch_seed=0, init_seed=2, n_fix=2)
+        >>> names, bool((a[0].fixed == b[0].fixed).all()), bool((a[0].weight == b[0].weight).all())
+        (['1', '3'], True, False)
+    """
+    from isotorch.params import AsymLinear, FiGLU
+
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    arch = torch.Generator().manual_seed(arch_seed)
+    init = torch.Generator().manual_seed(init_seed)
+    dims = [in_features] + [width] * depth + [num_classes]
+    layers: list[nn.Module] = []
+    for i in range(depth + 1):
+        fan_in, fan_out = dims[i], dims[i + 1]
+        if variant == "w_asym":
+            linear = AsymLinear(fan_in, fan_out, n_fix=min(n_fix, fan_in), kappa=kappa, generator=arch)
+        else:
+            linear = nn.Linear(fan_in, fan_out)
+        bound = 1 / math.sqrt(fan_in)
+        with torch.no_grad():
+            linear.weight.copy_((torch.rand(fan_out, fan_in, generator=init) * 2 - 1) * bound)
+            linear.bias.copy_((torch.rand(fan_out, generator=init) * 2 - 1) * bound)
+            if variant == "w_asym":
+                linear.weight.mul_(linear.mask)
+        layers.append(linear)
+        if i < depth:
+            layers.append(FiGLU(width, generator=arch) if variant == "sigma_asym" else nn.Tanh())
+    net = nn.Sequential(*layers)
+    if variant == "isotropic":
+        from isotorch import convert
+
+        net = convert(net, "isotropic")
+    if variant == "syre":
+        from isotorch.params import syre
+
+        net = syre(net, syre_sigma0, "offset", generator=arch)
+    return net, [str(2 * i + 1) for i in range(depth)]
+
+
+def plain_copy(model: nn.Module) -> nn.Module:
+    """A copy with plain ``nn.Linear`` layers holding the effective weights (AsymLinear's M ⊙ W + κF, syre's θ + θ₀).
+
+    Same function as ``model``; its hidden sites regain the symmetries of their activations.
+
+    Examples:
+        >>> net, _ = build_mlp("syre", 4, 2, width=5, depth=1, arch_seed=0, init_seed=1)
+        >>> x = torch.randn(3, 4)
+        >>> torch.allclose(plain_copy(net)(x), net(x))
+        True
+    """
+    from isotorch.params import AsymLinear
+
+    new = unparametrized(model)
+    for name, module in list(new.named_children()):
+        if isinstance(module, AsymLinear):
+            linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+            with torch.no_grad():
+                linear.weight.copy_(module.effective_weight())
+                if module.bias is not None:
+                    linear.bias.copy_(module.bias)
+            setattr(new, name, linear)
+    return new
+
+
+def _moved_fraction(result) -> float:
+    """Mean fraction of hidden units that a permutation alignment moved (NaN for rotations / no site)."""
+    fractions = []
+    for matrix in result.element.matrices.values():
+        if matrix.ndim == 1:
+            fractions.append(float((matrix != torch.arange(len(matrix))).float().mean()))
+    return float(np.mean(fractions)) if fractions else float("nan")
+
+
+@register_study("lmc")
+class Lmc(Study):
+    """Loss barriers before/after alignment and cross-network CKA, for elementwise, isotropic and asymmetric nets."""
+
+    Config = LmcConfig
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": {
+            "width": 16,
+            "depth": 2,
+            "epochs": 3,
+            "batch_size": 128,
+            "n_fix": 4,
+            "path_steps": 5,
+            "log_points": 3,
+            "cka_samples": 200,
+        }
+    }
+
+    def run(self, ctx) -> dict[str, Any]:
+        config: LmcConfig = ctx.config
+        kwargs = {"flatten": True} if config.dataset not in ("digits", "mnist1d") else {}
+        x, y, x_test, y_test = load_dataset(config.dataset, root=config.data_root or None, **kwargs)
+        if config.n_train:
+            x, y = x[: config.n_train], y[: config.n_train]
+        x, y, x_test, y_test = (t.to(ctx.device) for t in (x, y, x_test, y_test))
+        d, num_classes = x.shape[1], int(y.max()) + 1
+        g = torch.Generator().manual_seed(70_000 + ctx.seed)
+        transforms = {m: torch.randn(d, d, generator=g).div(math.sqrt(d)).to(ctx.device) for m in ("UA", "UB")}
+        probe = x_test[: config.cka_samples]
+        inputs = {"A": probe, "B": probe, "UA": probe @ transforms["UA"], "UB": probe @ transforms["UB"]}
+        from isotorch.probes import linear_cka
+
+        input_cka = linear_cka(inputs["UA"].double(), inputs["UB"].double())
+        per_epoch = math.ceil(len(x) / config.batch_size)
+        log_steps = sorted(
+            {0, *(per_epoch * np.unique(np.geomspace(1, config.epochs, config.log_points).round().astype(int)))}
+        )
+        log_steps = [int(s) for s in log_steps]
+        finals: dict[str, Any] = {}
+        for v_index, variant in enumerate(config.variants):
+            nets, opts, names = {}, {}, []
+            for m_index, m in enumerate(MODELS):
+                nets[m], names = build_mlp(
+                    variant,
+                    d,
+                    num_classes,
+                    width=config.width,
+                    depth=config.depth,
+                    arch_seed=1000 * ctx.seed + v_index,
+                    init_seed=10_000 + 1000 * ctx.seed + 10 * v_index + m_index,
+                    n_fix=config.n_fix,
+                    kappa=config.kappa,
+                    syre_sigma0=config.syre_sigma0,
+                )
+                nets[m] = nets[m].to(ctx.device)
+                wd = config.syre_weight_decay if variant == "syre" else config.weight_decay
+                opts[m] = torch.optim.AdamW(nets[m].parameters(), lr=config.lr, weight_decay=wd)
+
+            def feed(m, data):
+                return data @ transforms[m] if m in transforms else data
+
+            def step(t, nets=nets, opts=opts):
+                total = 0.0
+                for m in MODELS:
+                    idx = ctx.batch_indices(t, len(x), config.batch_size, key=m)
+                    loss = nn.functional.cross_entropy(nets[m](feed(m, x[idx])), y[idx])
+                    opts[m].zero_grad()
+                    loss.backward()
+                    opts[m].step()
+                    total = total + loss.detach()
+                return total / len(MODELS)
+
+            def evaluate(t, nets=nets, names=names):
+                values: dict[str, Any] = {"epoch": t // per_epoch, "input_cka": input_cka}
+                for m in ("A", "B"):
+                    out = nets[m](x_test)
+                    values[f"test_loss_{m}"] = nn.functional.cross_entropy(out, y_test)
+                    values[f"test_acc_{m}"] = (out.argmax(1) == y_test).float().mean()
+                feats = {m: layer_features(nets[m], inputs[m], names) for m in MODELS}
+                for l, name in enumerate(names):
+                    values[f"cka_{l}"] = linear_cka(feats["A"][name].double(), feats["B"][name].double())
+                    values[f"cka_universal_{l}"] = linear_cka(feats["UA"][name].double(), feats["UB"][name].double())
+                return values
+
+            state = {**{f"model_{m}": nets[m] for m in MODELS}, **{f"opt_{m}": opts[m] for m in MODELS}}
+            ctx.train(variant, step, config.epochs * per_epoch, state=state, evaluate=evaluate, log_steps=log_steps)
+            ctx.save_model(variant, plain_copy(nets["A"]).eval(), x_test[:16])
+            finals.update(self._barriers(ctx, variant, nets["A"], nets["B"], (x, y, x_test, y_test), config))
+            last = [r for r in ctx.records(run=variant) if "cka_0" in r][-1]
+            finals[f"{variant}/input_cka"] = input_cka
+            for l in range(config.depth):
+                finals[f"{variant}/cka_{l}"] = last[f"cka_{l}"]
+                finals[f"{variant}/cka_universal_{l}"] = last[f"cka_universal_{l}"]
+        return finals
+
+    @staticmethod
+    def _barriers(ctx, variant, a, b, data, config) -> dict[str, Any]:
+        from isotorch.params import align, barrier
+
+        x, y, x_test, y_test = data
+        loss_fn = nn.functional.cross_entropy
+        a, b = a.eval(), b.eval()
+        before = barrier(a, b, loss_fn, (x, y), steps=config.path_steps)
+        after, moved, distance = None, float("nan"), (float("nan"), float("nan"))
+        if variant != "sigma_asym":
+            if variant == "isotropic":
+                ref, result = a, align(a, b, x=x[:64], generator=ctx.seed)
+            else:  # permutation matching; asymmetric/syre nets via plain copies of their effective weights
+                ref = plain_copy(a)
+                result = align(ref, plain_copy(b), x=x[:64], group="permutation", generator=ctx.seed)
+                moved = _moved_fraction(result)
+            distance = (result.distance_before, result.distance_after)
+            after = barrier(ref, result.model, loss_fn, (x, y), steps=config.path_steps)
+        for kind, res in (("before", before), ("after", after)):
+            if res is not None:
+                ctx.log(0, run=variant, event="path", kind=kind, **res.to_dict())
+        nan = float("nan")
+        with torch.no_grad():
+            test_acc = [float((m(x_test).argmax(1) == y_test).float().mean()) for m in (a, b)]
+        return {
+            f"{variant}/test_acc": float(np.mean(test_acc)),
+            f"{variant}/barrier_before": before.barrier,
+            f"{variant}/barrier_linear_before": before.barrier_linear,
+            f"{variant}/acc_barrier_before": before.accuracy_barrier,
+            f"{variant}/barrier_after": after.barrier if after else nan,
+            f"{variant}/barrier_linear_after": after.barrier_linear if after else nan,
+            f"{variant}/acc_barrier_after": after.accuracy_barrier if after else nan,
+            f"{variant}/moved_fraction": moved,
+            f"{variant}/distance_before": distance[0],
+            f"{variant}/distance_after": distance[1],
+        }
+
+    def summarise(self, data) -> list[Findings]:
+        config: LmcConfig = data.config
+
+        def values(variant, name):
+            return [float(f[f"{variant}/{name}"]) for f in data.finals.values() if f"{variant}/{name}" in f]
+
+        columns = {
+            "barrier_before": "barrier (max) unaligned",
+            "barrier_after": "barrier (max) aligned",
+            "barrier_linear_before": "barrier (linear) unaligned",
+            "barrier_linear_after": "barrier (linear) aligned",
+            "acc_barrier_before": "accuracy barrier % unaligned",
+            "acc_barrier_after": "accuracy barrier % aligned",
+            "moved_fraction": "units moved by matching",
+            "test_acc": "test accuracy (A, B mean)",
+        }
+        barriers = {v: {label: values(v, k) for k, label in columns.items()} for v in config.variants}
+        cka = {
+            v: {
+                "input CKA (universal pair)": values(v, "input_cka"),
+                **{f"CKA layer {l} (universal pair)": values(v, f"cka_universal_{l}") for l in range(config.depth)},
+                **{f"CKA layer {l} (same input)": values(v, f"cka_{l}") for l in range(config.depth)},
+            }
+            for v in config.variants
+        }
+        setting = (
+            f"MLP {config.depth}×{config.width} on {config.dataset}, AdamW lr {config.lr:g}, weight decay "
+            f"{config.weight_decay:g} (syre: {config.syre_weight_decay:g} towards θ₀, σ₀ = {config.syre_sigma0:g}), "
+            f"{config.epochs} epochs; W-Asym n_fix = {config.n_fix}, κ = {config.kappa:g}."
+        )
+        return [
+            Findings.from_values(
+                "loss barriers before and after alignment",
+                barriers,
+                caption=f"{setting} Cross-entropy on the training set along {config.path_steps} points of the "
+                "linear path A → B. max: max_λ L(λ) − ½(L_A + L_B); linear: max_λ [L(λ) − ((1−λ)L_A + λL_B)]. "
+                "Aligned: permutation weight matching (elementwise; W-Asym and syre on plain copies of their "
+                "effective weights), orthogonal Procrustes weight matching (isotropic); σ-Asym: n/a (no symmetry).",
+            ),
+            Findings.from_values(
+                "representation alignment at the end of training",
+                cka,
+                caption=f"{setting} Linear CKA between A's and B's hidden layers on {config.cka_samples} test "
+                "inputs; universal pair: each net sees its own random linear transform of the input, whose CKA is "
+                "the baseline.",
+            ),
+        ]
+
+    def figures(self, data, out: Path) -> list[Figure]:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        config: LmcConfig = data.config
+        seed = data.seeds[0]
+        n = len(config.variants)
+        fig, axes = plt.subplots(1, n, figsize=(3.0 * n, 3.2), dpi=110, sharey=True, squeeze=False)
+        for ax, variant in zip(axes[0], config.variants, strict=True):
+            for s in data.seeds:
+                for kind, colour in (("before", "C3"), ("after", "C0")):
+                    rows = data.select(seed=s, run=variant, event="path", kind=kind)
+                    if rows:
+                        ax.plot(
+                            rows[-1]["alphas"],
+                            rows[-1]["losses"],
+                            color=colour,
+                            lw=1.5 if s == seed else 0.6,
+                            alpha=1 if s == seed else 0.5,
+                            label=("unaligned" if kind == "before" else "aligned") if s == seed else None,
+                        )
+            ax.set_title(variant, fontsize=9)
+            ax.set_xlabel("λ")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("training loss at (1−λ)θ_A + λθ_B")
+        axes[0][0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "paths.png")
+        plt.close(fig)
+
+        fig, ax = plt.subplots(figsize=(7, 3.8), dpi=110)
+        width = 0.38
+        for j, (kind, colour) in enumerate((("before", "C3"), ("after", "C0"))):
+            for i, variant in enumerate(config.variants):
+                vals = np.array([f.get(f"{variant}/barrier_{kind}", np.nan) for f in data.finals.values()], float)
+                if np.all(np.isnan(vals)):
+                    continue
+                xpos = i + (j - 0.5) * width
+                ax.bar(
+                    xpos,
+                    np.nanmean(vals),
+                    width,
+                    color=colour,
+                    alpha=0.7,
+                    label=("unaligned" if kind == "before" else "aligned") if i == 0 else None,
+                )
+                ax.plot([xpos] * len(vals), vals, "k.", ms=4)
+        ax.set_xticks(range(n))
+        ax.set_xticklabels(config.variants)
+        ax.set_ylabel("loss barrier (max convention)")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "barriers.png")
+        plt.close(fig)
+
+        fig, axes = plt.subplots(1, n, figsize=(3.0 * n, 3.2), dpi=110, sharey=True, squeeze=False)
+        colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, config.depth))
+        for ax, variant in zip(axes[0], config.variants, strict=True):
+            for s in data.seeds:
+                rows = [r for r in data.select(seed=s, run=variant) if "cka_0" in r]
+                if not rows:
+                    continue
+                epochs = [r["epoch"] for r in rows]
+                kw = {"lw": 1.5 if s == seed else 0.6, "alpha": 1 if s == seed else 0.5}
+                for l in range(config.depth):
+                    ax.plot(
+                        epochs,
+                        [r[f"cka_universal_{l}"] for r in rows],
+                        color=colours[l],
+                        label=f"layer {l}" if s == seed else None,
+                        **kw,
+                    )
+                ax.plot(epochs, [r["input_cka"] for r in rows], "k--", label="input" if s == seed else None, **kw)
+            ax.set_xscale("symlog", linthresh=1)
+            ax.set_title(variant, fontsize=9)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("linear CKA(A′, B′)")
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "cka.png")
+        plt.close(fig)
+        return [
+            Figure(
+                "paths.png",
+                "Training loss along the linear path from A (λ = 0) to B (λ = 1), unaligned (red) and after "
+                f"alignment (blue), one panel per variant; seed {seed} bold, other seeds thin.",
+            ),
+            Figure(
+                "barriers.png",
+                "Loss barrier (max convention) per variant, unaligned (red) and aligned (blue); bars: mean over "
+                "seeds, dots: seeds. σ-Asym has no aligned bar (no symmetry to align over).",
+            ),
+            Figure(
+                "cka.png",
+                "Linear CKA between the hidden layers of two nets that each see their own random linear transform "
+                "of the input (colour: depth) against epoch, with the CKA of the two inputs (dashed).",
+            ),
+        ]

@@ -1,0 +1,93 @@
+"""The lmc study: config validation, model construction, alignment known answers, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from isotorch.params import align, barrier, sample_element, symmetries, transform
+from isotorch.studies._config import ConfigError, make_config
+from isotorch.studies._runner import run_study
+from isotorch.studies.lmc import LmcConfig, build_mlp, plain_copy
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="variants must be"):
+        make_config(LmcConfig, overrides=["variants=elementwise,relu"])
+    with pytest.raises(ConfigError, match="path_steps"):
+        make_config(LmcConfig, overrides=["path_steps=2"])
+    with pytest.raises(ConfigError, match="kappa"):
+        make_config(LmcConfig, overrides=["kappa=0"])
+    with pytest.raises(ConfigError, match="data_root"):
+        make_config(LmcConfig, overrides=["dataset=cifar10"])
+    assert make_config(LmcConfig, overrides=["variants=syre"]).variants == ("syre",)
+
+
+@pytest.mark.parametrize("variant", ["w_asym", "sigma_asym", "syre"])
+def test_architecture_is_shared_and_init_is_not(variant):
+    a, _ = build_mlp(variant, 6, 3, width=5, depth=2, arch_seed=0, init_seed=1, n_fix=2)
+    b, _ = build_mlp(variant, 6, 3, width=5, depth=2, arch_seed=0, init_seed=2, n_fix=2)
+    buffers_a, buffers_b = dict(a.named_buffers()), dict(b.named_buffers())
+    assert buffers_a and all(torch.equal(buffers_a[k], buffers_b[k]) for k in buffers_a)  # masks, F, θ₀ shared
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("variant", ["elementwise", "w_asym", "syre"])
+def test_plain_copy_is_the_same_function_with_permutation_sites(variant):
+    net, _ = build_mlp(variant, 6, 3, width=5, depth=2, arch_seed=0, init_seed=1, n_fix=2)
+    x = torch.randn(7, 6)
+    plain = plain_copy(net)
+    assert torch.allclose(plain(x), net(x), atol=1e-6)
+    assert all(site.free for site in symmetries(plain, x))  # asym/syre broke the sites; the plain copy has them back
+    assert torch.allclose(net(x), plain(x), atol=1e-6)  # and the original still runs
+
+
+def test_isotropic_alignment_removes_the_barrier_of_a_rotated_copy(dtype):
+    net, _ = build_mlp("isotropic", 6, 3, width=8, depth=2, arch_seed=0, init_seed=1)
+    net = net.to(dtype)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(4.0)  # far from the trivial function, so the straight path between rotated copies costs loss
+    x = torch.randn(64, 6, dtype=dtype)
+    y = net(x).argmax(1)
+    twin = transform(net, sample_element(symmetries(net, x), torch.Generator().manual_seed(3)))
+    loss = nn.functional.cross_entropy
+    before = barrier(net, twin, loss, (x, y), steps=5).barrier
+    after = barrier(net, align(net, twin, x=x[:16]).model, loss, (x, y), steps=5).barrier
+    assert before > 1e-3  # a random rotation of the hidden units leaves the linear path
+    assert abs(after) < (1e-4 if dtype == torch.float32 else 1e-9)
+    # negative control: permutations alone cannot undo a rotation
+    permuted = align(net, twin, x=x[:16], group="permutation").model
+    assert barrier(net, permuted, loss, (x, y), steps=5).barrier > 1e-3
+
+
+@pytest.mark.slow
+def test_tiny_end_to_end(tmp_path):
+    run = run_study("lmc", tmp_path / "l", seeds=(0, 1), preset="tiny", progress=False)
+    variants = ("elementwise", "isotropic", "w_asym", "sigma_asym", "syre")
+    for final in run.data.finals.values():
+        assert 0 < final["elementwise/input_cka"] < 0.999  # each net sees its own transform of the input
+        for v in variants:
+            assert math.isfinite(final[f"{v}/barrier_before"])
+            assert 0 <= final[f"{v}/cka_universal_1"] <= 1 + 1e-9
+        assert math.isnan(final["sigma_asym/barrier_after"])  # no symmetry to align over
+        assert 0 <= final["w_asym/moved_fraction"] <= 1
+        for v in ("elementwise", "isotropic"):  # matching brings B closer to A in weight space
+            assert final[f"{v}/distance_after"] < final[f"{v}/distance_before"]
+    assert [f.title for f in run.findings] == [
+        "loss barriers before and after alignment",
+        "representation alignment at the end of training",
+    ]
+    assert set(run.findings[0].rows) == set(variants)
+    assert "barrier (linear) aligned" in run.findings[0].columns
+    paths = run.data.select(seed=0, run="isotropic", event="path")
+    assert {p["kind"] for p in paths} == {"before", "after"} and len(paths[0]["losses"]) == 5
+    figures = json.loads((tmp_path / "l" / "figures.json").read_text())
+    for name in ("paths.png", "barriers.png", "cka.png"):
+        assert (tmp_path / "l" / name).stat().st_size > 5_000
+        assert any(f["path"] == name for f in figures)
+    assert (tmp_path / "l" / "report.html").read_text().count("data:image/png;base64") >= 3
