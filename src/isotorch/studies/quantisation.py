@@ -1,0 +1,491 @@
+"""Study ``quantisation``: do anisotropic bottlenecks quantise their code, at a reconstruction cost? (REFERENCE 6.1)
+
+Autoencoders x → Linear → tanh → … → Linear → **φ** → Linear → tanh → … → Linear → x̂ with a ``bottleneck``-wide
+code (16 by default) are trained on a dataset (digits; ``dataset="mnist1d"`` or ``"mnist"``) with the MSE
+reconstruction loss. Only the bottleneck activation φ differs between variants; every other layer is elementwise
+tanh, and every variant of a seed starts from the same weights, sees the same minibatches and uses the same
+optimiser (Adam). Variants are family names (:func:`isotorch.families.get`): ``elementwise`` (tanh),
+``isotropic`` (σ(‖z‖)·z/‖z‖), ``block:k`` (isotropic within blocks of k) and ``direction:K`` (tanh over K Thomson
+directions, Σ_k tanh(z·v_k) v_k).
+
+**Probes of the code z = φ(·)** at snapshots after 0, 1, 2, 3, 4, 6, 8, 10, 15, 20, … epochs (the paper's schedule:
++1 epoch ×4, +2 ×3, +5 ×4, +10 ×7, truncated at ``epochs``), on up to ``probe_samples`` inputs:
+
+- the alignment score A = √(mean_θ (m(θ) − r)²)/r of the plane-averaged SRM curve m against the isotropic baseline
+  r, and the quantisation score Q = mean over planes of 1 − H_MM(angle histogram)/log B, each with its bootstrap
+  95% interval (:func:`isotorch.probes.alignment_score`, :func:`isotorch.probes.quantisation_score`);
+- in the variant's *privileged set*: the standard basis for elementwise, isotropic and block variants (for the
+  isotropic one no basis is privileged, so this is the comparison the paper makes), the K Thomson directions for
+  ``direction:K``; and, as the control, in a Haar-random orthonormal frame (``basis="random"``, fixed per seed);
+- the mean SRM curve at every snapshot; the PPP density image (ratio to an isotropic Gaussian sample) at the end;
+- the same scores on an isotropic Gaussian sample of the same size (the reference every score is read against).
+
+The test reconstruction MSE is logged at every snapshot. Expectations (literature, qualitative): anisotropic
+bottlenecks condense into lobes at symmetric positions (high Q, peaks in SRM), isotropic ones form a continuous
+ring (Q near the Gaussian reference); quantisation correlates with a higher reconstruction error.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from isotorch.studies._registry import Study, register_study
+from isotorch.studies._stats import Figure, Findings
+
+__all__ = ["Quantisation", "QuantisationConfig", "build_autoencoder", "snapshot_epochs"]
+
+_DATASETS = ("digits", "mnist1d", "mnist", "fashion_mnist")
+_INCREMENTS = (1,) * 4 + (2,) * 3 + (5,) * 4 + (10,) * 7  # the paper's snapshot schedule
+
+
+def snapshot_epochs(epochs: int) -> list[int]:
+    """The paper's snapshot epochs (init, then +1 ×4, +2 ×3, +5 ×4, +10 ×7, then every 10), up to ``epochs``.
+
+    Examples:
+        >>> snapshot_epochs(30)
+        [0, 1, 2, 3, 4, 6, 8, 10, 15, 20, 25, 30]
+        >>> snapshot_epochs(5)
+        [0, 1, 2, 3, 4, 5]
+    """
+    out, t = [0], 0
+    increments = iter(_INCREMENTS)
+    while True:
+        t += next(increments, 10)
+        if t >= epochs:
+            break
+        out.append(t)
+    return [*out, epochs] if epochs > 0 else out
+
+
+def _check_variant(name: str) -> None:
+    from isotorch import families
+
+    try:
+        families.get(name)
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"variants: {name!r} is not a family name ({exc})") from None
+
+
+@dataclass(frozen=True)
+class QuantisationConfig:
+    """Settings of the ``quantisation`` study (see the module docstring)."""
+
+    variants: tuple[str, ...] = ("elementwise", "isotropic", "block:4", "direction:32")
+    dataset: str = "digits"
+    data_root: str | None = None
+    bottleneck: int = 16
+    hidden: tuple[int, ...] = (64,)
+    epochs: int = 100
+    batch_size: int = 24
+    lr: float = 1e-3
+    probe_samples: int = 2000
+    epsilon: float | None = None
+    bins: int = 72
+    n_bootstrap: int = 200
+    ppp_resolution: int = 64
+    ppp_bandwidth: float = 0.04
+
+    def __post_init__(self):
+        if not self.variants or len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"variants must be a non-empty tuple of distinct family names, got {self.variants!r}")
+        if self.bottleneck < 2:
+            raise ValueError(f"bottleneck must be an int ≥ 2, got {self.bottleneck!r}")
+        for name in self.variants:
+            _check_variant(name)
+            if name.startswith("block:") and self.bottleneck % int(name.split(":")[1]):
+                raise ValueError(f"variants: {name!r} needs a block size dividing bottleneck={self.bottleneck}")
+        if self.dataset not in _DATASETS:
+            raise ValueError(f"dataset must be one of {', '.join(_DATASETS)}, got {self.dataset!r}")
+        if any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden must hold positive widths, got {self.hidden!r}")
+        for name in ("epochs", "batch_size", "probe_samples", "bins", "n_bootstrap"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        if self.probe_samples < 2 or self.bins < 2 or self.n_bootstrap < 2:
+            raise ValueError("probe_samples, bins and n_bootstrap must be at least 2")
+        if self.ppp_resolution < 8:
+            raise ValueError(f"ppp_resolution must be at least 8, got {self.ppp_resolution!r}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ValueError(f"lr must be a positive finite float, got {self.lr!r}")
+        if self.epsilon is not None and not -1 < self.epsilon < 1:
+            raise ValueError(f"epsilon must be in (-1, 1) or None, got {self.epsilon!r}")
+        if not 0 < self.ppp_bandwidth < 2:
+            raise ValueError(f"ppp_bandwidth must be in (0, 2), got {self.ppp_bandwidth!r}")
+
+
+def build_autoencoder(
+    n_in: int, hidden: tuple[int, ...], bottleneck: int, variant: str, *, generator: torch.Generator | None = None
+) -> nn.Sequential:
+    """An MLP autoencoder whose bottleneck activation is ``variant``'s (other activations: elementwise tanh).
+
+    Weights are PyTorch's default Linear init drawn from ``generator``, so equal generators give equal weights
+    for every variant. The bottleneck activation is module ``len(hidden) * 2 + 1``.
+
+    Examples:
+        >>> model = build_autoencoder(8, (6,), 4, "isotropic", generator=torch.Generator().manual_seed(0))
+        >>> [type(m).__name__ for m in model]
+        ['Linear', 'Tanh', 'Linear', 'IsoTanh', 'Linear', 'Tanh', 'Linear']
+    """
+    from isotorch import families
+
+    dims = [n_in, *hidden, bottleneck]
+    layers: list[nn.Module] = []
+    for a, b in itertools.pairwise(dims):
+        layers += [nn.Linear(a, b), nn.Tanh()]
+    layers[-1] = families.get(variant).activation(bottleneck, -1)
+    back = [bottleneck, *reversed(hidden), n_in]
+    for a, b in itertools.pairwise(back):
+        layers += [nn.Linear(a, b), nn.Tanh()]
+    model = nn.Sequential(*layers[:-1])
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, nn.Linear):
+                bound = 1 / math.sqrt(m.in_features)
+                m.weight.uniform_(-bound, bound, generator=generator)
+                m.bias.uniform_(-bound, bound, generator=generator)
+    return model
+
+
+def _load(config: QuantisationConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    from isotorch.studies._data import load_dataset
+
+    if config.dataset in ("digits", "mnist1d"):
+        split = load_dataset(config.dataset)
+    else:
+        if config.data_root is None:
+            raise ValueError(f"dataset={config.dataset!r} needs data_root= (the folder holding its standard files)")
+        split = load_dataset(config.dataset, root=config.data_root, flatten=True)
+    return split.x_train.flatten(1), split.x_test.flatten(1)
+
+
+def _privileged(model: nn.Sequential, variant: str) -> torch.Tensor | str:
+    act = model[_code_index(model)]
+    if variant.startswith("direction:"):
+        return act.directions.detach().to(torch.float64)
+    return "standard"
+
+
+def _code_index(model: nn.Sequential) -> int:
+    linears = [i for i, m in enumerate(model) if isinstance(m, nn.Linear)]
+    return linears[len(linears) // 2 - 1] + 1
+
+
+def _code(model: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    return model[: _code_index(model) + 1](x)
+
+
+def _scores(acts: torch.Tensor, basis, config: QuantisationConfig, seed: int, prefix: str) -> dict[str, Any]:
+    from isotorch.probes import alignment_score, quantisation_score
+
+    kw = {"epsilon": config.epsilon, "n_bootstrap": config.n_bootstrap, "nan_policy": "omit"}
+    a = alignment_score(acts, basis, generator=seed, **kw)
+    try:
+        q = quantisation_score(acts, basis, bins=config.bins, generator=seed, **kw)
+        quant = (q.value, q.ci_low, q.ci_high)
+    except ValueError:  # no sample near any plane (e.g. a collapsed code)
+        quant = (math.nan,) * 3
+    return {
+        f"{prefix}align": a.value,
+        f"{prefix}align_lo": a.ci_low,
+        f"{prefix}align_hi": a.ci_high,
+        f"{prefix}align_floor": a.noise_floor,
+        f"{prefix}quant": quant[0],
+        f"{prefix}quant_lo": quant[1],
+        f"{prefix}quant_hi": quant[2],
+    }
+
+
+def _random_frame(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(7919 + seed)
+    q, r = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r))[None, :]
+
+
+@register_study("quantisation")
+class Quantisation(Study):
+    """Autoencoder bottlenecks: elementwise vs isotropic vs block vs direction-set, SRM/PPP quantisation over time."""
+
+    Config = QuantisationConfig
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": {
+            "variants": ("elementwise", "isotropic"),
+            "bottleneck": 4,
+            "hidden": (16,),
+            "epochs": 3,
+            "batch_size": 64,
+            "lr": 3e-3,
+            "probe_samples": 400,
+            "n_bootstrap": 20,
+            "ppp_resolution": 32,
+        }
+    }
+
+    def run(self, ctx) -> dict[str, Any]:
+        from isotorch.probes import ppp, srm
+
+        config: QuantisationConfig = ctx.config
+        x_train, x_test = _load(config)
+        x_train, x_test = x_train.to(ctx.device), x_test.to(ctx.device)
+        probe = torch.cat([x_train, x_test])[: config.probe_samples]
+        n, per_epoch = len(x_train), math.ceil(len(x_train) / config.batch_size)
+        schedule = snapshot_epochs(config.epochs)
+        steps = config.epochs * per_epoch
+        log_steps = [e * per_epoch for e in schedule]
+        frame = _random_frame(config.bottleneck, ctx.seed)
+
+        gauss = torch.randn(len(probe), config.bottleneck, generator=torch.Generator().manual_seed(ctx.seed))
+        reference = _scores(gauss, "standard", config, ctx.seed, "")
+        ctx.log(0, run="gaussian", event="reference", **reference)
+        finals: dict[str, Any] = {f"gaussian/{k}": v for k, v in reference.items() if k in ("align", "quant")}
+
+        for variant in config.variants:
+            model = build_autoencoder(
+                x_train.shape[1],
+                config.hidden,
+                config.bottleneck,
+                variant,
+                generator=torch.Generator().manual_seed(ctx.seed),
+            ).to(ctx.device)
+            basis = _privileged(model, variant)
+            opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+
+            def step(t, model=model, opt=opt):
+                idx = ctx.batch_indices(t, n, config.batch_size)
+                loss = nn.functional.mse_loss(model(x_train[idx]), x_train[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                return loss
+
+            def evaluate(t, model=model, basis=basis):
+                code = _code(model, probe).double()
+                curve = srm(code, basis, epsilon=config.epsilon, nan_policy="omit")
+                curve_random = srm(code, frame, epsilon=config.epsilon, nan_policy="omit")
+                return {
+                    "epoch": t / per_epoch,
+                    "test_mse": nn.functional.mse_loss(model(x_test), x_test),
+                    "code_norm": code.norm(dim=1).mean(),
+                    **_scores(code, basis, config, ctx.seed, ""),
+                    **_scores(code, frame, config, ctx.seed, "random_"),
+                    "srm_mean": curve.mean,
+                    "srm_random_mean": curve_random.mean,
+                    "srm_baseline": curve.baseline,
+                }
+
+            key = f"variant={variant}"
+            result = ctx.train(
+                key, step, steps, state={"model": model, "opt": opt}, evaluate=evaluate, log_steps=log_steps
+            )
+            with torch.no_grad():
+                code = _code(model, probe).double()
+                image = ppp(
+                    code,
+                    basis,
+                    epsilon=config.epsilon,
+                    resolution=config.ppp_resolution,
+                    bandwidth=config.ppp_bandwidth,
+                    generator=ctx.seed,
+                    nan_policy="omit",
+                )
+            ctx.log(steps, run=key, event="ppp", image=image.image, kept_fraction=image.kept_fraction)
+            ctx.save_model(key.replace(":", "-").replace("=", "-"), model, x_test[:16])
+            last = result.last
+            for name in ("test_mse", "align", "quant", "random_align", "random_quant", "align_floor"):
+                finals[f"{key}/{name}"] = last[name]
+        return finals
+
+    def summarise(self, data) -> list[Findings]:
+        config: QuantisationConfig = data.config
+        columns = {
+            "test_mse": "final test MSE",
+            "align": "alignment A (privileged)",
+            "quant": "quantisation Q (privileged)",
+            "random_align": "A (random basis)",
+            "random_quant": "Q (random basis)",
+            "align_floor": "A noise floor",
+        }
+        values: dict[str, dict[str, list[float]]] = {}
+        for variant in config.variants:
+            key = f"variant={variant}"
+            values[variant] = {
+                label: [float(f[f"{key}/{name}"]) for f in data.finals.values() if f"{key}/{name}" in f]
+                for name, label in columns.items()
+            }
+        values["isotropic Gaussian (reference)"] = {
+            columns["align"]: [float(f["gaussian/align"]) for f in data.finals.values()],
+            columns["quant"]: [float(f["gaussian/quant"]) for f in data.finals.values()],
+        }
+        eps = "default (≈1.28/√n)" if config.epsilon is None else f"{config.epsilon:g}"
+        caption = (
+            f"{config.dataset} autoencoders, hidden {list(config.hidden)}, {config.bottleneck}-d bottleneck, Adam lr "
+            f"{config.lr:g}, batch {config.batch_size}, {config.epochs} epochs; scores of the bottleneck code on "
+            f"{config.probe_samples} inputs (max), ε = {eps}"
+            f", Q with {config.bins} bins. Privileged set: the standard basis (Thomson directions for direction:K). "
+            "The Gaussian row is the same scores on an isotropic Gaussian sample of the same size. Mean ± 95% CI "
+            "over seeds (per-seed bootstrap intervals are in the metrics and the scores figure)."
+        )
+        return [Findings.from_values("bottleneck quantisation by activation", values, caption=caption)]
+
+    def figures(self, data, out: Path) -> list[Figure]:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        config: QuantisationConfig = data.config
+        seed = data.seeds[0]
+        variants = list(config.variants)
+        v = len(variants)
+        colours = {name: plt.get_cmap("tab10")(i) for i, name in enumerate(variants)}
+        figures = []
+
+        # 1. SRM curves at the final snapshot
+        fig, axes = plt.subplots(1, v, figsize=(3.4 * v, 3.2), dpi=110, sharey=True, squeeze=False)
+        for ax, name in zip(axes[0], variants, strict=True):
+            rows = [r for r in data.select(seed=seed, run=f"variant={name}") if "srm_mean" in r]
+            if not rows:
+                continue
+            last = rows[-1]
+            theta = np.linspace(0, 2 * np.pi, len(last["srm_mean"]), endpoint=False)
+            ax.plot(theta, last["srm_mean"], color=colours[name], lw=1.8, label="privileged basis")
+            ax.plot(theta, last["srm_random_mean"], color="0.4", lw=1, ls="--", label="random basis")
+            ax.plot(theta, rows[0]["srm_mean"], color=colours[name], lw=0.8, alpha=0.5, ls=":", label="at init")
+            ax.axhline(last["srm_baseline"], color="C3", lw=0.8, label="isotropic baseline")
+            ax.set_xticks(np.arange(0, 2 * np.pi + 0.01, np.pi / 2), ["0", "π/2", "π", "3π/2", "2π"])
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel("spotlight angle θ")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("SRM (fraction in spotlight)")
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "srm_final.png")
+        plt.close(fig)
+        figures.append(
+            Figure(
+                "srm_final.png",
+                f"Seed {seed}: plane-averaged SRM curve of the bottleneck code after {config.epochs} epochs, per "
+                "variant, in its privileged set (solid), in a Haar-random frame (dashed, the control) and at "
+                "initialisation (dotted); red: the isotropic baseline. Peaks at kπ/2 mean axis-aligned codes, "
+                "at π/4 + kπ/2 diagonal ones; a flat curve at the baseline means isotropy.",
+            )
+        )
+
+        # 2. PPP images at the final snapshot
+        fig, axes = plt.subplots(1, v, figsize=(2.9 * v + 1.2, 3.2), dpi=110, squeeze=False, layout="constrained")
+        limit = 3.0
+        image_handle = None
+        for ax, name in zip(axes[0], variants, strict=True):
+            rows = data.select(seed=seed, run=f"variant={name}", event="ppp")
+            ax.set_title(name, fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if not rows:
+                continue
+            img = np.array([[np.nan if p is None else p for p in row] for row in rows[-1]["image"]], dtype=float)
+            log_ratio = np.log2(np.clip(img, 2.0**-limit, None))
+            image_handle = ax.imshow(
+                log_ratio, origin="lower", extent=(-1, 1, -1, 1), cmap="RdBu_r", vmin=-limit, vmax=limit
+            )
+            t = np.linspace(0, 2 * np.pi, 200)
+            ax.plot(np.cos(t), np.sin(t), color="0.3", lw=0.5)
+            ax.set_aspect("equal")
+        if image_handle is not None:
+            fig.colorbar(image_handle, ax=list(axes[0]), label="log₂ density / isotropic Gaussian", shrink=0.9)
+        fig.savefig(out / "ppp_final.png")
+        plt.close(fig)
+        figures.append(
+            Figure(
+                "ppp_final.png",
+                f"Seed {seed}: PPP density of the bottleneck code's directions in the privileged planes after "
+                f"{config.epochs} epochs, divided by that of an isotropic Gaussian sample (log₂ ratio: red = more than "
+                "isotropic, blue = less; white outside the support). Lobes mean quantisation, a uniform ring isotropy.",
+            )
+        )
+
+        # 3. scores against training time
+        fig, (ax_a, ax_q, ax_m) = plt.subplots(1, 3, figsize=(14, 3.8), dpi=110)
+        for name in variants:
+            key = f"variant={name}"
+            for s in data.seeds:
+                rows = [r for r in data.select(seed=s, run=key) if "align" in r]
+                if not rows:
+                    continue
+                ep = np.array([r["epoch"] for r in rows])
+                kw = {"color": colours[name], "lw": 1.5 if s == seed else 0.6, "alpha": 1 if s == seed else 0.5}
+                label = name if s == seed else None
+                for ax, metric in ((ax_a, "align"), (ax_q, "quant")):
+                    y = np.array([r[metric] for r in rows], dtype=float)
+                    lo = np.array([r[f"{metric}_lo"] for r in rows], dtype=float)
+                    hi = np.array([r[f"{metric}_hi"] for r in rows], dtype=float)
+                    ax.plot(ep, y, marker="o", ms=2.5, label=label, **kw)
+                    if s == seed:
+                        ax.fill_between(ep, lo, hi, color=colours[name], alpha=0.15, lw=0)
+                        yr = np.array([r[f"random_{metric}"] for r in rows], dtype=float)
+                        ax.plot(ep, yr, color=colours[name], lw=0.8, ls="--")
+                ax_m.plot(ep, [r["test_mse"] for r in rows], label=label, **kw)
+        refs = data.select(run="gaussian", event="reference")
+        for ax, metric in ((ax_a, "align"), (ax_q, "quant")):
+            if refs:
+                ax.axhline(float(np.mean([r[metric] for r in refs])), color="k", lw=0.8, ls=":", label="Gaussian ref.")
+            ax.set_xscale("symlog", linthresh=1)
+            ax.set_xlim(left=0)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+        ax_m.set_xscale("symlog", linthresh=1)
+        ax_m.set_xlim(left=0)
+        ax_m.set_yscale("log")
+        ax_m.set_xlabel("epoch")
+        ax_m.set_ylabel("test reconstruction MSE")
+        ax_m.grid(alpha=0.3, which="both")
+        ax_a.set_ylabel("alignment score A")
+        ax_q.set_ylabel("quantisation score Q")
+        ax_a.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "scores_vs_time.png")
+        plt.close(fig)
+        figures.append(
+            Figure(
+                "scores_vs_time.png",
+                f"Alignment (left) and quantisation (middle) scores of the bottleneck code and test reconstruction MSE "
+                f"(right) against epochs (symlog), one colour per variant: seed {seed} bold with its bootstrap 95% "
+                "band, other seeds thin; dashed: the same score in a random basis (control); dotted: the isotropic "
+                "Gaussian reference.",
+            )
+        )
+
+        # 4. reconstruction error against quantisation
+        fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=110)
+        for name in variants:
+            key = f"variant={name}"
+            for s in data.seeds:
+                rows = [r for r in data.select(seed=s, run=key) if "quant" in r]
+                if not rows:
+                    continue
+                q = [r["quant"] for r in rows]
+                mse = [r["test_mse"] for r in rows]
+                ax.plot(q, mse, color=colours[name], lw=0.6, alpha=0.4)
+                ax.plot(q[-1], mse[-1], "o", color=colours[name], ms=6, label=name if s == seed else None)
+        ax.set_yscale("log")
+        ax.set_xlabel("quantisation score Q (privileged set)")
+        ax.set_ylabel("test reconstruction MSE")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "recon_vs_quant.png")
+        plt.close(fig)
+        figures.append(
+            Figure(
+                "recon_vs_quant.png",
+                "Test reconstruction MSE against the quantisation score: dots at the final snapshot (one per variant "
+                "and seed), thin lines the trajectory through the snapshots (from init at high MSE).",
+            )
+        )
+        return figures

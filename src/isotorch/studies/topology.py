@@ -1,0 +1,475 @@
+"""Study ``topology``: isotropic MLPs that grow and prune their own units during training (REFERENCE 5.9, 6.2).
+
+An MLP x → Linear → φ → … → Linear → logits (hidden widths ``hidden`` at the start) is trained on a dataset
+(digits; ``dataset="mnist1d"``/``"mnist"``) with cross-entropy and AdamW in ``segments`` of ``surgery_every``
+updates. Between segments the network may change shape; each segment is its own ``ctx.train`` loop (fixed shapes,
+key ``"{arm}/seg{i}"``) with a fresh optimiser, for every arm alike, so that checkpoint/resume stays exact: on
+resume the finished segments are restored one by one and the surgeries between them are recomputed (they are
+deterministic), which rebuilds every shape before the next segment's state is loaded. Arms:
+
+- ``adaptive`` (φ = isotropic tanh): at each boundary, for each hidden site, the producer W_l is diagonalised
+  (:func:`isotorch.params.svd_diagonalize`) and its *scaffold* units (singular value ≤ ``threshold``) counted. Fewer
+  than ``scaffold``: grow the difference (:func:`isotorch.params.grow`: zero rows, consumer columns
+  ~ ``grow_scale``·N(0, 1), exact); more: prune the excess smallest (:func:`isotorch.params.prune`: the removed
+  biases go into the activation's intrinsic length and the consumer bias; the change of the consumer
+  pre-activation is bounded by ‖W_c‖₂·σ_max·‖x‖ + ‖W*‖₂·(σ_max·‖x‖ + ‖b*‖) per sample). Widths stay within
+  [``min_width``, ``max_width``].
+- ``fixed`` (isotropic tanh): the same segments, no surgery.
+- ``elementwise`` (tanh; the control): follows the adaptive arm's widths: it grows as many units when that arm
+  grows (zero rows: exact, tanh(0) = 0), and when that arm prunes it removes the units of smallest weight norm
+  ‖(W_l[i], b_l[i], W_{l+1}[:, i])‖, which does not preserve the function.
+
+Logged at every surgery (``event="surgery"``): the action, the width before/after, the test accuracy before and
+after, the largest change of any test logit (must be ~0 for grow), and for prune the measured change of the
+consumer's pre-activation with its bound. Logged every ``log_every`` updates: the global step, test accuracy,
+widths, the singular values of each hidden producer and the scaffold count.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from isotorch.studies._registry import Study, register_study
+from isotorch.studies._stats import Figure, Findings
+
+__all__ = ["Topology", "TopologyConfig", "adaptation", "build_mlp", "prune_by_norm"]
+
+_DATASETS = ("digits", "mnist1d", "mnist", "fashion_mnist")
+_ARMS = ("adaptive", "fixed", "elementwise")
+
+
+@dataclass(frozen=True)
+class TopologyConfig:
+    """Settings of the ``topology`` study (see the module docstring)."""
+
+    arms: tuple[str, ...] = ("adaptive", "fixed", "elementwise")
+    dataset: str = "digits"
+    data_root: str | None = None
+    hidden: tuple[int, ...] = (16, 16)
+    steps: int = 4000
+    surgery_every: int = 250
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    threshold: float = 0.1
+    scaffold: int = 2
+    min_width: int = 4
+    max_width: int = 128
+    grow_scale: float = 0.01
+    log_every: int = 50
+
+    def __post_init__(self):
+        if not self.arms or len(set(self.arms)) != len(self.arms) or any(a not in _ARMS for a in self.arms):
+            raise ValueError(f"arms must be distinct names from {_ARMS}, got {self.arms!r}")
+        if "elementwise" in self.arms and (
+            "adaptive" not in self.arms or self.arms.index("adaptive") > self.arms.index("elementwise")
+        ):
+            raise ValueError(
+                f"arms: 'elementwise' follows the adaptive arm's widths, so 'adaptive' must precede it, "
+                f"got {self.arms!r}"
+            )
+        if self.dataset not in _DATASETS:
+            raise ValueError(f"dataset must be one of {', '.join(_DATASETS)}, got {self.dataset!r}")
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {self.hidden!r}")
+        for name in ("steps", "surgery_every", "batch_size", "log_every", "min_width", "max_width"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        if self.scaffold < 0:
+            raise ValueError(f"scaffold must be a non-negative int, got {self.scaffold!r}")
+        if self.min_width <= self.scaffold:
+            raise ValueError(f"min_width must exceed scaffold={self.scaffold}, got {self.min_width!r}")
+        if not self.min_width <= min(self.hidden) <= max(self.hidden) <= self.max_width:
+            raise ValueError(
+                f"hidden widths {self.hidden!r} must lie in [min_width={self.min_width}, max_width={self.max_width}]"
+            )
+        for name in ("lr", "threshold", "grow_scale"):
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
+                raise ValueError(f"{name} must be a positive finite float, got {getattr(self, name)!r}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ValueError(f"weight_decay must be a non-negative finite float, got {self.weight_decay!r}")
+
+
+def build_mlp(
+    n_in: int, hidden: tuple[int, ...], n_out: int, *, isotropic: bool, generator: torch.Generator | None = None
+) -> nn.Sequential:
+    """Linear → φ → … → Linear, φ = isotropic tanh (``isotropic``) or tanh; PyTorch's default init from ``generator``.
+
+    The hidden sites are named by their producers' indices, ``"0"``, ``"2"``, … (:func:`isotorch.params.symmetries`).
+
+    Examples:
+        >>> build_mlp(4, (3,), 2, isotropic=True, generator=torch.Generator().manual_seed(0))
+        Sequential(
+          (0): Linear(in_features=4, out_features=3, bias=True)
+          (1): IsoTanh(dim=-1)
+          (2): Linear(in_features=3, out_features=2, bias=True)
+        )
+    """
+    from isotorch.nn import IsoTanh
+
+    dims = [n_in, *hidden, n_out]
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(dims)):
+        linear = nn.Linear(a, b)
+        with torch.no_grad():
+            bound = 1 / math.sqrt(a)
+            linear.weight.uniform_(-bound, bound, generator=generator)
+            linear.bias.uniform_(-bound, bound, generator=generator)
+        layers.append(linear)
+        if i < len(hidden):
+            layers.append(IsoTanh() if isotropic else nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+def adaptation(singular_values, *, threshold: float, scaffold: int, min_width: int, max_width: int) -> int:
+    """Units to add (> 0) or remove (< 0) so that ``scaffold`` units have singular value ≤ ``threshold``.
+
+    Clipped so that the width stays within [``min_width``, ``max_width``].
+
+    Examples:
+        >>> adaptation([3.0, 1.0, 0.5], threshold=0.1, scaffold=2, min_width=2, max_width=8)
+        2
+        >>> adaptation([3.0, 1.0, 0.05, 0.01, 0.0], threshold=0.1, scaffold=2, min_width=2, max_width=8)
+        -1
+        >>> adaptation([3.0, 1.0], threshold=0.1, scaffold=2, min_width=2, max_width=3)
+        1
+    """
+    width = len(singular_values)
+    small = sum(float(s) <= threshold for s in singular_values)
+    change = scaffold - small
+    return max(min(change, max_width - width), min_width - width)
+
+
+def prune_by_norm(model: nn.Sequential, producer: int, k: int) -> tuple[nn.Sequential, list[float]]:
+    """Remove the ``k`` units of smallest norm ‖(W_l[i], b_l[i], W_{l+1}[:, i])‖ after ``model[producer]``.
+
+    Not function-preserving for elementwise activations (the removed units' outputs are simply dropped).
+
+    Returns:
+        The new model and the removed units' norms.
+
+    Examples:
+        >>> m = build_mlp(4, (5,), 2, isotropic=False, generator=torch.Generator().manual_seed(0))
+        >>> new, norms = prune_by_norm(m, 0, 2)
+        >>> new[0].out_features, new[2].in_features, len(norms)
+        (3, 3, 2)
+    """
+    import copy
+
+    first, second = model[producer], model[producer + 2]
+    norms = (
+        first.weight.detach().pow(2).sum(1) + first.bias.detach().pow(2) + second.weight.detach().pow(2).sum(0)
+    ).sqrt()
+    order = torch.argsort(norms, stable=True)
+    keep = torch.sort(order[k:]).values
+    new = copy.deepcopy(model)
+    a = nn.Linear(first.in_features, len(keep), dtype=first.weight.dtype)
+    b = nn.Linear(len(keep), second.out_features, dtype=second.weight.dtype)
+    with torch.no_grad():
+        a.weight.copy_(first.weight[keep])
+        a.bias.copy_(first.bias[keep])
+        b.weight.copy_(second.weight[:, keep])
+        b.bias.copy_(second.bias)
+    new[producer], new[producer + 2] = a, b
+    return new, [float(v) for v in norms[order[:k]]]
+
+
+def _load(config: TopologyConfig):
+    from isotorch.studies._data import load_dataset
+
+    if config.dataset in ("digits", "mnist1d"):
+        split = load_dataset(config.dataset)
+    else:
+        if config.data_root is None:
+            raise ValueError(f"dataset={config.dataset!r} needs data_root= (the folder holding its standard files)")
+        split = load_dataset(config.dataset, root=config.data_root, flatten=True)
+    return split.x_train.flatten(1), split.y_train, split.x_test.flatten(1), split.y_test
+
+
+def _producers(model: nn.Sequential) -> list[int]:
+    linears = [i for i, m in enumerate(model) if isinstance(m, nn.Linear)]
+    return linears[:-1]
+
+
+def _singular_values(model: nn.Sequential, producer: int) -> list[float]:
+    w = model[producer].weight.detach().to(torch.float64)
+    s = torch.linalg.svdvals(w)
+    pad = w.shape[0] - len(s)  # more units than inputs: the extra singular values are 0
+    return [*s.tolist(), *([0.0] * pad)]
+
+
+@register_study("topology")
+class Topology(Study):
+    """Isotropic MLPs that grow and prune units (SVD surgery) vs fixed width vs a magnitude-pruned tanh control."""
+
+    Config = TopologyConfig
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": {
+            "hidden": (6,),
+            "steps": 120,
+            "surgery_every": 30,
+            "batch_size": 64,
+            "lr": 1e-2,
+            "min_width": 3,
+            "max_width": 16,
+            "log_every": 15,
+        }
+    }
+
+    def run(self, ctx) -> dict[str, Any]:
+        from isotorch.params import grow, prune, symmetries
+
+        config: TopologyConfig = ctx.config
+        x, y, x_test, y_test = (t.to(ctx.device) for t in _load(config))
+        n_classes = int(max(y.max(), y_test.max())) + 1
+        n_segments = math.ceil(config.steps / config.surgery_every)
+        plan: dict[tuple[int, int], int] = {}  # (segment, producer) → units added (+) or removed (−) by "adaptive"
+        finals: dict[str, Any] = {}
+
+        def accuracy(model):
+            with torch.no_grad():
+                return float((model(x_test).argmax(1) == y_test).float().mean())
+
+        def logits(model):
+            with torch.no_grad():
+                return model(x_test).to(torch.float64)
+
+        for arm in config.arms:
+            model = build_mlp(
+                x.shape[1],
+                config.hidden,
+                n_classes,
+                isotropic=arm != "elementwise",
+                generator=torch.Generator().manual_seed(ctx.seed),
+            ).to(ctx.device)
+            offset = 0
+            surgeries = []
+            for segment in range(n_segments):
+                steps = min(config.surgery_every, config.steps - offset)
+                opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+                def step(t, model=model, opt=opt, offset=offset):
+                    idx = ctx.batch_indices(offset + t, len(x), config.batch_size)
+                    loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    return loss
+
+                def evaluate(t, model=model, offset=offset):
+                    values: dict[str, Any] = {"global_step": offset + t, "test_acc": accuracy(model)}
+                    for p in _producers(model):
+                        sv = _singular_values(model, p)
+                        values[f"width{p}"] = len(sv)
+                        values[f"sv{p}"] = sv
+                        values[f"scaffold{p}"] = sum(s <= config.threshold for s in sv)
+                    return values
+
+                log_steps = [*range(0, steps, config.log_every), steps]
+                ctx.train(
+                    f"{arm}/seg{segment}",
+                    step,
+                    steps,
+                    state={"model": model, "opt": opt},
+                    evaluate=evaluate,
+                    log_steps=log_steps,
+                )
+                offset += steps
+                if offset >= config.steps or arm == "fixed":
+                    continue
+                for p in _producers(model):
+                    before_logits, before_acc, width = logits(model), accuracy(model), model[p].out_features
+                    if arm == "adaptive":
+                        change = adaptation(
+                            _singular_values(model, p),
+                            threshold=config.threshold,
+                            scaffold=config.scaffold,
+                            min_width=config.min_width,
+                            max_width=config.max_width,
+                        )
+                        plan[segment, p] = change
+                    else:
+                        change = plan.get((segment, p), 0)
+                    if change == 0:
+                        continue
+                    record: dict[str, Any] = {}
+                    if change > 0:
+                        gen = torch.Generator().manual_seed(1_000_003 * ctx.seed + 1009 * segment + p)
+                        model = grow(model, str(p), change, x=x_test, scale=config.grow_scale, generator=gen)
+                        action = "grow"
+                    elif arm == "adaptive":
+                        result = prune(model, str(p), -change, syms=symmetries(model, x_test))
+                        model = result.model
+                        record = {
+                            "removed": list(result.removed),
+                            "bound": result.bound,
+                            "change": result.change,
+                            "removed_bias": result.removed_bias,
+                        }
+                        action = "prune"
+                    else:
+                        model, norms = prune_by_norm(model, p, -change)
+                        record = {"removed_norms": norms}
+                        action = "prune"
+                    after = logits(model)
+                    entry = {
+                        "action": action,
+                        "site": p,
+                        "k": abs(change),
+                        "width_before": width,
+                        "width_after": model[p].out_features,
+                        "acc_before": before_acc,
+                        "acc_after": accuracy(model),
+                        "max_logit_change": float((after - before_logits).abs().max()),
+                        **record,
+                    }
+                    surgeries.append(entry)
+                    ctx.log(offset, run=f"{arm}/seg{segment}", event="surgery", arm=arm, **entry)
+            ctx.save_model(arm, model, x_test[:32])
+            finals.update(self._finals(arm, model, accuracy(model), surgeries))
+        return finals
+
+    @staticmethod
+    def _finals(arm: str, model: nn.Sequential, acc: float, surgeries: list[dict[str, Any]]) -> dict[str, Any]:
+        grows = [s for s in surgeries if s["action"] == "grow"]
+        prunes = [s for s in surgeries if s["action"] == "prune"]
+        nan = float("nan")
+        widths = [model[p].out_features for p in _producers(model)]
+        return {
+            f"{arm}/test_acc": acc,
+            f"{arm}/width": sum(widths),
+            f"{arm}/widths": widths,
+            f"{arm}/grows": len(grows),
+            f"{arm}/prunes": len(prunes),
+            f"{arm}/grow_max_logit_change": max((s["max_logit_change"] for s in grows), default=nan),
+            f"{arm}/prune_max_logit_change": max((s["max_logit_change"] for s in prunes), default=nan),
+            f"{arm}/prune_max_acc_drop": max((s["acc_before"] - s["acc_after"] for s in prunes), default=nan),
+            f"{arm}/prune_change_over_bound": max(
+                (s["change"] / s["bound"] if s["bound"] > 0 else 0.0 for s in prunes if "bound" in s), default=nan
+            ),
+        }
+
+    def summarise(self, data) -> list[Findings]:
+        config: TopologyConfig = data.config
+        columns = {
+            "width": "final total width",
+            "test_acc": "final test accuracy",
+            "grows": "grow surgeries",
+            "prunes": "prune surgeries",
+            "grow_max_logit_change": "max |Δlogit| at a grow",
+            "prune_max_logit_change": "max |Δlogit| at a prune",
+            "prune_max_acc_drop": "max accuracy drop at a prune",
+            "prune_change_over_bound": "max Δpre-activation / bound (prune)",
+        }
+        values = {
+            arm: {
+                label: [float(f[f"{arm}/{name}"]) for f in data.finals.values() if f"{arm}/{name}" in f]
+                for name, label in columns.items()
+            }
+            for arm in config.arms
+        }
+        caption = (
+            f"{config.dataset}, MLP with hidden widths {list(config.hidden)} at the start, AdamW lr {config.lr:g} "
+            f"wd {config.weight_decay:g}, batch {config.batch_size}, {config.steps} updates in segments of "
+            f"{config.surgery_every} (fresh optimiser per segment in every arm). adaptive: keep {config.scaffold} "
+            f"scaffold units (σ ≤ {config.threshold:g}) per hidden site; elementwise: tanh net that follows the "
+            "adaptive widths, pruned by smallest weight norm. |Δlogit| is the largest change of any test logit at "
+            "one surgery; the bound is prune's bound on the consumer pre-activation change. 'n/a': no such surgery."
+        )
+        return [Findings.from_values("growing and pruning during training", values, caption=caption)]
+
+    def figures(self, data, out: Path) -> list[Figure]:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        config: TopologyConfig = data.config
+        seed = data.seeds[0]
+        colours = {arm: f"C{i}" for i, arm in enumerate(config.arms)}
+        producers = [2 * i for i in range(len(config.hidden))]
+
+        def rows(arm, s):
+            out_rows = [r for r in data.select(seed=s) if str(r.get("run", "")).startswith(f"{arm}/seg")]
+            return [r for r in out_rows if "global_step" in r]
+
+        fig, (ax_w, ax_a) = plt.subplots(1, 2, figsize=(12, 4), dpi=110)
+        for arm in config.arms:
+            for s in data.seeds:
+                rs = rows(arm, s)
+                if not rs:
+                    continue
+                t = [r["global_step"] for r in rs]
+                kw = {"color": colours[arm], "lw": 1.5 if s == seed else 0.6, "alpha": 1 if s == seed else 0.5}
+                for j, p in enumerate(producers):
+                    if arm == "elementwise" and "adaptive" in config.arms:
+                        break  # same widths as the adaptive arm by construction
+                    ax_w.step(
+                        t,
+                        [r[f"width{p}"] for r in rs],
+                        where="post",
+                        ls=("-", "--", ":", "-.")[j % 4],
+                        label=f"{arm} (site {p})" if s == seed else None,
+                        **kw,
+                    )
+                ax_a.plot(t, [r["test_acc"] for r in rs], label=arm if s == seed else None, **kw)
+            for ev in data.select(seed=seed, event="surgery", arm=arm, action="prune"):
+                ax_a.plot(ev["step"], ev["acc_after"], "v", color=colours[arm], ms=5)
+        ax_w.set_xlabel("step")
+        ax_w.set_ylabel("hidden width")
+        ax_w.legend(fontsize=7)
+        ax_w.grid(alpha=0.3)
+        ax_a.set_xlabel("step")
+        ax_a.set_ylabel("test accuracy")
+        ax_a.legend(fontsize=8)
+        ax_a.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "width_accuracy.png")
+        plt.close(fig)
+
+        arms = [a for a in config.arms if a != "elementwise"] or list(config.arms)
+        fig, axes = plt.subplots(
+            len(producers),
+            len(arms),
+            figsize=(5 * len(arms), 3.3 * len(producers)),
+            dpi=110,
+            squeeze=False,
+            sharey="row",
+        )
+        for j, p in enumerate(producers):
+            for ax, arm in zip(axes[j], arms, strict=True):
+                for r in rows(arm, seed):
+                    sv = np.maximum(np.array(r[f"sv{p}"]), 1e-4)
+                    ax.plot([r["global_step"]] * len(sv), sv, ".", color=colours[arm], ms=2, alpha=0.6)
+                ax.axhline(config.threshold, color="k", ls=":", lw=0.8)
+                ax.set_yscale("log")
+                ax.set_title(f"{arm}, site {p}", fontsize=9)
+                ax.set_xlabel("step")
+                ax.grid(alpha=0.3)
+            axes[j][0].set_ylabel("singular values of W (floored at 1e-4)")
+        fig.tight_layout()
+        fig.savefig(out / "singular_values.png")
+        plt.close(fig)
+        return [
+            Figure(
+                "width_accuracy.png",
+                f"Left: width of each hidden site against step (solid: first site, dashed: second), one colour per "
+                f"arm (seed {seed} bold, other seeds thin; the elementwise control has the adaptive arm's widths). "
+                "Right: test accuracy against step; triangles: accuracy right after a prune (for the elementwise "
+                "control the drop is not prevented by the surgery).",
+            ),
+            Figure(
+                "singular_values.png",
+                f"Seed {seed}: singular values of each hidden site's producer W_l over training (one dot per unit and "
+                f"log step); dotted: the scaffold threshold {config.threshold:g}. Units at the bottom (floored at "
+                "1e-4) are freshly grown or unused.",
+            ),
+        ]
