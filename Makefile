@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/audit.py
 	$(BIN)/python benchmarks/probes.py
 	$(BIN)/python benchmarks/params.py
+	$(BIN)/python benchmarks/train.py
 
 # docs/audit.md is generated from the measured audit table (a test fails when it is stale)
 audit-docs: $(STAMP)
