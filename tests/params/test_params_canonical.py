@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from params_models import iso_mlp, mlp
+from tests.params.params_models import iso_mlp, mlp
 from torch import nn
 
 from isotorch.params import canonical_element, canonicalize, sample_element, symmetries, transform

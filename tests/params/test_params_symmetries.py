@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
-from params_models import CNN, ResMLP, Transformer, iso_mlp, mlp, tokens
+from tests.params.params_models import CNN, ResMLP, Transformer, iso_mlp, mlp, tokens
 from torch import nn
 
 import isotorch as it

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from params_models import iso_mlp, mlp
+from tests.params.params_models import iso_mlp, mlp
 from torch import nn
 
 import isotorch as it

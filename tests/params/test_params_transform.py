@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from params_models import iso_mlp, mlp
+from tests.params.params_models import iso_mlp, mlp
 from torch import nn
 
 import isotorch as it
