@@ -3,11 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.params.params_models import CNN, ResMLP, Transformer, iso_mlp, mlp, tokens
 from torch import nn
 
 import isotorch as it
 from isotorch.params import Element, _solvers, align, barrier, interpolate, sample_element, symmetries, transform
+from tests.params.params_models import CNN, ResMLP, Transformer, iso_mlp, mlp, tokens
 
 
 def _x(dtype, *shape, seed=3):

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from tests.params.params_models import iso_mlp, mlp
 from torch import nn
 
 from isotorch.params import canonical_element, canonicalize, sample_element, symmetries, transform
 from isotorch.testing import relative_error
+from tests.params.params_models import iso_mlp, mlp
 
 
 def _x(*shape):

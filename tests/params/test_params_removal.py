@@ -3,7 +3,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.params.params_models import mlp
 from torch import nn
 
 import isotorch as it
@@ -20,6 +19,7 @@ from isotorch.params import (
     transform,
 )
 from isotorch.testing import relative_error
+from tests.params.params_models import mlp
 
 
 def _x(dtype, *shape):

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from tests.params.params_models import iso_mlp, mlp
 from torch import nn
 
 import isotorch as it
 from isotorch.params import SymmetryError, grow, prune, svd_diagonalize
 from isotorch.testing import relative_error
+from tests.params.params_models import iso_mlp, mlp
 
 
 def _x(dtype, *shape):

@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
-from tests.params.params_models import CNN, ResMLP, Transformer, iso_mlp, mlp, tokens
 from torch import nn
 
 import isotorch as it
 from isotorch.params import Element, SymmetryError, sample_element, symmetries, transform
 from isotorch.testing import relative_error
+from tests.params.params_models import CNN, ResMLP, Transformer, iso_mlp, mlp, tokens
 
 
 def _x(dtype, *shape):

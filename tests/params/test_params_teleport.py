@@ -3,11 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.params.params_models import iso_mlp, mlp
 from torch import nn
 
 import isotorch as it
 from isotorch.params import teleport
+from tests.params.params_models import iso_mlp, mlp
 
 
 def _batch(dtype, n_in=5, n_out=3, seed=0):

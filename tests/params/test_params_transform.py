@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from tests.params.params_models import iso_mlp, mlp
 from torch import nn
 
 import isotorch as it
 from isotorch.params import Element, SymmetryError, sample_element, symmetries, transform
+from tests.params.params_models import iso_mlp, mlp
 
 
 def _x(dtype, *shape):
