@@ -291,6 +291,25 @@ class TestChiNorm:
 
 
 class TestIsoBatchNorm:
+    @pytest.mark.parametrize("shape_dim", [((6, 5), -1), ((3, 4, 2, 2), 1)], ids=["vectors", "maps"])
+    def test_gradients_of_both_training_paths(self, shape_dim):
+        """The fast path and the scale-safe path (taken when the squares overflow) give exact gradients."""
+        shape, dim = shape_dim
+        x = (3 * _data(shape, torch.float64) + 1).requires_grad_(True)
+        weight = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
+
+        def f(a, w):
+            return IF.iso_batch_norm(a, weight=w, training=True, dim=dim)
+
+        assert torch.autograd.gradcheck(f, (x, weight))
+        assert torch.autograd.gradgradcheck(f, (x, weight))
+        huge = _data(shape, torch.float32) * 1e30  # float32 squares overflow: the scale-safe path
+        small = _data(shape, torch.float32)
+        torch.testing.assert_close(
+            IF.iso_batch_norm(huge, training=True, dim=dim), IF.iso_batch_norm(huge * 1e-30, training=True, dim=dim)
+        )
+        assert torch.isfinite(IF.iso_batch_norm(small, training=True, dim=dim)).all()
+
     def test_formula_and_running_statistics(self):
         x = _data((6, 4), torch.float64)
         bn = it.nn.IsoBatchNorm(4, dtype=torch.float64)
