@@ -124,3 +124,26 @@ def test_optimizer_state_follows_the_transform(opt_cls, kwargs, act, group_ok):
     _step(stale, stale_opt, x)
     _step(twin, twin_opt, x)
     assert not torch.allclose(transform(twin, g, check=False)[0].weight, stale[0].weight, atol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", [torch.optim.Adamax, torch.optim.ASGD, torch.optim.Adadelta])
+def test_optimizer_states_exact_only_under_permutations_refuse_scalings(optimizer):
+    """Adamax's max |g|, ASGD's parameter average and Adadelta's squared updates move like permutations, but not
+    like gradients (or their squares) under positive scalings: a scaling raises instead of corrupting them."""
+
+    def stepped():
+        model = mlp(nn.ReLU, widths=(3, 4, 2))
+        opt = optimizer(model.parameters())
+        model(x).sum().backward()
+        opt.step()
+        return model, opt
+
+    x = torch.randn(8, 3, dtype=torch.float64)
+    model, opt = stepped()
+    syms = symmetries(model, x)
+    site = "0"  # the hidden ReLU site, named after its producer
+    transform(model, Element(syms, {site: torch.tensor([1, 0, 3, 2])}), optimizer=opt)
+    model, opt = stepped()
+    scaling = torch.diag(torch.tensor([2.0, 3.0, 0.5, 4.0], dtype=torch.float64))
+    with pytest.raises(SymmetryError, match="permutations"):
+        transform(model, Element(syms, {site: scaling}), optimizer=opt)

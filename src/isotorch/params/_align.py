@@ -6,11 +6,13 @@ site's element is set to the exact maximiser of its own term with the other site
     C_s = Σ_{(param, axis) acted on by s} A[axis→0, rest flattened] · (B with the other sites applied)[...]ᵀ,
     g_s = argmax_{g ∈ G_s} ⟨g, C_s⟩,
 
-until a full round improves no site by more than ``tol`` (at most ``max_iter`` rounds). The maximiser is a linear
-assignment for permutation sites (Git Re-Basin), and an orthogonal Procrustes rotation R = UVᵀ for isotropic
+until a full round improves no site by more than ``tol`` (at most ``max_iter`` rounds). A site that acts on two axes
+of one weight (a square residual mixing h + W·h) keeps itself at the identity on the other axis while it is solved,
+so for such weights the result is a local maximiser of a linearised term, not the exact optimum. The maximiser is a
+linear assignment for permutation sites (Git Re-Basin), and an orthogonal Procrustes rotation R = UVᵀ for isotropic
 (orthogonal) sites, block-wise for block-orthogonal ones, which no permutation-only tool can do. A site's cost
-matrix depends only on the sites that share a parameter with it, so a site whose neighbours did not change since
-its last solve is not solved again (same answer).
+matrix depends only on the sites that share a parameter with it, so a site whose neighbours did not change since its
+last solve is not solved again (same answer).
 
 Permutation sites start from a greedy pass in graph order that matches each site's producer rows given the
 already matched input axes (layer-wise matching); descent from there converges in a few rounds to better optima

@@ -12,6 +12,8 @@ raised. isotorch never returns a silently broken model.
 Optimiser state transforms like the gradient, ∇L(T·θ) = T⁻ᵀ∇L(θ): momentum and first moments with T⁻ᵀ, Adam's
 second moments with the elementwise square of T⁻ᵀ, which is exact only for monomial elements (permutations, sign
 flips, positive scalings); for a rotation it raises, because Adam is not rotation-equivariant (REFERENCE §2.5).
+States that are neither (Adamax's max |g|, ASGD's parameter average, Adadelta's squared updates) are moved by
+signed permutations only; any other element raises.
 """
 
 from __future__ import annotations
@@ -30,8 +32,18 @@ from isotorch.params._trace import evaluation
 
 __all__ = ["transform"]
 
-_GRADIENT_STATE = {"momentum_buffer", "exp_avg", "grad", "ax", "prev"}
-_SQUARE_STATE = {"exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "acc_delta", "exp_inf"}
+_GRADIENT_STATE = {"momentum_buffer", "exp_avg", "grad", "prev"}
+_SQUARE_STATE = {"exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum"}
+# exact only under signed permutations: ASGD's parameter average ``ax`` moves like the parameter, Adamax's running
+# max |g| ``exp_inf`` like |g|, Adadelta's ``acc_delta`` like squared updates; under scalings each differs
+_SIGNED_PERMUTATION_STATE = {"ax": "gradient", "exp_inf": "square", "acc_delta": "square"}
+
+
+def _signed_permutation(m: torch.Tensor) -> bool:
+    if m.ndim == 1:  # a permutation index vector
+        return True
+    nonzero = m.abs() > 0
+    return bool((nonzero.sum(1) == 1).all() and torch.allclose(m.abs().sum(1), torch.ones_like(m[:, 0])))
 
 
 def act(t: torch.Tensor, g: torch.Tensor, action: Action) -> torch.Tensor:
@@ -295,6 +307,12 @@ def _rebind_optimizer(optimizer, model, new, syms, element) -> None:
             mode = "gradient"
         elif key in _SQUARE_STATE:
             mode = "square"
+        elif key in _SIGNED_PERMUTATION_STATE:
+            if not all(_signed_permutation(m) for m in element.matrices.values()):
+                raise SymmetryError(
+                    f"optimizer state {key!r} can be moved exactly only by (signed) permutations, not by this element"
+                )
+            mode = _SIGNED_PERMUTATION_STATE[key]
         else:
             raise SymmetryError(f"optimizer state {key!r} has no known transformation rule")
         changes = apply_element(tensors, syms, element.matrices, mode=mode, skip_missing=True)

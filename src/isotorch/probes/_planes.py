@@ -204,7 +204,10 @@ def iter_planes(
 def block_sizes(n_planes: int, chunk_elements: int) -> tuple[int, int]:
     """(row_chunk, plane_chunk) so that a (plane_chunk, row_chunk) working array has about ``chunk_elements``."""
     plane_chunk = max(1, min(n_planes, 64))
-    return max(1, chunk_elements // plane_chunk), plane_chunk
+    rows = max(1, chunk_elements // plane_chunk)
+    # a power of two that divides parallel_rows' alignment (4096), so that row blocks start at the same rows
+    # however the rows are split across threads (per-block random streams are seeded by the block start)
+    return min(1 << (rows.bit_length() - 1), 4096), plane_chunk
 
 
 def iter_plane_coordinates(
