@@ -136,7 +136,7 @@ def test_convert_mlp_keeps_weights_and_swaps_only_primitives():
         assert torch.equal(old[key], new[key])
     assert type(model[1]) is nn.Tanh, "the input model is left unchanged"
     assert [r.path for r in report.swapped] == ["1", "2", "3", "5"]
-    assert "affine" in report.swapped[1].note
+    assert report.swapped[1].note.startswith("dropped weight, bias")
     assert report.left == ()
     assert report.to_dict()["group"] == "orthogonal"
 
@@ -278,3 +278,47 @@ def test_symmetrize_on_channel_axis_and_errors():
         families.symmetrize(torch.tanh, torch.eye(3))
     with pytest.raises(ValueError, match="size"):
         f(torch.randn(2, 4))
+
+
+def test_convert_keeps_modules_that_are_already_the_family_s_and_lists_what_it_drops():
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.LayerNorm(6), nn.Linear(6, 2))
+    with torch.no_grad():
+        model[3].weight.fill_(3.0)
+    model.train()
+    model(torch.randn(16, 4))  # non-trivial running statistics
+    model.eval()
+    same, report = it.convert(model, "elementwise", return_report=True)
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(same(x), model(x))  # BatchNorm1d and the LayerNorm gain survive
+    assert all("kept" in r.note for r in report.swapped if r.old in ("BatchNorm1d", "LayerNorm"))
+    _, report = it.convert(model, "isotropic", return_report=True)
+    notes = {r.old: r.note for r in report.swapped}
+    assert "running_mean" in notes["BatchNorm1d"] and "weight" in notes["LayerNorm"]
+
+
+def test_convert_matches_the_model_s_dtype():
+    model = _mlp().double()
+    for family in ("elementwise", "isotropic"):
+        converted = it.convert(model, family).eval()
+        assert converted(torch.randn(3, 5, dtype=torch.float64)).dtype == torch.float64
+        assert {t.dtype for t in [*converted.parameters(), *converted.buffers()] if t.is_floating_point()} == {
+            torch.float64
+        }
+
+
+def test_family_optimizers_share_their_defaults():
+    params = [nn.Parameter(torch.randn(3))]
+    decay = {f: families.get(f).make_optimizer(params).defaults["weight_decay"] for f in ("elementwise", "isotropic")}
+    assert decay == {"elementwise": 0.0, "isotropic": 0.0}
+
+
+@pytest.mark.parametrize("dim", [1, -2, 0])
+def test_symmetrize_passes_fn_the_feature_axis_where_it_was(dim):
+    """fn acting on ``dim`` sees a tensor of the input's rank with its feature axis at ``dim``."""
+    elements = _dihedral(4)
+    x = torch.randn(3, 2, 5, dtype=torch.float64) if dim != 0 else torch.randn(2, 3, 5, dtype=torch.float64)
+    f = families.symmetrize(lambda t: it.functional.iso_tanh(t, dim=dim), elements, dim=dim)
+    torch.testing.assert_close(f(x), it.functional.iso_tanh(x, dim=dim))  # already O(2)-equivariant
+    one = families.symmetrize(lambda t: it.functional.iso_tanh(t, dim=-1), elements)
+    v = torch.randn(2, dtype=torch.float64)
+    torch.testing.assert_close(one(v), it.functional.iso_tanh(v))

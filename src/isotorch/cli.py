@@ -36,7 +36,8 @@ def demo(
         task = bar.add_task("demo", total=None)
         result = run_demo(out, config, progress=lambda done, total: bar.update(task, completed=done, total=total))
 
-    table = Table(title=f"digits, {len(config.seeds)} seeds (mean ± 95% CI)")
+    n = len(config.seeds)
+    table = Table(title=f"digits, {n} seeds (mean ± 95% CI)" if n > 1 else "digits, 1 seed (no interval)")
     table.add_column("metric")
     for name in result.summary:
         table.add_column(name, justify="right")
@@ -48,6 +49,8 @@ def demo(
             *(f"{s['barrier_before']:.3f} → {s['barrier_after']:.3f}" for s in result.summary.values()),
         )
     console.print(table)
+    if not result.lmc:
+        console.print("linear mode connectivity needs two seeds (e.g. --seeds 0,1): skipped")
     prims = Table(title="primitive sites and their measured groups (isotorch.audit)")
     for column in result.primitives[0]:
         prims.add_column(column)

@@ -207,6 +207,7 @@ class PrimitiveSet:
     def make_optimizer(self, params, **kwargs) -> torch.optim.Optimizer:
         """Build the family's optimiser for ``params`` (keyword arguments go to its constructor)."""
         factory, _ = _optim.OPTIMIZERS[self.optimizer]
+        kwargs.setdefault("weight_decay", 0.0)  # the registry's factories differ here; a matched pair must not
         return factory(params, **kwargs)
 
     def init_(self, model: nn.Module, *, generator: torch.Generator | None = None) -> nn.Module:
@@ -215,17 +216,10 @@ class PrimitiveSet:
         for module in model.modules():
             if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
                 with torch.no_grad():
-                    _call_init(fn, module.weight, generator)
+                    fn(module.weight, generator=generator)
                     if module.bias is not None:
                         module.bias.zero_()
         return model
-
-
-def _call_init(fn, weight, generator):
-    try:
-        fn(weight, generator=generator)
-    except TypeError:  # torch.nn.init functions on older torch take no generator
-        fn(weight)
 
 
 def _elementwise_norm(n: int, dim: int, kind: str) -> nn.Module:
@@ -485,6 +479,7 @@ def convert(
     swapped: list[ConversionRow] = []
     left: list[ConversionRow] = []
     axis: tuple[int, int] | None = None
+    producer_weight: torch.Tensor | None = None
     for path, module in list(new_model.named_modules()):
         if list(module.children()):
             continue
@@ -500,6 +495,9 @@ def convert(
         except (ValueError, TypeError) as exc:  # e.g. a block size that does not divide the width
             new, note = None, f"left alone: {exc}"
         if new is not None:
+            reference = next(iter([*module.parameters(), *module.buffers()]), producer_weight)
+            if reference is not None and reference.is_floating_point():
+                new = new.to(device=reference.device, dtype=reference.dtype)
             _set_module(new_model, path, new)
             swapped.append(ConversionRow(path, old, type(new).__name__, dim, note))
         elif not isinstance(module, _ABSORBED):
@@ -507,6 +505,8 @@ def convert(
         produced = _producer_axis(module)
         if produced is not None:
             axis = produced
+        if isinstance(module, _PRODUCERS):
+            producer_weight = module.weight
     report = ConversionReport(fam.name, fam.group, tuple(swapped), tuple(left))
     logger.info("converted %d primitives to %s; left %d alone", len(swapped), fam.name, len(left))
     return (new_model, report) if return_report else new_model
@@ -540,10 +540,12 @@ def _swap(module: nn.Module, fam: PrimitiveSet, size: int | None, dim: int) -> t
     if kind is None:
         return None, ""
     new = fam.norm(size, dim, kind)
-    affine = [p for name, p in module.named_parameters(recurse=False) if name in ("weight", "bias")]
-    note = ""
-    if affine and type(new) is not type(module):
-        note = "elementwise affine parameters dropped: the family's normaliser has no elementwise gain"
+    torch_batch_norm = nn.modules.batchnorm._BatchNorm
+    if type(new) is type(module) or (isinstance(new, torch_batch_norm) and isinstance(module, torch_batch_norm)):
+        return copy.deepcopy(module), "kept as it is: already the family's normaliser"
+    dropped = [name for name, _ in module.named_parameters(recurse=False)]
+    dropped += [name for name, b in module.named_buffers(recurse=False) if b.is_floating_point()]
+    note = f"dropped {', '.join(dropped)}: {type(new).__name__} cannot represent them" if dropped else ""
     return new, note
 
 
@@ -558,7 +560,8 @@ class Symmetrized(nn.Module):
     .. math:: f_G(x) = \\frac{1}{|G|} \\sum_{g \\in G} \\rho(g)^{-1} f(\\rho(g) x)
 
     Args:
-        fn: the primitive to symmetrise; it must accept a tensor with extra leading axes and act on ``dim``.
+        fn: the primitive to symmetrise; it receives a tensor of the input's rank, feature axis at ``dim``, with the
+            |G| transformed copies stacked along a batch axis (axis 0, or axis 1 when ``dim`` is 0).
         elements: the group's elements as a (|G|, n, n) tensor (see :func:`isotorch.groups.generate`).
         dim: the feature axis.
 
@@ -589,12 +592,19 @@ class Symmetrized(nn.Module):
         n = self.elements.shape[-1]
         if x.shape[self.dim] != n:
             raise ValueError(f"x has size {x.shape[self.dim]} along dim={self.dim}, but the group acts on size {n}")
+        dim = self.dim % x.ndim
+        batch = 1 if dim == 0 else 0  # the group's copies are stacked along a non-feature axis, so that fn sees
+        squeeze = x.ndim == 1  # a tensor of the input's rank with its feature axis where it was
+        if squeeze:
+            x, dim, batch = x[None], 1, 0
         g = self.elements.to(x.dtype)
-        moved = x.movedim(self.dim, -1)
-        gx = torch.einsum("gij,...j->g...i", g, moved).movedim(-1, self.dim + (1 if self.dim >= 0 else 0))
-        y = self.fn(gx).movedim(self.dim + (1 if self.dim >= 0 else 0), -1)
-        out = torch.einsum("gij,g...j->...i", self.inverses.to(x.dtype), y) / g.shape[0]
-        return out.movedim(-1, self.dim)
+        gx = torch.einsum("gij,...j->g...i", g, x.movedim(dim, -1)).movedim(-1, dim + 1)  # (G, *x.shape)
+        size = x.shape[batch]
+        stacked = gx.movedim(0, batch).flatten(batch, batch + 1)  # (..., G·size, ...)
+        y = self.fn(stacked).unflatten(batch, (g.shape[0], size)).movedim(batch, 0)
+        out = torch.einsum("gij,g...j->...i", self.inverses.to(x.dtype), y.movedim(dim + 1, -1)) / g.shape[0]
+        out = out.movedim(-1, dim)
+        return out[0] if squeeze else out
 
     def extra_repr(self) -> str:
         return f"order={self.elements.shape[0]}, n={self.elements.shape[-1]}, dim={self.dim}"

@@ -89,7 +89,7 @@ def _check_not_vacuous(fn, x, y) -> None:
         raise VacuousCheckError("vacuous check: fn gives the same output on an independent input (constant function)")
 
 
-def _errors(fn, x, group, dim, trials, generator, equivariant: bool) -> float:
+def _errors(fn, x, group, dim, trials, generator, equivariant: bool) -> tuple[float, torch.dtype]:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x))}")
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
@@ -115,7 +115,7 @@ def _errors(fn, x, group, dim, trials, generator, equivariant: bool) -> float:
             lhs = fn(gx)
             rhs = _groups.act(g, y.to(torch.float64), dim) if equivariant else y
             worst = max(worst, relative_error(lhs, rhs))
-    return worst
+    return worst, y.dtype
 
 
 def equivariance_error(
@@ -128,7 +128,7 @@ def equivariance_error(
     generator: torch.Generator | int | None = None,
 ) -> float:
     """Max over ``trials`` random g of rel(f(g·x), g·f(x)), the group acting along ``dim``."""
-    return _errors(fn, x, group, dim, trials, generator, equivariant=True)
+    return _errors(fn, x, group, dim, trials, generator, equivariant=True)[0]
 
 
 def invariance_error(
@@ -141,14 +141,12 @@ def invariance_error(
     generator: torch.Generator | int | None = None,
 ) -> float:
     """Max over ``trials`` random g of rel(f(g·x), f(x)), the group acting along ``dim``."""
-    return _errors(fn, x, group, dim, trials, generator, equivariant=False)
+    return _errors(fn, x, group, dim, trials, generator, equivariant=False)[0]
 
 
 def _assert(kind, fn, x, group, dim, trials, generator, tol):
     __tracebackhide__ = True
-    err = _errors(fn, x, group, dim, trials, generator, equivariant=kind == "equivariant")
-    with torch.no_grad():
-        out_dtype = fn(x).dtype
+    err, out_dtype = _errors(fn, x, group, dim, trials, generator, equivariant=kind == "equivariant")
     tol = tolerance(out_dtype) if tol is None else tol
     if not err <= tol:
         name = getattr(fn, "__name__", type(fn).__name__)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import html
 import json
+import math
 import platform
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -214,7 +215,7 @@ def _run(out: Path, config: DemoConfig, progress) -> DemoResult:
         name: {
             f"{key}_{stat}": value
             for key, values in finals[name].items()
-            for stat, value in zip(("mean", "ci95"), _mean_ci(values), strict=True)
+            for stat, value in (("mean", mean_ci(values).mean), ("ci95", mean_ci(values).ci95))
         }
         for name in FAMILIES
     }
@@ -232,11 +233,6 @@ def _run(out: Path, config: DemoConfig, progress) -> DemoResult:
     result = DemoResult(config, summary, curves, table, chains, srm, lmc)
     report = _write_report(out, result)
     return DemoResult(config, summary, curves, table, chains, srm, lmc, report)
-
-
-def _mean_ci(values: list[float]) -> tuple[float, float]:
-    estimate = mean_ci(values)
-    return estimate.mean, estimate.ci95 if estimate.n > 1 else 0.0
 
 
 def _last_hidden(model: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
@@ -307,11 +303,14 @@ METRICS = (
 
 
 def format_metric(summary: dict[str, float], key: str, scale: float = 1.0) -> str:
-    """``mean ± ci95`` of one metric of a family's summary, in a precision that suits its size."""
+    """``mean ± ci95`` of one metric of a family's summary, in a precision that suits its size (no ± for a single
+    seed, whose interval is undefined)."""
     mean, ci = summary[f"{key}_mean"] * scale, summary[f"{key}_ci95"] * scale
-    if 0 < abs(mean) < 1e-3:
-        return f"{mean:.1e} ± {ci:.1e}"
-    return f"{mean:.3g} ± {ci:.2g}" if abs(mean) < 10 else f"{mean:.2f} ± {ci:.2f}"
+    small, large = 0 < abs(mean) < 1e-3, abs(mean) >= 10
+    text = f"{mean:.1e}" if small else f"{mean:.2f}" if large else f"{mean:.3g}"
+    if math.isnan(ci):
+        return text
+    return text + (f" ± {ci:.1e}" if small else f" ± {ci:.2f}" if large else f" ± {ci:.2g}")
 
 
 _COLOURS = {"elementwise": "tab:orange", "isotropic": "tab:blue"}
