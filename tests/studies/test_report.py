@@ -57,8 +57,17 @@ def test_report_command_and_extra_figure(run_folder, tmp_path):
     try:
         result = CliRunner().invoke(study_app, ["report", str(run_folder)])
         assert result.exit_code == 0, result.output
-        assert "id='extra.png'" in (run_folder / "report.html").read_text()
+        page = (run_folder / "report.html").read_text()
+        assert "id='extra.png'" in page and "not listed by this run" in page
+        (run_folder / "loss_curves.png").rename(run_folder / "moved.png")
+        assert CliRunner().invoke(study_app, ["report", str(run_folder)]).exit_code == 0
+        assert (
+            "loss_curves.png was listed by the study but its file is missing"
+            in (run_folder / "report.html").read_text()
+        )
     finally:
         (run_folder / "extra.png").unlink()
+        if (run_folder / "moved.png").exists():
+            (run_folder / "moved.png").rename(run_folder / "loss_curves.png")
     with pytest.raises(RunFolderError, match="not a study run folder"):
         write_report(tmp_path)

@@ -49,19 +49,22 @@ def _findings_html(findings: list[Findings]) -> str:
 
 
 def _figures_html(out: Path, captions: dict[str, str]) -> str:
-    pngs = sorted(
-        out.glob("*.png"),
-        key=lambda p: (p.name not in captions, list(captions).index(p.name) if p.name in captions else 0, p.name),
-    )
-    if not pngs:
+    """The study's figures in the order it listed them (a listed figure whose file is missing says so), then any
+    other PNG in the folder, marked as not listed by this run."""
+    extra = sorted(p.name for p in out.glob("*.png") if p.name not in captions)
+    if not captions and not extra:
         return "<p class='note'>No figures.</p>"
     parts = []
-    for path in pngs:
+    for name in [*captions, *extra]:
+        path = out / name
+        if not path.exists():
+            parts.append(f"<p class='note'>Figure {_esc(name)} was listed by the study but its file is missing.</p>")
+            continue
         data = base64.b64encode(path.read_bytes()).decode()
-        caption = captions.get(path.name, "")
+        caption = captions.get(name, "not listed by this run's study")
         parts.append(
-            f"<figure id='{_esc(path.name)}'><img src='data:image/png;base64,{data}' alt='{_esc(path.name)}'>"
-            f"<figcaption><b>{_esc(path.name)}</b>{': ' + _esc(caption) if caption else ''}</figcaption></figure>"
+            f"<figure id='{_esc(name)}'><img src='data:image/png;base64,{data}' alt='{_esc(name)}'>"
+            f"<figcaption><b>{_esc(name)}</b>: {_esc(caption)}</figcaption></figure>"
         )
     return "".join(parts)
 
