@@ -352,16 +352,17 @@ def load_vision(name: str, root: str | Path, *, flatten: bool = False, test_only
     return Split(*tensors("train"), *tensors("test"), name=name)
 
 
-def load_dataset(name: str, *, root: str | Path | None = None, seed: int = 0, **kwargs) -> Split:
+def load_dataset(name: str, *, root: str | Path | None = None, seed: int = 0, flatten: bool = False, **kwargs) -> Split:
     """One entry point: ``"digits"``, ``"mnist1d"`` (embedded), ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``
-    (files under ``root``). Extra keyword arguments go to the loader.
+    (files under ``root``; an empty string counts as none). ``flatten`` gives (N, features) inputs for every
+    dataset (the embedded ones already are). Extra keyword arguments go to the loader.
     """
     if name == "digits":
         return load_digits(seed=seed, **kwargs)
     if name == "mnist1d":
         return make_mnist1d(seed=seed, **kwargs)
     if name in _VISION:
-        if root is None:
+        if not root:
             raise ValueError(f"dataset {name!r} needs root= (the folder holding its standard files)")
-        return load_vision(name, root, **kwargs)
+        return load_vision(name, root, flatten=flatten, **kwargs)
     raise ValueError(f"unknown dataset {name!r}; choose from digits, mnist1d, {', '.join(_VISION)}")

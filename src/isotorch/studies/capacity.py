@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from isotorch.studies._data import load_dataset
 from isotorch.studies._registry import Study, register_study
 from isotorch.studies._stats import Figure, Findings, mean_ci
 
@@ -205,14 +206,7 @@ def capacity_measures(model: nn.Module, *, rank_tol: float = 0.01, neuron_tol: f
 
 
 def _load(config: CapacityConfig):
-    from isotorch.studies._data import load_dataset
-
-    if config.dataset in ("digits", "mnist1d"):
-        split = load_dataset(config.dataset)
-    else:
-        split = load_dataset(config.dataset, root=config.data_root, flatten=True)
-    x, y, x_test, y_test = split
-    x, x_test = x.reshape(len(x), -1), x_test.reshape(len(x_test), -1)
+    x, y, x_test, y_test = load_dataset(config.dataset, root=config.data_root, flatten=True)
     if config.max_train:
         x, y = x[: config.max_train], y[: config.max_train]
     return x, y, x_test, y_test

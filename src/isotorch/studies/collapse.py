@@ -190,11 +190,7 @@ class Collapse(Study):
 
     def run(self, ctx) -> dict[str, Any]:
         config: CollapseConfig = ctx.config
-        split = load_dataset(
-            config.dataset,
-            root=config.data_root or None,
-            **({"flatten": config.model == "mlp"} if config.dataset in IMAGE_DATASETS else {}),
-        )
+        split = load_dataset(config.dataset, root=config.data_root, flatten=config.model == "mlp")
         x, y, x_test, y_test = split
         if config.n_train:
             x, y = x[: config.n_train], y[: config.n_train]

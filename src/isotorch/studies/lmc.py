@@ -213,8 +213,7 @@ class Lmc(Study):
 
     def run(self, ctx) -> dict[str, Any]:
         config: LmcConfig = ctx.config
-        kwargs = {"flatten": True} if config.dataset not in ("digits", "mnist1d") else {}
-        x, y, x_test, y_test = load_dataset(config.dataset, root=config.data_root or None, **kwargs)
+        x, y, x_test, y_test = load_dataset(config.dataset, root=config.data_root, flatten=True)
         if config.n_train:
             x, y = x[: config.n_train], y[: config.n_train]
         x, y, x_test, y_test = (t.to(ctx.device) for t in (x, y, x_test, y_test))

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from isotorch.studies._data import load_dataset
 from isotorch.studies._registry import Study, register_study
 from isotorch.studies._stats import Figure, Findings
 
@@ -155,15 +156,8 @@ def build_autoencoder(
 
 
 def _load(config: QuantisationConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    from isotorch.studies._data import load_dataset
-
-    if config.dataset in ("digits", "mnist1d"):
-        split = load_dataset(config.dataset)
-    else:
-        if config.data_root is None:
-            raise ValueError(f"dataset={config.dataset!r} needs data_root= (the folder holding its standard files)")
-        split = load_dataset(config.dataset, root=config.data_root, flatten=True)
-    return split.x_train.flatten(1), split.x_test.flatten(1)
+    split = load_dataset(config.dataset, root=config.data_root, flatten=True)
+    return split.x_train, split.x_test
 
 
 def _privileged(model: nn.Sequential, variant: str) -> torch.Tensor | str:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from isotorch.studies._data import load_dataset
 from isotorch.studies._registry import Study, register_study
 from isotorch.studies._stats import Figure, Findings
 
@@ -183,15 +184,7 @@ def prune_by_norm(model: nn.Sequential, producer: int, k: int) -> tuple[nn.Seque
 
 
 def _load(config: TopologyConfig):
-    from isotorch.studies._data import load_dataset
-
-    if config.dataset in ("digits", "mnist1d"):
-        split = load_dataset(config.dataset)
-    else:
-        if config.data_root is None:
-            raise ValueError(f"dataset={config.dataset!r} needs data_root= (the folder holding its standard files)")
-        split = load_dataset(config.dataset, root=config.data_root, flatten=True)
-    return split.x_train.flatten(1), split.y_train, split.x_test.flatten(1), split.y_test
+    return load_dataset(config.dataset, root=config.data_root, flatten=True)
 
 
 def _producers(model: nn.Sequential) -> list[int]:
