@@ -11,8 +11,9 @@ from torch import nn
 
 from isotorch.params import syre
 from isotorch.studies._config import ConfigError, make_config
+from isotorch.studies._models import layer_features, unparametrized
 from isotorch.studies._runner import run_study
-from isotorch.studies.collapse import CollapseConfig, build_classifier, layer_features, unparametrized
+from isotorch.studies.collapse import CollapseConfig, build_classifier
 
 
 def test_config_validation():

@@ -39,9 +39,9 @@ import torch
 from torch import nn
 
 from isotorch.studies._data import load_dataset
+from isotorch.studies._models import layer_features, unparametrized
 from isotorch.studies._registry import Study, register_study
 from isotorch.studies._stats import Figure, Findings
-from isotorch.studies.collapse import layer_features, unparametrized
 
 __all__ = ["Lmc", "LmcConfig", "build_mlp", "plain_copy"]
 
