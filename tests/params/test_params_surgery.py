@@ -65,6 +65,18 @@ def test_prune_null_directions_is_exact_when_biases_vanish():
     assert result.output_error < 1e-12 and result.model[0].out_features == 3
 
 
+def test_pruned_length_survives_a_state_dict_round_trip():
+    """prune writes the intrinsic length into the activation; it is saved and loaded with the weights."""
+    model = iso_mlp(widths=(5, 8, 3))
+    x = _x(torch.float64, 9, 5)
+    pruned = prune(model, "0", 4, x=x).model
+    assert "1.fixed_length" in pruned.state_dict()
+    fresh = nn.Sequential(nn.Linear(5, 4), it.nn.IsoTanh(), nn.Linear(4, 3)).double()
+    fresh.load_state_dict(pruned.state_dict())
+    assert fresh[1].length == pytest.approx(pruned[1].length)
+    torch.testing.assert_close(fresh(x), pruned(x))
+
+
 def test_prune_within_the_bound(dtype):
     model = iso_mlp(widths=(5, 8, 3), dtype=dtype)
     x = _x(dtype, 9, 5)

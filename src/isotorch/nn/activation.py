@@ -111,7 +111,24 @@ class IsotropicActivation(nn.Module):
             self.log_length = nn.Parameter(torch.empty((), device=device, dtype=dtype))
             self.reset_parameters()
         else:
+            # a fixed length is state that surgery may change (``isotorch.params.prune``), so it is saved in the
+            # state dict as the buffer ``fixed_length``; the forward reads its float mirror, never the tensor
+            self.register_buffer("fixed_length", None)
             self.initial_length = None if length is None else float(length)
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name == "initial_length" and not getattr(self, "learn_length", True):
+            device = self.fixed_length.device if self.fixed_length is not None else None
+            self.fixed_length = (
+                None if value is None else torch.tensor(float(value), dtype=torch.float64, device=device)
+            )
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, msgs):
+        if not self.learn_length:  # the saved length (or its absence) replaces ours, then the buffer loads it
+            saved = state_dict.get(prefix + "fixed_length")
+            self.initial_length = None if saved is None else float(saved)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, msgs)
 
     def reset_parameters(self) -> None:
         """Reset the learned length to its initial value (no-op without ``learn_length``)."""
