@@ -60,7 +60,14 @@ def norm_max_pool2d(
         raise ValueError(f"x has no channels (shape {tuple(x.shape)}); expected C >= 1 along dim=1")
     if not isinstance(ceil_mode, bool):
         raise TypeError(f"ceil_mode must be a bool, got {type(ceil_mode).__name__}")
-    norms = _vector_norm(x.detach().to(_compute_dtype(x.dtype)), 1)  # (N, 1, H, W)
+    xd = x.detach().to(_compute_dtype(x.dtype))
+    norms = None  # (N, 1, H, W): only their order matters, so squared norms serve while they stay normal floats
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():  # eager CPU: one fused pass, host check
+        norms = (xd * xd).sum(1, keepdim=True)
+        if bool(((norms < torch.finfo(norms.dtype).tiny) | torch.isinf(norms)).any()):
+            norms = None  # overflow, underflow (or an exact zero vector): measure exactly
+    if norms is None:
+        norms = _vector_norm(xd, 1)
     _, index = F.max_pool2d(
         norms,
         kernel_size,
