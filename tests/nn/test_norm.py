@@ -164,6 +164,15 @@ class TestIsoRMSNorm:
 
 
 class TestChiNorm:
+    def test_gradients_in_training(self):
+        x = (3 * _data((6, 5), torch.float64) + 1).requires_grad_(True)
+        assert torch.autograd.gradcheck(lambda a: IF.chi_norm(a, training=True), (x,))
+        assert torch.autograd.gradgradcheck(lambda a: IF.chi_norm(a, training=True), (x,))
+        for scale in (1e-25, 1e25):  # float32 squares underflow / overflow: the scale-safe path, as in float64
+            small = _data((6, 5), torch.float32) * scale
+            reference = IF.chi_norm(small.double(), training=True, eps=1e-30).float()
+            torch.testing.assert_close(IF.chi_norm(small, training=True, eps=1e-30), reference)
+
     def test_init_repr_and_eval_is_frozen(self):
         norm = it.nn.ChiNorm(9, dtype=torch.float64).eval()
         assert float(norm.running_norm) == 3.0 and norm.running_norm.shape == ()

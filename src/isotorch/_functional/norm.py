@@ -129,6 +129,17 @@ def iso_rms_norm(
 # ChiNorm
 
 
+def _batch_norm_estimate(h: torch.Tensor, d: int) -> torch.Tensor:
+    """mean ‖h‖ along ``d``: on eager CPU one fused ``vector_norm`` pass, unless the mean overflowed or is so
+    close to 0 that squares lost precision; then (and when traced or on an accelerator) the scale-safe norm. Rows
+    far below the mean may underflow on the fast path; their share of the mean is below its rounding error."""
+    if h.device.type == "cpu" and not torch.compiler.is_compiling():
+        mean = torch.linalg.vector_norm(h, dim=d).mean()
+        if math.sqrt(torch.finfo(h.dtype).tiny) * 1e4 < mean < math.inf:
+            return mean
+    return _vector_norm(h, d).mean()
+
+
 def chi_norm(
     x: torch.Tensor,
     running_norm: torch.Tensor | None = None,
@@ -192,7 +203,7 @@ def chi_norm(
                 f"chi_norm needs at least one vector in training (the batch estimate is a mean of norms); "
                 f"got x of shape {tuple(x.shape)}"
             )
-        mu = _vector_norm(h, d).mean()
+        mu = _batch_norm_estimate(h, d)
         if running_norm is not None:
             _update_running(running_norm, mu, momentum)
     else:
