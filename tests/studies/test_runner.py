@@ -115,6 +115,13 @@ def test_bad_values_name_the_key(item, match):
         parse_overrides(ToyConfig, [item])
 
 
+def test_a_bad_config_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match="stepz"):
+        run_study("toy-test", out, overrides=["stepz=3"], progress=False)
+    assert not out.exists(), "the folder is created only once the config is valid"
+
+
 def test_make_config_validation_and_roundtrip():
     with pytest.raises(ConfigError, match="steps must be positive"):
         make_config(ToyConfig, overrides=["steps=0"])

@@ -595,6 +595,7 @@ def run_study(
             raise ImportError(
                 "tensorboard=True needs the tensorboard package: pip install 'isotorch[tensorboard]'"
             ) from None
+    config = None if resume else _resolve(study, preset, overrides)  # a bad config is refused before any write
     _check_folder(out, resume)
 
     if resume:
@@ -613,7 +614,6 @@ def run_study(
             raise ConfigError(f"cannot resume {out} with seeds {list(seeds)}: the run was started with {meta['seeds']}")
         seeds = tuple(meta["seeds"])
     else:
-        config = _resolve(study, preset, overrides)
         seeds = seeds or (0,)
         meta = {
             "study": name,
