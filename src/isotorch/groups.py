@@ -33,6 +33,7 @@ Examples:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -46,6 +47,7 @@ __all__ = [
     "get",
     "is_subgroup",
     "lattice",
+    "maximal",
 ]
 
 NAMES: tuple[str, ...] = (
@@ -353,6 +355,28 @@ def _normalise_block(g: Group, n: int | None) -> Group:
     if g.name == "block_orthogonal" and g.block == n:
         return get("orthogonal")
     return g
+
+
+def maximal(keys: Iterable[str | Group], n: int) -> frozenset[str]:
+    """The largest groups among ``keys`` at feature size ``n``: those not a proper subgroup of another one.
+
+    The lattice is not a chain, so there can be several (ReLU holds both ``permutation`` and ``positive_scaling``).
+    Two names of one group at this size (``block_orthogonal:n`` and ``orthogonal``) count once, by the canonical one.
+
+    Examples:
+        >>> sorted(maximal({"trivial", "permutation", "positive_scaling"}, 8))
+        ['permutation', 'positive_scaling']
+    """
+    held = {get(k).key for k in keys}
+
+    def below(a: str, b: str) -> bool:
+        return is_subgroup(a, b, n) and not is_subgroup(b, a, n)
+
+    top = {a for a in held if not any(below(a, b) for b in held if b != a)}
+    for a in sorted(top):  # equal groups under two names: keep the canonical one
+        if a.startswith("block_orthogonal") and any(b != a and is_subgroup(a, b, n) for b in top):
+            top.discard(a)
+    return frozenset(top)
 
 
 def lattice(n: int, *, blocks: tuple[int, ...] | None = None) -> list[Group]:

@@ -25,22 +25,8 @@ def sort_groups(keys: Iterable[str]) -> list[str]:
     return sorted(set(keys), key=_order)
 
 
-def maximal_groups(held: Iterable[str], n: int) -> frozenset[str]:
-    """The groups of ``held`` that are not a proper subgroup of another group of ``held`` (at feature size n).
-
-    The lattice is not a chain, so there can be several: ReLU holds both ``permutation`` and
-    ``positive_scaling``, and neither contains the other.
-
-    Examples:
-        >>> sorted(maximal_groups({"trivial", "permutation", "positive_scaling"}, 8))
-        ['permutation', 'positive_scaling']
-    """
-    held = set(held)
-
-    def below(a: str, b: str) -> bool:
-        return _groups.is_subgroup(a, b, n) and not _groups.is_subgroup(b, a, n)
-
-    return frozenset(a for a in held if not any(below(a, b) for b in held if b != a))
+#: The largest groups among a set of held groups (re-exported from :func:`isotorch.groups.maximal`).
+maximal_groups = _groups.maximal
 
 
 def _json_float(value: float) -> float | None:

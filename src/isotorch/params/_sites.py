@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from isotorch import groups as _groups
 from isotorch.params import _primitives as P
 from isotorch.params._trace import Graph, Node, trace
 
@@ -126,8 +127,6 @@ class Site:
     @property
     def continuous(self) -> bool:
         """Whether the site's group has a continuous part (orthogonal, positive scaling or general linear)."""
-        from isotorch import groups as _groups
-
         return self.free and (self.general_linear or any(_groups.get(k).continuous for k in self.maximal))
 
     def to_dict(self) -> dict:
@@ -530,7 +529,7 @@ class _Analysis:
             size=n,
             kind=kind,
             groups=groups,
-            maximal=P.maximal(groups, n),
+            maximal=_groups.maximal(groups, n),
             general_linear=general,
             status="free",
             reason=None,
@@ -872,7 +871,7 @@ class _Analysis:
                     size=r.n,
                     kind="residual" if len(set(r.producers)) > 1 else "hidden",
                     groups=groups,
-                    maximal=P.maximal(groups, r.n),
+                    maximal=_groups.maximal(groups, r.n),
                     general_linear=general,
                     status=status,
                     reason=reason,
