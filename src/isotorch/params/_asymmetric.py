@@ -66,7 +66,28 @@ def asym_conv2d(
     return F.conv2d(x, mask * weight + fixed, bias, stride, padding, dilation)
 
 
-class AsymLinear(nn.Module):
+class _WAsymmetric(nn.Module):
+    """What W-asymmetric layers share: a 0/1 ``mask`` of free entries and the ``fixed`` entries (1 − M) ⊙ κF."""
+
+    _kind, _unit = "layer", "row"
+
+    @property
+    def n_free(self) -> int:
+        """The number of trainable weight entries (fixed entries and biases excluded)."""
+        return int(self.mask.sum())
+
+    @property
+    def _isotorch_params_broken(self) -> str | None:
+        if self.n_fix == 0:
+            return None
+        return f"W-asymmetric {self._kind} ({self.n_fix} fixed entries per {self._unit}, κ={self.kappa:g})"
+
+    def effective_weight(self) -> torch.Tensor:
+        """W_eff = M ⊙ W + (1 − M) ⊙ κF."""
+        return self.mask * self.weight + self.fixed
+
+
+class AsymLinear(_WAsymmetric):
     """A W-asymmetric linear layer: ``n_fix`` entries of each output row are fixed to κ·N(0, 1).
 
     W_eff = M ⊙ W + (1 − M) ⊙ κF, y = x·W_effᵀ + b.
@@ -123,21 +144,6 @@ class AsymLinear(nn.Module):
         self.register_buffer("mask", mask)
         self.register_buffer("fixed", fixed)
 
-    @property
-    def n_free(self) -> int:
-        """The number of trainable weight entries (fixed entries excluded; biases excluded)."""
-        return int(self.mask.sum())
-
-    @property
-    def _isotorch_params_broken(self) -> str | None:
-        if self.n_fix == 0:
-            return None
-        return f"W-asymmetric layer ({self.n_fix} fixed entries per row, κ={self.kappa:g})"
-
-    def effective_weight(self) -> torch.Tensor:
-        """W_eff = M ⊙ W + (1 − M) ⊙ κF."""
-        return self.mask * self.weight + self.fixed
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return asym_linear(x, self.weight, self.mask, self.fixed, self.bias)
 
@@ -148,7 +154,7 @@ class AsymLinear(nn.Module):
         )
 
 
-class AsymConv2d(nn.Module):
+class AsymConv2d(_WAsymmetric):
     """A W-asymmetric 2-D convolution: ``n_fix`` entries of each output filter (in × kh × kw) are fixed.
 
     Args:
@@ -169,6 +175,8 @@ class AsymConv2d(nn.Module):
         >>> conv(torch.randn(2, 3, 8, 8)).shape, conv.n_free
         (torch.Size([2, 4, 8, 8]), 88)
     """
+
+    _kind, _unit = "convolution", "filter"
 
     _isotorch_params_layer = "conv"
     _isotorch_params_leaf = True
@@ -211,21 +219,6 @@ class AsymConv2d(nn.Module):
             self.register_parameter("bias", None)
         self.register_buffer("mask", mask.reshape(shape))
         self.register_buffer("fixed", fixed.reshape(shape))
-
-    @property
-    def n_free(self) -> int:
-        """The number of trainable kernel entries."""
-        return int(self.mask.sum())
-
-    @property
-    def _isotorch_params_broken(self) -> str | None:
-        if self.n_fix == 0:
-            return None
-        return f"W-asymmetric convolution ({self.n_fix} fixed entries per filter, κ={self.kappa:g})"
-
-    def effective_weight(self) -> torch.Tensor:
-        """W_eff = M ⊙ W + (1 − M) ⊙ κF."""
-        return self.mask * self.weight + self.fixed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return asym_conv2d(x, self.weight, self.mask, self.fixed, self.bias, self.stride, self.padding, self.dilation)
