@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	else \
 		$(BIN)/python -m pip install --quiet torch==2.13.0; \
 	fi
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,hf,distributed]"
 	touch $(STAMP)
 
 run: $(STAMP)
