@@ -1,0 +1,125 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from isotorch.studies._text import MarkovLanguage, markov_language
+
+
+def _lang(v=6, sharpness=2.0, seed=0) -> MarkovLanguage:
+    return markov_language(v, sharpness=sharpness, generator=torch.Generator().manual_seed(seed))
+
+
+def test_transition_rows_are_distributions():
+    lang = _lang()
+    assert lang.transition.shape == (6, 6, 6)
+    assert (lang.transition > 0).all()
+    torch.testing.assert_close(lang.transition.sum(-1), torch.ones(6, 6, dtype=torch.float64), rtol=0, atol=1e-14)
+
+
+def test_stationary_matches_numpy_eigenvector_of_the_pair_chain():
+    """Reference: the left eigenvector for eigenvalue 1 of the explicit V²×V² pair-chain matrix (numpy)."""
+    lang = _lang(5)
+    v = 5
+    p = lang.transition.numpy()
+    m = np.zeros((v * v, v * v))
+    for a in range(v):
+        for b in range(v):
+            for c in range(v):
+                m[a * v + b, b * v + c] = p[a, b, c]
+    w, vecs = np.linalg.eig(m.T)
+    k = int(np.argmin(np.abs(w - 1.0)))
+    pi = np.real(vecs[:, k])
+    pi = pi / pi.sum()
+    np.testing.assert_allclose(lang.stationary.numpy().ravel(), pi, rtol=0, atol=1e-12)
+    h = -sum(pi[a * v + b] * p[a, b, c] * math.log(p[a, b, c]) for a in range(v) for b in range(v) for c in range(v))
+    assert lang.entropy_rate == pytest.approx(h, rel=1e-12)
+
+
+def test_entropies_are_ordered():
+    lang = _lang(16, sharpness=3.0)
+    assert 0 < lang.entropy_rate <= lang.first_entropy <= math.log(16)
+    assert lang.loss_lower_bound(2) == pytest.approx(lang.first_entropy)
+    assert lang.entropy_rate < lang.loss_lower_bound(64) < lang.first_entropy
+    sharper = _lang(16, sharpness=6.0)
+    assert sharper.entropy_rate < lang.entropy_rate
+
+
+def test_sampling_is_deterministic_given_a_generator():
+    lang = _lang()
+    a = lang.sample(4, 20, generator=torch.Generator().manual_seed(3))
+    b = lang.sample(4, 20, generator=torch.Generator().manual_seed(3))
+    c = lang.sample(4, 20, generator=torch.Generator().manual_seed(4))
+    assert a.dtype == torch.long and a.shape == (4, 20)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert int(a.min()) >= 0 and int(a.max()) < 6
+    batches = list(lang.batches(3, 2, 5, generator=torch.Generator().manual_seed(0)))
+    assert len(batches) == 3 and all(x.shape == (2, 5) for x in batches)
+
+
+def test_samples_follow_the_chain():
+    """Empirical pair frequencies → π, the source's mean log loss → the exact bound (Monte Carlo, ±5 SE)."""
+    lang = _lang(4, sharpness=1.5)
+    x = lang.sample(4000, 32, generator=torch.Generator().manual_seed(0))
+    pairs = torch.bincount((x[:, 5] * 4 + x[:, 6]), minlength=16).double() / x.shape[0]
+    assert (pairs - lang.stationary.flatten()).abs().max() < 0.03
+    # transition frequencies out of the most frequent context
+    a, b = divmod(int(lang.stationary.flatten().argmax()), 4)
+    ctx = (x[:, :-2] == a) & (x[:, 1:-1] == b)
+    counts = torch.bincount(x[:, 2:][ctx], minlength=4).double()
+    assert (counts / counts.sum() - lang.transition[a, b]).abs().max() < 0.02
+    losses = lang.log_loss(x)
+    assert losses.shape == (4000, 31)
+    per_seq = losses.mean(1)
+    se = float(per_seq.std() / math.sqrt(per_seq.numel()))
+    assert abs(float(per_seq.mean()) - lang.loss_lower_bound(32)) < 5 * se
+
+
+def test_no_predictor_beats_the_bound():
+    """A unigram and a bigram predictor fitted on the same data sit above the bound (they see less context)."""
+    lang = _lang(6, sharpness=3.0)
+    x = lang.sample(2000, 16, generator=torch.Generator().manual_seed(1))
+    bigram = torch.ones(6, 6, dtype=torch.float64)
+    bigram.index_put_(
+        (x[:, :-1].flatten(), x[:, 1:].flatten()), torch.ones(x[:, 1:].numel(), dtype=torch.float64), accumulate=True
+    )
+    bigram = bigram / bigram.sum(1, keepdim=True)
+    bigram_loss = float(-torch.log(bigram[x[:, :-1], x[:, 1:]]).mean())
+    assert bigram_loss > lang.loss_lower_bound(16) + 0.05
+    assert float(lang.log_loss(x).mean()) < bigram_loss
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"vocab_size": 1}, "vocab_size"),
+        ({"vocab_size": 1000}, "vocab_size"),
+        ({"vocab_size": 4.0}, "vocab_size"),
+        ({"vocab_size": 4, "sharpness": 0.0}, "sharpness"),
+        ({"vocab_size": 4, "sharpness": float("inf")}, "sharpness"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        markov_language(**kwargs)
+
+
+def test_bad_sampling_arguments():
+    lang = _lang()
+    with pytest.raises(ValueError, match="seq_len"):
+        lang.sample(2, 1)
+    with pytest.raises(ValueError, match="batch_size"):
+        lang.sample(0, 4)
+    with pytest.raises(ValueError, match="tokens must lie"):
+        lang.log_loss(torch.tensor([[0, 7]]))
+    with pytest.raises(ValueError, match="tokens"):
+        lang.log_loss(torch.zeros(2, 3))
+
+
+def test_to_dict_is_strict_json():
+    import json
+
+    d = _lang().to_dict()
+    assert json.loads(json.dumps(d, allow_nan=False)) == d
+    assert "entropy_rate" in repr(_lang())
