@@ -2,7 +2,8 @@
 
 A study is a class with a frozen dataclass ``Config`` (every field has a default), optional ``presets`` (named
 dicts of overrides; ``"tiny"`` is the size the test suite runs), ``run(ctx)`` called once per seed, and
-``summarise``/``figures`` called once over all seeds (see ``docs/studies.md``).
+``summarise``/``figures``/``verdicts`` called once over all seeds (see ``docs/studies.md``). A study declares the
+claims it tests in ``claims`` and gives one :class:`~isotorch.studies._verdicts.Verdict` per claim in ``verdicts``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     from isotorch.studies._runner import RunData, StudyContext
     from isotorch.studies._stats import Figure, Findings
+    from isotorch.studies._verdicts import Claim, Verdict
 
 __all__ = ["Study", "UnknownStudyError", "get", "names", "register_study"]
 
@@ -37,12 +39,15 @@ class Study:
         Config: a frozen dataclass type with defaults for every field.
         presets: named override dicts, e.g. ``{"tiny": {"steps": 50}}``; the test suite runs ``"tiny"``.
         description: one line shown by ``isotorch study list`` (default: the first docstring line).
+        claims: the claims the study tests (:class:`~isotorch.studies._verdicts.Claim`); :meth:`verdicts` must
+            return exactly one verdict per claim (the runner checks, and writes ``verdicts.json``).
     """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type]
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     description: ClassVar[str] = ""
+    claims: ClassVar[tuple[Claim, ...]] = ()
 
     def run(self, ctx: StudyContext) -> Mapping[str, Any] | None:
         """Train and measure for one seed (``ctx.seed``); return final scalar results (JSON-ready) or None."""
@@ -61,6 +66,15 @@ class Study:
 
     def figures(self, data: RunData, out: Path) -> list[Figure]:
         """Write PNG figures into ``out`` and return them with captions (default: none)."""
+        return []
+
+    def verdicts(self, data: RunData) -> list[Verdict]:
+        """One verdict per claim in :attr:`claims`, from the run's data (default: none, for a study without claims).
+
+        Use :func:`~isotorch.studies._verdicts.paired_verdict` (a difference of two conditions, paired by seed),
+        :func:`~isotorch.studies._verdicts.verdict_from_values` (one value per seed) or, with a reason,
+        :func:`~isotorch.studies._verdicts.inconclusive`.
+        """
         return []
 
 
@@ -96,6 +110,7 @@ def register_study(name: str) -> Callable[[type[Study]], type[Study]]:
             config()
         except TypeError as exc:
             raise TypeError(f"study {name!r}: every field of {config.__name__} needs a default ({exc})") from None
+        _check_claims(name, cls)
         existing = _REGISTRY.get(name)
         if existing is not None and existing.__qualname__ != cls.__qualname__:
             raise ValueError(f"a study named {name!r} is already registered ({existing.__qualname__})")
@@ -106,6 +121,19 @@ def register_study(name: str) -> Callable[[type[Study]], type[Study]]:
         return cls
 
     return decorate
+
+
+def _check_claims(name: str, cls: type[Study]) -> None:
+    from isotorch.studies._verdicts import Claim
+
+    claims = cls.claims
+    if not isinstance(claims, tuple) or not all(isinstance(c, Claim) for c in claims):
+        raise TypeError(f"study {name!r}: claims must be a tuple of Claim objects, got {claims!r}")
+    seen = [c.name for c in claims]
+    if len(set(seen)) != len(seen):
+        raise ValueError(f"study {name!r}: claim names must be unique, got {seen}")
+    if claims and cls.verdicts is Study.verdicts:
+        raise TypeError(f"study {name!r} declares claims but does not implement verdicts(data)")
 
 
 def _load_builtin() -> None:

@@ -1,4 +1,5 @@
-"""``report.html`` for a study run folder: findings, figures, audits of the saved models, config and environment.
+"""``report.html`` for a study run folder: the verdicts on the study's claims first, then findings, figures, audits
+of the saved models, config and environment.
 
 The page is self-contained (figures are embedded as base64 PNG, no scripts, no external styles), so it opens
 offline and can be moved or mailed on its own.
@@ -16,6 +17,7 @@ from typing import Any
 from isotorch.studies._checkpoint import write_text_atomic
 from isotorch.studies._runner import RunData, RunFolderError, _read_json
 from isotorch.studies._stats import Findings
+from isotorch.studies._verdicts import Verdict, check_verdicts, read_verdicts, write_verdicts
 
 __all__ = ["write_report"]
 
@@ -24,7 +26,9 @@ logger = logging.getLogger(__name__)
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 th{background:#f3f3f3}figure{margin:1em 0}figcaption{color:#444;font-size:0.95em}img{max-width:100%}
-pre{background:#f7f7f7;padding:0.6em;overflow-x:auto}.note{color:#8a5a00}"""
+pre{background:#f7f7f7;padding:0.6em;overflow-x:auto}.note{color:#8a5a00}.small{color:#555;font-size:0.9em}
+.supported{color:#1a7f37;font-weight:bold}.contradicted{color:#c62828;font-weight:bold}
+.inconclusive{color:#8a5a00;font-weight:bold}"""
 
 
 def _esc(value: Any) -> str:
@@ -46,6 +50,28 @@ def _findings_html(findings: list[Findings]) -> str:
         caption = f"<p>{_esc(f.caption)}</p>" if f.caption else ""
         parts.append(f"<h3>{_esc(f.title)}</h3>{caption}<table><tr><th></th>{head}</tr>{rows}</table>")
     return "".join(parts)
+
+
+def _verdicts_html(verdicts: list[Verdict] | None, has_claims: bool) -> str:
+    if verdicts is None:
+        return "<p class='note'>No verdicts: the study could not reach them for this run (see the notes above).</p>"
+    if not verdicts:
+        if has_claims:
+            return "<p class='note'>No verdicts were recorded for this run.</p>"
+        return "<p>This study declares no claims to test.</p>"
+    rows = "".join(
+        f"<tr><td>{_esc(v.claim.text)}<br><span class='small'>statistic: {_esc(v.claim.statistic)}; source: "
+        f"{_esc(v.claim.source)}</span></td><td class='{v.verdict}'>{v.verdict}</td>"
+        f"<td>{_esc(v.interval_text())}</td><td>{_esc(', '.join(map(str, v.seeds)) or '—')}</td>"
+        f"<td class='small'>{_esc(v.note)}</td></tr>"
+        for v in verdicts
+    )
+    return (
+        "<p>A claim is <b>supported</b> when the 95% confidence interval of its signed statistic excludes 0 on the "
+        "claimed side, <b>contradicted</b> when it excludes 0 on the other side, and <b>inconclusive</b> "
+        "otherwise.</p><table><tr><th>claim</th><th>verdict</th><th>estimate [95% CI]</th><th>seeds</th>"
+        f"<th>how / why</th></tr>{rows}</table>"
+    )
 
 
 def _figures_html(out: Path, captions: dict[str, str]) -> str:
@@ -120,8 +146,9 @@ def _audit_html(out: Path) -> str:
 def write_report(out: str | Path) -> Path:
     """Write ``out/report.html`` for a study run folder and return its path.
 
-    Uses ``findings.json`` and ``figures.json`` when the run wrote them; for an unfinished run it asks the study
-    for findings and figures from the records so far (if that fails, the report says so and shows the rest).
+    Uses ``verdicts.json``, ``findings.json`` and ``figures.json`` when the run wrote them; otherwise (an
+    unfinished run, or a run from before verdicts existed) it asks the study for them from the records so far (if
+    that fails, the report says so and shows the rest). ``verdicts.json`` is written then only for a finished run.
     """
     from isotorch.studies._registry import get
 
@@ -145,6 +172,17 @@ def write_report(out: str | Path) -> Path:
         except Exception as exc:
             findings = []
             notes.append(f"The study could not summarise this run: {type(exc).__name__}: {exc}")
+    verdicts = read_verdicts(out)
+    if verdicts is None and study.claims:
+        try:
+            verdicts = check_verdicts(data.study, study.claims, study.verdicts(data))
+            if not missing:
+                write_verdicts(out, verdicts)
+        except Exception as exc:
+            verdicts = None
+            notes.append(f"The study could not reach its verdicts on this run: {type(exc).__name__}: {exc}")
+    if verdicts and missing:
+        notes.append("The verdicts below use only the seeds that finished.")
     captions = {}
     if (out / "figures.json").exists():
         captions = {f["path"]: f.get("caption", "") for f in _read_json(out / "figures.json")}
@@ -161,6 +199,7 @@ def write_report(out: str | Path) -> Path:
 <p>Seeds: {_esc(", ".join(map(str, data.seeds)))}; preset: {_esc(meta.get("preset"))}. Values are mean ± half-width
 of the t-based 95% confidence interval over seeds (no ± for a single seed).</p>
 {note_html}
+<h2>Verdicts</h2>{_verdicts_html(verdicts, bool(study.claims))}
 <h2>Findings</h2>{_findings_html(findings)}
 <h2>Figures</h2>{_figures_html(out, captions)}
 <h2>Symmetry audit of the saved models</h2>{_audit_html(out)}
