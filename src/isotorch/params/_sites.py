@@ -41,7 +41,7 @@ from isotorch.params._trace import Graph, Node, trace
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Action", "Site", "Symmetries", "symmetries"]
+__all__ = ["Action", "PrimitiveUse", "Site", "Symmetries", "symmetries"]
 
 KINDS = ("out", "in", "dual", "passenger")
 
@@ -146,6 +146,32 @@ class Site:
             "primitives": list(self.primitives),
             "actions": [a.to_dict() for a in self.actions],
         }
+
+
+@dataclass(frozen=True)
+class PrimitiveUse:
+    """One application of a primitive that the site analysis assigned a group to (read by the audit and convert).
+
+    Attributes:
+        node: the name of the graph node that applied it.
+        path: the module path for a module call; ``None`` for a function or tensor method (``F.relu``, ``x.tanh()``).
+        label: the module's class name, or the function/method name.
+        module: the module, or ``None``.
+        axis: the feature axis in the primitive's input tensor as traced (non-negative).
+        ndim: the number of dimensions of that input.
+        site: the name of the site whose features it acts on, or ``None`` when that space is no site (e.g. features
+            not produced by a layer).
+        groups: the group keys the analysis used for it; ``None`` for a linear operation (commutes with GL(n)).
+    """
+
+    node: str
+    path: str | None
+    label: str
+    module: nn.Module | None = field(repr=False, compare=False)
+    axis: int
+    ndim: int
+    site: str | None
+    groups: tuple[str, ...] | None
 
 
 @dataclass(frozen=True)
@@ -284,6 +310,9 @@ class _Analysis:
         self.values: dict[int, Any] = {}
         self.extra_sites: list[Site] = []
         self.audit_cache: dict[int, tuple] = {}
+        self.current: Node | None = None
+        self.uses: list[tuple[Node, _Space, int, int, tuple[str, ...] | None]] = []
+        self.root_site: dict[int, int] = {}
 
     # -- helpers -----------------------------------------------------------------------------------------------
 
@@ -354,7 +383,9 @@ class _Analysis:
 
     def run(self) -> None:
         for node in self.graph.nodes:
+            self.current = node
             self.values[id(node)] = self.visit(node)
+        self.current = None
 
     def visit(self, node: Node) -> Any:
         if node.op == "input":
@@ -582,6 +613,11 @@ class _Analysis:
 
     def add_primitive(self, space: _Space, desc: str, keys: tuple[str, ...]) -> None:
         space.primitives.append((desc, None if keys == P.LINEAR else keys))
+        node = self.current
+        if node is not None and node.op in ("module", "function", "method"):
+            x = self.first_arg(node)
+            if isinstance(x, _Feat):
+                self.uses.append((node, space, x.axis % max(x.ndim, 1), x.ndim, None if keys == P.LINEAR else keys))
 
     def same(self, arg: _Feat, value: Any) -> Any:
         if not isinstance(value, torch.Tensor) or value.ndim != arg.ndim:
@@ -865,6 +901,7 @@ class _Analysis:
                 )
             status = "frozen" if frozen else "broken" if broken else "free"
             reason = "; ".join(dict.fromkeys(frozen)) if frozen else "; ".join(broken) if broken else None
+            self.root_site[id(r)] = len(sites)
             sites.append(
                 Site(
                     name=r.producers[0],
@@ -890,6 +927,30 @@ class _Analysis:
                 seen[site.name] = 1
         sites = _freeze_conflicts(sites)
         return sites + self.extra_sites
+
+    def primitive_uses(self, sites: list[Site]) -> list[PrimitiveUse]:
+        """The recorded primitive applications, each with the name of its site (call after :meth:`sites`)."""
+        out = []
+        for node, space, axis, ndim, keys in self.uses:
+            index = self.root_site.get(id(space.root()))
+            module = node.target if node.op == "module" else None
+            if module is not None:
+                label = type(module).__name__
+            else:
+                label = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "?")
+            out.append(
+                PrimitiveUse(
+                    node=node.name,
+                    path=node.qualname if node.op == "module" else None,
+                    label=label,
+                    module=module,
+                    axis=axis,
+                    ndim=ndim,
+                    site=None if index is None else sites[index].name,
+                    groups=keys,
+                )
+            )
+        return out
 
 
 def _tied_parameters(model: nn.Module) -> dict[str, str]:
@@ -962,6 +1023,12 @@ def symmetries(model: nn.Module, x) -> Symmetries:
         >>> syms["0"].group, syms["0"].producers, syms["0"].consumers
         ('permutation', ('0',), ('2',))
     """
+    return analyse(model, x)[0]
+
+
+def analyse(model: nn.Module, x) -> tuple[Symmetries, Graph, list[PrimitiveUse]]:
+    """:func:`symmetries`, plus the traced graph (every node with its value on ``x``) and the primitive
+    applications; the audit and :func:`isotorch.families.convert` read these instead of walking the model again."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     from isotorch.params._trace import as_inputs
@@ -977,7 +1044,7 @@ def symmetries(model: nn.Module, x) -> Symmetries:
     analysis.run()
     sites = analysis.sites()
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    return Symmetries(
+    syms = Symmetries(
         sites=tuple(sites),
         model=type(model).__name__,
         method=graph.method,
@@ -985,3 +1052,4 @@ def symmetries(model: nn.Module, x) -> Symmetries:
         example_input=inputs,
         shapes=MappingProxyType(shapes),
     )
+    return syms, graph, analysis.primitive_uses(sites)
