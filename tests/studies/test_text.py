@@ -123,3 +123,93 @@ def test_to_dict_is_strict_json():
     d = _lang().to_dict()
     assert json.loads(json.dumps(d, allow_nan=False)) == d
     assert "entropy_rate" in repr(_lang())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Small GPT-2-style models on the language (isotorch.studies._lm)
+# ---------------------------------------------------------------------------------------------------------------
+
+transformers = pytest.importorskip("transformers")
+
+
+def _tiny(**kwargs):
+    from isotorch.studies._lm import gpt2
+
+    kwargs = {"n_layer": 2, "n_embd": 16, "n_head": 2, "n_positions": 16, **kwargs}
+    return gpt2(8, **kwargs)
+
+
+def test_gpt2_is_seeded_and_leaves_the_global_rng_alone():
+    state = torch.random.get_rng_state()
+    a, b, c = _tiny(seed=1), _tiny(seed=1), _tiny(seed=2)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.equal(a.transformer.wte.weight, b.transformer.wte.weight)
+    assert not torch.equal(a.transformer.wte.weight, c.transformer.wte.weight)
+    assert isinstance(a, transformers.GPT2LMHeadModel)
+    assert a.lm_head.weight is a.transformer.wte.weight
+    assert _tiny(tie_word_embeddings=False).lm_head.weight is not _tiny().transformer.wte.weight
+    assert _tiny(dtype=torch.float64).transformer.wte.weight.dtype == torch.float64
+
+
+def test_isotropic_family_swaps_only_the_mlp_activation():
+    """The MLP computes c_proj(iso_tanh(c_fc(x))) (isotorch.functional), every weight as in the GELU model."""
+    from isotorch.functional import iso_tanh
+
+    gelu, iso = _tiny(dtype=torch.float64), _tiny(family="isotropic", dtype=torch.float64)
+    assert type(gelu.transformer.h[0].mlp.act).__name__ == "NewGELUActivation"
+    for (n1, p1), (n2, p2) in zip(gelu.named_parameters(), iso.named_parameters(), strict=True):
+        assert n1 == n2 and torch.equal(p1, p2)
+    mlp = iso.transformer.h[1].mlp
+    x = torch.randn(3, 5, 16, dtype=torch.float64)
+    w1, b1, w2, b2 = mlp.c_fc.weight, mlp.c_fc.bias, mlp.c_proj.weight, mlp.c_proj.bias
+    expected = iso_tanh(x @ w1 + b1, dim=-1) @ w2 + b2  # Conv1D: y = x·W + b
+    torch.testing.assert_close(mlp(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_lm_loss_matches_a_numpy_transcription():
+    from isotorch.studies._lm import evaluate_lm, lm_loss
+
+    model = _tiny(dtype=torch.float64)
+    tokens = torch.randint(0, 8, (3, 7), generator=torch.Generator().manual_seed(0))
+    logits = model(input_ids=tokens).logits.detach().numpy()
+    t = tokens.numpy()
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    ref = -np.mean([logp[b, i - 1, t[b, i]] for b in range(3) for i in range(1, 7)])
+    assert float(lm_loss(model, tokens).detach()) == pytest.approx(ref, rel=1e-6)
+    per_seq = evaluate_lm(model, tokens, batch_size=2)
+    assert per_seq.shape == (3,) and float(per_seq.mean()) == pytest.approx(ref, rel=1e-12)
+
+
+def test_trained_model_learns_but_never_beats_the_source_entropy():
+    from isotorch.studies._lm import evaluate_lm, train_lm
+
+    lang = markov_language(8, sharpness=3.0, generator=torch.Generator().manual_seed(0))
+    model = _tiny()
+    result = train_lm(
+        model, lang, steps=60, batch_size=32, seq_len=16, lr=1e-2, generator=torch.Generator().manual_seed(1)
+    )
+    assert result.steps == 60 and len(result.losses) == 60
+    held_out = lang.sample(1000, 16, generator=torch.Generator().manual_seed(2))
+    losses = evaluate_lm(model, held_out)
+    mean, se = float(losses.mean()), float(losses.std() / math.sqrt(losses.numel()))
+    assert mean < math.log(8) - 0.3  # it learned (uniform guessing costs log V)
+    assert mean > lang.loss_lower_bound(16) - 3 * se  # and no model beats the source
+    assert float(lang.log_loss(held_out).mean()) < mean
+    import json
+
+    assert json.loads(json.dumps(result.to_dict(), allow_nan=False))["steps"] == 60
+
+
+def test_lm_bad_arguments():
+    from isotorch.studies._lm import gpt2, lm_loss, train_lm
+
+    with pytest.raises(ValueError, match="n_embd must be divisible"):
+        gpt2(8, n_embd=10, n_head=4)
+    with pytest.raises(ValueError, match="vocab_size"):
+        gpt2(0)
+    with pytest.raises(KeyError, match="unknown family"):
+        gpt2(8, n_embd=8, n_head=2, family="nope")
+    with pytest.raises(ValueError, match="tokens"):
+        lm_loss(_tiny(), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="lr"):
+        train_lm(_tiny(), _lang(), steps=1, lr=0.0)
