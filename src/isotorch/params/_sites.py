@@ -615,8 +615,9 @@ class _Analysis:
         space.primitives.append((desc, None if keys == P.LINEAR else keys))
         node = self.current
         if node is not None and node.op in ("module", "function", "method"):
-            x = self.first_arg(node)
-            if isinstance(x, _Feat):
+            feats = self.feats_in([self.classify(a) for a in node.args] + [self.classify(node.kwargs)])
+            if feats:
+                x = feats[0]
                 self.uses.append((node, space, x.axis % max(x.ndim, 1), x.ndim, None if keys == P.LINEAR else keys))
 
     def same(self, arg: _Feat, value: Any) -> Any:
@@ -928,6 +929,14 @@ class _Analysis:
         sites = _freeze_conflicts(sites)
         return sites + self.extra_sites
 
+    def feature_axes(self) -> dict[str, int]:
+        """Node name → the axis of its value that carries the features of a space (for every such node)."""
+        return {
+            node.name: value.axis % max(value.ndim, 1)
+            for node in self.graph.nodes
+            if isinstance(value := self.values.get(id(node)), _Feat)
+        }
+
     def primitive_uses(self, sites: list[Site]) -> list[PrimitiveUse]:
         """The recorded primitive applications, each with the name of its site (call after :meth:`sites`)."""
         out = []
@@ -1026,9 +1035,10 @@ def symmetries(model: nn.Module, x) -> Symmetries:
     return analyse(model, x)[0]
 
 
-def analyse(model: nn.Module, x) -> tuple[Symmetries, Graph, list[PrimitiveUse]]:
-    """:func:`symmetries`, plus the traced graph (every node with its value on ``x``) and the primitive
-    applications; the audit and :func:`isotorch.families.convert` read these instead of walking the model again."""
+def analyse(model: nn.Module, x) -> tuple[Symmetries, Graph, list[PrimitiveUse], dict[str, int]]:
+    """:func:`symmetries`, plus the traced graph (every node with its value on ``x``), the primitive applications
+    and the feature axis of every node whose value carries a space's features (node name → axis); the audit and
+    :func:`isotorch.families.convert` read these instead of walking the model again."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     from isotorch.params._trace import as_inputs
@@ -1052,4 +1062,4 @@ def analyse(model: nn.Module, x) -> tuple[Symmetries, Graph, list[PrimitiveUse]]
         example_input=inputs,
         shapes=MappingProxyType(shapes),
     )
-    return syms, graph, analysis.primitive_uses(sites)
+    return syms, graph, analysis.primitive_uses(sites), analysis.feature_axes()
