@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from isotorch.studies._config import ConfigError, make_config
 from isotorch.studies._runner import run_study
-from isotorch.studies.plateaus import PlateausConfig, detect_plateaus
+from isotorch.studies.plateaus import Plateaus, PlateausConfig, detect_plateaus
+
+
+def _check_verdicts(out, claims, seeds):
+    """verdicts.json has one valid entry per declared claim, in order."""
+    entries = json.loads((out / "verdicts.json").read_text())
+    assert [e["claim"] for e in entries] == [c.name for c in claims]
+    for e in entries:
+        assert e["verdict"] in ("supported", "contradicted", "inconclusive")
+        assert e["text"] and e["source"] and e["statistic"] and e["direction"] in (1, -1)
+        assert set(e["seeds"]) <= set(seeds)
+        lo, hi = e["ci95"]
+        if e["verdict"] != "inconclusive":
+            assert e["estimate"] is not None and lo is not None and lo <= e["estimate"] <= hi
+            assert e["n"] == len(e["seeds"]) >= 2
 
 
 def _staircase(levels, centres, t):
@@ -46,7 +62,12 @@ def test_config_validation():
         make_config(PlateausConfig, overrides=["scales=0.1,-1"])
     with pytest.raises(ConfigError, match="optimizer must be"):
         make_config(PlateausConfig, overrides=["optimizer=sgd"])
-    assert make_config(PlateausConfig, overrides=["scales=0.5"]).scales == (0.5,)
+    with pytest.raises(ConfigError, match="escape_pair must be two increasing scales"):
+        make_config(PlateausConfig, overrides=["escape_pair=0.1,0.03"])
+    with pytest.raises(ConfigError, match="generalisation_pair must be two increasing scales"):
+        make_config(PlateausConfig, overrides=["scales=0.1,1", "escape_pair=0.1,1"])
+    config = make_config(PlateausConfig, overrides=["scales=0.5,1", "escape_pair=0.5,1", "generalisation_pair=0.5,1"])
+    assert config.scales == (0.5, 1.0)
 
 
 @pytest.mark.slow
@@ -62,3 +83,8 @@ def test_tiny_end_to_end(tmp_path):
     jumps = run.data.select(event="jump")
     assert jumps and all(len(j["weight_ranks"]) == 3 for j in jumps)
     assert (tmp_path / "p" / "loss_curves.png").stat().st_size > 10_000
+    _check_verdicts(tmp_path / "p", Plateaus.claims, (0, 1))
+    escape = {v.claim.name: v for v in run.verdicts}["plateaus-lengthen-as-init-shrinks"]
+    steps = {s: run.data.finals[s][f"scale={sc}/escape_step"] for s in (0, 1) for sc in ("0.1", "1")}
+    assert all(0 < v <= 300 for v in steps.values())  # both scales escape within the tiny budget
+    assert escape.n == 2 and escape.seeds == (0, 1)

@@ -16,6 +16,29 @@ NC3/NC4 for the last hidden layer against the classifier; the training error is 
 epoch at which it reaches 0 is recorded. At the end: the rank profile (:func:`rank_profile`, numerical rank with
 τ = ``rank_tol`` and effective rank of the centred features) through depth on held-out inputs.
 
+Strength of syre. The defaults are σ₀ = 1 (the offset scale κ = 1 of the 3rd-party reference implementation,
+REFERENCE 5.8; the paper's σ₀ is unverified) and γ = 1 for both variants, so that lr·γ·steps ≫ 1: the decay reaches
+its fixed point (0, or θ₀) during training and the regulariser, not the initialisation, decides where the weights
+end. At the old defaults (σ₀ = 0.1, γ = 0.1) the two variants were indistinguishable. The offset's scale is absolute
+(not divided by √fan_in), as in the reference, so a tanh net under syre is pulled towards a point whose
+pre-activations are O(√width): its test error is reported and tested as a claim of its own.
+
+**Claims and verdicts** (``Collapse.claims``; the last hidden layer's NC1 of the training features at the end,
+seeds paired):
+
+- *syre prevents neural collapse* (Ziyin et al. 2025, syre; REFERENCE 6.3): log₁₀ NC1(elementwise+syre) −
+  log₁₀ NC1(elementwise), claimed > 0;
+- *NC1 keeps falling in the terminal phase* (Papyan et al. 2020): for plain training, log₁₀ NC1 at the end − log₁₀
+  NC1 at the first logged epoch with zero training error, claimed < 0 (no value for a seed that never reached zero
+  training error);
+- *collapse is strongest in the last layer* (REFERENCE 6.3: NC1 → 0 in the last layers): for plain training,
+  log₁₀ NC1(last hidden layer) − log₁₀ NC1(first hidden layer), claimed < 0;
+- *syre costs at most 2 points of test error* (syre is presented as removing symmetries without hurting the
+  task): 0.02 − (test error(syre) − test error(plain)), claimed > 0.
+
+Both variants use the same optimiser, learning rate and γ (a regulariser is compared, not a family), so no
+learning-rate sweep is made.
+
 Expectation (literature, qualitative; never a target): in plain training NC1 falls steadily on a log scale and
 reaches ~0 in the last layers; with syre it does not.
 """
@@ -35,6 +58,7 @@ from isotorch.studies._data import load_dataset
 from isotorch.studies._models import layer_features, unparametrized
 from isotorch.studies._registry import Study, register_study
 from isotorch.studies._stats import Figure, Findings
+from isotorch.studies._verdicts import Claim, Verdict, inconclusive, paired_verdict, verdict_from_values
 
 __all__ = ["Collapse", "CollapseConfig", "build_classifier", "layer_features", "unparametrized"]
 
@@ -54,11 +78,11 @@ class CollapseConfig:
     model: str = "mlp"
     width: int = 64
     depth: int = 4
-    epochs: int = 300
+    epochs: int = 200
     batch_size: int = 128
     lr: float = 2e-3
-    weight_decay: float = 0.1
-    syre_sigma0: float = 0.1
+    weight_decay: float = 1.0
+    syre_sigma0: float = 1.0
     log_points: int = 14
     probe_samples: int = 2000
     rank_tol: float = 1e-3
@@ -141,7 +165,45 @@ class Collapse(Study):
     Config = CollapseConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {"width": 16, "depth": 2, "epochs": 6, "batch_size": 256, "log_points": 4, "probe_samples": 300},
+        # REFERENCE 6.3: a CNN on CIFAR-10 trained far past zero training error (Papyan et al.: 350 epochs)
+        "paper": {
+            "dataset": "cifar10",
+            "model": "cnn",
+            "width": 128,
+            "depth": 4,
+            "epochs": 350,
+            "log_points": 20,
+            "probe_samples": 5000,
+        },
     }
+    claims = (
+        Claim(
+            "syre-prevents-collapse",
+            "syre prevents neural collapse of the last hidden layer",
+            "Ziyin et al. 2025 (syre), via REFERENCE 6.3",
+            "log10 NC1(last layer, elementwise+syre) - log10 NC1(last layer, elementwise), paired by seed",
+        ),
+        Claim(
+            "nc1-falls-in-terminal-phase",
+            "In plain training NC1 keeps falling after zero training error (terminal phase)",
+            "Papyan et al. 2020",
+            "log10 NC1(last layer) at the end - at the first logged epoch with zero train error (elementwise)",
+            direction=-1,
+        ),
+        Claim(
+            "collapse-strongest-in-last-layer",
+            "In plain training NC1 is lower in the last hidden layer than in the first",
+            "REFERENCE 6.3 (NC1 -> 0 in the last layers); Papyan et al. 2020",
+            "log10 NC1(last hidden layer) - log10 NC1(first hidden layer), elementwise, per seed",
+            direction=-1,
+        ),
+        Claim(
+            "syre-keeps-test-error",
+            "syre costs at most 2 points of test error",
+            "Ziyin et al. 2025 (syre removes symmetries as a drop-in regulariser)",
+            "0.02 - (test error(elementwise+syre) - test error(elementwise)), paired by seed",
+        ),
+    )
 
     def run(self, ctx) -> dict[str, Any]:
         config: CollapseConfig = ctx.config
@@ -241,8 +303,11 @@ class Collapse(Study):
             plain, [probes], names, tol=config.rank_tol, features="pool" if config.model == "cnn" else "flatten"
         )
         ctx.log(last["step"], run=variant, event="rank_profile", **profile.to_dict())
+        last_layer = f"nc1_{len(names) - 1}"
+        at_zero = next((r for r in records if last_layer in r and r["epoch"] >= zero), None)
         out = {
             f"{variant}/zero_error_epoch": zero,
+            f"{variant}/nc1_at_zero_error": at_zero[last_layer] if at_zero is not None else float("nan"),
             f"{variant}/train_error": last["train_error"],
             f"{variant}/test_error": last["test_error"],
             f"{variant}/nc2": last_nc[f"nc2_{len(names) - 1}"],
@@ -258,7 +323,52 @@ class Collapse(Study):
     @staticmethod
     def _n_layers(data) -> int:
         first = data.finals[data.seeds[0]]
-        return sum(1 for k in first if k.startswith(f"{data.config.variants[0]}/nc1_"))
+        prefix = f"{data.config.variants[0]}/nc1_"
+        return sum(1 for k in first if k.startswith(prefix) and k.removeprefix(prefix).isdigit())
+
+    def verdicts(self, data) -> list[Verdict]:
+        config: CollapseConfig = data.config
+        n = self._n_layers(data)
+        plain, syred = "elementwise", "elementwise+syre"
+
+        def per_seed(variant: str, name: str, log: bool = True) -> dict[int, float]:
+            key = f"{variant}/{name}"
+            out = {s: float(f[key]) for s, f in data.finals.items() if key in f}
+            return {s: math.log10(v) if v > 0 else float("nan") for s, v in out.items()} if log else out
+
+        missing = [v for v in (plain, syred) if v not in config.variants]
+        setting = f"γ = {config.weight_decay:g}, σ₀ = {config.syre_sigma0:g}, {config.epochs} epochs"
+        if missing:
+            reason = f"needs the variants {plain!r} and {syred!r}; this run lacks {missing}"
+            syre_v = inconclusive(self.claims[0], reason, seeds=data.seeds)
+            cost_v = inconclusive(self.claims[3], reason, seeds=data.seeds)
+        else:
+            syre_v = paired_verdict(
+                self.claims[0], per_seed(syred, f"nc1_{n - 1}"), per_seed(plain, f"nc1_{n - 1}"), note=setting
+            )
+            errors = per_seed(syred, "test_error", log=False)
+            base = per_seed(plain, "test_error", log=False)
+            cost_v = verdict_from_values(
+                self.claims[3],
+                {s: 0.02 - (errors[s] - base[s]) for s in errors if s in base},
+                note=f"paired by seed; {setting}",
+            )
+        if plain not in config.variants:
+            reason = f"needs the variant {plain!r}"
+            return [syre_v, inconclusive(self.claims[1], reason), inconclusive(self.claims[2], reason), cost_v]
+        end, at_zero = per_seed(plain, f"nc1_{n - 1}"), per_seed(plain, "nc1_at_zero_error")
+        terminal = paired_verdict(
+            self.claims[1],
+            end,
+            at_zero,
+            note=f"a seed that never reached zero training error in {config.epochs} epochs has no value (more "
+            "epochs decide)",
+        )
+        if n < 2:
+            depth_v = inconclusive(self.claims[2], "needs at least two hidden layers (depth >= 2)", seeds=data.seeds)
+        else:
+            depth_v = paired_verdict(self.claims[2], end, per_seed(plain, "nc1_0"), note=setting)
+        return [syre_v, terminal, depth_v, cost_v]
 
     def summarise(self, data) -> list[Findings]:
         config: CollapseConfig = data.config
@@ -279,6 +389,7 @@ class Collapse(Study):
         training = {
             v: {
                 "epoch of zero train error": values(v, "zero_error_epoch"),
+                "NC1 (last layer) at zero train error": values(v, "nc1_at_zero_error"),
                 "final train error": values(v, "train_error"),
                 "final test error": values(v, "test_error"),
                 **{f"rank layer {l}": values(v, f"rank_{l}") for l in range(n)},

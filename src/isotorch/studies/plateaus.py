@@ -20,6 +20,22 @@ reaches): a direction of the hidden layer leaves the neighbourhood of the symmet
 *matched* when an event of the first hidden layer lies within a factor ``match_window`` (default 2) of its step.
 The weight rank at a jump is the numerical rank (τ = ``rank_tol``) of every weight matrix at the end of the jump.
 
+**Escape step.** The first logged step at which the training loss is below half its value at step 0 (the end of
+the first plateau; defined for every run, unlike the first detected jump).
+
+**Claims and verdicts** (``Plateaus.claims``; one value per seed, paired by seed, t-interval over seeds):
+
+- *plateaus lengthen as the init shrinks* (Saxe et al. 2014; position paper Fig. 2): log₁₀ escape step at the
+  smaller scale of ``escape_pair`` minus at the larger, claimed > 0;
+- *large inits generalise worse* (position paper Fig. 2): log₁₀ final test loss at the larger scale of
+  ``generalisation_pair`` minus at the smaller, claimed > 0;
+- *jumps coincide with symmetry-breaking events* (position paper; REFERENCE 6.4): the fraction of the jumps at the
+  scales ≤ ``small_scale`` that are matched to an event of the first hidden layer, minus ½ (claimed > 0: most jumps
+  are matched). A seed without a jump at those scales gives no value.
+
+No learning-rate sweep: every run uses the same optimiser and learning rate, because the claims compare
+initialisation scales of one family, not families.
+
 Expectations (literature, qualitative): plateaus lengthen as the init shrinks; jumps coincide with events, each
 adding one rank; large inits reach a low training loss but a worse test loss.
 """
@@ -38,6 +54,7 @@ from torch import nn
 from isotorch.studies._data import teacher_student
 from isotorch.studies._registry import Study, register_study
 from isotorch.studies._stats import Figure, Findings
+from isotorch.studies._verdicts import Claim, Verdict, inconclusive, paired_verdict, verdict_from_values
 
 __all__ = ["Detection", "Plateaus", "PlateausConfig", "detect_plateaus"]
 
@@ -67,10 +84,19 @@ class PlateausConfig:
     min_drop: float = 3.0
     min_span: float = 3.0
     match_window: float = 2.0
+    escape_pair: tuple[float, float] = (0.01, 0.1)
+    generalisation_pair: tuple[float, float] = (0.1, 100.0)
+    small_scale: float = 0.1
 
     def __post_init__(self):
         if not self.scales or any(not (s > 0 and math.isfinite(s)) for s in self.scales):
             raise ValueError(f"scales must be positive finite floats, got {self.scales!r}")
+        for name in ("escape_pair", "generalisation_pair"):
+            pair = getattr(self, name)
+            if len(pair) != 2 or not pair[0] < pair[1] or any(p not in self.scales for p in pair):
+                raise ValueError(f"{name} must be two increasing scales from scales={self.scales!r}, got {pair!r}")
+        if not (self.small_scale > 0 and math.isfinite(self.small_scale)):
+            raise ValueError(f"small_scale must be a positive finite float, got {self.small_scale!r}")
         if self.teacher not in ("linear", "tanh"):
             raise ValueError(f"teacher must be 'linear' or 'tanh', got {self.teacher!r}")
         if self.optimizer not in ("gd", "adam"):
@@ -273,8 +299,32 @@ class Plateaus(Study):
             "n_test": 64,
             "log_points": 30,
             "lr": 0.1,
-        }
+            "escape_pair": (0.1, 1.0),
+            "generalisation_pair": (0.1, 1.0),
+        },
+        # REFERENCE 6.4's recipe at its upper sizes: d = 50, width 100, 5×10⁴ full-batch steps
+        "paper": {"dim": 50, "width": 100, "n_train": 1000, "n_test": 2000, "steps": 50_000, "log_points": 200},
     }
+    claims = (
+        Claim(
+            "plateaus-lengthen-as-init-shrinks",
+            "Loss plateaus lengthen as the initialisation scale shrinks",
+            "Saxe et al. 2014 (escape time ∝ init^-(L-2)); position paper Fig. 2",
+            "log10 escape step(smaller scale) - log10 escape step(larger scale) of escape_pair, paired by seed",
+        ),
+        Claim(
+            "large-init-generalises-worse",
+            "Large initialisations generalise worse (higher final test loss)",
+            "position paper Fig. 2 (inits 10-100 leave the test loss at O(1))",
+            "log10 test loss(larger scale) - log10 test loss(smaller scale) of generalisation_pair, paired by seed",
+        ),
+        Claim(
+            "jumps-coincide-with-symmetry-breaking",
+            "Loss jumps coincide with symmetry-breaking events of the hidden layer",
+            "position paper (via REFERENCE 6.4: jumps coincide with Δ crossings)",
+            "fraction of the jumps at scales <= small_scale matched to a layer-0 event, minus 1/2, per seed",
+        ),
+    )
 
     def run(self, ctx) -> dict[str, Any]:
         config: PlateausConfig = ctx.config
@@ -349,6 +399,8 @@ class Plateaus(Study):
         for event in events:
             ctx.log(event["step"], run=key, event="symmetry_break", **_without_step(event))
         last = records[-1]
+        half = 0.5 * records[0]["train_loss"]
+        escape = next((r["step"] for r in records if r["train_loss"] < half), float("nan"))
         n_plateaus = sum(not p["final"] for p in found.plateaus)
         return {
             f"{key}/train_loss": last["train_loss"],
@@ -356,10 +408,57 @@ class Plateaus(Study):
             f"{key}/jumps": len(found.jumps),
             f"{key}/plateaus": n_plateaus,
             f"{key}/first_jump": found.jumps[0]["step"] if found.jumps else float("nan"),
+            f"{key}/escape_step": escape,
+            f"{key}/matched": matched,
             f"{key}/events": sum(e["layer"] == 0 for e in events),
             f"{key}/matched_fraction": matched / len(found.jumps) if found.jumps else float("nan"),
             f"{key}/weight_rank0": last["weight_rank0"],
         }
+
+    def verdicts(self, data) -> list[Verdict]:
+        config: PlateausConfig = data.config
+
+        def per_seed(scale: float, name: str) -> dict[int, float]:
+            key = f"scale={scale:g}/{name}"
+            return {s: float(f[key]) for s, f in data.finals.items() if key in f}
+
+        def log10(values: dict[int, float]) -> dict[int, float]:
+            return {s: math.log10(v) if v > 0 else float("nan") for s, v in values.items()}
+
+        small, large = config.escape_pair
+        escape = paired_verdict(
+            self.claims[0],
+            log10(per_seed(small, "escape_step")),
+            log10(per_seed(large, "escape_step")),
+            note=f"escape: first logged step with train loss < ½ its initial value; scales {small:g} vs "
+            f"{large:g}; a run that never escaped within {config.steps} steps has no value (more steps decide)",
+        )
+        small, large = config.generalisation_pair
+        general = paired_verdict(
+            self.claims[1],
+            log10(per_seed(large, "test_loss")),
+            log10(per_seed(small, "test_loss")),
+            note=f"final test loss after {config.steps} steps, scales {large:g} vs {small:g}",
+        )
+        fractions = {}
+        for s in data.seeds:
+            jumps = sum(per_seed(sc, "jumps").get(s, 0.0) for sc in config.scales if sc <= config.small_scale)
+            matched = sum(per_seed(sc, "matched").get(s, 0.0) for sc in config.scales if sc <= config.small_scale)
+            fractions[s] = matched / jumps - 0.5 if jumps else float("nan")
+        if not any(math.isfinite(v) for v in fractions.values()):
+            matching = inconclusive(
+                self.claims[2],
+                f"no jump was detected at the scales <= {config.small_scale:g} in any seed; longer training "
+                "(more steps) or smaller scales would decide",
+                seeds=data.seeds,
+            )
+        else:
+            matching = verdict_from_values(
+                self.claims[2],
+                fractions,
+                note=f"a jump is matched when a layer-0 event lies within {config.match_window:g}x of its step",
+            )
+        return [escape, general, matching]
 
     def summarise(self, data) -> list[Findings]:
         config: PlateausConfig = data.config
@@ -369,6 +468,7 @@ class Plateaus(Study):
             "jumps": "jumps",
             "plateaus": "plateaus before a jump",
             "first_jump": "first jump (step)",
+            "escape_step": "escape step (loss < ½ initial)",
             "events": "symmetry-breaking events (layer 0)",
             "matched_fraction": "jumps matched to an event",
             "weight_rank0": f"final rank of W₀ (τ={config.rank_tol:g})",
