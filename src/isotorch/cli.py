@@ -16,47 +16,54 @@ app.add_typer(study_app, name="study")
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder for metrics, figures and report.html.")] = Path("runs/demo"),
-    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
+    seeds: Annotated[str, typer.Option(help="Comma-separated distinct seeds (at least 2 for intervals).")] = "0,1,2",
     epochs: Annotated[int, typer.Option(help="Training epochs per model.")] = 30,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run stored in --out.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """The main job: train a matched elementwise/isotropic pair on digits, measure, and write a report."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
+    """The main job: train a matched elementwise/isotropic pair on digits, measure, reach verdicts, write a report.
 
-    from isotorch.studies.demo import METRICS, DemoConfig, format_metric, run_demo
+    It runs the registered study ``demo`` (checkpoints, --resume); an existing non-empty --out needs --resume.
+    """
+    import torch
+    from rich.console import Console
+
+    from isotorch.studies._checkpoint import CheckpointError
+    from isotorch.studies._config import ConfigError
+    from isotorch.studies._runner import NonFiniteLossError, RunFolderError, StudyInterrupted, run_study
+    from isotorch.studies._verdicts import verdict_table
 
     console = Console()
     try:
-        config = DemoConfig(seeds=_parse_ints(seeds, "--seeds"), epochs=epochs)
+        seed_list = _parse_ints(seeds, "--seeds")
     except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("demo", total=None)
-        result = run_demo(out, config, progress=lambda done, total: bar.update(task, completed=done, total=total))
-
-    n = len(config.seeds)
-    table = Table(title=f"digits, {n} seeds (mean ± 95% CI)" if n > 1 else "digits, 1 seed (no interval)")
-    table.add_column("metric")
-    for name in result.summary:
-        table.add_column(name, justify="right")
-    for key, label, scale in METRICS:
-        table.add_row(label, *(format_metric(summary, key, scale) for summary in result.summary.values()))
-    if result.lmc:
-        table.add_row(
-            "LMC barrier: unaligned → aligned",
-            *(f"{s['barrier_before']:.3f} → {s['barrier_after']:.3f}" for s in result.summary.values()),
+        _fail(console, str(exc))
+    if not seed_list:
+        _fail(console, f"--seeds must name at least one seed, got {seeds!r}")
+    if len(set(seed_list)) != len(seed_list):
+        twice = sorted({s for s in seed_list if seed_list.count(s) > 1})
+        _fail(console, f"--seeds must be distinct, got {seeds!r} (repeated: {', '.join(map(str, twice))})")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the demo's models are tiny: one thread avoids synchronisation overhead
+    try:
+        result = run_study(
+            "demo",
+            out,
+            seeds=None if resume else seed_list,
+            overrides=None if resume else {"epochs": epochs},
+            resume=resume,
+            progress=progress,
         )
-    console.print(table)
-    if not result.lmc:
-        console.print("linear mode connectivity needs two seeds (e.g. --seeds 0,1): skipped")
-    prims = Table(title="primitive sites and their measured groups (isotorch.audit)")
-    for column in result.primitives[0]:
-        prims.add_column(column)
-    for row in result.primitives:
-        prims.add_row(*(str(v) for v in row.values()))
-    console.print(prims)
+    except StudyInterrupted as exc:
+        console.print(f"[yellow]{exc}[/yellow]")
+        raise typer.Exit(130) from None
+    except (ConfigError, RunFolderError, CheckpointError, NonFiniteLossError, ValueError) as exc:
+        _fail(console, str(exc))
+    finally:
+        torch.set_num_threads(threads)
+    for findings in result.findings:
+        console.print(_findings_table(findings))
+    console.print(verdict_table(result.verdicts))
     console.print(f"report: {result.report}")
 
 
@@ -65,6 +72,24 @@ def _parse_ints(text: str, name: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise ValueError(f"{name} must be comma-separated integers, got {text!r}") from None
+
+
+def _fail(console, message: str):
+    console.print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _findings_table(findings):
+    from rich.table import Table
+
+    table = Table(title=findings.title)
+    table.add_column("metric", overflow="fold")
+    rows = list(findings.rows)
+    for row in rows:
+        table.add_column(row, justify="right", overflow="fold")
+    for column in findings.columns:
+        table.add_row(column, *(str(findings.rows[r][column]) if column in findings.rows[r] else "" for r in rows))
+    return table
 
 
 @app.command()

@@ -1,10 +1,15 @@
+"""The demo is a registered study: matched pair, the engine's rotation check, probes, LMC, verdicts, resume, CLI."""
+
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
+from isotorch import families
 from isotorch.cli import app
-from isotorch.studies import DemoConfig, load_digits, run_demo
+from isotorch.studies import DemoConfig, load_digits, names, run_study
+from isotorch.studies.demo import Demo, base_model, hidden_rotation_change
 
 
 def test_load_digits_is_standardised_and_split():
@@ -14,49 +19,105 @@ def test_load_digits_is_standardised_and_split():
     assert x_train.mean().abs() < 1e-5 and set(y_train.tolist()) == set(range(10))
 
 
-def test_demo_trains_measures_and_writes_a_report(tmp_path):
-    progress = []
-    result = run_demo(tmp_path, DemoConfig(seeds=(0, 1), epochs=2), progress=lambda d, t: progress.append((d, t)))
-    assert progress[-1] == (8, 8)
-    iso, elem = result.summary["isotropic"], result.summary["elementwise"]
-    assert iso["test_accuracy_mean"] > 0.5 and elem["test_accuracy_mean"] > 0.5
-    # the isotropic hidden layer carries O(n) as a parameter symmetry; the elementwise one does not
-    assert iso["hidden_rotation_change_mean"] < 1e-5 < 1e-2 < elem["hidden_rotation_change_mean"]
-    # elementwise tanh leaves a basis fingerprint in the representation; isotropic tanh much less
-    assert elem["alignment_score_mean"] > 2 * iso["alignment_score_mean"]
-    assert 1 <= iso["effective_rank_mean"] <= 64
-    # aligning two seeds by their parameter symmetry lowers the barrier
-    for summary in (iso, elem):
-        assert summary["barrier_after"] < summary["barrier_before"]
-    assert len(result.srm["isotropic"]["mean"]) == 100 and len(result.lmc["elementwise"]["alphas"]) == 11
-    assert [r["isotropic"] for r in result.primitives] == ["IsoTanh", "ChiNorm", "IsoTanh"]
-    first = result.primitives[0]
-    assert first["isotropic group (measured)"] == "orthogonal"
-    assert first["elementwise group (measured)"] == "signed_permutation"
-    assert result.chains["isotropic"] and all("NOT" not in line for line in result.chains["isotropic"])
-    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert len(lines) == 6 and {"seed", "family", "test_accuracy", "quantisation_score"} <= set(lines[0])
-    assert {"barrier_before", "barrier_after"} <= set(lines[-1])
-    page = result.report.read_text()
+def test_demo_is_a_registered_study():
+    assert "demo" in names()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rotation_check_uses_the_engine_and_separates_the_families(dtype):
+    base = base_model(12).to(dtype)
+    iso = families.convert(base, "isotropic")
+    x = torch.randn(32, 64, dtype=dtype)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert hidden_rotation_change(iso, x, generator=torch.Generator().manual_seed(0)) < tol
+    # negative control: the elementwise model is changed by the same rotation
+    assert hidden_rotation_change(base, x, generator=torch.Generator().manual_seed(0)) > 1e-2
+
+
+def test_rotation_check_matches_a_hand_rotation():
+    """Reference not from the engine: W₁→QW₁, b₁→Qb₁, W₂→W₂Qᵀ by hand on a model with no norm between them."""
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    x = torch.randn(20, 5, dtype=torch.float64)
+    from isotorch import groups
+
+    q = groups.get("orthogonal").sample(6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    by_hand = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    with torch.no_grad():
+        by_hand[0].weight.copy_(q @ model[0].weight)
+        by_hand[0].bias.copy_(q @ model[0].bias)
+        by_hand[2].weight.copy_(model[2].weight @ q.T)
+        by_hand[2].bias.copy_(model[2].bias)
+        expected = float((by_hand(x) - model(x)).norm() / model(x).norm())
+    got = hidden_rotation_change(model, x, generator=torch.Generator().manual_seed(3))
+    assert got == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    return run_study("demo", out, seeds=(0, 1), preset="tiny", progress=False)
+
+
+def test_demo_trains_measures_and_reaches_verdicts(tiny_run):
+    finals = tiny_run.data.finals
+    for seed in (0, 1):
+        f = finals[seed]
+        assert f["isotropic/rotation_change"] < 1e-5 < 1e-2 < f["elementwise/rotation_change"]
+        assert f["elementwise/test_accuracy"] > 0.5
+        assert f["elementwise/barrier_after"] < f["elementwise/barrier_before"]
+    verdicts = {v.claim.name: v for v in tiny_run.verdicts}
+    assert set(verdicts) == {"rotation-symmetry", "elementwise-more-aligned", "lmc-elementwise", "lmc-isotropic"}
+    assert verdicts["rotation-symmetry"].verdict == "supported" and verdicts["rotation-symmetry"].seeds == (0, 1)
+    stored = json.loads((tiny_run.out / "verdicts.json").read_text())
+    assert [v["claim"] for v in stored] == [c.name for c in Demo.claims]
+    assert all(len(v["ci95"]) == 2 and v["seeds"] == [0, 1] for v in stored)
+    page = (tiny_run.out / "report.html").read_text()
+    assert page.index("Verdicts") < page.index("Findings")
     for figure in ("accuracy.png", "srm.png", "lmc.png"):
-        assert (tmp_path / figure).stat().st_size > 10_000 and f'src="{figure}"' in page
-    assert "isotropic" in page and "IsoTanh" in page
-    assert result.to_dict()["config"]["epochs"] == 2
+        assert (tiny_run.out / figure).stat().st_size > 10_000
+        assert figure in page
+    assert "seed0-isotropic" in page and "audit failed" not in page
+
+
+def test_demo_resumes(tiny_run, tmp_path):
+    """Resuming a finished copy retrains nothing and reaches the same verdicts (the runner's own tests kill runs
+    mid-loop and check that a resume is exact)."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_run.out, out)
+    resumed = run_study("demo", out, resume=True, progress=False)
+    assert resumed.data.finals == tiny_run.data.finals
+    assert [v.to_dict() for v in resumed.verdicts] == [v.to_dict() for v in tiny_run.verdicts]
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"seeds": ()}, "seeds"), ({"epochs": 0}, "epochs"), ({"lr": -1.0}, "lr"), ({"test_fraction": 1.0}, "test")],
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"lr": -1.0}, "lr"),
+        ({"lr_isotropic": 20.0}, "lr_isotropic"),
+        ({"test_fraction": 1.0}, "test"),
+    ],
 )
 def test_demo_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DemoConfig(**kwargs)
 
 
-def test_demo_command(tmp_path):
-    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--seeds", "0", "--epochs", "1"])
+def test_demo_command_prints_verdicts_and_refuses_bad_seeds(tmp_path):
+    result = CliRunner().invoke(
+        app, ["demo", "--out", str(tmp_path / "one"), "--seeds", "0", "--epochs", "1", "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
-    assert "isotropic" in result.output and (tmp_path / "report.html").exists()
-    assert not (tmp_path / "lmc.png").exists(), "one seed: no pair of models to connect"
-    bad = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--seeds", "a,b"])
-    assert bad.exit_code != 0 and "--seeds" in bad.output
+    assert "verdicts" in result.output and "inconclusive" in result.output  # one seed: no interval
+    assert (tmp_path / "one" / "report.html").exists() and (tmp_path / "one" / "verdicts.json").exists()
+    duplicate = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "two"), "--seeds", "0,1,0"])
+    assert duplicate.exit_code == 2 and "--seeds must be distinct" in duplicate.output
+    assert len(duplicate.output.strip().splitlines()) == 1 and not (tmp_path / "two").exists()
+    bad = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "three"), "--seeds", "a,b"])
+    assert bad.exit_code == 2 and "--seeds" in bad.output
+    again = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "one"), "--seeds", "0", "--epochs", "1"])
+    assert again.exit_code == 2 and "--resume" in again.output

@@ -1,4 +1,4 @@
-"""Reproducible experiments: the study registry and runner, the embedded datasets, and the main job (``demo``).
+"""Reproducible experiments: the study registry and runner, the embedded datasets, and the main job (study ``demo``).
 
 ``isotorch study list`` shows the registered studies; ``isotorch study run NAME --out DIR`` runs one (see
 ``docs/studies.md`` for writing a study).
@@ -28,14 +28,13 @@ from isotorch.studies._runner import (
     run_study,
 )
 from isotorch.studies._stats import Estimate, Figure, Findings, mean_ci
-from isotorch.studies.demo import DemoConfig, DemoResult, run_demo
+from isotorch.studies.demo import DemoConfig
 
 __all__ = [
     "CheckpointError",
     "ConfigError",
     "DatasetNotFoundError",
     "DemoConfig",
-    "DemoResult",
     "Estimate",
     "Figure",
     "Findings",
@@ -57,7 +56,6 @@ __all__ = [
     "mean_ci",
     "names",
     "register_study",
-    "run_demo",
     "run_study",
     "teacher_student",
     "write_report",

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["Study", "UnknownStudyError", "get", "names", "register_study"]
 
 _REGISTRY: dict[str, type[Study]] = {}
-_SKIP = {"demo"}  # public modules of isotorch.studies that are not studies
+_SKIP: set[str] = set()  # public modules of isotorch.studies that are not studies
 
 
 class UnknownStudyError(KeyError):

@@ -340,7 +340,8 @@ def read_verdicts(out: str | Path) -> list[Verdict] | None:
 
 
 def verdict_table(verdicts: Sequence[Verdict], *, title: str = "verdicts on the claims this study tests"):
-    """A ``rich`` table of the verdicts that reads at 80 columns: claim, verdict, estimate [95% CI], seeds."""
+    """A ``rich`` table of the verdicts that reads at 80 columns: claim and statistic, verdict, estimate [95% CI],
+    number of seeds (the sources and notes are in ``verdicts.json`` and the report)."""
     from rich.table import Table
 
     styles = {"supported": "green", "contradicted": "red", "inconclusive": "yellow"}
@@ -351,7 +352,7 @@ def verdict_table(verdicts: Sequence[Verdict], *, title: str = "verdicts on the 
     table.add_column("seeds", justify="right", no_wrap=True)
     for v in verdicts:
         table.add_row(
-            f"{v.claim.text}\n[dim]{v.claim.statistic}; {v.claim.source}[/dim]",
+            f"{v.claim.text}\n[dim]{v.claim.statistic}[/dim]",
             f"[{styles[v.verdict]}]{v.verdict}[/{styles[v.verdict]}]",
             v.interval_text(),
             str(len(v.seeds)),

@@ -1,95 +1,81 @@
-"""The main job (``isotorch demo``): a matched elementwise/isotropic pair on scikit-learn's bundled digits.
+"""Study ``demo`` (the main job, ``isotorch demo``): a matched elementwise/isotropic pair on scikit-learn's digits.
 
-The two models share their architecture and initial weights and differ only in their primitive family
-(:func:`isotorch.convert`). Each is trained over several seeds; the job then reports, per family (mean ± 95% CI
-over seeds):
+Per seed, two MLPs Linear(64, w) → tanh → LayerNorm → Linear(w, w) → tanh → Linear(w, 10) are drawn (``a`` and
+``b``, independent initialisations), and each is converted to the isotropic family (:func:`isotorch.convert`:
+IsoTanh, ChiNorm), so that the elementwise and isotropic models of a seed share their architecture, their initial
+weights and their minibatches, and differ only in their primitives. All four are trained with Adam (each family
+at its own learning rate, ``lr`` and ``lr_isotropic``). Measured on model ``a`` of each family:
 
-- test accuracy and loss;
-- the hidden-layer parameter symmetry the primitives induce: a random rotation W₁→QW₁, b₁→Qb₁, W₂→W₂Qᵀ of a
-  hidden layer leaves the isotropic model's function unchanged and changes the elementwise one's;
-- what the group does to the last hidden representation: its SRM curve in the standard basis, the basis-alignment
-  and quantisation scores, and its effective rank (:mod:`isotorch.probes`);
-- linear mode connectivity of two seeds' models: the loss barrier before and after aligning them by their
-  parameter symmetry (permutations for the elementwise model, rotations for the isotropic one,
-  :func:`isotorch.params.align`).
+- test accuracy and loss, and the training loss on the whole training set;
+- the hidden-layer parameter symmetry the primitives induce: a Haar-random rotation of the first hidden site,
+  applied by the one parameter-symmetry engine (:func:`isotorch.params.symmetries` and
+  :func:`isotorch.params.transform`, unchecked so that the elementwise model may change), and the relative change
+  of the output; about 1e-7 in float32 for the isotropic model and order 1 for the elementwise one;
+- the last hidden representation: its basis alignment in the standard basis and, as the null, in a Haar-random
+  basis (:mod:`isotorch.probes`), its mean SRM curve and its effective rank;
+- linear mode connectivity of ``a`` and ``b``: the test-loss barrier before and after aligning ``b`` to ``a`` by
+  the family's parameter symmetry (:func:`isotorch.params.align`: permutations and sign flips for elementwise,
+  rotations for isotropic).
 
-It writes ``metrics.jsonl``, PNG figures and ``report.html`` to the output folder.
+The claims (one verdict each, paired by seed): a hidden rotation is a parameter symmetry of the isotropic model
+and not of the elementwise one; elementwise tanh leaves more basis alignment in the representation than isotropic
+tanh; aligning by the parameter symmetry lowers the barrier, for each family.
 """
 
 from __future__ import annotations
 
 import copy
-import html
-import json
 import math
-import platform
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from isotorch import audit, families, groups, params, probes
+from isotorch import families, groups, params, probes
 from isotorch.studies._data import load_digits
-from isotorch.studies._stats import mean_ci
+from isotorch.studies._registry import Study, register_study
+from isotorch.studies._stats import Figure, Findings
+from isotorch.studies._verdicts import Claim, paired_verdict, verdict_from_values
 
-__all__ = ["DemoConfig", "DemoResult", "run_demo"]
+__all__ = ["FAMILIES", "Demo", "DemoConfig", "base_model", "hidden_rotation_change"]
 
 FAMILIES = ("elementwise", "isotropic")
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Settings of the demo. Every field is recorded in the report."""
+    """Settings of the demo (every field is recorded in ``config.json`` and the report)."""
 
-    seeds: tuple[int, ...] = (0, 1, 2)
     epochs: int = 30
     width: int = 64
     batch_size: int = 64
     lr: float = 3e-3
+    lr_isotropic: float | None = None
     test_fraction: float = 0.2
+    n_bootstrap: int = 200
 
     def __post_init__(self):
-        if not self.seeds:
-            raise ValueError("seeds must name at least one seed")
-        for name in ("epochs", "width", "batch_size"):
+        for name in ("epochs", "width", "batch_size", "n_bootstrap"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not (0 < self.lr < 10):
-            raise ValueError(f"lr must be in (0, 10), got {self.lr!r}")
+        for name in ("lr", "lr_isotropic"):
+            value = getattr(self, name)
+            if value is not None and not (0 < value < 10):
+                raise ValueError(f"{name} must be in (0, 10), got {value!r}")
         if not (0 < self.test_fraction < 1):
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction!r}")
 
-
-@dataclass(frozen=True)
-class DemoResult:
-    """Per-family summaries, per-seed curves, the primitive table and where the report was written."""
-
-    config: DemoConfig
-    summary: dict[str, dict[str, float]]
-    curves: dict[str, list[list[float]]]
-    primitives: list[dict] = field(default_factory=list)
-    chains: dict[str, list[str]] = field(default_factory=dict)
-    srm: dict[str, dict[str, list[float]]] = field(default_factory=dict)
-    lmc: dict[str, dict[str, list[float]]] = field(default_factory=dict)
-    report: Path | None = None
-
-    def to_dict(self) -> dict:
-        return {
-            "config": asdict(self.config),
-            "summary": self.summary,
-            "primitives": self.primitives,
-            "chains": self.chains,
-            "srm": self.srm,
-            "lmc": self.lmc,
-            "report": str(self.report) if self.report else None,
-        }
+    def family_lr(self, family: str) -> float:
+        """The learning rate of ``family`` (``lr_isotropic`` defaults to ``lr``)."""
+        return self.lr_isotropic if family == "isotropic" and self.lr_isotropic is not None else self.lr
 
 
-def _base_model(width: int) -> nn.Sequential:
+def base_model(width: int) -> nn.Sequential:
+    """The elementwise MLP of the demo (64 → width → width → 10), drawn from torch's global RNG."""
     return nn.Sequential(
         nn.Linear(64, width),
         nn.Tanh(),
@@ -100,139 +86,32 @@ def _base_model(width: int) -> nn.Sequential:
     )
 
 
-def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    model.eval()
-    with torch.no_grad():
-        logits = model(x)
-        loss = nn.functional.cross_entropy(logits, y).item()
-        acc = (logits.argmax(-1) == y).float().mean().item()
-    return loss, acc
+def hidden_rotation_change(model: nn.Module, x: torch.Tensor, *, generator: torch.Generator | None = None) -> float:
+    """Relative output change ‖f'(x) − f(x)‖/‖f(x)‖ when the first hidden site of ``model`` is rotated by a
+    Haar-random Q, applied by :func:`isotorch.params.transform` (unchecked) on the sites that
+    :func:`isotorch.params.symmetries` finds. About 1e-7 in float32 when O(n) is the site's parameter symmetry.
 
-
-def _train(model, data, config: DemoConfig, seed: int, on_epoch: Callable[[], None]) -> list[float]:
-    x_train, y_train, x_test, y_test = data
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    curve = []
-    for _ in range(config.epochs):
-        model.train()
-        for idx in torch.randperm(len(x_train), generator=gen).split(config.batch_size):
-            loss = nn.functional.cross_entropy(model(x_train[idx]), y_train[idx])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the training loss became {loss.item()} (seed {seed})")
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        curve.append(_evaluate(model, x_test, y_test)[1])
-        on_epoch()
-    return curve
-
-
-def hidden_rotation_change(model: nn.Sequential, x: torch.Tensor, *, seed: int = 0) -> float:
-    """Relative output change when the first hidden layer is rotated by a Haar-random Q (W₁→QW₁, b₁→Qb₁, and
-    the next Linear layer W₂→W₂Qᵀ). About 1e-7 in float32 for an isotropic model; order 1 for an elementwise one.
+    Examples:
+        >>> torch.manual_seed(0) is not None
+        True
+        >>> iso = families.convert(base_model(8), "isotropic")
+        >>> hidden_rotation_change(iso, torch.randn(16, 64)) < 1e-5
+        True
+        >>> hidden_rotation_change(base_model(8), torch.randn(16, 64)) > 1e-2
+        True
     """
-    linears = [i for i, m in enumerate(model) if isinstance(m, nn.Linear)]
-    first, second = linears[0], linears[1]
-    width = model[first].out_features
-    q = groups.get("orthogonal").sample(width, generator=torch.Generator().manual_seed(seed))
-    rotated = copy.deepcopy(model).eval()
-    with torch.no_grad():
-        rotated[first].weight.copy_(q @ rotated[first].weight)
-        rotated[first].bias.copy_(q @ rotated[first].bias)
-        rotated[second].weight.copy_(rotated[second].weight @ q.T)
-    model.eval()
+    model = model.eval()
+    syms = params.symmetries(model, x)
+    hidden = [s for s in syms.sites if s.kind == "hidden"]
+    if not hidden:
+        raise ValueError("model has no hidden site to rotate (params.symmetries found none)")
+    site = hidden[0]
+    q = groups.get("orthogonal").sample(site.size, generator=generator, dtype=torch.float64)
+    element = params.Element(syms, {site.name: q.to(next(model.parameters()).dtype)})
+    rotated = params.transform(model, element, check=False, check_group=False).eval()
     with torch.no_grad():
         a, b = model(x), rotated(x)
     return float((a - b).norm() / a.norm())
-
-
-def run_demo(
-    out_dir: str | Path = "runs/demo",
-    config: DemoConfig | None = None,
-    *,
-    progress: Callable[[int, int], None] | None = None,
-) -> DemoResult:
-    """Train the matched pair over ``config.seeds``, measure, and write the report into ``out_dir``.
-
-    Args:
-        out_dir: output folder (created; files in it are overwritten).
-        config: settings (default :class:`DemoConfig`).
-        progress: optional callback ``progress(done, total)`` in epochs, for a progress bar.
-    """
-    config = config or DemoConfig()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # these models are tiny: one thread avoids synchronisation overhead
-    try:
-        return _run(Path(out_dir), config, progress)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(out: Path, config: DemoConfig, progress) -> DemoResult:
-    out.mkdir(parents=True, exist_ok=True)
-    data = load_digits(test_fraction=config.test_fraction, seed=0)
-    total = len(FAMILIES) * len(config.seeds) * config.epochs
-    done = 0
-
-    def tick():
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, total)
-
-    curves: dict[str, list[list[float]]] = {f: [] for f in FAMILIES}
-    finals: dict[str, dict[str, list[float]]] = {f: {} for f in FAMILIES}
-    srm_curves: dict[str, list[torch.Tensor]] = {f: [] for f in FAMILIES}
-    trained: dict[str, list[nn.Module]] = {f: [] for f in FAMILIES}
-    x_test = data.x_test
-    with (out / "metrics.jsonl").open("w") as log:
-        for seed in config.seeds:
-            torch.manual_seed(seed)
-            base = _base_model(config.width)
-            for name in FAMILIES:
-                model = copy.deepcopy(base if name == "elementwise" else families.convert(base, name))
-                curve = _train(model, data, config, seed, tick)
-                loss, acc = _evaluate(model, x_test, data.y_test)
-                record = {"test_accuracy": acc, "test_loss": loss}
-                record["hidden_rotation_change"] = hidden_rotation_change(model, x_test, seed=seed)
-                hidden = _last_hidden(model, x_test)
-                spot = probes.srm(hidden)
-                record["alignment_score"] = probes.alignment_score(hidden, n_bootstrap=50, generator=seed).value
-                record["quantisation_score"] = probes.quantisation_score(hidden, n_bootstrap=50, generator=seed).value
-                record["effective_rank"] = probes.effective_rank(hidden - hidden.mean(0))
-                for key, value in record.items():
-                    finals[name].setdefault(key, []).append(value)
-                log.write(json.dumps({"seed": seed, "family": name, **record}) + "\n")
-                curves[name].append(curve)
-                srm_curves[name].append(spot.mean)
-                trained[name].append(model)
-        lmc = _connectivity(trained, data) if len(config.seeds) > 1 else {}
-        for name, entry in lmc.items():
-            log.write(json.dumps({"family": name, "seeds": list(config.seeds[:2]), **_scalars(entry)}) + "\n")
-
-    summary = {
-        name: {
-            f"{key}_{stat}": value
-            for key, values in finals[name].items()
-            for stat, value in (("mean", mean_ci(values).mean), ("ci95", mean_ci(values).ci95))
-        }
-        for name in FAMILIES
-    }
-    for name, entry in lmc.items():
-        summary[name].update(_scalars(entry))
-    srm = {
-        name: {
-            "angles": spot.angles.tolist(),
-            "mean": torch.stack(srm_curves[name]).mean(0).tolist(),
-            "baseline": [spot.baseline] * len(spot.angles),
-        }
-        for name in FAMILIES
-    }
-    table, chains = _primitive_table({name: models[0] for name, models in trained.items()}, x_test[:64])
-    result = DemoResult(config, summary, curves, table, chains, srm, lmc)
-    report = _write_report(out, result)
-    return DemoResult(config, summary, curves, table, chains, srm, lmc, report)
 
 
 def _last_hidden(model: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
@@ -242,202 +121,269 @@ def _last_hidden(model: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         return model[:-1](x)
 
 
-def _connectivity(trained: dict[str, list[nn.Module]], data) -> dict[str, dict[str, list[float]]]:
-    """Loss along the linear path between the first two seeds' models, before and after alignment."""
-    x_train, _, x_test, y_test = data
-    out = {}
-    for name, (model_a, model_b) in ((n, models[:2]) for n, models in trained.items()):
-        aligned = params.align(model_a, model_b, method="weights", x=x_train[:256]).model
-        before = params.barrier(model_a, model_b, nn.functional.cross_entropy, (x_test, y_test), steps=11)
-        after = params.barrier(model_a, aligned, nn.functional.cross_entropy, (x_test, y_test), steps=11)
-        out[name] = {
-            "alphas": list(before.alphas),
-            "loss_before": list(before.losses),
-            "loss_after": list(after.losses),
-            "barrier_before": [before.barrier],
-            "barrier_after": [after.barrier],
-        }
-    return out
-
-
-def _scalars(entry: dict[str, list[float]]) -> dict[str, float]:
-    return {key: values[0] for key, values in entry.items() if key.startswith("barrier")}
-
-
-def _primitive_table(models: dict[str, nn.Module], x: torch.Tensor) -> tuple[list[dict], dict[str, list[str]]]:
-    """Measure (not declare) the group of every primitive site of each trained model with the audit.
-
-    Returns the rows (site, then type and maximal groups per family) and each family's G2 summary lines: the
-    hidden-layer parameter symmetry between consecutive Linear layers, verified on the model.
-    """
-    audits = {name: audit.audit_model(model, x) for name, model in models.items()}
-    sites = {name: {row.path: row for row in result.sites} for name, result in audits.items()}
-    rows = []
-    for path in sites["elementwise"]:
-        row = {"site": path}
-        for name in FAMILIES:
-            site = sites[name][path]
-            row[name] = site.type
-            row[f"{name} group (measured)"] = ", ".join(audit.sort_groups(site.maximal)) or "—"
-        rows.append(row)
-    chains = {
-        name: [
-            f"{c['first']} → {c['last']} (width {c['width']}): {', '.join(c['groups']) or 'trivial'}"
-            f" — {'verified' if c['verified'] else 'NOT verified'} on the trained model"
-            for c in result.summary()["G2"]
-        ]
-        for name, result in audits.items()
+def _representation(hidden: torch.Tensor, n_bootstrap: int, seed: int) -> dict[str, Any]:
+    """Basis alignment of ``hidden`` in the standard basis and in a Haar-random basis (the null), SRM, rank."""
+    standard = probes.alignment_score(hidden, n_bootstrap=n_bootstrap, generator=seed)
+    random = probes.alignment_score(hidden, "random", n_bootstrap=n_bootstrap, generator=seed)
+    spot = probes.srm(hidden)
+    return {
+        "alignment": standard.value,
+        "alignment_random": random.value,
+        "alignment_excess": standard.value - random.value,
+        "effective_rank": probes.effective_rank(hidden - hidden.mean(0)),
+        "srm": spot.mean.tolist(),
+        "srm_baseline": spot.baseline,
     }
-    return rows, chains
 
 
-#: (key, label, scale) of the per-seed metrics shown in the terminal and the report (mean ± 95% CI).
-METRICS = (
-    ("test_accuracy", "test accuracy (%)", 100.0),
-    ("test_loss", "test loss", 1.0),
-    ("hidden_rotation_change", "output change under a hidden rotation", 1.0),
-    ("alignment_score", "basis alignment", 1.0),
-    ("quantisation_score", "quantisation", 1.0),
-    ("effective_rank", "effective rank", 1.0),
-)
+@register_study("demo")
+class Demo(Study):
+    """The main job: a matched elementwise/isotropic MLP pair on digits, its symmetries, probes and connectivity."""
+
+    Config = DemoConfig
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": {"epochs": 2, "width": 16, "n_bootstrap": 20},
+    }
+    claims = (
+        Claim(
+            "rotation-symmetry",
+            "A rotation of a hidden layer is a parameter symmetry of the isotropic MLP and not of the elementwise one",
+            "Isotropic Deep Learning position paper; REFERENCE §1.3",
+            "log10 of the output change under a Haar rotation of the first hidden site: elementwise − isotropic",
+            direction=1,
+            threshold=3.0,
+        ),
+        Claim(
+            "elementwise-more-aligned",
+            "Elementwise tanh aligns the learned representation with the neuron basis more than isotropic tanh",
+            "Bird et al., Spotlight Resonance Method (arXiv 2505.13471); position paper",
+            "basis alignment of the last hidden layer in excess of a Haar-random basis: elementwise − isotropic",
+        ),
+        Claim(
+            "lmc-elementwise",
+            "Aligning two independently trained elementwise MLPs by their permutation symmetry lowers the barrier",
+            "Ainsworth et al., Git Re-Basin (ICLR 2023)",
+            "test-loss barrier before − after weight matching",
+        ),
+        Claim(
+            "lmc-isotropic",
+            "Aligning two independently trained isotropic MLPs by rotations lowers the barrier",
+            "position paper (O(n) parameter symmetry); orthogonal Procrustes, REFERENCE §5.5",
+            "test-loss barrier before − after orthogonal alignment",
+        ),
+    )
+
+    def run(self, ctx) -> dict[str, Any]:
+        cfg = ctx.config
+        data = load_digits(test_fraction=cfg.test_fraction, seed=0)
+        x, y, x_test, y_test = data
+        n = len(x)
+        per_epoch = math.ceil(n / cfg.batch_size)
+        steps = cfg.epochs * per_epoch
+        log_steps = [e * per_epoch for e in range(cfg.epochs + 1)]
+        bases = {"a": base_model(cfg.width), "b": base_model(cfg.width)}  # the runner seeded the global RNG
+        finals: dict[str, Any] = {}
+        trained: dict[str, dict[str, nn.Module]] = {}
+        for family in FAMILIES:
+            trained[family] = {}
+            for copy_name, base in bases.items():
+                model = copy.deepcopy(base) if family == "elementwise" else families.convert(base, family)
+                opt = torch.optim.Adam(model.parameters(), lr=cfg.family_lr(family))
+
+                def step(t, model=model, opt=opt, copy_name=copy_name):
+                    model.train()
+                    idx = ctx.batch_indices(t, n, cfg.batch_size, key=copy_name)  # same batches for both families
+                    loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    return loss
+
+                def evaluate(count, model=model):
+                    model.eval()
+                    logits = model(x_test)
+                    return {
+                        "epoch": count // per_epoch,
+                        "test_accuracy": (logits.argmax(1) == y_test).float().mean(),
+                        "test_loss": nn.functional.cross_entropy(logits, y_test),
+                    }
+
+                ctx.train(
+                    f"{family}/{copy_name}",
+                    step,
+                    steps,
+                    state={"model": model, "opt": opt},
+                    evaluate=evaluate,
+                    log_steps=log_steps,
+                )
+                trained[family][copy_name] = model.eval()
+
+            model = trained[family]["a"]
+            with torch.no_grad():
+                logits = model(x_test)
+                finals[f"{family}/test_accuracy"] = float((logits.argmax(1) == y_test).float().mean())
+                finals[f"{family}/test_loss"] = float(nn.functional.cross_entropy(logits, y_test))
+                finals[f"{family}/train_loss"] = float(nn.functional.cross_entropy(model(x), y))
+            rotation = torch.Generator().manual_seed(ctx.seed)
+            finals[f"{family}/rotation_change"] = hidden_rotation_change(model, x_test, generator=rotation)
+            rep = _representation(_last_hidden(model, x_test), cfg.n_bootstrap, ctx.seed)
+            ctx.log(0, run=f"{family}/srm", srm=rep.pop("srm"), baseline=rep.pop("srm_baseline"))
+            finals.update({f"{family}/{k}": v for k, v in rep.items()})
+
+            aligned = params.align(model, trained[family]["b"], method="weights", x=x[:256]).model
+            before = params.barrier(model, trained[family]["b"], nn.functional.cross_entropy, (x_test, y_test), 11)
+            after = params.barrier(model, aligned, nn.functional.cross_entropy, (x_test, y_test), 11)
+            ctx.log(
+                0,
+                run=f"{family}/lmc",
+                alphas=list(before.alphas),
+                loss_before=list(before.losses),
+                loss_after=list(after.losses),
+            )
+            finals[f"{family}/barrier_before"] = before.barrier
+            finals[f"{family}/barrier_after"] = after.barrier
+            ctx.save_model(family, model, x_test[:64])
+        return finals
+
+    # ------------------------------------------------------------------------------------------- over seeds
+    def _by_seed(self, data, key: str) -> dict[int, float]:
+        return {s: float(f[key]) for s, f in data.finals.items() if f.get(key) is not None}
+
+    def summarise(self, data) -> list[Findings]:
+        rows = {}
+        for family in FAMILIES:
+            values = {}
+            for key, label, scale in METRICS:
+                values[label] = [v * scale for v in self._by_seed(data, f"{family}/{key}").values()]
+            rows[f"{family} (lr {data.config.family_lr(family):g})"] = values
+        return [
+            Findings.from_values(
+                "matched elementwise/isotropic MLPs on digits",
+                rows,
+                caption=(
+                    "mean ± 95% CI over seeds. Output change: ‖f(x) − f'(x)‖/‖f(x)‖ after a Haar rotation of the "
+                    "first hidden site (params.transform). Basis alignment (isotorch.probes) of the last hidden "
+                    "layer in the standard basis and in a Haar-random basis (the null). Barrier: max over λ of the "
+                    "test loss on the linear path between two independently trained models, minus the endpoints' "
+                    "mean, before and after aligning them by their parameter symmetry."
+                ),
+            )
+        ]
+
+    def verdicts(self, data) -> list:
+        claims = {c.name: c for c in self.claims}
+        log_change = {
+            family: {s: math.log10(max(v, 1e-30)) for s, v in self._by_seed(data, f"{family}/rotation_change").items()}
+            for family in FAMILIES
+        }
+        out = [
+            paired_verdict(claims["rotation-symmetry"], log_change["elementwise"], log_change["isotropic"]),
+            paired_verdict(
+                claims["elementwise-more-aligned"],
+                self._by_seed(data, "elementwise/alignment_excess"),
+                self._by_seed(data, "isotropic/alignment_excess"),
+            ),
+        ]
+        for family in FAMILIES:
+            before = self._by_seed(data, f"{family}/barrier_before")
+            after = self._by_seed(data, f"{family}/barrier_after")
+            diffs = {s: before[s] - after[s] for s in before if s in after}
+            out.append(verdict_from_values(claims[f"lmc-{family}"], diffs, note="one pair of models per seed"))
+        return out
+
+    def figures(self, data, out: Path) -> list[Figure]:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        colours = {"elementwise": "tab:orange", "isotropic": "tab:blue"}
+        figures = []
+
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+        for family in FAMILIES:
+            curves = []
+            for seed in data.seeds:
+                rows = [r for r in data.select(seed=seed, run=f"{family}/a") if "test_accuracy" in r]
+                curves.append([100 * r["test_accuracy"] for r in rows])
+            curves = [c for c in curves if c]
+            if not curves:
+                continue
+            length = min(len(c) for c in curves)
+            arr = np.array([c[:length] for c in curves])
+            epochs = np.arange(length)
+            label = f"{family}, lr {data.config.family_lr(family):g} (mean; band: min–max of {len(arr)} seeds)"
+            ax.plot(epochs, arr.mean(0), color=colours[family], label=label)
+            ax.fill_between(epochs, arr.min(0), arr.max(0), color=colours[family], alpha=0.2)
+        _finish(ax, "test accuracy by family", "epoch", "test accuracy (%)")
+        fig.savefig(out / "accuracy.png")
+        plt.close(fig)
+        figures.append(Figure("accuracy.png", "test accuracy of model a per epoch, by family"))
+
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+        baseline = None
+        for family in FAMILIES:
+            curves = [r["srm"] for r in data.select(run=f"{family}/srm")]
+            if curves:
+                mean = np.mean(curves, axis=0)
+                ax.plot(np.linspace(0, 2 * np.pi, len(mean), endpoint=False), mean, color=colours[family], label=family)
+                baseline = data.select(run=f"{family}/srm")[0]["baseline"]
+        if baseline is not None:
+            ax.axhline(baseline, color="k", ls="--", lw=1, label="isotropic reference")
+        ax.set_xticks(np.arange(5) * np.pi / 2, ["0", "π/2", "π", "3π/2", "2π"])
+        _finish(ax, "SRM, last hidden layer", "spotlight angle θ", "fraction inside the spotlight")
+        fig.savefig(out / "srm.png")
+        plt.close(fig)
+        figures.append(
+            Figure(
+                "srm.png",
+                "spotlight resonance of the last hidden layer in the standard basis (mean over planes and seeds): "
+                "peaks at multiples of π/2 mean neuron-aligned features, a flat curve at the reference means isotropy",
+            )
+        )
+
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+        for family in FAMILIES:
+            rows = data.select(run=f"{family}/lmc")
+            if not rows:
+                continue
+            alphas = rows[0]["alphas"]
+            ax.plot(alphas, np.mean([r["loss_before"] for r in rows], 0), ":", color=colours[family])
+            ax.plot(alphas, np.mean([r["loss_after"] for r in rows], 0), "-", color=colours[family])
+            ax.plot([], [], ":", color=colours[family], label=f"{family}, unaligned")
+            ax.plot([], [], "-", color=colours[family], label=f"{family}, aligned")
+        _finish(ax, "linear mode connectivity", "interpolation λ", "test loss (mean over seeds)")
+        fig.savefig(out / "lmc.png")
+        plt.close(fig)
+        figures.append(
+            Figure(
+                "lmc.png",
+                "test loss along the linear path between two independently trained models of a seed, before and "
+                "after aligning them by their parameter symmetry (permutations for elementwise, rotations for "
+                "isotropic); mean over seeds",
+            )
+        )
+        return figures
 
 
-def format_metric(summary: dict[str, float], key: str, scale: float = 1.0) -> str:
-    """``mean ± ci95`` of one metric of a family's summary, in a precision that suits its size (no ± for a single
-    seed, whose interval is undefined)."""
-    mean, ci = summary[f"{key}_mean"] * scale, summary[f"{key}_ci95"] * scale
-    small, large = 0 < abs(mean) < 1e-3, abs(mean) >= 10
-    text = f"{mean:.1e}" if small else f"{mean:.2f}" if large else f"{mean:.3g}"
-    if math.isnan(ci):
-        return text
-    return text + (f" ± {ci:.1e}" if small else f" ± {ci:.2f}" if large else f" ± {ci:.2g}")
-
-
-_COLOURS = {"elementwise": "tab:orange", "isotropic": "tab:blue"}
-
-
-def _figure(path: Path, title: str, xlabel: str, ylabel: str, draw) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    draw(ax)
+def _finish(ax, title: str, xlabel: str, ylabel: str) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    ax.figure.tight_layout()
 
 
-def _write_report(out: Path, result: DemoResult) -> Path:
-    def accuracy(ax):
-        for name, runs in result.curves.items():
-            arr = np.array(runs) * 100
-            epochs = np.arange(1, arr.shape[1] + 1)
-            ax.plot(
-                epochs, arr.mean(0), color=_COLOURS[name], label=f"{name} (mean; band: min–max of {len(runs)} seeds)"
-            )
-            ax.fill_between(epochs, arr.min(0), arr.max(0), color=_COLOURS[name], alpha=0.2)
-
-    def spotlight(ax):
-        for name, curve in result.srm.items():
-            ax.plot(curve["angles"], curve["mean"], color=_COLOURS[name], label=name)
-        baseline = next(iter(result.srm.values()))
-        ax.plot(baseline["angles"], baseline["baseline"], "k--", lw=1, label="isotropic reference")
-        ax.set_xticks(np.arange(5) * np.pi / 2, ["0", "π/2", "π", "3π/2", "2π"])
-
-    def connectivity(ax):
-        for name, entry in result.lmc.items():
-            ax.plot(entry["alphas"], entry["loss_before"], ":", color=_COLOURS[name], label=f"{name}, unaligned")
-            ax.plot(entry["alphas"], entry["loss_after"], "-", color=_COLOURS[name], label=f"{name}, aligned")
-
-    figures = [
-        (
-            "accuracy.png",
-            "test accuracy per epoch",
-            accuracy,
-            ("test accuracy by family", "epoch", "test accuracy (%)"),
-        ),
-        (
-            "srm.png",
-            "spotlight resonance of the last hidden layer in the standard basis (mean over planes and seeds): peaks "
-            "at multiples of π/2 mean neuron-aligned features, a flat curve at the reference means isotropy",
-            spotlight,
-            ("SRM, last hidden layer", "spotlight angle θ", "fraction inside the spotlight"),
-        ),
-    ]
-    if result.lmc:
-        figures.append(
-            (
-                "lmc.png",
-                "test loss along the linear path between two seeds' models, before and after aligning them by their "
-                "parameter symmetry (permutations for elementwise, rotations for isotropic)",
-                connectivity,
-                ("linear mode connectivity", "interpolation λ", "test loss"),
-            )
-        )
-    for filename, _, draw, (title, xlabel, ylabel) in figures:
-        _figure(out / filename, title, xlabel, ylabel, draw)
-
-    head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in METRICS)
-    rows = "".join(
-        f"<tr><td>{name}</td>" + "".join(f"<td>{format_metric(s, k, sc)}</td>" for k, _, sc in METRICS) + "</tr>"
-        for name, s in result.summary.items()
-    )
-    lmc_rows = "".join(
-        f"<tr><td>{name}</td><td>{result.summary[name]['barrier_before']:.4f}</td>"
-        f"<td>{result.summary[name]['barrier_after']:.4f}</td></tr>"
-        for name in result.lmc
-    )
-    lmc_table = (
-        "<h2>Linear mode connectivity</h2><table><tr><th>family</th><th>barrier before alignment</th>"
-        f"<th>barrier after alignment</th></tr>{lmc_rows}</table><p>Barrier: max over λ of the test loss minus the "
-        f"mean of the endpoint losses, between the models of seeds {result.config.seeds[0]} and "
-        f"{result.config.seeds[1]}.</p>"
-        if result.lmc
-        else "<p>Linear mode connectivity needs at least two seeds.</p>"
-    )
-    prim_head = "".join(f"<th>{html.escape(k)}</th>" for k in result.primitives[0]) if result.primitives else ""
-    prim = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(r[k]))}</td>" for k in r) + "</tr>" for r in result.primitives
-    )
-    chains = "".join(f"<li>{name}: {html.escape(line)}</li>" for name, lines in result.chains.items() for line in lines)
-    images = "".join(
-        f'<figure><img src="{f}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>'
-        for f, c, _, _ in figures
-    )
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>isotorch demo</title>
-<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px}}figcaption{{font-size:90%;color:#444;max-width:720px}}</style>
-</head><body>
-<h1>isotorch demo: elementwise vs isotropic primitives on digits</h1>
-<p>Two MLPs with the same architecture and initial weights, differing only in their primitive family, trained
-with Adam on scikit-learn's bundled digits. Uncertainties are 95% confidence intervals over
-{len(result.config.seeds)} seeds (t distribution).</p>
-<h2>Results</h2>
-<table><tr><th>family</th>{head}</tr>{rows}</table>
-<p><em>Output change under a hidden rotation</em>: W₁→QW₁, b₁→Qb₁, W₂→W₂Qᵀ with a Haar-random Q on the first hidden
-layer; this is a parameter symmetry exactly when every primitive at that layer is O(n)-equivariant.
-<em>Basis alignment</em> and <em>quantisation</em> (isotorch.probes) measure how far the last hidden layer's
-activations depart from isotropy in the standard basis (0 for isotropic data); <em>effective rank</em> is the
-Roy–Vetterli rank of its centred activations.</p>
-{lmc_table}
-{images}
-<h2>Audit of the trained models (seed {result.config.seeds[0]})</h2>
-<p>The maximal group of every primitive site, measured by <code>isotorch.audit.audit_model</code> on test inputs (not
-declared), and the hidden-layer parameter symmetry it induces between consecutive Linear layers (G2), applied to the
-trained model and checked to leave its output unchanged.</p>
-<table><tr>{prim_head}</tr>{prim}</table><ul>{chains}</ul>
-<h2>Settings</h2><pre>{html.escape(json.dumps(asdict(result.config), indent=2))}</pre>
-<h2>Environment</h2><pre>python {platform.python_version()}, torch {torch.__version__}, {platform.platform()}</pre>
-</body></html>
-"""
-    path = out / "report.html"
-    path.write_text(page)
-    return path
+#: (key, label, scale) of the per-seed results in the findings table.
+METRICS = (
+    ("test_accuracy", "test accuracy (%)", 100.0),
+    ("test_loss", "test loss", 1.0),
+    ("train_loss", "train loss", 1.0),
+    ("rotation_change", "output change under a hidden rotation", 1.0),
+    ("alignment", "basis alignment (standard basis)", 1.0),
+    ("alignment_random", "basis alignment (random basis)", 1.0),
+    ("effective_rank", "effective rank", 1.0),
+    ("barrier_before", "barrier, unaligned", 1.0),
+    ("barrier_after", "barrier, aligned", 1.0),
+)
