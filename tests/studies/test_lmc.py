@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -12,7 +13,21 @@ from torch import nn
 from isotorch.params import align, barrier, sample_element, symmetries, transform
 from isotorch.studies._config import ConfigError, make_config
 from isotorch.studies._runner import run_study
-from isotorch.studies.lmc import LmcConfig, build_mlp, plain_copy
+from isotorch.studies.lmc import Lmc, LmcConfig, build_mlp, plain_copy
+
+
+def _check_verdicts(out, claims, seeds):
+    """verdicts.json has one valid entry per declared claim, in order."""
+    entries = json.loads((out / "verdicts.json").read_text())
+    assert [e["claim"] for e in entries] == [c.name for c in claims]
+    for e in entries:
+        assert e["verdict"] in ("supported", "contradicted", "inconclusive")
+        assert e["text"] and e["source"] and e["statistic"] and e["direction"] in (1, -1)
+        assert set(e["seeds"]) <= set(seeds)
+        lo, hi = e["ci95"]
+        if e["verdict"] != "inconclusive":
+            assert e["estimate"] is not None and lo is not None and lo <= e["estimate"] <= hi
+            assert e["n"] == len(e["seeds"]) >= 2
 
 
 def test_config_validation():
@@ -20,6 +35,10 @@ def test_config_validation():
         make_config(LmcConfig, overrides=["variants=elementwise,relu"])
     with pytest.raises(ConfigError, match="path_steps"):
         make_config(LmcConfig, overrides=["path_steps=2"])
+    with pytest.raises(ConfigError, match="lrs must be distinct"):
+        make_config(LmcConfig, overrides=["lrs=0.001,0.001"])
+    with pytest.raises(ConfigError, match="n_fix_fraction"):
+        make_config(LmcConfig, overrides=["n_fix_fraction=1.5"])
     with pytest.raises(ConfigError, match="kappa"):
         make_config(LmcConfig, overrides=["kappa=0"])
     with pytest.raises(ConfigError, match="data_root"):
@@ -29,8 +48,8 @@ def test_config_validation():
 
 @pytest.mark.parametrize("variant", ["w_asym", "sigma_asym", "syre"])
 def test_architecture_is_shared_and_init_is_not(variant):
-    a, _ = build_mlp(variant, 6, 3, width=5, depth=2, arch_seed=0, init_seed=1, n_fix=2)
-    b, _ = build_mlp(variant, 6, 3, width=5, depth=2, arch_seed=0, init_seed=2, n_fix=2)
+    a, _ = build_mlp(variant, 6, 3, width=5, depth=2, arch_seed=0, init_seed=1, n_fix_fraction=0.3)
+    b, _ = build_mlp(variant, 6, 3, width=5, depth=2, arch_seed=0, init_seed=2, n_fix_fraction=0.3)
     buffers_a, buffers_b = dict(a.named_buffers()), dict(b.named_buffers())
     assert buffers_a and all(torch.equal(buffers_a[k], buffers_b[k]) for k in buffers_a)  # masks, F, θ₀ shared
     assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
@@ -38,12 +57,67 @@ def test_architecture_is_shared_and_init_is_not(variant):
 
 @pytest.mark.parametrize("variant", ["elementwise", "w_asym", "syre"])
 def test_plain_copy_is_the_same_function_with_permutation_sites(variant):
-    net, _ = build_mlp(variant, 6, 3, width=5, depth=2, arch_seed=0, init_seed=1, n_fix=2)
+    net, _ = build_mlp(variant, 6, 3, width=5, depth=2, arch_seed=0, init_seed=1, n_fix_fraction=0.3)
     x = torch.randn(7, 6)
     plain = plain_copy(net)
     assert torch.allclose(plain(x), net(x), atol=1e-6)
     assert all(site.free for site in symmetries(plain, x))  # asym/syre broke the sites; the plain copy has them back
     assert torch.allclose(net(x), plain(x), atol=1e-6)  # and the original still runs
+
+
+def test_asymmetric_layers_are_scaled_to_their_input_width():
+    torch.manual_seed(0)
+    for fan_in in (64, 1024):
+        net, _ = build_mlp("w_asym", fan_in, 10, width=256, depth=1, arch_seed=0, init_seed=1)
+        layer = net[0]
+        assert layer.n_fix == round(fan_in / 8)
+        fixed = layer.fixed
+        # the fixed entries have the scale of a default initial weight: unit-variance inputs give O(1) fixed parts
+        x = torch.randn(512, fan_in)
+        assert 0.2 < float((x @ fixed.T).std()) < 0.6  # ≈ √(n_fix/fan_in) = 0.35, for every width
+    net, _ = build_mlp("sigma_asym", 8, 3, width=400, depth=1, arch_seed=0, init_seed=1)
+    gate_input = torch.randn(256, 400) @ net[1].weight.T
+    assert 0.8 < float(gate_input.std()) < 1.2  # F ~ N(0, 1/width): the gate's input is O(1), not O(√width)
+    unscaled, _ = build_mlp("sigma_asym", 8, 3, width=400, depth=1, arch_seed=0, init_seed=1, figlu_scale=20.0)
+    assert float((torch.randn(256, 400) @ unscaled[1].weight.T).std()) > 15  # negative control
+
+
+def test_select_lr_picks_the_lowest_validation_loss(tmp_path):
+    from isotorch.studies._models import select_lr
+    from isotorch.studies._registry import Study, register_study
+
+    @dataclasses.dataclass(frozen=True)
+    class SweepConfig:
+        steps: int = 30
+
+    chosen = {}
+
+    @register_study("sweep-test")
+    class Sweep(Study):
+        Config = SweepConfig
+
+        def run(self, ctx):
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(200, 5, generator=g)
+            y = (x[:, 0] > 0).long()
+
+            def build():
+                torch.manual_seed(1)
+                return nn.Linear(5, 2)
+
+            best, scores = select_lr(ctx, "s", build, (1e-5, 1e-1, 1e6), x, y, steps=30, batch_size=50)
+            chosen[ctx.seed] = (best, scores)
+            return {"lr": best}
+
+    try:
+        run_study("sweep-test", tmp_path / "s", seeds=(0,), progress=False, report=False)
+    finally:
+        from isotorch.studies import _registry
+
+        _registry._REGISTRY.pop("sweep-test")
+    best, scores = chosen[0]
+    assert best == 0.1 and scores[1e-5] > scores[0.1]  # a useful rate beats one that barely moves
+    assert scores[1e6] == math.inf or scores[1e6] > scores[0.1]  # a diverging rate loses instead of stopping the run
 
 
 def test_isotropic_alignment_removes_the_barrier_of_a_rotated_copy(dtype):
@@ -91,3 +165,7 @@ def test_tiny_end_to_end(tmp_path):
         assert (tmp_path / "l" / name).stat().st_size > 5_000
         assert any(f["path"] == name for f in figures)
     assert (tmp_path / "l" / "report.html").read_text().count("data:image/png;base64") >= 3
+    _check_verdicts(tmp_path / "l", Lmc.claims, (0, 1))
+    sweeps = run.data.select(event="lr_sweep")
+    assert len(sweeps) == 2 * len(variants) and all(s["lr"] in (1e-3, 1e-2) for s in sweeps)
+    assert "ordering" in run.findings[0].caption  # the report says whether Lim et al.'s ordering was reproduced

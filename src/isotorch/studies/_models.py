@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
+
 import torch
 from torch import nn
 
-__all__ = ["layer_features", "unparametrized"]
+__all__ = ["layer_features", "select_lr", "unparametrized"]
 
 
 def layer_features(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
@@ -52,3 +55,68 @@ def unparametrized(model: nn.Module) -> nn.Module:
             for name, value in values.items():
                 module.register_parameter(name, nn.Parameter(value))
     return new
+
+
+def select_lr(
+    ctx,
+    key: str,
+    build: Callable[[], nn.Module],
+    lrs: Sequence[float],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int,
+    weight_decay: float = 0.0,
+    val_fraction: float = 0.2,
+) -> tuple[float, dict[float, float]]:
+    """The learning rate, among ``lrs``, with the lowest validation cross-entropy after ``steps`` AdamW updates.
+
+    A per-family sweep at an equal budget, so that families are compared each at its own best learning rate. The
+    validation set is a seeded ``val_fraction`` of (x, y) (the same for every learning rate; never the test set);
+    the model is trained on the rest. Every learning rate starts from ``build()`` (which must return the same
+    initial weights each time) and is its own ``ctx.train`` loop ``f"{key}/lr={lr:g}"`` (checkpointed, resumed),
+    logging ``val_loss`` at the end. A learning rate whose loss becomes non-finite stops updating and scores +inf
+    (a diverged run loses the sweep instead of stopping the study).
+
+    Returns:
+        The best learning rate and ``{lr: validation loss}``.
+    """
+    if not lrs:
+        raise ValueError("lrs must name at least one learning rate")
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(7_919 * ctx.seed + len(x)))
+    n_val = max(1, round(val_fraction * len(x)))
+    val, train = order[:n_val].to(x.device), order[n_val:].to(x.device)
+    xt, yt, xv, yv = x[train], y[train], x[val], y[val]
+    scores: dict[float, float] = {}
+    for lr in lrs:
+        model = build()
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        diverged = [False]
+
+        def step(t, model=model, opt=opt, diverged=diverged):
+            if diverged[0]:
+                return 0.0
+            idx = ctx.batch_indices(t, len(xt), batch_size, key=key)
+            loss = nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+            if not torch.isfinite(loss):
+                diverged[0] = True
+                return 0.0
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss.detach()
+
+        def evaluate(count, model=model, diverged=diverged):
+            loss = float(nn.functional.cross_entropy(model(xv), yv))
+            return {"val_loss": loss if (math.isfinite(loss) and not diverged[0]) else None}
+
+        result = ctx.train(
+            f"{key}/lr={lr:g}", step, steps, state={"model": model, "opt": opt}, evaluate=evaluate, log_steps=[steps]
+        )
+        value = result.last.get("val_loss")
+        scores[float(lr)] = float(value) if value is not None else math.inf
+    best = min(scores, key=lambda lr: (scores[lr], lr))
+    return best, scores

@@ -14,14 +14,32 @@ Variants (the architecture randomness — fixed entries, F, θ₀ — is shared 
 
 - ``elementwise``: Linear → tanh; aligned by permutation weight matching.
 - ``isotropic``: Linear → IsoTanh (:func:`isotorch.convert`); aligned by orthogonal Procrustes weight matching.
-- ``w_asym``: :class:`isotorch.params.AsymLinear` (``n_fix`` fixed entries per row, κ = ``kappa``) → tanh.
-- ``sigma_asym``: Linear → :class:`isotorch.params.FiGLU`.
+- ``w_asym``: :class:`isotorch.params.AsymLinear` → tanh, scaled to each layer's input width (fan_in):
+  n_fix = max(1, round(``n_fix_fraction``·fan_in)) fixed entries per row (Lim et al.'s MNIST hidden layers fix 64 of
+  512, the default fraction ⅛) of scale κ_l = ``kappa``/√fan_in, the scale of a default initial weight. Lim et al.
+  fix N(0, 1) entries (κ = 1) and normalise with LayerNorm; without a normaliser, κ = 1 puts every tanh of this
+  net in saturation (√(n_fix)-sized pre-activations) and W-Asym underfits (test accuracy 0.879 vs 0.974 on digits).
+- ``sigma_asym``: Linear → :class:`isotorch.params.FiGLU` with F ~ N(0, ``figlu_scale``²/width) (F divided by
+  √width, so that the gate sigmoid(Fx) is O(1) and not a fixed random 0/1 mask).
 - ``syre``: the elementwise net under :func:`isotorch.params.syre` (offset σ₀ = ``syre_sigma0``, weight decay
   ``syre_weight_decay`` towards θ₀).
 
 ``w_asym`` and ``syre`` are "aligned" by permutation weight matching on plain copies with their effective weights
 (function-preserving for those copies) to show what matching does to them; ``sigma_asym`` has no permutation
 symmetry (FiGLU mixes units), so no function-preserving matching exists and its aligned barrier is n/a.
+
+Learning rates: each variant is trained at its own best learning rate among ``lrs``, chosen per seed by a sweep of
+``sweep_epochs`` epochs on 80% of the training set scored by the cross-entropy of the other 20%
+(:func:`isotorch.studies._models.select_lr`); the choices are reported.
+
+**Claims and verdicts** (``Lmc.claims``; barrier = max convention on the training set, seeds paired):
+
+- weight matching lowers the elementwise barrier (Ainsworth et al. 2023, Git Re-Basin);
+- Lim et al. 2024's ordering, W-Asym unaligned < standard + weight matching < σ-Asym < standard unaligned, as its
+  three adjacent comparisons (the ordering is reproduced when all three are supported; the report says so);
+- orthogonal (Procrustes) alignment lowers the isotropic barrier (isotorch: the isotropic site's group is O(n));
+- cross-network alignment: the last hidden layers of two isotropic nets fed different random linear transforms of
+  the input are more similar (linear CKA) than their inputs (position paper Fig. 3).
 
 Expected ordering from the literature (Lim et al. 2024, qualitative, not a target): W-Asym unaligned < standard +
 weight matching < σ-Asym < standard unaligned.
@@ -39,9 +57,10 @@ import torch
 from torch import nn
 
 from isotorch.studies._data import load_dataset
-from isotorch.studies._models import layer_features, unparametrized
+from isotorch.studies._models import layer_features, select_lr, unparametrized
 from isotorch.studies._registry import Study, register_study
 from isotorch.studies._stats import Figure, Findings
+from isotorch.studies._verdicts import Claim, Verdict, inconclusive, paired_verdict
 
 __all__ = ["Lmc", "LmcConfig", "build_mlp", "plain_copy"]
 
@@ -62,10 +81,12 @@ class LmcConfig:
     depth: int = 3
     epochs: int = 30
     batch_size: int = 64
-    lr: float = 1e-3
+    lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+    sweep_epochs: int = 10
     weight_decay: float = 0.01
-    n_fix: int = 16
+    n_fix_fraction: float = 0.125
     kappa: float = 1.0
+    figlu_scale: float = 1.0
     syre_sigma0: float = 0.1
     syre_weight_decay: float = 1.0
     path_steps: int = 25
@@ -81,7 +102,7 @@ class LmcConfig:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.dataset not in ("digits", "mnist1d") and not self.data_root:
             raise ValueError(f"data_root must name the folder holding the {self.dataset} files, got ''")
-        for name in ("width", "depth", "epochs", "batch_size", "n_fix", "log_points"):
+        for name in ("width", "depth", "epochs", "batch_size", "sweep_epochs", "log_points"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
         if self.n_train < 0:
@@ -90,7 +111,15 @@ class LmcConfig:
             raise ValueError(f"path_steps must be at least 3, got {self.path_steps}")
         if self.cka_samples < 4:
             raise ValueError(f"cka_samples must be at least 4, got {self.cka_samples}")
-        for name in ("lr", "kappa", "syre_sigma0"):
+        if (
+            not self.lrs
+            or any(not (lr > 0 and math.isfinite(lr)) for lr in self.lrs)
+            or len(set(self.lrs)) != len(self.lrs)
+        ):
+            raise ValueError(f"lrs must be distinct positive finite floats, got {self.lrs!r}")
+        if not 0 < self.n_fix_fraction < 1:
+            raise ValueError(f"n_fix_fraction must be in (0, 1), got {self.n_fix_fraction!r}")
+        for name in ("kappa", "syre_sigma0", "figlu_scale"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive finite float, got {value!r}")
@@ -109,20 +138,25 @@ def build_mlp(
     depth: int,
     arch_seed: int,
     init_seed: int,
-    n_fix: int = 16,
+    n_fix_fraction: float = 0.125,
     kappa: float = 1.0,
+    figlu_scale: float = 1.0,
     syre_sigma0: float = 0.1,
 ) -> tuple[nn.Sequential, list[str]]:
     """An MLP of ``variant`` and the names of its hidden activations.
 
     The architecture's randomness (AsymLinear masks and fixed entries, FiGLU's F, syre's θ₀) comes from
-    ``arch_seed``; the trainable initial weights (U(±1/√fan_in), as ``nn.Linear``) from ``init_seed``.
+    ``arch_seed``; the trainable initial weights (U(±1/√fan_in), as ``nn.Linear``) from ``init_seed``. W-Asym
+    layers fix max(1, round(``n_fix_fraction``·fan_in)) entries per row at scale ``kappa``/√fan_in; FiGLU's F is
+    N(0, ``figlu_scale``²/width).
 
     Examples:
-        >>> a, names = build_mlp("w_asym", 8, 3, width=6, depth=2, arch_seed=0, init_seed=1, n_fix=2)
-        >>> b, _ = build_mlp("w_asym", 8, 3, width=6, depth=2, arch_seed=0, init_seed=2, n_fix=2)
+        >>> a, names = build_mlp("w_asym", 8, 3, width=6, depth=2, arch_seed=0, init_seed=1, n_fix_fraction=0.25)
+        >>> b, _ = build_mlp("w_asym", 8, 3, width=6, depth=2, arch_seed=0, init_seed=2, n_fix_fraction=0.25)
         >>> names, bool((a[0].fixed == b[0].fixed).all()), bool((a[0].weight == b[0].weight).all())
         (['1', '3'], True, False)
+        >>> a[0].n_fix, round(a[0].kappa, 4), a[2].n_fix
+        (2, 0.3536, 2)
     """
     from isotorch.params import AsymLinear, FiGLU
 
@@ -135,7 +169,8 @@ def build_mlp(
     for i in range(depth + 1):
         fan_in, fan_out = dims[i], dims[i + 1]
         if variant == "w_asym":
-            linear = AsymLinear(fan_in, fan_out, n_fix=min(n_fix, fan_in), kappa=kappa, generator=arch)
+            n_fix = min(max(1, round(n_fix_fraction * fan_in)), fan_in - 1)
+            linear = AsymLinear(fan_in, fan_out, n_fix=n_fix, kappa=kappa / math.sqrt(fan_in), generator=arch)
         else:
             linear = nn.Linear(fan_in, fan_out)
         bound = 1 / math.sqrt(fan_in)
@@ -146,7 +181,13 @@ def build_mlp(
                 linear.weight.mul_(linear.mask)
         layers.append(linear)
         if i < depth:
-            layers.append(FiGLU(width, generator=arch) if variant == "sigma_asym" else nn.Tanh())
+            if variant == "sigma_asym":
+                act = FiGLU(width, generator=arch)
+                with torch.no_grad():
+                    act.weight.mul_(figlu_scale / math.sqrt(width))
+                layers.append(act)
+            else:
+                layers.append(nn.Tanh())
     net = nn.Sequential(*layers)
     if variant == "isotropic":
         from isotorch import convert
@@ -200,16 +241,68 @@ class Lmc(Study):
     Config = LmcConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {
-            "width": 16,
+            "n_train": 256,
+            "width": 12,
             "depth": 2,
             "epochs": 3,
             "batch_size": 128,
-            "n_fix": 4,
+            "lrs": (1e-3, 1e-2),
+            "sweep_epochs": 1,
             "path_steps": 5,
             "log_points": 3,
-            "cka_samples": 200,
-        }
+            "cka_samples": 100,
+        },
+        # REFERENCE 5.8/6.6: Lim et al.'s MNIST protocol (3×512, AdamW lr 1e-3, wd 0.03, batch 64, 25 epochs)
+        "paper": {
+            "dataset": "mnist",
+            "width": 512,
+            "depth": 3,
+            "epochs": 25,
+            "batch_size": 64,
+            "lrs": (1e-3,),
+            "weight_decay": 0.03,
+            "cka_samples": 2000,
+        },
     }
+    claims = (
+        Claim(
+            "weight-matching-lowers-barrier",
+            "Permutation weight matching lowers the loss barrier between two elementwise (tanh) nets",
+            "Ainsworth et al. 2023 (Git Re-Basin)",
+            "barrier(elementwise, unaligned) - barrier(elementwise, matched), paired by seed",
+        ),
+        Claim(
+            "lim-wasym-below-matched-standard",
+            "W-Asym nets have a lower unaligned barrier than standard nets after weight matching",
+            "Lim et al. 2024 (ordering, first step)",
+            "barrier(elementwise, matched) - barrier(w_asym, unaligned), paired by seed",
+        ),
+        Claim(
+            "lim-matched-standard-below-sigma-asym",
+            "Standard nets after weight matching have a lower barrier than σ-Asym nets",
+            "Lim et al. 2024 (ordering, second step)",
+            "barrier(sigma_asym, unaligned) - barrier(elementwise, matched), paired by seed",
+        ),
+        Claim(
+            "lim-sigma-asym-below-standard",
+            "σ-Asym nets have a lower barrier than unaligned standard nets",
+            "Lim et al. 2024 (ordering, third step)",
+            "barrier(elementwise, unaligned) - barrier(sigma_asym, unaligned), paired by seed",
+        ),
+        Claim(
+            "procrustes-lowers-isotropic-barrier",
+            "Orthogonal (Procrustes) alignment lowers the loss barrier between two isotropic nets",
+            "isotorch (the isotropic site's group is O(n), REFERENCE 5.5)",
+            "barrier(isotropic, unaligned) - barrier(isotropic, aligned), paired by seed",
+        ),
+        Claim(
+            "universal-representation",
+            "Isotropic nets fed different random linear transforms of the input converge to similar last-layer "
+            "representations (CKA above that of their inputs)",
+            "position paper Fig. 3",
+            "linear CKA(last hidden layers, universal pair) - CKA(their inputs), isotropic, per seed",
+        ),
+    )
 
     def run(self, ctx) -> dict[str, Any]:
         config: LmcConfig = ctx.config
@@ -232,9 +325,9 @@ class Lmc(Study):
         log_steps = [int(s) for s in log_steps]
         finals: dict[str, Any] = {}
         for v_index, variant in enumerate(config.variants):
-            nets, opts, names = {}, {}, []
-            for m_index, m in enumerate(MODELS):
-                nets[m], names = build_mlp(
+
+            def make(m_index, variant=variant, v_index=v_index):
+                net, names = build_mlp(
                     variant,
                     d,
                     num_classes,
@@ -242,13 +335,33 @@ class Lmc(Study):
                     depth=config.depth,
                     arch_seed=1000 * ctx.seed + v_index,
                     init_seed=10_000 + 1000 * ctx.seed + 10 * v_index + m_index,
-                    n_fix=config.n_fix,
+                    n_fix_fraction=config.n_fix_fraction,
                     kappa=config.kappa,
+                    figlu_scale=config.figlu_scale,
                     syre_sigma0=config.syre_sigma0,
                 )
-                nets[m] = nets[m].to(ctx.device)
-                wd = config.syre_weight_decay if variant == "syre" else config.weight_decay
-                opts[m] = torch.optim.AdamW(nets[m].parameters(), lr=config.lr, weight_decay=wd)
+                return net.to(ctx.device), names
+
+            wd = config.syre_weight_decay if variant == "syre" else config.weight_decay
+            lr, scores = config.lrs[0], {}
+            if len(config.lrs) > 1:
+                lr, scores = select_lr(
+                    ctx,
+                    f"sweep/{variant}",
+                    lambda make=make: make(0)[0],
+                    config.lrs,
+                    x,
+                    y,
+                    steps=config.sweep_epochs * math.ceil(0.8 * len(x) / config.batch_size),
+                    batch_size=config.batch_size,
+                    weight_decay=wd,
+                )
+            finals[f"{variant}/lr"] = lr
+            ctx.log(0, run=variant, event="lr_sweep", lr=lr, scores={f"{k:g}": v for k, v in scores.items()})
+            nets, opts, names = {}, {}, []
+            for m_index, m in enumerate(MODELS):
+                nets[m], names = make(m_index)
+                opts[m] = torch.optim.AdamW(nets[m].parameters(), lr=lr, weight_decay=wd)
 
             def feed(m, data):
                 return data @ transforms[m] if m in transforms else data
@@ -324,6 +437,55 @@ class Lmc(Study):
             f"{variant}/distance_after": distance[1],
         }
 
+    def verdicts(self, data) -> list[Verdict]:
+        config: LmcConfig = data.config
+
+        def per_seed(variant: str, name: str) -> dict[int, float]:
+            key = f"{variant}/{name}"
+            return {s: float(f[key]) for s, f in data.finals.items() if key in f}
+
+        setting = f"barrier: max convention, training set, {config.path_steps} points, after {config.epochs} epochs"
+        needs = [
+            ("elementwise",),
+            ("elementwise", "w_asym"),
+            ("elementwise", "sigma_asym"),
+            ("elementwise", "sigma_asym"),
+            ("isotropic",),
+            ("isotropic",),
+        ]
+        pairs = [
+            (("elementwise", "barrier_before"), ("elementwise", "barrier_after")),
+            (("elementwise", "barrier_after"), ("w_asym", "barrier_before")),
+            (("sigma_asym", "barrier_before"), ("elementwise", "barrier_after")),
+            (("elementwise", "barrier_before"), ("sigma_asym", "barrier_before")),
+            (("isotropic", "barrier_before"), ("isotropic", "barrier_after")),
+        ]
+        out = []
+        for claim, need, pair in zip(self.claims, needs, [*pairs, None], strict=True):
+            missing = [v for v in need if v not in config.variants]
+            if missing:
+                out.append(
+                    inconclusive(claim, f"needs the variant(s) {missing}, absent from this run", seeds=data.seeds)
+                )
+            elif pair is None:
+                last = f"cka_universal_{config.depth - 1}"
+                cka, base = per_seed("isotropic", last), per_seed("isotropic", "input_cka")
+                out.append(paired_verdict(claim, cka, base, note=f"linear CKA on {config.cka_samples} test inputs"))
+            else:
+                out.append(paired_verdict(claim, per_seed(*pair[0]), per_seed(*pair[1]), note=setting))
+        return out
+
+    @staticmethod
+    def lim_ordering(verdicts: list[Verdict]) -> str:
+        """One sentence: whether Lim et al.'s ordering was reproduced (all three comparisons supported)."""
+        steps = [v for v in verdicts if v.claim.name.startswith("lim-")]
+        words = ", ".join(f"{v.claim.name.removeprefix('lim-')}: {v.verdict}" for v in steps)
+        if steps and all(v.verdict == "supported" for v in steps):
+            return f"Lim et al.'s ordering W-Asym < standard+matching < σ-Asym < standard WAS reproduced ({words})."
+        if any(v.verdict == "contradicted" for v in steps):
+            return f"Lim et al.'s ordering was NOT reproduced: at least one step is contradicted ({words})."
+        return f"Lim et al.'s ordering was neither reproduced nor refuted at this scale ({words})."
+
     def summarise(self, data) -> list[Findings]:
         config: LmcConfig = data.config
 
@@ -339,6 +501,7 @@ class Lmc(Study):
             "acc_barrier_after": "accuracy barrier % aligned",
             "moved_fraction": "units moved by matching",
             "test_acc": "test accuracy (A, B mean)",
+            "lr": "learning rate (sweep)",
         }
         barriers = {v: {label: values(v, k) for k, label in columns.items()} for v in config.variants}
         cka = {
@@ -350,16 +513,20 @@ class Lmc(Study):
             for v in config.variants
         }
         setting = (
-            f"MLP {config.depth}×{config.width} on {config.dataset}, AdamW lr {config.lr:g}, weight decay "
-            f"{config.weight_decay:g} (syre: {config.syre_weight_decay:g} towards θ₀, σ₀ = {config.syre_sigma0:g}), "
-            f"{config.epochs} epochs; W-Asym n_fix = {config.n_fix}, κ = {config.kappa:g}."
+            f"MLP {config.depth}×{config.width} on {config.dataset}, AdamW at each variant's best learning rate "
+            f"among {', '.join(f'{lr:g}' for lr in config.lrs)} (per seed: {config.sweep_epochs}-epoch sweep, "
+            f"scored on a held-out 20% of the training set), weight decay {config.weight_decay:g} (syre: "
+            f"{config.syre_weight_decay:g} towards θ₀, σ₀ = {config.syre_sigma0:g}), {config.epochs} epochs; W-Asym "
+            f"n_fix = round({config.n_fix_fraction:g}·fan_in), κ = {config.kappa:g}/√fan_in; FiGLU F ~ N(0, "
+            f"{config.figlu_scale:g}²/width)."
         )
+        ordering = self.lim_ordering(self.verdicts(data))
         return [
             Findings.from_values(
                 "loss barriers before and after alignment",
                 barriers,
-                caption=f"{setting} Cross-entropy on the training set along {config.path_steps} points of the "
-                "linear path A → B. max: max_λ L(λ) − ½(L_A + L_B); linear: max_λ [L(λ) − ((1−λ)L_A + λL_B)]. "
+                caption=f"{ordering} {setting} Cross-entropy on the training set along {config.path_steps} points "
+                "of the linear path A → B. max: max_λ L(λ) − ½(L_A + L_B); linear: max_λ [L(λ) − ((1−λ)L_A + λL_B)]. "
                 "Aligned: permutation weight matching (elementwise; W-Asym and syre on plain copies of their "
                 "effective weights), orthogonal Procrustes weight matching (isotropic); σ-Asym: n/a (no symmetry).",
             ),
