@@ -1,13 +1,18 @@
-"""Atomic checkpoint files and RNG-state capture.
+"""Atomic, checksummed checkpoint files and RNG-state capture.
 
-A checkpoint is written to a temporary file in the same folder, flushed and fsynced, then moved over the old one
-with ``os.replace`` (atomic on POSIX and Windows), and the folder is fsynced: a crash at any moment leaves either
-the previous checkpoint or the new one, never a torn file. A file that cannot be read raises
-:class:`CheckpointError` naming it; nothing is ever deleted.
+A file is written to a temporary file in the same folder, flushed and fsynced, then moved over the old one with
+``os.replace`` (atomic on POSIX and Windows), and the folder is fsynced: a crash at any moment leaves either the
+previous file or the new one, never a torn file.
+
+A checkpoint (:func:`save_checkpoint`) is a header line ``isotorch-checkpoint-v1 <sha256 of the payload>`` followed
+by the ``torch.save`` payload. :func:`load_checkpoint` verifies the digest before unpickling anything, so a flipped
+byte anywhere in the file (header or payload) is refused; the error names the file, which is left in place.
+Nothing is ever deleted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import random
@@ -19,7 +24,20 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "capture_rng", "load_checkpoint", "restore_rng", "save_atomic", "write_text_atomic"]
+__all__ = [
+    "CheckpointError",
+    "capture_rng",
+    "encode_checkpoint",
+    "load_checkpoint",
+    "restore_rng",
+    "save_atomic",
+    "save_checkpoint",
+    "write_bytes_atomic",
+    "write_text_atomic",
+]
+
+_MAGIC = b"isotorch-checkpoint-v1 "
+_HEADER = len(_MAGIC) + 64 + 1  # magic, hex digest, newline
 
 
 class CheckpointError(RuntimeError):
@@ -39,7 +57,8 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder + fsync + ``os.replace``)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -58,29 +77,66 @@ def save_atomic(obj: Any, path: str | Path) -> None:
     """``torch.save(obj)`` to ``path`` atomically (temp file in the same folder + fsync + ``os.replace``)."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    _write_bytes_atomic(Path(path), buffer.getvalue())
+    write_bytes_atomic(Path(path), buffer.getvalue())
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write a text file atomically."""
-    _write_bytes_atomic(Path(path), text.encode())
+    write_bytes_atomic(Path(path), text.encode())
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_atomic`.
+def encode_checkpoint(obj: Any) -> bytes:
+    """The bytes of a checksummed checkpoint of ``obj`` (header line with the payload's SHA-256, then the payload).
+
+    Encoding captures ``obj`` by value: the objects may change afterwards; write the bytes later with
+    :func:`write_bytes_atomic`.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    payload = buffer.getvalue()
+    return _MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+
+
+def save_checkpoint(obj: Any, path: str | Path) -> None:
+    """Save ``obj`` atomically as a checksummed checkpoint (see :func:`load_checkpoint`)."""
+    write_bytes_atomic(path, encode_checkpoint(obj))
+
+
+def load_checkpoint(path: str | Path, *, expect_format: str | None = "isotorch-study-checkpoint") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint`, after verifying its SHA-256.
+
+    Args:
+        path: the file.
+        expect_format: the dict's ``"format"`` entry must equal this (``None``: any dict).
 
     Raises:
-        CheckpointError: the file is unreadable, truncated, corrupted, or not a checkpoint dict (names the file).
+        CheckpointError: missing, unreadable, truncated, corrupted (checksum mismatch) or not a checkpoint dict; the
+            message names the file and says that it was left in place.
     """
     path = Path(path)
+    kept = "it was left in place. Move it away to rerun that part from its start, or use a new run folder."
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({exc.strerror or exc})") from None
+    header, payload = raw[:_HEADER], raw[_HEADER:]
+    if not (header.startswith(_MAGIC) and header.endswith(b"\n")):
         raise CheckpointError(
-            f"checkpoint {path} is corrupted or unreadable ({type(exc).__name__}: {exc}); it was left in place. "
-            "Move it away to restart this seed from its previous checkpoint-free state, or start a new run folder."
-        ) from exc
-    if not isinstance(state, dict) or state.get("format") != "isotorch-study-checkpoint":
+            f"checkpoint {path} is corrupted or not an isotorch checkpoint (bad header; files written before "
+            f"checksums were added are refused too); {kept}"
+        )
+    stored = header[len(_MAGIC) : -1]
+    actual = hashlib.sha256(payload).hexdigest().encode()
+    if stored != actual:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupted (SHA-256 {actual[:12].decode(errors='replace')}… does not match the "
+            f"stored {stored[:12].decode(errors='replace')}…); {kept}"
+        )
+    try:
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); {kept}") from exc
+    if not isinstance(state, dict) or (expect_format is not None and state.get("format") != expect_format):
         raise CheckpointError(f"{path} is not an isotorch study checkpoint; it was left in place")
     return state
 

@@ -28,6 +28,7 @@ import torch
 __all__ = [
     "DatasetNotFoundError",
     "Split",
+    "check_dataset",
     "load_dataset",
     "load_digits",
     "load_vision",
@@ -350,6 +351,68 @@ def load_vision(name: str, root: str | Path, *, flatten: bool = False, test_only
         return (x.flatten(1) if flatten else x), torch.tensor(arrays[split][1])
 
     return Split(*tensors("train"), *tensors("test"), name=name)
+
+
+def _check_idx(path: Path, ndim: int) -> int:
+    """The item count of an idx file from its header; ValueError when it is not an idx file of ``ndim`` dims."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            head = handle.read(4 + 4 * ndim)
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"{path} cannot be read ({exc})") from None
+    if len(head) < 4 + 4 * ndim or head[0] != 0 or head[1] != 0 or head[3] != ndim:
+        raise ValueError(f"{path} is not an idx file of {ndim} dimensions (bad header); is it the right file?")
+    return int.from_bytes(head[4:8], "big")
+
+
+def check_dataset(name: str, root: str | Path | None = None) -> None:
+    """Check, without loading it, that :func:`load_dataset` can find ``name``'s files (headers read, not data).
+
+    Embedded datasets always pass; ``"mnist"``, ``"fashion_mnist"`` and ``"cifar10"`` need ``root`` to be an
+    existing folder holding their standard files (idx headers with matching image and label counts; CIFAR-10's
+    pickles). Other names pass too (a study may load datasets of its own).
+
+    Raises:
+        ValueError: no root, or a file that is not what it should be (names it).
+        DatasetNotFoundError: the root or a file does not exist (says where to put the files).
+
+    Examples:
+        >>> check_dataset("digits")
+        >>> check_dataset("mnist", "/nonexistent")
+        Traceback (most recent call last):
+        ...
+        isotorch.studies._data.DatasetNotFoundError: dataset 'mnist': data_root /nonexistent does not exist
+    """
+    if name not in _VISION:
+        return
+    if not root:
+        raise ValueError(f"dataset {name!r} needs data_root (the folder holding its standard files); none was given")
+    root = Path(root)
+    if not root.exists():
+        raise DatasetNotFoundError(f"dataset {name!r}: data_root {root} does not exist")
+    if not root.is_dir():
+        raise ValueError(f"dataset {name!r}: data_root {root} is not a folder")
+    folder = _VISION[name][0]
+    if name == "cifar10":
+        files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        found = [_find(root, folder, f) for f in files]
+        missing = [f for f, p in zip(files, found, strict=True) if p is None]
+        if missing:
+            raise _missing(name, root, missing)
+        for path in found:
+            with open(path, "rb") as handle:
+                if handle.read(1) != b"\x80":
+                    raise ValueError(f"{path} is not a CIFAR-10 python pickle batch; is it the right file?")
+        return
+    for split in ("train", "test"):
+        found = [_find(root, folder, f) for f in _IDX[split]]
+        missing = [f for f, p in zip(_IDX[split], found, strict=True) if p is None]
+        if missing:
+            raise _missing(name, root, missing)
+        images, labels = _check_idx(found[0], 3), _check_idx(found[1], 1)
+        if images != labels:
+            raise ValueError(f"{found[0]} holds {images} images but {found[1]} holds {labels} labels")
 
 
 def load_dataset(name: str, *, root: str | Path | None = None, seed: int = 0, flatten: bool = False, **kwargs) -> Split:

@@ -1,22 +1,36 @@
-"""The study runner: output folder, config and environment, seeding, metrics, checkpoints, resume and Ctrl-C.
+"""The study runner: output folder, config and environment, seeding, metrics, checkpoints, resume, Ctrl-C, Ray.
 
 Run folder layout (``out/``)::
 
-    config.json          study, preset, config, seeds, runner settings and the environment
-    metrics.jsonl        one JSON record per logged step: {"seed", "run", "step", ...values}
-    results.json         {seed: final results returned by Study.run}
-    checkpoints/seedS.pt one atomic checkpoint per seed (see below)
-    models/              models saved with ctx.save_model (audited by the report)
-    findings.json        the study's findings tables; figures.json: its figures and captions
-    *.png, report.html   figures and the report
+    config.json            study, preset, config, seeds, runner settings and the environment
+    metrics/seedS.jsonl    the live log of seed S: one JSON record per logged step {"seed", "run", "step", ...}
+    metrics.jsonl          the records of every finished seed, in the order of the run's seeds
+    results.json           {seed: final results returned by Study.run} of the finished seeds
+    checkpoints/seedS.pt   one atomic, checksummed checkpoint per seed (the interrupted loop's state; an index of
+                           the finished loops; at the end the seed's final results)
+    checkpoints/seedS-loopK.pt  the end state of the seed's K-th finished training loop (written once)
+    models/                models saved with ctx.save_model (audited by the report)
+    findings.json          the study's findings tables; figures.json: its figures and captions
+    verdicts.json          one verdict per claim the study tests (supported/contradicted/inconclusive, estimate, ci95)
+    *.png, report.html     figures and the report
+
+**Units.** Each seed is an independent unit: it writes only its own metrics file and checkpoints, so units run one
+after another in this process (``executor="serial"``) or as Ray tasks (``executor="ray"``, see
+:mod:`isotorch.studies._ray`) with the same results. The driver keeps the bookkeeping: after each finished unit it
+rewrites ``results.json`` and ``metrics.jsonl`` from the finished seeds' files.
 
 **Resume.** ``Study.run(ctx)`` is called again from the top for an unfinished seed, with every RNG reseeded. Each
 ``ctx.train(key, ...)`` that had finished restores its end state (the objects in ``state``, every RNG, the log
 count) instead of training; the one that was interrupted restores its last checkpoint and continues from its step.
-``ctx.log`` calls that replay records already in ``metrics.jsonl`` are dropped, after the file is truncated back to
-the checkpoint's offset. So a run killed at any moment (even by SIGKILL) and resumed writes exactly the records,
-and ends with exactly the models, of an uninterrupted run — provided that ``run`` is deterministic given the seed
-and that every stateful object of a training loop (models, optimisers, schedulers, scalers) is passed in ``state``.
+``ctx.log`` calls that replay records already in the seed's metrics file are dropped, after the file is truncated
+back to the checkpoint's offset. So a run killed at any moment (even by SIGKILL) and resumed writes exactly the
+records, and ends with exactly the models, of an uninterrupted run — provided that ``run`` is deterministic given
+the seed and that every stateful object of a training loop (models, optimisers, schedulers, scalers) is passed in
+``state``. Resuming with more seeds adds them and keeps the finished ones.
+
+**Checkpoints** are verified by their SHA-256 before loading (a corrupted file is refused, named and kept). A
+checkpoint of a loop's state is written only once the loss *at that state* has been computed and is finite, so
+after a NaN/inf the kept checkpoint is the last state with a finite loss.
 """
 
 from __future__ import annotations
@@ -27,6 +41,7 @@ import importlib
 import json
 import logging
 import math
+import operator
 import os
 import platform
 import random
@@ -43,14 +58,18 @@ import torch
 from isotorch.studies._checkpoint import (
     CheckpointError,
     capture_rng,
+    encode_checkpoint,
     load_checkpoint,
     restore_rng,
     save_atomic,
+    save_checkpoint,
+    write_bytes_atomic,
     write_text_atomic,
 )
 from isotorch.studies._config import ConfigError, config_from_dict, config_to_dict, make_config
 from isotorch.studies._registry import Study, get
 from isotorch.studies._stats import Figure, Findings
+from isotorch.studies._verdicts import Verdict, check_verdicts, write_verdicts
 
 __all__ = [
     "NonFiniteLossError",
@@ -61,6 +80,7 @@ __all__ = [
     "StudyRun",
     "TrainResult",
     "environment",
+    "resolve_device",
     "run_study",
 ]
 
@@ -212,15 +232,15 @@ class StudyContext:
         state = dict(resume_state or {})
         self._completed: dict[str, dict[str, Any]] = dict(state.get("completed", {}))
         self._current: dict[str, Any] | None = state.get("current")
-        self._in_file = int(state.get("log_count", 0))  # records of this seed already in metrics.jsonl
+        self._in_file = int(state.get("log_count", 0))  # records of this seed already in its metrics file
         self._logged = 0
         self._run: str | None = None
         self._keys: set[str] = set()
-        self._last_good: int | None = state.get("current", {}).get("step") if state.get("current") else None
+        self._last_good: int | None = None  # count of the current loop's last checkpoint on disk
 
     # ----------------------------------------------------------------------------------------------- logging
     def log(self, step: int, **values: Any) -> None:
-        """Append one record ``{"seed", "run", "step", **values}`` to ``metrics.jsonl``.
+        """Append one record ``{"seed", "run", "step", **values}`` to the seed's metrics file.
 
         Tensors and numpy values become numbers or lists. Inside :meth:`train` the record's ``run`` is the loop's
         key; outside it is ``None`` unless ``run=`` is given in ``values``.
@@ -258,10 +278,12 @@ class StudyContext:
     ) -> TrainResult:
         """Run ``step(t)`` for t = 0 … steps−1 with logging, checkpoints, NaN checks, Ctrl-C and resume.
 
-        ``step(t)`` performs update t and returns its loss (a scalar tensor or float, the loss *before* the update).
-        After update t the count is t+1; at every count in ``log_steps`` (or every ``log_every``; the count 0 is
-        the initial state) a record is logged with ``loss`` and the values of ``evaluate(count)``. A checkpoint is
-        saved every ``checkpoint_every`` updates (a runner setting), at the end, and on Ctrl-C.
+        ``step(t)`` performs update t and returns its loss (a scalar tensor or float, the loss *before* the update,
+        i.e. of the state after t updates). After update t the count is t+1; at every count in ``log_steps`` (or
+        every ``log_every``; the count 0 is the initial state) a record is logged with ``loss`` and the values of
+        ``evaluate(count)``. The state after every ``checkpoint_every`` updates (a runner setting) is checkpointed
+        once its own loss (that of the next update) is known to be finite; the end state of the loop is stored in
+        its own file; Ctrl-C checkpoints at once.
 
         Args:
             key: unique name of this loop within the seed (e.g. ``"scale=0.01"``); it is the records' ``run``.
@@ -274,7 +296,7 @@ class StudyContext:
             log_every: log every this many updates (ignored when ``log_steps`` is given).
 
         Raises:
-            NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept and named).
+            NonFiniteLossError: the loss became NaN/inf (names the update and the kept checkpoint's update).
             StudyInterrupted: Ctrl-C (after saving a checkpoint).
         """
         if not isinstance(key, str) or not key:
@@ -295,18 +317,21 @@ class StudyContext:
 
         if key in self._completed:
             done = self._completed[key]
-            self._load(state, done)
+            self._load(state, self._load_loop(key, done))
             return TrainResult(key, done["steps"], done.get("last", {}), restored="completed")
 
         start, restored, last = 0, None, {}
+        self._last_good = None
         if self._current is not None and self._current["key"] == key:
             self._load(state, self._current)
             start, restored, last = self._current["step"], "checkpoint", self._current.get("last", {})
+            self._last_good = start
         self._current = None
         self._run = key
         task = None
         if self._progress is not None:
             task = self._progress.add_task(f"seed {self.seed} · {key}", total=steps, completed=start)
+        pending: tuple[int, bytes] | None = None  # a checkpoint waiting for the loss of its state
         try:
             if start == 0 and 0 in log_set:
                 last = self._log_values(0, None, evaluate)
@@ -315,39 +340,36 @@ class StudyContext:
                 value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
                 if not math.isfinite(value):
                     where = (
-                        f"the last good checkpoint ({self.checkpoint_path}, update {self._last_good}) was kept"
+                        f"the last checkpoint with a finite loss, at update {self._last_good}, is kept in "
+                        f"{self.checkpoint_path}"
                         if self._last_good is not None
-                        else "no checkpoint of this loop had been saved yet"
+                        else "no checkpoint of this loop with a finite loss had been saved yet"
                     )
                     raise NonFiniteLossError(
                         f"the loss became {value} at update {t} of run {key!r} (seed {self.seed}); {where}. "
                         "Lower the learning rate or the initialisation scale."
                     )
+                if pending is not None:  # the state of the pending checkpoint has a finite loss: keep it
+                    write_bytes_atomic(self.checkpoint_path, pending[1])
+                    self._last_good, pending = pending[0], None
                 count = t + 1
                 if count in log_set:
                     last = self._log_values(count, value, evaluate)
                 if task is not None:
                     self._progress.update(task, completed=count)
                 if self._interrupted.is_set():
-                    self._save(key, count, state, last)
+                    write_bytes_atomic(self.checkpoint_path, self._encode(key, count, state, last))
                     raise StudyInterrupted(
                         f"interrupted at update {count} of run {key!r} (seed {self.seed}); checkpoint saved to "
                         f"{self.checkpoint_path}. Resume with --resume."
                     )
                 if count % self._checkpoint_every == 0 and count < steps:
-                    self._save(key, count, state, last)
+                    pending = (count, self._encode(key, count, state, last))
         finally:
             self._run = None
             if task is not None:
                 self._progress.remove_task(task)
-        self._completed[key] = {
-            "steps": steps,
-            "state": {name: obj.state_dict() for name, obj in state.items()},
-            "rng": capture_rng({"ctx": self.generator}),
-            "log_count": self._logged,
-            "last": last,
-        }
-        self._save(None, steps, state, last)
+        self._finish(key, steps, state, last)
         return TrainResult(key, steps, last, restored)
 
     def _log_values(self, count: int, loss: float | None, evaluate) -> dict[str, Any]:
@@ -359,6 +381,15 @@ class StudyContext:
                 values.update({k: _plain(v) for k, v in evaluate(count).items()})
         self.log(count, **values)
         return values
+
+    def _load_loop(self, key: str, done: Mapping[str, Any]) -> dict[str, Any]:
+        path = self.checkpoint_path.parent / done["file"]
+        if not path.exists():
+            raise CheckpointError(f"{path} (the end state of run {key!r}, seed {self.seed}) is missing")
+        saved = load_checkpoint(path)
+        if saved.get("key") != key:
+            raise CheckpointError(f"{path} holds run {saved.get('key')!r}, not {key!r}; it was left in place")
+        return saved
 
     def _load(self, state: Mapping[str, Any], saved: Mapping[str, Any]) -> None:
         missing = set(state) - set(saved["state"])
@@ -372,31 +403,43 @@ class StudyContext:
         restore_rng(saved["rng"], {"ctx": self.generator})
         self._logged = int(saved["log_count"])
 
-    def _save(self, key: str | None, count: int, state: Mapping[str, Any], last: Mapping[str, Any]) -> None:
-        offset = self._metrics.sync()
-        current = None
-        if key is not None:
-            current = {
-                "key": key,
-                "step": count,
-                "state": {name: obj.state_dict() for name, obj in state.items()},
-                "rng": capture_rng({"ctx": self.generator}),
-                "log_count": self._logged,
-                "last": dict(last),
-            }
-            self._last_good = count
-        save_atomic(
-            {
-                "format": _FORMAT,
-                "seed": self.seed,
-                "done": False,
-                "offset": offset,
-                "log_count": self._logged,
-                "completed": self._completed,
-                "current": current,
-            },
-            self.checkpoint_path,
-        )
+    def _index(self, current: Mapping[str, Any] | None) -> dict[str, Any]:
+        return {
+            "format": _FORMAT,
+            "seed": self.seed,
+            "done": False,
+            "offset": self._metrics.sync(),
+            "log_count": self._logged,
+            "completed": dict(self._completed),
+            "current": current,
+        }
+
+    def _encode(self, key: str, count: int, state: Mapping[str, Any], last: Mapping[str, Any]) -> bytes:
+        """The checkpoint of the loop ``key`` after ``count`` updates, encoded now (by value)."""
+        current = {
+            "key": key,
+            "step": count,
+            "state": {name: obj.state_dict() for name, obj in state.items()},
+            "rng": capture_rng({"ctx": self.generator}),
+            "log_count": self._logged,
+            "last": dict(last),
+        }
+        return encode_checkpoint(self._index(current))
+
+    def _finish(self, key: str, steps: int, state: Mapping[str, Any], last: Mapping[str, Any]) -> None:
+        """Store the end state of a finished loop in its own file, then the index (which no longer re-saves it)."""
+        name = f"seed{self.seed}-loop{len(self._completed)}.pt"
+        end = {
+            "format": _FORMAT,
+            "key": key,
+            "steps": steps,
+            "state": {n: obj.state_dict() for n, obj in state.items()},
+            "rng": capture_rng({"ctx": self.generator}),
+            "log_count": self._logged,
+        }
+        save_checkpoint(end, self.checkpoint_path.parent / name)
+        self._completed[key] = {"file": name, "steps": steps, "log_count": self._logged, "last": dict(last)}
+        save_checkpoint(self._index(None), self.checkpoint_path)
 
     # ----------------------------------------------------------------------------------------------- helpers
     def batch_indices(self, t: int, n: int, batch_size: int, *, key: str = "") -> torch.Tensor:
@@ -455,11 +498,7 @@ class RunData:
         meta = _read_json(out / "config.json")
         study = get(meta["study"])
         config = config_from_dict(study.Config, meta["config"])
-        records = []
-        metrics = out / "metrics.jsonl"
-        if metrics.exists():
-            with metrics.open() as handle:
-                records = [json.loads(line) for line in handle if line.strip()]
+        records = _read_records(out / "metrics.jsonl")
         finals = {}
         if (out / "results.json").exists():
             finals = {int(k): v for k, v in _read_json(out / "results.json").items()}
@@ -480,6 +519,26 @@ class RunData:
         return steps, np.array([r[key] for r in rows], dtype=np.float64)
 
 
+def _read_records(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """The JSON records of a metrics file (the first ``limit`` bytes); a malformed line is a RunFolderError."""
+    if not path.exists():
+        return []
+    with path.open("rb") as handle:
+        raw = handle.read() if limit is None else handle.read(limit)
+    records = []
+    for number, line in enumerate(raw.decode(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RunFolderError(f"{path} line {number} is not valid JSON ({exc.msg}): {line[:60]!r}") from None
+        if not isinstance(record, dict):
+            raise RunFolderError(f"{path} line {number} is not a JSON object: {line[:60]!r}")
+        records.append(record)
+    return records
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -491,12 +550,13 @@ def _read_json(path: Path) -> Any:
 
 @dataclass(frozen=True)
 class StudyRun:
-    """What :func:`run_study` returns: the run folder's data, findings, figures and report path."""
+    """What :func:`run_study` returns: the run folder's data, findings, figures, report path and verdicts."""
 
     data: RunData
     findings: tuple[Findings, ...]
     figures: tuple[Figure, ...]
     report: Path | None
+    verdicts: tuple[Verdict, ...] = ()
 
     @property
     def out(self) -> Path:
@@ -506,6 +566,9 @@ class StudyRun:
 def _check_folder(out: Path, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"output path {out} exists and is not a folder")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise RunFolderError(f"output folder {out} cannot be created: {parent} is a file")
     if resume:
         if not (out / "config.json").exists():
             raise RunFolderError(f"cannot resume: {out} holds no config.json (not a study run folder)")
@@ -513,14 +576,18 @@ def _check_folder(out: Path, resume: bool) -> None:
         raise RunFolderError(
             f"output folder {out} exists and is not empty; pass --resume to continue that run, or choose a new folder"
         )
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "checkpoints").mkdir(exist_ok=True)
         probe = out / ".write-test"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
+        if created and out.exists() and not any(out.iterdir()):
+            out.rmdir()  # the empty folder that this call made
         raise RunFolderError(f"output folder {out} is not writable ({exc.strerror or exc})") from None
+    (out / "checkpoints").mkdir(exist_ok=True)
+    (out / "metrics").mkdir(exist_ok=True)
 
 
 def _resolve(study: Study, preset: str | None, overrides) -> Any:
@@ -532,20 +599,148 @@ def _resolve(study: Study, preset: str | None, overrides) -> Any:
     return make_config(study.Config, preset=presets.get(preset) if preset else None, overrides=overrides)
 
 
-def _seed_state(out: Path, seeds: Sequence[int]) -> tuple[dict[int, dict[str, Any]], int]:
-    """Load the seeds' checkpoints and find the metrics offset to truncate back to."""
-    states: dict[int, dict[str, Any]] = {}
-    offset = 0
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` (CUDA when available) or None (CPU) as a checked device.
+
+    Raises:
+        ConfigError: an unknown device, or CUDA asked for where torch sees none (one line, naming the reason).
+    """
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, str) and device.strip().lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device must be cpu, cuda, cuda:N or auto, got {device!r}") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be cpu, cuda, cuda:N or auto, got {device!r}")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+            raise ConfigError(f"device {str(device)!r} was asked for, but CUDA is not available ({why}); use cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return resolved
+
+
+def _check_data(config: Any) -> None:
+    """Refuse a config whose dataset files are missing, before anything is written."""
+    from isotorch.studies._data import check_dataset
+
+    name = getattr(config, "dataset", None)
+    if not isinstance(name, str):
+        return
+    try:
+        check_dataset(name, getattr(config, "data_root", None))
+    except (ValueError, OSError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _check_seeds(seeds: Sequence[int] | None) -> tuple[int, ...] | None:
+    if seeds is None:
+        return None
+    seeds = list(seeds)
+    try:
+        values = tuple(operator.index(s) for s in seeds if not isinstance(s, bool))
+    except TypeError:
+        values = ()
+    if len(values) != len(seeds):
+        raise ConfigError(f"seeds must be ints, got {list(seeds)!r}")
+    if not values:
+        raise ConfigError("seeds must name at least one seed")
+    repeated = sorted({s for s in values if values.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"seeds must be distinct; {', '.join(map(str, repeated))} appear more than once")
+    bad = [s for s in values if not 0 <= s < 2**32]
+    if bad:
+        raise ConfigError(f"seeds must be in [0, 2**32), got {bad}")
+    return values
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One independent unit of a run (a seed), with everything a worker needs to run it into the run folder."""
+
+    study: Study
+    seed: int
+    config: Any
+    out: Path
+    checkpoint_every: int
+    device: str
+    autocast: bool
+    tensorboard: bool
+    threads: int | None = None  # pin torch's intra-op threads (Ray tasks); None: leave as is
+
+
+def run_unit(unit: Unit, *, progress: Any = None, interrupted: threading.Event | None = None) -> dict[str, Any]:
+    """Run (or resume) one seed in this process; returns its final results (also stored in its checkpoint).
+
+    Raises:
+        NonFiniteLossError, StudyInterrupted, CheckpointError.
+    """
+    out = unit.out
+    checkpoint = out / "checkpoints" / f"seed{unit.seed}.pt"
+    state = load_checkpoint(checkpoint) if checkpoint.exists() else None
+    if state is not None and state["done"]:
+        return state["final"]
+    metrics_path = out / "metrics" / f"seed{unit.seed}.jsonl"
+    offset = int(state["offset"]) if state is not None else 0
+    if metrics_path.exists():
+        size = metrics_path.stat().st_size
+        if size < offset:
+            raise CheckpointError(f"{metrics_path} is shorter ({size} bytes) than its checkpoint's offset ({offset})")
+        os.truncate(metrics_path, offset)
+    if unit.threads is not None:
+        torch.set_num_threads(unit.threads)
+    random.seed(unit.seed)
+    np.random.seed(unit.seed)  # noqa: NPY002 - the legacy global RNG that user code may use
+    torch.manual_seed(unit.seed)
+    device = torch.device(unit.device)
+    metrics = _Metrics(metrics_path, out / "tensorboard" if unit.tensorboard else None)
+    try:
+        ctx = StudyContext(
+            seed=unit.seed,
+            config=unit.config,
+            out=out,
+            device=device,
+            metrics=metrics,
+            checkpoint_every=unit.checkpoint_every,
+            resume_state=state,
+            progress=progress,
+            interrupted=interrupted if interrupted is not None else threading.Event(),
+        )
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if unit.autocast else contextlib.nullcontext()
+        with autocast:
+            final = _plain(dict(unit.study.run(ctx) or {}))
+        done = {"format": _FORMAT, "seed": unit.seed, "done": True, "offset": metrics.sync(), "final": final}
+        done["log_count"] = ctx._logged
+        save_checkpoint(done, checkpoint)
+    finally:
+        metrics.close()
+    return final
+
+
+def _bookkeep(out: Path, seeds: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """Rewrite results.json and metrics.jsonl from the finished seeds' checkpoints and metrics files."""
+    finals: dict[int, dict[str, Any]] = {}
+    lines = bytearray()
     for seed in seeds:
         path = out / "checkpoints" / f"seed{seed}.pt"
         if not path.exists():
-            break
+            continue
         state = load_checkpoint(path)
-        states[seed] = state
-        offset = int(state["offset"])
         if not state["done"]:
-            break
-    return states, offset
+            continue
+        finals[seed] = state["final"]
+        with (out / "metrics" / f"seed{seed}.jsonl").open("rb") as handle:
+            lines += handle.read(int(state["offset"]))
+    write_text_atomic(out / "results.json", json.dumps({str(k): v for k, v in finals.items()}, indent=2) + "\n")
+    write_bytes_atomic(out / "metrics.jsonl", bytes(lines))
+    return finals
+
+
+_EXECUTORS = ("serial", "ray")
 
 
 def run_study(
@@ -560,34 +755,50 @@ def run_study(
     checkpoint_every: int = 500,
     tensorboard: bool = False,
     device: str | torch.device | None = None,
+    autocast: bool = False,
+    executor: str = "serial",
+    ray_address: str | None = None,
     report: bool = True,
 ) -> StudyRun:
     """Run a registered study over seeds into ``out``: config, metrics, checkpoints, figures, findings, report.
 
+    Every argument is checked before anything is written (a bad one raises and leaves no folder behind).
+
     Args:
         name: the registered study name (:func:`isotorch.studies.names`).
         out: the run folder; created. An existing non-empty folder is an error unless ``resume``.
-        seeds: seeds to run. Default: ``(0,)``, or the stored seeds when resuming.
+        seeds: distinct seeds in [0, 2³²). Default: ``(0,)``, or the stored seeds when resuming; on resume, seeds
+            that the run does not have yet are added (the stored ones are kept).
         preset: a named preset of the study (e.g. ``"tiny"``), applied before ``overrides``.
         overrides: typed values or ``"key=value"`` strings for config fields.
         resume: continue the run stored in ``out`` (its stored config; giving a different one is an error).
         progress: show a rich progress bar (on stderr). Default: True.
-        checkpoint_every: updates between checkpoints of a training loop. Default: 500.
+        checkpoint_every: updates between checkpoints of a training loop (positive). Default: 500.
         tensorboard: also write TensorBoard scalars to ``out/tensorboard`` (needs the ``tensorboard`` package).
-        device: the device studies train on. Default: CPU.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when available). Default: CPU.
+        autocast: run each seed under ``torch.autocast("cuda", dtype=torch.bfloat16)``; needs a CUDA device.
+        executor: ``"serial"`` (one seed after another in this process) or ``"ray"`` (each seed a Ray task; needs
+            ``isotorch[distributed]``). Default: ``"serial"``.
+        ray_address: the Ray cluster to join (``ray.init(address=...)``); default: a local cluster on this machine
+            (or the Ray session this process has already started).
         report: write ``report.html`` at the end. Default: True.
 
     Raises:
-        UnknownStudyError, ConfigError, RunFolderError, CheckpointError, NonFiniteLossError, StudyInterrupted.
+        UnknownStudyError, ConfigError, RunFolderError, CheckpointError, NonFiniteLossError, StudyInterrupted,
+        ExecutorError (Ray cannot be used), ImportError (tensorboard or ray missing).
     """
     study = get(name)
     out = Path(out)
-    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
-    if seeds is not None:
-        seeds = tuple(int(s) for s in seeds)
-        if not seeds or len(set(seeds)) != len(seeds):
-            raise ValueError(f"seeds must be a non-empty sequence of distinct ints, got {seeds!r}")
+    if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 1:
+        raise ConfigError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+    seeds = _check_seeds(seeds)
+    if executor not in _EXECUTORS:
+        raise ConfigError(f"executor must be one of {', '.join(_EXECUTORS)}, got {executor!r}")
+    if ray_address is not None and executor != "ray":
+        raise ConfigError("ray_address (--ray-address) needs executor='ray' (--executor ray)")
+    torch_device = resolve_device(device)
+    if autocast and torch_device.type != "cuda":
+        raise ConfigError(f"bf16 autocast (--bf16) needs a CUDA device; the device is {torch_device}")
     if tensorboard:
         try:
             importlib.import_module("torch.utils.tensorboard")
@@ -596,9 +807,12 @@ def run_study(
                 "tensorboard=True needs the tensorboard package: pip install 'isotorch[tensorboard]'"
             ) from None
     config = None if resume else _resolve(study, preset, overrides)  # a bad config is refused before any write
-    _check_folder(out, resume)
 
     if resume:
+        if out.exists() and not out.is_dir():
+            raise RunFolderError(f"output path {out} exists and is not a folder")
+        if not (out / "config.json").exists():
+            raise RunFolderError(f"cannot resume: {out} holds no config.json (not a study run folder)")
         meta = _read_json(out / "config.json")
         if meta.get("study") != name:
             raise RunFolderError(f"{out} holds a run of study {meta.get('study')!r}, not {name!r}")
@@ -610,79 +824,71 @@ def run_study(
                     f"cannot resume {out} with a different config: stored {config_to_dict(config)}, asked "
                     f"{config_to_dict(asked)}. Resume without --set/--preset, or start a new folder."
                 )
-        if seeds is not None and tuple(seeds) != tuple(meta["seeds"]):
-            raise ConfigError(f"cannot resume {out} with seeds {list(seeds)}: the run was started with {meta['seeds']}")
-        seeds = tuple(meta["seeds"])
-    else:
-        seeds = seeds or (0,)
-        meta = {
-            "study": name,
-            "preset": preset,
-            "config": config_to_dict(config),
-            "seeds": list(seeds),
-            "runner": {"checkpoint_every": checkpoint_every, "device": str(device or "cpu")},
-            "environment": environment(),
-        }
-        write_text_atomic(out / "config.json", json.dumps(meta, indent=2) + "\n")
+        stored = tuple(int(s) for s in meta["seeds"])
+        added = tuple(s for s in (seeds or ()) if s not in stored)
+        seeds = stored + added
+    _check_data(config)
 
-    states, offset = _seed_state(out, seeds) if resume else ({}, 0)
-    metrics_path = out / "metrics.jsonl"
-    if metrics_path.exists():
-        size = metrics_path.stat().st_size
-        if size < offset:
-            raise CheckpointError(f"{metrics_path} is shorter ({size} bytes) than its checkpoint's offset ({offset})")
-        os.truncate(metrics_path, offset)
-    results_path = out / "results.json"
-    finals = {int(k): v for k, v in _read_json(results_path).items()} if results_path.exists() else {}
+    with contextlib.ExitStack() as stack:
+        if executor == "ray":
+            from isotorch.studies import _ray
 
-    interrupted = threading.Event()
-    metrics = _Metrics(metrics_path, out / "tensorboard" if tensorboard else None)
-    torch_device = torch.device(device) if device is not None else torch.device("cpu")
-    with _sigint(interrupted), _progress_bar(progress) as bar:
+            stack.enter_context(_ray.session(ray_address))  # connects (or fails) before anything is written
+        _check_folder(out, resume)
+        if resume:
+            if added:
+                meta["seeds"] = list(seeds)
+                write_text_atomic(out / "config.json", json.dumps(meta, indent=2) + "\n")
+        else:
+            seeds = seeds or (0,)
+            meta = {
+                "study": name,
+                "preset": preset,
+                "config": config_to_dict(config),
+                "seeds": list(seeds),
+                "runner": {
+                    "checkpoint_every": checkpoint_every,
+                    "device": str(torch_device),
+                    "autocast": "bf16" if autocast else None,
+                    "executor": executor,
+                },
+                "environment": environment(),
+            }
+            write_text_atomic(out / "config.json", json.dumps(meta, indent=2) + "\n")
+
+        units = [
+            Unit(study, seed, config, out, checkpoint_every, str(torch_device), autocast, tensorboard) for seed in seeds
+        ]
+        interrupted = threading.Event()
         try:
-            for seed in seeds:
-                state = states.get(seed)
-                if state is not None and state["done"]:
-                    continue
-                random.seed(seed)
-                np.random.seed(seed)  # noqa: NPY002 - the legacy global RNG that user code may use
-                torch.manual_seed(seed)
-                ctx = StudyContext(
-                    seed=seed,
-                    config=config,
-                    out=out,
-                    device=torch_device,
-                    metrics=metrics,
-                    checkpoint_every=checkpoint_every,
-                    resume_state=state,
-                    progress=bar,
-                    interrupted=interrupted,
-                )
-                final = _plain(dict(study.run(ctx) or {}))
-                finals[seed] = final
-                write_text_atomic(results_path, json.dumps({str(k): v for k, v in finals.items()}, indent=2) + "\n")
-                save_atomic(
-                    {"format": _FORMAT, "seed": seed, "done": True, "offset": metrics.sync(), "log_count": ctx._logged},
-                    ctx.checkpoint_path,
-                )
+            if executor == "ray":
+                _ray.run_units(units, progress=progress, interrupted=interrupted, on_done=lambda: _bookkeep(out, seeds))
+            else:
+                with _sigint(interrupted), _progress_bar(progress) as bar:
+                    for unit in units:
+                        run_unit(unit, progress=bar, interrupted=interrupted)
+                        _bookkeep(out, seeds)
         finally:
-            metrics.close()
+            with contextlib.suppress(CheckpointError, OSError):
+                _bookkeep(out, seeds)
 
     data = RunData.load(out)
     findings = tuple(study.summarise(data))
     write_text_atomic(out / "findings.json", json.dumps([f.to_dict() for f in findings], indent=2) + "\n")
     figures = tuple(study.figures(data, out))
     write_text_atomic(out / "figures.json", json.dumps([f.to_dict() for f in figures], indent=2) + "\n")
+    verdicts = tuple(check_verdicts(name, study.claims, study.verdicts(data)))
+    write_verdicts(out, verdicts)
     path = None
     if report:
         from isotorch.studies._report import write_report
 
         path = write_report(out)
-    return StudyRun(data, findings, figures, path)
+    return StudyRun(data, findings, figures, path, verdicts)
 
 
 @contextlib.contextmanager
-def _sigint(event: threading.Event):
+def _sigint(event: threading.Event, *, message: str | None = "saving a checkpoint at the next update"):
     """First Ctrl-C sets ``event`` (the training loop checkpoints and stops); a second one interrupts at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -692,7 +898,8 @@ def _sigint(event: threading.Event):
         if event.is_set():
             raise KeyboardInterrupt
         event.set()
-        logger.warning("Ctrl-C: saving a checkpoint at the next update (press again to stop at once)")
+        if message:
+            logger.warning("Ctrl-C: %s (press again to stop at once)", message)
 
     previous = signal.signal(signal.SIGINT, handler)
     try:

@@ -1,0 +1,135 @@
+"""The Ray executor on a 2-CPU local cluster (one cluster for the module: Ray starts slowly)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+ray = pytest.importorskip("ray", reason="the Ray executor needs isotorch[distributed]")
+
+from isotorch.studies import _registry  # noqa: E402
+from isotorch.studies._checkpoint import load_checkpoint  # noqa: E402
+from isotorch.studies._registry import Study, register_study  # noqa: E402
+from isotorch.studies._runner import StudyInterrupted, run_study  # noqa: E402
+
+
+@dataclass(frozen=True)
+class SlowToyConfig:
+    steps: int = 30
+    widths: tuple[int, ...] = (3, 4)
+    sleep: float = 0.0
+
+
+@register_study("ray-toy-test")
+class SlowToy(Study):
+    """Two small regressions per seed, optionally slowed down so that a run can be interrupted mid-way."""
+
+    Config = SlowToyConfig
+
+    def run(self, ctx):
+        cfg = ctx.config
+        x = torch.randn(64, 5, generator=ctx.generator)
+        y = torch.sin(x).sum(1, keepdim=True)
+        finals = {}
+        for width in cfg.widths:
+            model = torch.nn.Sequential(torch.nn.Linear(5, width), torch.nn.Tanh(), torch.nn.Linear(width, 1))
+            opt = torch.optim.Adam(model.parameters(), lr=0.05)
+
+            def step(t, model=model, opt=opt):
+                if cfg.sleep:
+                    time.sleep(cfg.sleep)
+                idx = ctx.batch_indices(t, 64, 16)
+                loss = ((model(x[idx]) - y[idx]) ** 2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                return loss
+
+            evaluate = lambda t, model=model: {"full": ((model(x) - y) ** 2).mean()}  # noqa: E731
+            result = ctx.train(f"w{width}", step, cfg.steps, state={"model": model, "opt": opt}, evaluate=evaluate)
+            finals[f"w{width}"] = result.last["full"]
+        return finals
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+    _registry._REGISTRY.pop("ray-toy-test", None)
+
+
+def _close(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for seed in a:
+        for key in a[seed]:
+            assert a[seed][key] == pytest.approx(b[seed][key], rel=1e-6), (seed, key)
+
+
+def _records(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_ray_equals_serial_and_extends_a_run(tmp_path):
+    serial = run_study("ray-toy-test", tmp_path / "serial", seeds=(0, 1, 2), progress=False, report=False)
+    first = run_study("ray-toy-test", tmp_path / "ray", seeds=(0, 1), executor="ray", progress=False, report=False)
+    assert set(first.data.finals) == {0, 1}
+    stamp = (tmp_path / "ray" / "checkpoints" / "seed0.pt").stat().st_mtime_ns
+    extended = run_study(
+        "ray-toy-test", tmp_path / "ray", seeds=(0, 1, 2), resume=True, executor="ray", progress=False, report=False
+    )
+    assert (tmp_path / "ray" / "checkpoints" / "seed0.pt").stat().st_mtime_ns == stamp, "seed 0 was not rerun"
+    assert json.loads((tmp_path / "ray" / "config.json").read_text())["seeds"] == [0, 1, 2]
+    _close(extended.data.finals, serial.data.finals)
+    ours, theirs = _records(tmp_path / "ray"), _records(tmp_path / "serial")
+    assert [(r["seed"], r["run"], r["step"]) for r in ours] == [(r["seed"], r["run"], r["step"]) for r in theirs]
+    for r, s in zip(ours, theirs, strict=True):
+        for key in ("loss", "full"):
+            if key in r:
+                assert r[key] == pytest.approx(s[key], rel=1e-6)
+
+
+def test_ray_ctrl_c_keeps_finished_work_and_resume_completes(tmp_path):
+    ref = run_study("ray-toy-test", tmp_path / "ref", seeds=(0, 1, 2), progress=False, report=False)
+    out = tmp_path / "run"
+    overrides = {"sleep": 0.02}  # 60 updates of ≥ 20 ms per seed: the first two seeds are mid-way after 1 s
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(StudyInterrupted, match="Resume with --resume"):
+            run_study(
+                "ray-toy-test", out, seeds=(0, 1, 2), overrides=overrides, executor="ray", progress=False, report=False
+            )
+    finally:
+        timer.cancel()
+    states = [load_checkpoint(p) for p in sorted((out / "checkpoints").glob("seed?.pt"))]
+    assert states, "the cancelled tasks saved checkpoints"
+    assert not all(s["done"] for s in states) or len(states) < 3
+    done = run_study(
+        "ray-toy-test", out, resume=True, executor="ray", overrides=overrides, progress=False, report=False
+    )
+    _close(done.data.finals, ref.data.finals)
+
+
+def test_unreachable_address_exits_2_with_one_line(tmp_path):
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "isotorch.studies._cli", "run", "plateaus", "--preset", "tiny", "--out",
+         str(tmp_path / "r"), "--executor", "ray", "--ray-address", "127.0.0.1:1", "--no-progress"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach the Ray cluster at 127.0.0.1:1" in lines[0]
+    assert time.monotonic() - start < 120
+    assert not (tmp_path / "r").exists(), "nothing is written before the cluster is reached"
