@@ -68,7 +68,7 @@ def test_factory_target(factory_module, tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "Symmetry audit of Sequential" in result.output and "1/1 chains verified" in result.output
+    assert "Symmetry audit of Sequential" in result.output and "1/1 free sites verified" in result.output
     assert "| 1 | Tanh | -1 | 16 | B_n |" in md_path.read_text(encoding="utf-8")
     assert json.loads(json_path.read_text(encoding="utf-8"))["summary"]["G1"]["common"] == ["signed_permutation"]
 

@@ -1,5 +1,5 @@
-"""Tests for isotorch.audit._model: per-site audits from one hooked forward pass, G2 chains applied to a deep copy
-(verified, with a negative control), G3 end to end, and the modules that cannot be audited."""
+"""Tests for isotorch.audit._model: per-primitive audits read from the site graph of isotorch.params, one G2 row per
+site applied to a deep copy (verified, with a negative control), G3 end to end, and what cannot be audited."""
 
 import json
 
@@ -85,9 +85,11 @@ def test_mlp_sites_chains_and_end_to_end(dtype):
     assert second.groups == {"signed_permutation"}
     for chain in (first, second):
         assert chain.verified, chain
+        assert chain.status == "free" and chain.kind == "hidden"
         assert all(v <= chain.tolerance for v in chain.changes.values())
         assert chain.control is not None and chain.control[1] > 10 * chain.tolerance  # a larger group breaks it
-    assert report.not_analysed == ("6: its output does not flow directly into another hooked module",)
+    assert report.not_analysed == () and report.complete  # the output layer 6 is no site
+    assert {r.path: r.site for r in report.sites} == {"1": "0", "2": "0", "3": "0", "5": "4"}
 
     g3 = report.end_to_end
     assert g3 is not None and g3.ok
@@ -104,11 +106,13 @@ def test_cnn_uses_the_channel_axis_and_verifies_conv_chains(dtype):
     assert sites["7"].maximal == {"orthogonal", "positive_scaling"}  # average pooling is linear per channel
     assert {r.path: r.role for r in report.rows}["8"] == "structural"
     chains = {(c.first, c.last): c for c in report.chains}
-    assert set(chains) == {("0", "3"), ("3", "6")}
+    assert set(chains) == {("0", "3"), ("3", "6"), ("6", "9")}
     assert chains[("0", "3")].groups == {"permutation"}
     assert chains[("3", "6")].groups == {"permutation", "positive_scaling"}
+    # average pooling and Flatten are linear: the whole of GL(4) acts between conv 6 and the Linear 9
+    assert chains[("6", "9")].group == "general_linear" and chains[("6", "9")].control is None
     assert all(c.verified for c in report.chains), report.chains
-    assert any(line.startswith("6: 8 (Flatten)") for line in report.not_analysed)
+    assert report.not_analysed == ()
     assert report.end_to_end.dim == 1
 
 
@@ -124,10 +128,9 @@ class _Residual(nn.Module):
 
 def test_a_hidden_activation_reused_outside_the_chain_is_caught():
     report = audit_model(_Residual(), _x(4, 8, dtype=torch.float32))
-    (chain,) = report.chains
-    assert not chain.verified
-    assert "outside the chain" in chain.note
-    assert any(v > chain.tolerance for v in chain.changes.values())
+    (chain,) = report.chains  # fc1's features and fc2's output are one residual space, returned by the model
+    assert not chain.verified and chain.status == "frozen" and chain.kind == "residual"
+    assert "returned by the model" in chain.reason and chain.groups == frozenset() and chain.changes == {}
 
 
 class _Functional(nn.Module):
@@ -139,10 +142,15 @@ class _Functional(nn.Module):
         return self.fc2(F.relu(self.fc1(x)))
 
 
-def test_functional_ops_between_layers_are_listed_as_not_analysed():
+def test_functional_activations_are_sites():
     report = audit_model(_Functional(), _x(4, 8, dtype=torch.float32))
-    assert report.chains == ()
-    assert any(line.startswith("fc1:") for line in report.not_analysed)
+    (row,) = report.sites
+    assert (row.path, row.type, row.site) == ("relu", "relu()", "fc1")
+    assert row.maximal == {"permutation", "positive_scaling"}
+    (chain,) = report.chains
+    assert (chain.first, chain.last, chain.primitives) == ("fc1", "fc2", ("relu",))
+    assert chain.verified and chain.groups == {"permutation", "positive_scaling"}
+    assert chain.control is not None and chain.control[1] > 10 * chain.tolerance
 
 
 class _Pair(nn.Module):
@@ -170,12 +178,22 @@ class _Odd(nn.Module):
 def test_modules_that_cannot_be_audited_are_skipped_with_a_reason():
     report = audit_model(_Odd(), _x(2, 5, 8, dtype=torch.float32))
     notes = {r.path: (r.role, r.note) for r in report.rows}
-    assert notes["attn"][0] == "skipped" and "composite" in notes["attn"][1]
-    assert notes["attn.out_proj"] == ("skipped", "never called in the forward pass (unused, or a fused fast path)")
-    assert notes["pair"] == ("skipped", "called with more than one argument")
-    assert notes["tuple"][0] == "skipped" and "tuple" in notes["tuple"][1]
-    assert notes["unused"][0] == "skipped"
+    assert notes["attn"][0] == "attention" and "softmax over the keys" in notes["attn"][1]
+    assert "attn.out_proj" not in notes  # part of the attention row
+    assert notes["pair"][0] == "structural" and "traced through" in notes["pair"][1]  # fx inlines it: an addition
+    assert notes["tuple"][0] == "structural"
+    assert notes["unused"] == ("skipped", "never called in the forward pass (unused, or a fused fast path)")
     assert report.sites == ()
+    kinds = {c.site: c.kind for c in report.chains}  # attention's maps are G2 rows
+    assert kinds == {
+        "attn.heads": "heads",
+        "attn.qk0": "query_key",
+        "attn.vo0": "value_output",
+        "attn.qk1": "query_key",
+        "attn.vo1": "value_output",
+    }
+    assert all(c.verified for c in report.chains), report.chains
+    assert report.chains[0].control[0] == "orthogonal" and report.chains[0].control[1] > 1e-2  # mixing heads breaks it
 
 
 class _Declared(nn.Module):
@@ -231,12 +249,13 @@ def test_reports_serialise_and_render():
     d = report.to_dict()
     json.dumps(d, allow_nan=False)
     assert set(d["summary"]) == {"G1", "G2", "G3", "not_analysed"}
+    assert {c["site"] for c in d["summary"]["G2"]} == {"0", "4"}
     markdown = report.to_markdown()
     assert "| 2 | ReLU | -1 | 16 | S_n, (ℝ>0)ⁿ |" in markdown
     console = Console(record=True, width=160)
     console.print(report)
     text = console.export_text()
-    assert "G2: hidden-layer parameter symmetries" in text and "2/2 chains verified" in text
+    assert "G2: parameter symmetries of the sites" in text and "2/2 free sites verified" in text
     assert "ModelAudit(Sequential" in repr(report)
 
 
@@ -245,5 +264,5 @@ def test_bad_arguments_and_failing_forward():
         audit_model(torch.tanh, _x(2, 3))
     with pytest.raises(TypeError, match="tensor"):
         audit_model(nn.Tanh(), [1.0])
-    with pytest.raises(RuntimeError, match="forward pass"):
+    with pytest.raises(RuntimeError, match=r"^x does not fit the model: the forward pass"):
         audit_model(nn.Linear(3, 2), _x(2, 4, dtype=torch.float32))

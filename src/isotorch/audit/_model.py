@@ -1,17 +1,21 @@
 """The symmetry audit of a whole model: every primitive site, the parameter symmetries they induce, end to end.
 
-One forward pass with hooks records what each leaf module received. Then, for the three "generations" of the
-taxonomy (REFERENCE §1.2–1.4):
+The model is read once by the site graph of :func:`isotorch.params.symmetries` (torch.fx, with forward hooks as
+the fallback): every operation with the value it computed on ``x``, every hidden feature space (site) and the
+axis that carries its features. Then, for the three "generations" of the taxonomy (REFERENCE §1.2–1.4):
 
-- **G1, primitives.** Each primitive site (a leaf module that is not a weight layer, or an isotorch primitive) is
-  audited with :func:`audit_module` on the input it actually received, along its feature axis (an isotorch
-  primitive's ``.dim``; channel dim 1 for conv feature maps; else the last dim). Weight layers (Linear, Conv,
-  Embedding and anything whose ``weight`` has ≥ 2 dims) are "absorbed by the weights".
-- **G2, parameters.** In a sequential chain W₁ → primitives → W₂, the primitives' common group G is a hidden-layer
-  parameter symmetry: W₁ → gW₁, b₁ → gb₁, W₂ → W₂g⁻¹ (feature-aligned parameters of the primitives in between are
-  permuted with g when g is a permutation). One random g of each maximal group is applied to a deep copy of the
-  model and the output change is measured (it must be ~0); one element of a larger group is a negative control
-  (it must change the output).
+- **G1, primitives.** Each primitive of the graph — a module (activation, norm, pooling, dropout, an isotorch
+  primitive) or a function called in ``forward`` (``F.relu``, ``torch.tanh``, ``F.softmax`` over attention keys,
+  ...) — is audited with :func:`audit_module` / :func:`audit` on the input it actually received, along the axis it
+  acts on: the site graph's feature axis where the primitive sits on a site (read from the traced tensors, e.g. the
+  last axis of ViT tokens (B, T, C), the channel axis of a LayerNorm2d that permutes), else the axis the primitive
+  itself normalises or acts on (softmax ``dim``, BatchNorm channels). Linear layers are "absorbed by the weights";
+  a module the graph cannot see inside is listed as *opaque*, and then G1 claims no common group.
+- **G2, parameters.** One row per site of the graph (hidden layers, residual streams, attention heads and
+  per-head query–key and value–output maps), with the site's group. For a free site one random element of each
+  maximal group is applied to a private copy of the model through the site's parameter actions
+  (:func:`isotorch.params.transform`'s machinery) and the output change is measured (it must be ~0); one element of
+  a larger group is a negative control (it must change the output). A frozen or broken site says why.
 - **G3, end to end.** Whether the whole model is invariant or equivariant under each group acting on its input
   (the Geometric Deep Learning case; an MLP is not, because its first layer fixes the input basis).
 """
@@ -26,19 +30,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from isotorch import groups as _groups
 from isotorch.audit._function import _mode, _name_of, audit, audit_module, default_tolerance
 from isotorch.audit._result import AuditResult, _json_errors, _json_float, maximal_groups, sort_groups
-from isotorch.audit._sampling import Element, Sampler, as_generator, sample
+from isotorch.audit._sampling import Sampler, as_generator
 from isotorch.testing import relative_error
 
 __all__ = ["ChainAudit", "ModelAudit", "SiteRow", "audit_model"]
 
 ABSORBED = "absorbed by the weights"
 _STRUCTURAL = (nn.Identity, nn.Flatten, nn.Unflatten)
-_CHANNEL_FIRST = (
+# linear layers that params does not produce sites for, but that are linear all the same
+_OTHER_LINEAR = (nn.modules.conv._ConvTransposeNd, nn.EmbeddingBag)
+# primitives that act on the channel axis 1 of their input
+_CHANNEL_MODULES = (
     nn.modules.batchnorm._BatchNorm,
     nn.GroupNorm,
     nn.modules.instancenorm._InstanceNorm,
@@ -52,26 +60,47 @@ _CHANNEL_FIRST = (
     nn.Dropout2d,
     nn.Dropout3d,
 )
+_CHANNEL_FUNCTIONS = {
+    F.batch_norm,
+    F.group_norm,
+    F.instance_norm,
+    F.local_response_norm,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
+    F.lp_pool1d,
+    F.lp_pool2d,
+    F.dropout1d,
+    F.dropout2d,
+    F.dropout3d,
+}
+_SOFTMAX_FUNCTIONS = {F.softmax, torch.softmax, F.log_softmax, torch.log_softmax, F.softmin}
+_LAST_AXIS_FUNCTIONS = {F.layer_norm, torch.layer_norm, *([F.rms_norm] if hasattr(F, "rms_norm") else [])}
+_DIM_FUNCTIONS = {F.normalize: 1, F.glu: -1}  # default dim of functions that take one
+_NONLINEAR_METHODS = {"softmax", "log_softmax", "relu", "relu_", "tanh", "tanh_", "sigmoid", "sigmoid_", "exp"}
+_NONLINEAR_FUNCTIONS = {
+    *_CHANNEL_FUNCTIONS,
+    *_SOFTMAX_FUNCTIONS,
+    *_LAST_AXIS_FUNCTIONS,
+    *_DIM_FUNCTIONS,
+    torch.exp,
+    torch.erf,
+    torch.rsqrt,
+    F.scaled_dot_product_attention,
+}
 
 
 def _is_isotorch_primitive(module: nn.Module) -> bool:
     return hasattr(module, "role") and hasattr(module, "groups") and hasattr(module, "dim")
-
-
-def _is_weight_layer(module: nn.Module) -> bool:
-    weight = getattr(module, "weight", None)
-    return isinstance(weight, torch.Tensor) and weight.ndim >= 2 and not _is_isotorch_primitive(module)
-
-
-def _layer_axes(module: nn.Module) -> tuple[int, int] | None:
-    """(output axis, input axis) of a weight layer's ``weight`` if G2 can transform it, else None."""
-    if isinstance(module, nn.Linear):
-        return 0, 1
-    if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed and module.groups == 1:
-        return 0, 1
-    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:  # transformers' GPT-2
-        return 1, 0
-    return None
 
 
 def first_tensor(out: object) -> torch.Tensor | None:
@@ -86,21 +115,32 @@ def first_tensor(out: object) -> torch.Tensor | None:
     return None
 
 
+def _float_leaves(out: object) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out] if out.is_floating_point() else []
+    values = out.values() if isinstance(out, Mapping) else out if isinstance(out, (tuple, list)) else ()
+    return [t for v in values for t in _float_leaves(v)]
+
+
 @dataclass(frozen=True, repr=False)
 class SiteRow:
-    """One module of the model: a primitive site, a weight layer, a structural op, or a skipped module.
+    """One operation of the model: a primitive site, a weight layer, attention, a structural op, or a skipped one.
 
     Attributes:
-        path: the module's name in ``model.named_modules()``.
-        type: its class name.
-        role: ``"primitive"``, ``"absorbed"`` (weight layer), ``"structural"`` (reshape, identity) or
-            ``"skipped"`` (could not be audited; :attr:`note` says why).
+        path: the module's name in ``model.named_modules()``, or the graph node's name for a function called in
+            ``forward`` (e.g. ``"relu"``).
+        type: its class name, or the function's name followed by ``()`` (``"gelu()"``).
+        role: ``"primitive"``, ``"absorbed"`` (weight layer), ``"attention"`` (its maps are G2 rows),
+            ``"structural"`` (reshape, identity, inlined code), ``"opaque"`` (the site graph cannot see inside it:
+            its primitives are not audited) or ``"skipped"`` (could not be audited; :attr:`note` says why).
         dim: the feature axis audited (None when not audited).
         n: the feature size (None when not audited).
         maximal: the largest groups held (empty when not audited).
         errors: group key → {"equivariance", "invariance"} relative errors.
         note: a short explanation (absorbed, skipped reason, declared vs measured groups, ...).
-        result: the full :class:`AuditResult` of a primitive site.
+        result: the full :class:`AuditResult` of an audited primitive site (None for a primitive whose group is
+            the site graph's, e.g. a product of two feature tensors).
+        site: the G2 site whose features it acts on, or None.
     """
 
     path: str
@@ -112,6 +152,18 @@ class SiteRow:
     errors: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     note: str = ""
     result: AuditResult | None = None
+    site: str | None = None
+
+    @property
+    def held(self) -> frozenset[str]:
+        """Every group key the primitive holds (closed under subgroups); empty when unknown."""
+        if self.result is not None:
+            return self.result.equivariant if self.result.ok and self.result.respects == "equivariance" else frozenset()
+        if self.role == "primitive" and self.maximal and self.n:
+            from isotorch.params._primitives import closure
+
+            return closure(frozenset(self.maximal), self.n)
+        return frozenset()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -124,6 +176,7 @@ class SiteRow:
             "maximal": sort_groups(self.maximal),
             "errors": _json_errors(self.errors),
             "note": self.note,
+            "site": self.site,
             "result": self.result.to_dict() if self.result is not None else None,
         }
 
@@ -134,25 +187,38 @@ class SiteRow:
 
 @dataclass(frozen=True, repr=False)
 class ChainAudit:
-    """G2 for one chain W₁ → primitives → W₂: the induced hidden-layer symmetry, applied and verified.
+    """G2 for one site of the model's site graph (:func:`isotorch.params.symmetries`): its group, applied and
+    verified on a private copy of the model.
 
     Attributes:
-        first, last: paths of the two weight layers.
-        primitives: paths of the primitive sites between them.
-        width: the hidden width n.
-        groups: the maximal groups of the intersection of the primitives' groups (the parameter symmetry).
+        site: the site's name in the site graph (``syms[site]``).
+        kind: ``"hidden"``, ``"residual"``, ``"heads"``, ``"query_key"``, ``"value_output"`` (as the site graph).
+        first: the first layer writing the features (the site's first producer).
+        last: the last layer reading them (its last consumer).
+        primitives: the primitives acting on its features (module paths, or graph node names of functions).
+        width: the number of features n the group acts on (heads for a head site).
+        groups: the site's maximal groups (empty when frozen or broken).
+        group: the site graph's name of the group (``"permutation × positive_scaling"``, ``"general_linear"``,
+            ``"frozen"``, ``"trivial"``).
+        status: ``"free"``, ``"frozen"`` or ``"broken"``.
+        reason: why the site is frozen or broken (None when free).
         changes: group key → relative change of the model output after one random element was applied.
         control: (group key, output change) for an element of a larger group, or None when there is none.
         tolerance: the output tolerance.
-        verified: every change ≤ tolerance, and the control (if any) changed the output by more.
+        verified: a free site whose elements kept the output (≤ tolerance) and whose control (if any) changed it.
         note: an explanation when not verified.
     """
 
+    site: str
+    kind: str
     first: str
     last: str
     primitives: tuple[str, ...]
     width: int
     groups: frozenset[str]
+    group: str
+    status: str
+    reason: str | None
     changes: Mapping[str, float]
     control: tuple[str, float] | None
     tolerance: float
@@ -162,12 +228,17 @@ class ChainAudit:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return {
+            "site": self.site,
+            "kind": self.kind,
             "first": self.first,
             "last": self.last,
             "primitives": list(self.primitives),
             "width": self.width,
             "groups": sort_groups(self.groups),
-            "changes": {k: _json_float(self.changes[k]) for k in sort_groups(self.changes)},
+            "group": self.group,
+            "status": self.status,
+            "reason": self.reason,
+            "changes": {k: _json_float(v) for k, v in self.changes.items()},
             "control": None
             if self.control is None
             else {"group": self.control[0], "change": _json_float(self.control[1])},
@@ -177,23 +248,26 @@ class ChainAudit:
         }
 
     def __repr__(self) -> str:
-        groups = "{" + ", ".join(sort_groups(self.groups)) + "}"
-        return f"ChainAudit({self.first} → {self.last}, width={self.width}, groups={groups}, verified={self.verified})"
+        return (
+            f"ChainAudit({self.site}: {self.first} → {self.last}, {self.kind}, width={self.width}, "
+            f"group={self.group}, verified={self.verified})"
+        )
 
 
 @dataclass(frozen=True, repr=False)
 class ModelAudit:
-    """The audit of a model: one row per module and the three-generation summary.
+    """The audit of a model: one row per operation and the three-generation summary.
 
     Attributes:
         model: the model's class name.
         input_shape: shape of the input of the recorded forward pass.
-        rows: :class:`SiteRow` per module, in execution order (modules never called come last).
-        chains: G2, one :class:`ChainAudit` per sequential chain W₁ → primitives → W₂.
+        rows: :class:`SiteRow` per module or primitive function, in execution order (modules never called last).
+        chains: G2, one :class:`ChainAudit` per site of the site graph.
         end_to_end: G3, the audit of the whole model on its input (None when not applicable).
         end_to_end_reason: why G3 was not measured.
-        not_analysed: patterns that G2 did not analyse, with the reason.
+        not_analysed: what the site graph could not see (opaque modules, code between hooked modules), and why.
         settings: the audit's settings (trials, inputs, seed, ...).
+        method: how the site graph was traced (``"fx"``, ``"hooks"``, ...).
     """
 
     model: str
@@ -204,6 +278,7 @@ class ModelAudit:
     end_to_end_reason: str | None
     not_analysed: tuple[str, ...]
     settings: Mapping[str, Any] = field(default_factory=dict)
+    method: str = "fx"
 
     @property
     def sites(self) -> tuple[SiteRow, ...]:
@@ -211,17 +286,23 @@ class ModelAudit:
         return tuple(r for r in self.rows if r.role == "primitive" and r.result is not None)
 
     @property
+    def complete(self) -> bool:
+        """Whether the site graph saw every operation of the model (no opaque module, no untraced code)."""
+        return not self.not_analysed
+
+    @property
     def common(self) -> frozenset[str]:
-        """The maximal groups that every audited primitive site holds (its feature size aside)."""
-        held = [r.result.equivariant for r in self.sites if r.result.ok and r.result.respects == "equivariance"]
-        if not held:
+        """The maximal groups that every primitive holds (its feature size aside); empty when a primitive holds
+        none, or when the model is not :attr:`complete` (G1 never claims more than it saw)."""
+        prims = [r for r in self.rows if r.role == "primitive" and r.n]
+        if not prims or not self.complete:
             return frozenset()
-        common = frozenset.intersection(*held)
-        n = min(r.n for r in self.sites)
+        n = min(r.n for r in prims)
+        common = frozenset.intersection(*[_at_size(r.held, n) for r in prims])
         return maximal_groups(common, n)
 
     def summary(self) -> dict[str, Any]:
-        """The three generations: G1 per-site groups, G2 chains, G3 end to end (JSON-ready)."""
+        """The three generations: G1 per-site groups, G2 sites, G3 end to end (JSON-ready)."""
         g3: dict[str, Any]
         if self.end_to_end is None:
             g3 = {"measured": False, "reason": self.end_to_end_reason}
@@ -236,8 +317,9 @@ class ModelAudit:
             }
         return {
             "G1": {
-                "sites": {r.path: sort_groups(r.maximal) for r in self.sites},
+                "sites": {r.path: sort_groups(r.maximal) for r in self.rows if r.role == "primitive"},
                 "common": sort_groups(self.common),
+                "complete": self.complete,
             },
             "G2": [c.to_dict() for c in self.chains],
             "G3": g3,
@@ -249,6 +331,7 @@ class ModelAudit:
         return {
             "model": self.model,
             "input_shape": list(self.input_shape),
+            "method": self.method,
             "settings": dict(self.settings),
             "rows": [r.to_dict() for r in self.rows],
             "summary": self.summary(),
@@ -267,24 +350,24 @@ class ModelAudit:
         return model_renderable(self)
 
     def __repr__(self) -> str:
-        verified = sum(c.verified for c in self.chains)
+        free = [c for c in self.chains if c.status == "free"]
+        verified = sum(c.verified for c in free)
+        common = "{" + ", ".join(sort_groups(self.common)) + "}" if self.complete else "unknown (not complete)"
         return (
-            f"ModelAudit({self.model}, {len(self.sites)} primitive sites, "
-            f"common={{{', '.join(sort_groups(self.common))}}}, "
-            f"G2 {verified}/{len(self.chains)} chains verified)"
+            f"ModelAudit({self.model}, {len(self.sites)} primitive sites, common={common}, "
+            f"G2 {verified}/{len(free)} free sites verified, {len(self.chains) - len(free)} frozen or broken)"
         )
 
 
-@dataclass
-class _Call:
-    index: int
-    path: str
-    module: nn.Module
-    args: tuple
-    kwargs: dict
-    inputs: Any = None
-    clone: torch.Tensor | None = None
-    output: Any = None
+def _at_size(held: frozenset[str], n: int) -> frozenset[str]:
+    """The keys of ``held`` that are groups at size ``n`` too (block groups whose block does not divide n go)."""
+    out = set()
+    for key in held:
+        g = _groups.get(key)
+        if g.name == "block_orthogonal" and n % g.block:
+            continue
+        out.add(key)
+    return frozenset(out)
 
 
 def _shrink(x: torch.Tensor, dim: int, max_elements: int) -> tuple[torch.Tensor, str | None]:
@@ -293,10 +376,8 @@ def _shrink(x: torch.Tensor, dim: int, max_elements: int) -> tuple[torch.Tensor,
         return x, None
     dim = dim % x.ndim
     original = tuple(x.shape)
-    for axis in (0, 1):
-        if axis >= x.ndim or axis == dim or x.numel() <= max_elements:
-            continue
-        if axis == 1 and (x.ndim < 3 or dim == 1 or x.ndim > 3):
+    for axis in range(x.ndim - 1):
+        if axis == dim or x.numel() <= max_elements:
             continue
         per = x.numel() // x.shape[axis]
         keep = max(1, max_elements // max(per, 1))
@@ -317,52 +398,86 @@ def _declared_note(module: nn.Module, result: AuditResult) -> str:
     return f"declares {', '.join(declared)}: holds"
 
 
-def _site_dim(call: _Call, x: torch.Tensor, last_weight: nn.Module | None) -> int:
-    module = call.module
-    if _is_isotorch_primitive(module):
-        return int(module.dim)
-    if x.ndim >= 3 and (isinstance(module, _CHANNEL_FIRST) or isinstance(last_weight, nn.modules.conv._ConvNd)):
+def _value(obj: Any) -> Any:
+    """The concrete value of a graph argument (nodes replaced by what they computed)."""
+    from isotorch.params._trace import Node
+
+    if isinstance(obj, Node):
+        return obj.value
+    if isinstance(obj, tuple):
+        return tuple(_value(o) for o in obj)
+    if isinstance(obj, list):
+        return [_value(o) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _value(v) for k, v in obj.items()}
+    return obj
+
+
+def _label(node) -> str:
+    if node.op == "module":
+        return type(node.target).__name__
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", repr(node.target))
+    return f"{name}()"
+
+
+def _dim_argument(node, default: int) -> int:
+    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    dim = _value(dim)
+    return int(dim) if isinstance(dim, int) else default
+
+
+def _own_axis(node, ndim: int) -> int | None:
+    """The axis a primitive itself acts on (softmax ``dim``, norms, channel-wise pools), or None if it does not
+    single one out (an elementwise map)."""
+    if node.op == "module":
+        module = node.target
+        if _is_isotorch_primitive(module):
+            return int(module.dim) % ndim
+        if isinstance(module, (nn.Softmax, nn.LogSoftmax, nn.Softmin)):
+            return (module.dim if module.dim is not None else -1) % ndim
+        if isinstance(module, _CHANNEL_MODULES) and ndim >= 2:
+            return 1
+        if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+            return ndim - 1
+        return None
+    target = node.target
+    if node.op == "method":
+        return _dim_argument(node, -1) % ndim if target in ("softmax", "log_softmax") else None
+    if target in _SOFTMAX_FUNCTIONS:
+        return _dim_argument(node, -1) % ndim
+    if target in _DIM_FUNCTIONS:
+        return _dim_argument(node, _DIM_FUNCTIONS[target]) % ndim
+    if target in _CHANNEL_FUNCTIONS and ndim >= 2:
         return 1
-    return -1
+    if target in _LAST_AXIS_FUNCTIONS:
+        return ndim - 1
+    return None
 
 
-@contextlib.contextmanager
-def _applied(model: nn.Module, first: str, last: str, primitives: Iterable[str], element: Element):
-    """Apply W₁ → gW₁, b₁ → gb₁, W₂ → W₂g⁻¹ (and permute the primitives' aligned parameters) in place on
-    ``model`` (the audit's private deep copy), and restore every touched tensor exactly afterwards."""
-    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+def _is_linear_layer(module: nn.Module) -> bool:
+    from isotorch.params._sites import _linear_layer
 
-    def assign(t: torch.Tensor, value: torch.Tensor) -> None:
-        saved.append((t, t.detach().clone()))
-        t.copy_(value.to(t.dtype))
-
-    inverse_t = element.contragredient()
-    try:
-        with torch.no_grad():
-            a = model.get_submodule(first)
-            out_axis, _ = _layer_axes(a)
-            assign(a.weight, element.act(a.weight, out_axis))
-            if getattr(a, "bias", None) is not None:
-                assign(a.bias, element.act(a.bias, 0))
-            b = model.get_submodule(last)
-            _, in_axis = _layer_axes(b)
-            assign(b.weight, inverse_t.act(b.weight, in_axis))
-            if element.is_permutation:
-                for path in primitives:
-                    site = model.get_submodule(path)
-                    for t in [*site.parameters(recurse=True), *site.buffers(recurse=True)]:
-                        if t.ndim == 1 and t.shape[0] == element.n and t.is_floating_point():
-                            assign(t, element.act(t, 0))
-        yield model
-    finally:
-        with torch.no_grad():
-            for t, original in reversed(saved):
-                t.copy_(original)
+    return _linear_layer(module) is not None or isinstance(module, _OTHER_LINEAR)
 
 
-def _output(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    with torch.no_grad():
-        return first_tensor(model(x))
+def _site_groups(groups, module: nn.Module | None, n: int):
+    if groups is not None:
+        return groups
+    blocks = []
+    if module is not None and _is_isotorch_primitive(module):
+        try:
+            for key in module.groups:
+                g = _groups.get(key)
+                if g.name == "block_orthogonal" and n % g.block == 0:
+                    blocks.append(g.block)
+        except Exception:
+            pass
+    return _groups.lattice(n, blocks=tuple(blocks))
+
+
+def _forward_error(exc: Exception) -> RuntimeError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return RuntimeError(f"x does not fit the model: the forward pass model(x) raised {type(exc).__name__}: {first}")
 
 
 def audit_model(
@@ -378,32 +493,33 @@ def audit_model(
     input_dim: int | None = None,
     lie: bool = True,
 ) -> ModelAudit:
-    """Audit every primitive site of a model on the input it received, and summarise G1, G2 and G3.
+    """Audit every primitive of a model on the input it received, and summarise G1, G2 and G3.
 
-    The model runs in eval mode (its modes are restored afterwards). Sites are audited non-exhaustively (a group
-    stops at its first failure) on their recorded input (sliced to at most ``max_elements`` entries along the
-    batch and sequence axes) and on synthetic inputs of the same shape.
+    The model is read by its site graph (:func:`isotorch.params.symmetries`), in eval mode (its modes are restored
+    afterwards). Primitives are audited non-exhaustively (a group stops at its first failure) on their recorded
+    input (sliced to at most ``max_elements`` entries along the leading axes) and on synthetic inputs of the same
+    shape, along the axis they act on (see the module docstring). G2 has one row per site of the graph.
 
     Args:
         model: the model; it is not modified (G2 transforms a deep copy).
         x: the input of one forward pass, ``model(x)`` (a float tensor, or token ids for a language model).
-        groups: candidate groups for every site (default: the lattice without block groups, plus the block sizes
-            that isotorch primitives declare).
-        trials: random elements per group and site (default 4).
+        groups: candidate groups for every primitive (default: the lattice without block groups, plus the block
+            sizes that isotorch primitives declare).
+        trials: random elements per group and primitive (default 4).
         generator: ``torch.Generator`` or int seed (default seed 0).
-        inputs: inputs per site (default ``("given", "gaussian", "outliers")``).
+        inputs: inputs per primitive (default ``("given", "gaussian", "outliers")``).
         max_elements: activations larger than this are sliced before auditing (default 16384).
         max_samples: G2 compares the model's outputs on the first ``max_samples`` samples of x (default 1).
-        input_dim: the feature axis of ``x`` for G3 (default: 1 if the first weight layer is a convolution, else
-            -1).
-        lie: compute Lie derivatives at each site, on its recorded input (default True).
+        input_dim: the feature axis of ``x`` for G3 (default: 1 if the first operation on x is a convolution or a
+            channel-wise primitive, else -1).
+        lie: compute Lie derivatives at each primitive, on its recorded input (default True).
 
     Returns:
         A :class:`ModelAudit`.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module`` or ``x`` is not a tensor.
-        RuntimeError: the forward pass itself raised (the message says so).
+        RuntimeError: the forward pass itself raised (the message names ``x`` and what the model raised).
 
     Examples:
         >>> import torch
@@ -412,93 +528,30 @@ def audit_model(
         >>> report = audit_model(mlp, torch.randn(4, 6, generator=torch.Generator().manual_seed(0)))
         >>> sorted(report.sites[0].maximal)
         ['signed_permutation']
-        >>> report.chains[0].verified
-        True
+        >>> report.chains[0].site, report.chains[0].group, report.chains[0].verified
+        ('0', 'signed_permutation', True)
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a tensor, got {type(x).__name__}")
+    from isotorch.params._sites import analyse
+
     gen = as_generator(generator)
     sampler = Sampler(gen)
     seed = generator if isinstance(generator, int) else None
-
-    # classify modules
-    candidates: dict[str, nn.Module] = {}
-    composite_rows: list[SiteRow] = []
-    skip_under: list[str] = []
-    for path, module in model.named_modules():
-        if any(path.startswith(p + ".") for p in skip_under):
-            continue
-        if _is_isotorch_primitive(module) and module is not model:
-            candidates[path] = module
-            skip_under.append(path)
-        elif not any(True for _ in module.children()):
-            if module is not model or not path:
-                candidates[path] = module
-        elif any(p is not None for p in module._parameters.values()):
-            composite_rows.append(
-                SiteRow(
-                    path,
-                    type(module).__name__,
-                    "skipped",
-                    note="composite with its own parameters (e.g. attention): its own computation is not a hooked "
-                    "primitive",
-                )
-            )
-
-    calls: list[_Call] = []
-    by_module: dict[nn.Module, list[_Call]] = {}
-
-    def pre_hook(path):
-        def hook(module, args, kwargs):
-            call = _Call(len(calls), path, module, args, kwargs)
-            first_arg = args[0] if args else None
-            call.inputs = first_arg
-            if (
-                isinstance(first_arg, torch.Tensor)
-                and not _is_weight_layer(module)
-                and not by_module.get(module)
-                and first_arg.is_floating_point()
-            ):
-                call.clone = first_arg.detach().clone()
-            calls.append(call)
-            by_module.setdefault(module, []).append(call)
-
-        return hook
-
-    def post_hook(module, args, kwargs, output):
-        for call in reversed(by_module.get(module, [])):
-            if call.output is None:
-                call.output = output
-                break
-
-    handles = []
-    try:
-        for path, module in candidates.items():
-            handles.append(module.register_forward_pre_hook(pre_hook(path), with_kwargs=True))
-            handles.append(module.register_forward_hook(post_hook, with_kwargs=True))
-        with _mode(model, False), torch.no_grad():
-            try:
-                reference = first_tensor(model(x))
-            except Exception as exc:
-                raise RuntimeError(f"the forward pass model(x) raised {type(exc).__name__}: {exc}") from exc
-    finally:
-        for h in handles:
-            h.remove()
+    with _mode(model, False), torch.no_grad():
+        try:
+            model(x)
+        except Exception as exc:
+            raise _forward_error(exc) from exc
+        syms, graph, uses, axes = analyse(model, x)
 
     with _mode(model, False):
-        rows, results = _audit_sites(candidates, calls, by_module, groups, trials, sampler, inputs, max_elements, lie)
-        chains, not_analysed = _chains(model, x, calls, results, reference, gen, max_samples)
-        end_to_end, reason = _end_to_end(model, x, calls, input_dim, trials, sampler)
+        rows, not_analysed = _rows(model, syms, graph, uses, axes, groups, trials, sampler, inputs, max_elements, lie)
+        chains = _g2(model, syms, uses, x, gen, max_samples)
+        end_to_end, reason = _end_to_end(model, x, graph, input_dim, trials, sampler)
 
-    never = [
-        SiteRow(
-            path, type(m).__name__, "skipped", note="never called in the forward pass (unused, or a fused fast path)"
-        )
-        for path, m in candidates.items()
-        if m not in by_module
-    ]
     settings = {
         "trials": trials,
         "inputs": list(inputs),
@@ -510,66 +563,204 @@ def audit_model(
     return ModelAudit(
         model=type(model).__name__,
         input_shape=tuple(x.shape),
-        rows=tuple(rows + composite_rows + never),
+        rows=tuple(rows),
         chains=tuple(chains),
         end_to_end=end_to_end,
         end_to_end_reason=reason,
         not_analysed=tuple(not_analysed),
         settings=settings,
+        method=graph.method,
     )
 
 
-def _site_groups(groups, module: nn.Module, n: int):
-    if groups is not None:
-        return groups
-    blocks = []
-    if _is_isotorch_primitive(module):
-        try:
-            for key in module.groups:
-                g = _groups.get(key)
-                if g.name == "block_orthogonal" and n % g.block == 0:
-                    blocks.append(g.block)
-        except Exception:
-            pass
-    return _groups.lattice(n, blocks=tuple(blocks))
+def _is_primitive_call(node, use) -> bool:
+    """Whether a function/method node of the graph is a primitive (a G1 row)."""
+    if use is not None:
+        return use.groups is not None
+    if node.op == "method":
+        return node.target in _NONLINEAR_METHODS
+    from isotorch.params._primitives import LINEAR, function_groups
+
+    try:
+        keys = function_groups(node.target)
+        return (keys is not None and keys != LINEAR) or node.target in _NONLINEAR_FUNCTIONS
+    except TypeError:
+        return False
 
 
-def _audit_sites(candidates, calls, by_module, groups, trials, sampler, inputs, max_elements, lie):
+def _rows(model, syms, graph, uses, axes, groups, trials, sampler, inputs, max_elements, lie):
+    from isotorch.params._trace import Node
+
+    use_of = {}
+    for u in uses:
+        use_of.setdefault(u.node, u)
     rows: list[SiteRow] = []
-    results: dict[nn.Module, AuditResult] = {}
-    last_weight = None
-    seen = set()
-    for call in calls:
-        module = call.module
-        if _is_weight_layer(module):
-            last_weight = module
-        if module in seen:
+    not_analysed: list[str] = []
+    seen: dict[int, int] = {}  # id(module) → index of its row
+    counts: dict[int, int] = {}
+    called: set[int] = set()
+    node_modules: list[str] = []
+    for node in graph.nodes:
+        if node.op == "opaque":
+            if graph.note and not any(line.startswith("code between") for line in not_analysed):
+                not_analysed.append(f"code between modules that the trace could not see ({graph.note})")
             continue
-        seen.add(module)
-        count = len(by_module[module])
-        type_name = type(module).__name__
-        if _is_weight_layer(module):
-            rows.append(SiteRow(call.path, type_name, "absorbed", note=ABSORBED))
+        if node.op == "module":
+            module = node.target
+            called.add(id(module))
+            node_modules.append(node.qualname)
+            if id(module) in seen:
+                counts[id(module)] += 1
+                continue
+            counts[id(module)] = 1
+            seen[id(module)] = len(rows)
+            rows.append(
+                _module_row(
+                    model,
+                    syms,
+                    node,
+                    use_of.get(node.name),
+                    axes,
+                    groups,
+                    trials,
+                    sampler,
+                    inputs,
+                    max_elements,
+                    lie,
+                    not_analysed,
+                )
+            )
+        elif node.op in ("function", "method") and _is_primitive_call(node, use_of.get(node.name)):
+            rows.append(
+                _call_row(node, use_of.get(node.name), axes, groups, trials, sampler, inputs, max_elements, lie, Node)
+            )
+    for key, index in seen.items():
+        if counts[key] > 1:
+            r = rows[index]
+            note = "; ".join(p for p in (r.note, f"called {counts[key]} times; the first call is audited") if p)
+            rows[index] = SiteRow(r.path, r.type, r.role, r.dim, r.n, r.maximal, r.errors, note, r.result, r.site)
+    # modules that are no node of the graph
+    for path, module in model.named_modules():
+        if not path or id(module) in called or any(path.startswith(p + ".") for p in node_modules if p):
             continue
-        if isinstance(module, _STRUCTURAL):
-            rows.append(SiteRow(call.path, type_name, "structural", note="reshape or identity: no computation"))
+        if any(True for _ in module.children()):
             continue
-        reason = None
-        tensors = [a for a in call.args if isinstance(a, torch.Tensor)]
-        tensors += [v for v in call.kwargs.values() if isinstance(v, torch.Tensor)]
-        if call.clone is None:
-            reason = "its input is not a floating-point tensor"
-        elif len(call.args) != 1 or call.kwargs or len(tensors) != 1:
-            reason = "called with more than one argument"
-        elif not isinstance(call.output, torch.Tensor):
-            reason = f"returns {type(call.output).__name__}, not a tensor"
-        if reason is not None:
-            rows.append(SiteRow(call.path, type_name, "skipped", note=reason))
-            continue
-        dim = _site_dim(call, call.clone, last_weight)
-        x, shrink_note = _shrink(call.clone, dim, max_elements)
-        n = x.shape[dim]
-        try:
+        torch_leaf = type(module).__module__.startswith("torch.nn") or _is_isotorch_primitive(module)
+        if torch_leaf or graph.method == "hooks":
+            note = "never called in the forward pass (unused, or a fused fast path)"
+        else:
+            note = "no call of its own in the traced graph: traced through (its operations are rows), or never called"
+        rows.append(SiteRow(path, type(module).__name__, "skipped" if torch_leaf else "structural", note=note))
+    return rows, not_analysed
+
+
+def _module_row(model, syms, node, use, axes, groups, trials, sampler, inputs, max_elements, lie, not_analysed):
+    module, path = node.target, node.qualname
+    type_name = type(module).__name__
+    if isinstance(module, nn.MultiheadAttention):
+        maps = [s.name for s in syms if s.name.startswith(f"{path}.")]
+        note = "softmax over the keys inside; its maps are G2 rows: " + (", ".join(maps) if maps else "none")
+        return SiteRow(path, type_name, "attention", note=note)
+    if _is_linear_layer(module):
+        return SiteRow(path, type_name, "absorbed", note=ABSORBED)
+    if isinstance(module, _STRUCTURAL):
+        return SiteRow(path, type_name, "structural", note="reshape or identity: no computation")
+    weights = [p for p in module.parameters(recurse=False) if p.ndim >= 2]
+    if not _is_isotorch_primitive(module) and (any(True for _ in module.children()) or weights):
+        why = "a composite module" if any(True for _ in module.children()) else "an unknown layer with weight matrices"
+        line = f"{path} ({type_name}): {why} that the site graph cannot see inside; its primitives are not audited"
+        not_analysed.append(line)
+        return SiteRow(path, type_name, "opaque", note=line.split(": ", 1)[1])
+    values = [_value(a) for a in node.args]
+    kw_values = _value(node.kwargs)
+    reason = None
+    x = values[0] if values else None
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        reason = "its input is not a floating-point tensor"
+    elif len(values) != 1 or kw_values:
+        reason = "called with more than one argument"
+    elif not isinstance(node.value, torch.Tensor):
+        reason = f"returns {type(node.value).__name__}, not a tensor"
+    if reason is not None:
+        return SiteRow(path, type_name, "skipped", note=reason)
+    dim = _axis(node, use, axes, x)
+    return _audited_row(
+        path, type_name, module, lambda: module, x, dim, use, groups, trials, sampler, inputs, max_elements, lie
+    )
+
+
+def _axis(node, use, axes, x: torch.Tensor) -> int:
+    """The feature axis: the site graph's where the primitive is on a site, else the primitive's own, else the
+    graph's feature axis of its input, else the last."""
+    if use is not None:
+        return use.axis
+    own = _own_axis(node, x.ndim)
+    if own is not None:
+        return own
+    for a in node.args:
+        name = getattr(a, "name", None)
+        if name in axes:
+            return axes[name]
+    return x.ndim - 1
+
+
+def _call_row(node, use, axes, groups, trials, sampler, inputs, max_elements, lie, Node):
+    label = _label(node)
+    path = getattr(node, "scope", None)
+    path = f"{path}: {node.name}" if path else node.name
+    site = use.site if use is not None else None
+    if node.target is F.scaled_dot_product_attention:
+        return SiteRow(
+            path, label, "attention", note="softmax over the keys of q·kᵀ; heads and per-head maps are G2 rows"
+        )
+    feature_args = [
+        i
+        for i, a in enumerate(node.args)
+        if isinstance(a, Node) and a.op != "param" and isinstance(a.value, torch.Tensor)
+    ]
+    if len(feature_args) != 1 or any(
+        isinstance(v, Node) and v.op != "param" and isinstance(v.value, torch.Tensor) for v in node.kwargs.values()
+    ):
+        if use is not None and use.groups is not None and len(feature_args) > 1:
+            n = node.args[feature_args[0]].value.shape[use.axis]
+            maximal = maximal_groups(frozenset(use.groups), n)
+            note = "combines several tensors of features: its group is the site graph's (REFERENCE §3.1), not measured"
+            return SiteRow(path, label, "primitive", use.axis, n, maximal, note=note, site=site)
+        return SiteRow(path, label, "skipped", note="its input is not one tensor of features", site=site)
+    k = feature_args[0]
+    x = node.args[k].value
+    if not x.is_floating_point():
+        return SiteRow(path, label, "skipped", note="its input is not a floating-point tensor", site=site)
+    rest = [_value(a) for a in node.args]
+    kwargs = _value(node.kwargs)
+    kwargs.pop("inplace", None)
+    target = node.target
+
+    if node.op == "method":
+        name = target.rstrip("_") if target.endswith("_") and not target.endswith("__") else target
+
+        def fn(t):
+            args = rest[1:] if k == 0 else rest
+            return getattr(t, name)(*args, **kwargs)
+    else:
+
+        def fn(t):
+            args = list(rest)
+            args[k] = t
+            return target(*args, **kwargs)
+
+    dim = _axis(node, use, axes, x)
+    return _audited_row(path, label, None, lambda: fn, x, dim, use, groups, trials, sampler, inputs, max_elements, lie)
+
+
+def _audited_row(path, type_name, module, target, x, dim, use, groups, trials, sampler, inputs, max_elements, lie):
+    site = use.site if use is not None else None
+    x = x.detach()
+    dim = dim - x.ndim if dim == x.ndim - 1 else dim  # the last axis reads as -1, as in the rest of isotorch
+    x, shrink_note = _shrink(x, dim, max_elements)
+    n = x.shape[dim]
+    try:
+        if module is not None:
             result = audit_module(
                 module,
                 x,
@@ -579,138 +770,187 @@ def _audit_sites(candidates, calls, by_module, groups, trials, sampler, inputs, 
                 inputs=inputs,
                 exhaustive=False,
                 lie=lie,
-                name=call.path,
+                name=path,
                 _sampler=sampler,
                 _lie_inputs=1,
             )
-        except (TypeError, ValueError) as exc:
-            rows.append(SiteRow(call.path, type_name, "skipped", note=f"cannot be audited: {exc}"))
-            continue
-        results[module] = result
-        notes = []
-        if not result.ok:
-            notes.append(f"{result.status}: {result.reason}")
-        if _is_isotorch_primitive(module) and result.ok:
-            notes.append(_declared_note(module, result))
-        if count > 1:
-            notes.append(f"called {count} times; the first call is audited")
-        if shrink_note:
-            notes.append(shrink_note)
-        if result.disagreements:
-            notes.append(f"{len(result.disagreements)} finite/Lie disagreement(s)")
-        rows.append(
-            SiteRow(call.path, type_name, "primitive", dim, n, result.maximal, result.errors, "; ".join(notes), result)
-        )
-    return rows, results
+        else:
+            result = audit(
+                target(),
+                x,
+                dim=dim,
+                groups=_site_groups(groups, None, n),
+                trials=trials,
+                generator=sampler.generator,
+                inputs=inputs,
+                exhaustive=False,
+                lie=lie,
+                name=path,
+            )
+    except (TypeError, ValueError, RuntimeError) as exc:
+        return SiteRow(path, type_name, "skipped", note=f"cannot be audited: {exc}", site=site)
+    notes = []
+    if not result.ok:
+        notes.append(f"{result.status}: {result.reason}")
+    if module is not None and _is_isotorch_primitive(module) and result.ok:
+        notes.append(_declared_note(module, result))
+    if shrink_note:
+        notes.append(shrink_note)
+    if result.disagreements:
+        notes.append(f"{len(result.disagreements)} finite/Lie disagreement(s)")
+    return SiteRow(path, type_name, "primitive", dim, n, result.maximal, result.errors, "; ".join(notes), result, site)
 
 
-def _follow(calls: list[_Call], start: int, results) -> tuple[list[_Call], _Call | None, str | None]:
-    """From weight layer ``calls[start]``, follow its output through primitive sites to the next weight layer."""
-    current = calls[start].output
-    between: list[_Call] = []
-    index = start
-    while True:
-        consumers = [c for c in calls[index + 1 :] if c.inputs is current]
-        if not consumers:
-            return between, None, "its output does not flow directly into another hooked module"
-        nxt = consumers[0]
-        if len(consumers) > 1 and nxt.output is not current:  # an in-place or identity module passes it on
-            return between, None, "its output feeds several modules (a branch)"
-
-        if _is_weight_layer(nxt.module):
-            return between, nxt, None
-        result = results.get(nxt.module)
-        if result is None or not result.ok or result.respects != "equivariance":
-            return between, None, f"{nxt.path} ({type(nxt.module).__name__}) is not an audited shape-keeping primitive"
-        between.append(nxt)
-        current, index = nxt.output, nxt.index
+def _reference_input(model: nn.Module, x: torch.Tensor, max_samples: int):
+    """The first ``max_samples`` samples of x and the model's float outputs on them (x itself if slicing fails)."""
+    if x.ndim > 0 and x.shape[0] > max_samples:
+        try:
+            small = x[:max_samples]
+            with torch.no_grad():
+                out = _float_leaves(model(small))
+            if out:
+                return small, out
+        except Exception:  # a model that needs the full batch is verified on it
+            pass
+    with torch.no_grad():
+        return x, _float_leaves(model(x))
 
 
-def _reference(model: nn.Module, x: torch.Tensor, reference: torch.Tensor, max_samples: int):
-    """The first ``max_samples`` samples of x and the model's output on them (x itself when slicing fails)."""
-    if x.ndim == 0 or x.shape[0] <= max_samples:
-        return x, reference
+def _change(private: nn.Module, x: torch.Tensor, reference: list[torch.Tensor]) -> float:
+    with torch.no_grad():
+        out = _float_leaves(private(x))
+    if len(out) != len(reference) or not out:
+        return math.nan
+    return max(relative_error(a, b) for a, b in zip(out, reference, strict=True))
+
+
+@contextlib.contextmanager
+def _applied(private: nn.Module, syms, live: dict, original: dict, name: str, g: torch.Tensor):
+    """Apply ``g`` at site ``name`` to the private copy in place (the site graph's parameter actions), and restore
+    every touched tensor exactly afterwards."""
+    from isotorch.params._transform import apply_element
+
+    changes = apply_element(original, syms, {name: g})
     try:
-        small = x[:max_samples]
-        out = _output(model, small)
-        if out is not None:
-            return small, out
-    except Exception:  # a model that needs the full batch is verified on it
-        pass
-    return x, reference
+        with torch.no_grad():
+            for key, value in changes.items():
+                live[key].copy_(value)
+        yield
+    finally:
+        with torch.no_grad():
+            for key in changes:
+                live[key].copy_(original[key])
 
 
-def _change(private: nn.Module, chain, element: Element, x: torch.Tensor, reference: torch.Tensor) -> float:
-    """The relative change of the output when ``element`` is applied to one chain of the private copy."""
-    first, last, paths = chain
-    with _applied(private, first, last, paths, element) as transformed:
-        out = _output(transformed, x)
-    return relative_error(out, reference) if out is not None else math.nan
+def _as_index(g: torch.Tensor) -> torch.Tensor:
+    """A permutation matrix as its index vector (g = I[perm]), which the site graph applies without a matmul."""
+    return g.argmax(dim=1)
 
 
-def _chains(model, x, calls, results, reference, gen, max_samples):
-    chains: list[ChainAudit] = []
-    not_analysed: list[str] = []
-    if reference is None:
-        return chains, ["G2: the model output contains no tensor"]
-    tol = default_tolerance(reference.dtype) if reference.is_floating_point() else 1e-3
-    private = None  # one deep copy of the model, transformed in place per element and restored after
-    for i, call in enumerate(calls):
-        if not _is_weight_layer(call.module) or not isinstance(call.output, torch.Tensor):
+def _g2(model, syms, uses, x, gen, max_samples) -> list[ChainAudit]:
+    if not len(syms):
+        return []
+    primitives: dict[str, list[str]] = {}
+    for u in uses:
+        path = u.path if u.path is not None else u.node
+        if u.site is not None and path not in primitives.setdefault(u.site, []):
+            primitives[u.site].append(path)
+    private = copy.deepcopy(model).eval()
+    x, reference = _reference_input(private, x, max_samples)
+    if not reference:
+        return []
+    tol = default_tolerance(reference[0].dtype)
+    live = dict(private.state_dict(keep_vars=True))
+    original = {k: v.detach().clone() for k, v in live.items()}
+    chains = []
+    for site in syms:
+        n = site.size
+        first = site.producers[0] if site.producers else site.name
+        last = site.consumers[-1] if site.consumers else ""
+        common = dict(
+            site=site.name,
+            kind=site.kind,
+            first=first,
+            last=last,
+            primitives=tuple(primitives.get(site.name, ())),
+            width=n,
+            group=site.group,
+            status=site.status,
+            reason=site.reason,
+            tolerance=tol,
+        )
+        if not site.free:
+            chains.append(
+                ChainAudit(
+                    **common,
+                    groups=frozenset(),
+                    changes={},
+                    control=None,
+                    verified=False,
+                    note=f"{site.status}: {site.reason}",
+                )
+            )
             continue
-        between, end, why = _follow(calls, i, results)
-        if end is None:
-            not_analysed.append(f"{call.path}: {why}")
-            continue
-        first_axes, last_axes = _layer_axes(call.module), _layer_axes(end.module)
-        if first_axes is None or last_axes is None:
-            bad = call if first_axes is None else end
-            not_analysed.append(f"{call.path} → {end.path}: {type(bad.module).__name__} layers are not supported by G2")
-            continue
-        n = call.module.weight.shape[first_axes[0]]
-        if end.module.weight.shape[last_axes[1]] != n:
-            not_analysed.append(f"{call.path} → {end.path}: the widths do not match")
-            continue
-        held = [results[c.module].equivariant for c in between]
-        lattice = _groups.lattice(n, blocks=())
-        intersection = frozenset.intersection(*held) if held else frozenset(g.key for g in lattice)
-        maximal = maximal_groups(intersection, n)
-        paths = tuple(c.path for c in between)
-        if private is None:
-            private = copy.deepcopy(model)
-            x, reference = _reference(private, x, reference, max_samples)
 
-        chain = (call.path, end.path, paths)
-        changes = {
-            key: _change(private, chain, sample(_groups.get(key), n, gen), x, reference) for key in sort_groups(maximal)
-        }
+        def change(g: torch.Tensor, name=site.name) -> float:
+            with _applied(private, syms, live, original, name, g):
+                return _change(private, x, reference)
+
+        changes: dict[str, float] = {}
         control = None
-        candidates = [
-            c.key for key in sort_groups(maximal) for c in _groups.covers(key, n) if c.key not in intersection
-        ]
-        if candidates:
-            control = (candidates[0], _change(private, chain, sample(_groups.get(candidates[0]), n, gen), x, reference))
+        if site.general_linear:
+            g = _groups.get("orthogonal").sample(n, generator=gen, dtype=torch.float64)
+            g = g @ _groups.get("positive_scaling").sample(n, generator=gen, dtype=torch.float64)
+            changes["general_linear"] = change(g)
+        else:
+            for key in sort_groups(site.maximal):
+                g = _groups.get(key).sample(n, generator=gen, dtype=torch.float64)
+                changes[key] = change(_as_index(g) if _groups.get(key).name == "permutation" else g)
+            candidates = [
+                c.key for key in sort_groups(site.maximal) for c in _groups.covers(key, n) if c.key not in site.groups
+            ]
+            if site.kind == "heads":  # sign flips and scalings of whole heads are per-head maps: mix heads instead
+                candidates = ["orthogonal"]
+            if candidates:
+                g = _groups.get(candidates[0]).sample(n, generator=gen, dtype=torch.float64)
+                control = (candidates[0], change(g))
         held_ok = all(v <= tol for v in changes.values())
-        control_ok = control is None or control[1] > tol
+        control_ok = control is None or not control[1] <= tol  # a NaN output changed too
         note = ""
         if not held_ok:
-            note = "the output changed: the hidden activation may also be used outside the chain (e.g. a residual)"
+            note = "the output changed under an element of the site's group"
         elif not control_ok:
-            note = f"the control {control[0]} did not change the output: the chain is more symmetric than measured"
+            note = f"the control {control[0]} did not change the output: the site is more symmetric than the graph says"
         elif control is None:
-            note = "no larger group in the lattice to use as a control"
+            note = (
+                "GL(n): no larger group to use as a control" if site.general_linear else "no larger group as a control"
+            )
         chains.append(
-            ChainAudit(call.path, end.path, paths, n, maximal, changes, control, tol, held_ok and control_ok, note)
+            ChainAudit(
+                **common,
+                groups=site.maximal,
+                changes=changes,
+                control=control,
+                verified=held_ok and control_ok,
+                note=note,
+            )
         )
-    return chains, not_analysed
+    return chains
 
 
-def _end_to_end(model, x, calls, input_dim, trials, sampler):
+def _end_to_end(model, x, graph, input_dim, trials, sampler):
     if not x.is_floating_point():
         return None, "the input is not floating point (e.g. token ids): no group acts on it"
     if input_dim is None:
-        weights = [c.module for c in calls if _is_weight_layer(c.module)]
-        input_dim = 1 if weights and isinstance(weights[0], nn.modules.conv._ConvNd) and x.ndim >= 3 else -1
+        input_dim = -1
+        inputs = [n for n in graph.nodes if n.op == "input"]
+        readers = [n for n in graph.nodes if any(a is i for i in inputs for a in n.args)]
+        if readers and x.ndim >= 3:
+            first = readers[0]
+            if first.op == "module" and isinstance(first.target, nn.modules.conv._ConvNd):
+                input_dim = 1
+            elif first.op in ("module", "function", "method") and _own_axis(first, x.ndim) == 1:
+                input_dim = 1
     name = _name_of(model)
 
     def whole(z):

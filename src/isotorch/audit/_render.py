@@ -51,38 +51,50 @@ def error_margin(errors, relation: str, tol: float) -> str:
     return " · ".join(parts) if parts else ""
 
 
+def _g2_line(report: ModelAudit) -> str:
+    free = [c for c in report.chains if c.status == "free"]
+    verified = sum(c.verified for c in free)
+    return f"{verified}/{len(free)} free sites verified; {len(report.chains) - len(free)} frozen or broken"
+
+
+def _g1_common(report: ModelAudit) -> str:
+    if not report.complete:
+        return f"unknown: {len(report.not_analysed)} part(s) of the model were not seen (listed below)"
+    return groups_text(report.common)
+
+
 def model_renderable(report: ModelAudit):
-    """The model audit as rich renderables: one table of rows, one of G2 chains, and a summary."""
+    """The model audit as rich renderables: one table of rows, one of G2 sites, and a summary."""
     rows = Table(title=f"Symmetry audit of {report.model} on input {tuple(report.input_shape)}", show_lines=False)
-    for column in ("module", "type", "dim", "n", "maximal group", "errors", "note"):
+    for column in ("operation", "type", "dim", "n", "maximal group", "errors", "note"):
         rows.add_column(column, overflow="fold")
     for r in report.rows:
         if r.role == "primitive":
             result = r.result
-            errors = error_margin(result.errors, result.respects, result.tolerance) if result.ok else ""
+            errors = error_margin(result.errors, result.respects, result.tolerance) if result and result.ok else ""
             rows.add_row(r.path or "(model)", r.type, str(r.dim), str(r.n), groups_text(r.maximal), errors, r.note)
         else:
-            style = "dim" if r.role in ("absorbed", "structural") else "yellow"
+            style = "dim" if r.role in ("absorbed", "structural", "attention") else "yellow"
             rows.add_row(r.path or "(model)", r.type, "", "", "", "", Text(r.note, style=style))
     parts = [rows]
     if report.chains:
-        chains = Table(title="G2: hidden-layer parameter symmetries (W₁→gW₁, b₁→gb₁, W₂→W₂g⁻¹)")
-        for column in ("chain", "width", "group", "output change", "control", "verified"):
+        chains = Table(title="G2: parameter symmetries of the sites (W₁→gW₁, b₁→gb₁, W₂→W₂g⁻¹)")
+        for column in ("site", "kind", "layers", "width", "group", "output change", "control", "verified"):
             chains.add_column(column, overflow="fold")
         for c in report.chains:
             changes = ", ".join(f"{symbol(k)} {v:.0e}" for k, v in c.changes.items())
             control = f"{symbol(c.control[0])} {c.control[1]:.0e}" if c.control else "–"
-            verdict = Text("yes", style="green") if c.verified else Text(f"no: {c.note}", style="red")
-            name = " → ".join([c.first, *c.primitives, c.last])
-            chains.add_row(name, str(c.width), groups_text(c.groups), changes, control, verdict)
+            if c.status != "free":
+                verdict = Text(f"{c.status}: {c.reason}", style="yellow")
+            else:
+                verdict = Text("yes", style="green") if c.verified else Text(f"no: {c.note}", style="red")
+            layers = " → ".join([c.first, *c.primitives, c.last]) if c.last else c.first
+            group = "GL(n)" if c.group == "general_linear" else groups_text(c.groups) if c.groups else c.group
+            chains.add_row(c.site, c.kind, layers, str(c.width), group, changes, control, verdict)
         parts.append(chains)
     summary = report.summary()
-    lines = [f"G1  every primitive site holds: {groups_text(summary['G1']['common'])}"]
-    verified = sum(c.verified for c in report.chains)
-    lines.append(
-        f"G2  {verified}/{len(report.chains)} chains verified; {len(report.not_analysed)} weight layer(s) not in a "
-        "sequential chain (not analysed)"
-    )
+    lines = [f"G1  every primitive site holds: {_g1_common(report)}"]
+    lines.append(f"G2  {_g2_line(report)} (site graph traced by {report.method})")
     g3 = summary["G3"]
     if not g3["measured"]:
         lines.append(f"G3  not measured: {g3['reason']}")
@@ -92,6 +104,7 @@ def model_renderable(report: ModelAudit):
         lines.append(
             f"G3  end to end: equivariant {groups_text(g3['equivariant'])}; invariant {groups_text(g3['invariant'])}"
         )
+    lines += [f"not seen: {line}" for line in report.not_analysed]
     parts.append(Text("\n".join(lines)))
     return RichGroup(*parts)
 
@@ -103,23 +116,27 @@ def _md_escape(text: str) -> str:
 def model_markdown(report: ModelAudit) -> str:
     """The model audit as Markdown."""
     out = [f"# Symmetry audit of {report.model}", "", f"Input shape: {tuple(report.input_shape)}", ""]
-    out += ["| module | type | dim | n | maximal group | note |", "|---|---|---|---|---|---|"]
+    out += ["| operation | type | dim | n | maximal group | note |", "|---|---|---|---|---|---|"]
     for r in report.rows:
         dim = "" if r.dim is None else str(r.dim)
         n = "" if r.n is None else str(r.n)
         maximal = groups_text(r.maximal) if r.role == "primitive" else ""
         out.append(f"| {_md_escape(r.path or '(model)')} | {r.type} | {dim} | {n} | {maximal} | {_md_escape(r.note)} |")
-    summary = report.summary()
-    out += ["", "## Summary", "", f"- G1: every primitive site holds {groups_text(summary['G1']['common'])}."]
+    out += ["", "## Summary", "", f"- G1: every primitive holds {_g1_common(report)}."]
+    out.append(f"- G2: {_g2_line(report)} (site graph traced by {report.method}).")
     for c in report.chains:
+        if c.status != "free":
+            out.append(f"- G2 site {c.site} ({c.kind}, width {c.width}): {c.status} ({_md_escape(str(c.reason))}).")
+            continue
         changes = ", ".join(f"{symbol(k)}: {v:.1e}" for k, v in c.changes.items())
         control = f"; control {symbol(c.control[0])}: {c.control[1]:.1e}" if c.control else ""
         verdict = "verified" if c.verified else f"not verified ({c.note})"
+        group = "GL(n)" if c.group == "general_linear" else groups_text(c.groups)
         out.append(
-            f"- G2: {c.first} → {c.last} (width {c.width}): {groups_text(c.groups)}; {changes}{control}; {verdict}."
+            f"- G2 site {c.site} ({c.kind}): {c.first} → {c.last} (width {c.width}): {group}; {changes}{control}; "
+            f"{verdict}."
         )
-    if not report.chains:
-        out.append("- G2: no sequential chain weight layer → primitives → weight layer was found.")
+    summary = report.summary()
     g3 = summary["G3"]
     if not g3["measured"]:
         out.append(f"- G3: not measured ({g3['reason']}).")
@@ -128,5 +145,5 @@ def model_markdown(report: ModelAudit) -> str:
     else:
         out.append(f"- G3: equivariant {groups_text(g3['equivariant'])}; invariant {groups_text(g3['invariant'])}.")
     if report.not_analysed:
-        out += ["", "Not analysed by G2:", ""] + [f"- {_md_escape(line)}" for line in report.not_analysed]
+        out += ["", "Not seen by the site graph:", ""] + [f"- {_md_escape(line)}" for line in report.not_analysed]
     return "\n".join(out) + "\n"
