@@ -266,3 +266,137 @@ def test_bad_arguments_and_failing_forward():
         audit_model(nn.Tanh(), [1.0])
     with pytest.raises(RuntimeError, match=r"^x does not fit the model: the forward pass"):
         audit_model(nn.Linear(3, 2), _x(2, 4, dtype=torch.float32))
+
+
+# -- one engine: the audit's G2 is the site graph of isotorch.params -------------------------------------------
+
+
+class _Stream(nn.Module):
+    """A residual MLP whose stream is read by two layers, plus a functional tanh."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.up, self.down, self.head = nn.Linear(4, 8), nn.Linear(8, 12), nn.Linear(12, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        h = h + self.down(torch.tanh(self.up(h)))
+        return self.head(h)
+
+
+class _Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.attn, self.fc, self.out = (
+            nn.Linear(6, 8),
+            nn.MultiheadAttention(8, 2, batch_first=True),
+            None,
+            None,
+        )
+        self.fc, self.out = nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = self.inp(x)
+        h = self.attn(h, h, h, need_weights=False)[0]
+        return self.out(F.gelu(self.fc(h)))
+
+
+def _encoder():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(8, 2, 12, dropout=0.1, batch_first=True)
+    return nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+
+
+def _agreement_models():
+    return [
+        ("mlp", _mlp(torch.float64), _x(4, 6)),
+        ("cnn", _cnn(torch.float64), _x(2, 3, 8, 8)),
+        ("functional", _Functional().double(), _x(4, 8)),
+        ("residual", _Residual().double(), _x(4, 8)),
+        ("stream", _seed_params(_Stream()).double(), _x(4, 4)),
+        ("attention", _Attention().double(), _x(2, 5, 6)),
+        ("encoder", _encoder().double(), _x(2, 5, 8)),
+    ]
+
+
+@pytest.mark.parametrize("name", [m[0] for m in _agreement_models()])
+def test_every_g2_row_is_a_params_site_with_the_same_group(name):
+    from isotorch.params import symmetries
+
+    _, model, x = next(m for m in _agreement_models() if m[0] == name)
+    report = audit_model(model, x, trials=2, inputs=("given",), lie=False)
+    syms = symmetries(model, x)
+    assert [c.site for c in report.chains] == [s.name for s in syms]
+    for chain in report.chains:
+        site = syms[chain.site]
+        assert (chain.group, chain.status, chain.width, chain.kind) == (site.group, site.status, site.size, site.kind)
+        assert chain.groups == (site.maximal if site.free else frozenset())
+        if site.free:  # float64: every element of the site's group keeps the output to round-off
+            assert chain.verified, chain
+            assert all(v <= 1e-9 for v in chain.changes.values()), chain.changes
+        else:
+            assert chain.reason == site.reason and not chain.verified
+
+
+def test_g1_of_a_torch_encoder_does_not_overclaim():
+    """nn.TransformerEncoderLayer calls F.relu in forward: G1's common group is S_n at most, never O(n)_𝟙 (which
+    the LayerNorms alone would hold at their initial affine γ = 1, β = 0)."""
+    report = audit_model(_encoder(), _x(2, 5, 8, dtype=torch.float32), trials=2, lie=False)
+    relu = [r for r in report.sites if r.type == "relu()"]
+    assert relu and relu[0].maximal == {"permutation", "positive_scaling"}
+    assert any(r.maximal == {"mean_orthogonal"} for r in report.sites if r.type == "LayerNorm")
+    assert report.complete and report.common == {"permutation"}
+    stream = [c for c in report.chains if c.kind in ("heads", "query_key", "value_output")]
+    assert stream and all(c.verified for c in stream)
+
+
+class _Scores(nn.Module):
+    """Hand-written single-head attention: the softmax over keys is a G1 row on the key axis."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(6, 4), nn.Linear(6, 4), nn.Linear(6, 4)
+
+    def forward(self, x):
+        scores = self.q(x) @ self.k(x).transpose(-2, -1) / 2.0
+        return F.softmax(scores, dim=-1) @ self.v(x)
+
+
+def test_softmax_over_keys_is_a_row_on_the_key_axis(dtype):
+    report = audit_model(_Scores().to(dtype), _x(2, 7, 6, dtype=dtype), trials=2, lie=False)
+    (row,) = [r for r in report.sites if r.type == "softmax()"]
+    assert row.dim == -1 and row.n == 7  # the key axis of the (batch, queries, keys) scores
+    assert row.maximal == {"permutation"}
+    assert "orthogonal" in row.result.errors and row.result.errors["orthogonal"]["equivariance"] > 1e-3  # control
+
+
+class _LayerNorm2d(nn.LayerNorm):
+    """timm-style LayerNorm over the channels of an (N, C, H, W) map (permute, normalise, permute back)."""
+
+    def forward(self, x):
+        return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps).permute(
+            0, 3, 1, 2
+        )
+
+
+class _Tokens(nn.Module):
+    """ViT-like tokens (B, T, C) normalised by a LayerNorm, and a ConvNeXt-like LayerNorm2d on channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.norm2d = nn.Conv2d(3, 8, 2, stride=2), _LayerNorm2d(8)
+        self.norm, self.fc = nn.LayerNorm(8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = self.norm2d(self.conv(x))  # (B, 8, 4, 4)
+        tokens = h.flatten(2).transpose(1, 2)  # (B, 16, 8)
+        return self.fc(self.norm(tokens))
+
+
+def test_the_feature_axis_is_the_one_the_primitive_acts_on():
+    model = _seed_params(_Tokens()).double()
+    report = audit_model(model, _x(2, 3, 8, 8), trials=2, lie=False)
+    rows = {r.type: r for r in report.sites}
+    assert rows["LayerNorm"].dim == -1 and rows["LayerNorm"].n == 8  # tokens (B, T, C): the last axis, not T = 16
+    assert rows["layer_norm()"].n == 8  # LayerNorm2d normalises the 8 channels, read after its permute
+    assert rows["LayerNorm"].maximal == {"permutation"}  # a random affine
