@@ -287,12 +287,7 @@ class _Stream(nn.Module):
 class _Attention(nn.Module):
     def __init__(self):
         super().__init__()
-        self.inp, self.attn, self.fc, self.out = (
-            nn.Linear(6, 8),
-            nn.MultiheadAttention(8, 2, batch_first=True),
-            None,
-            None,
-        )
+        self.inp, self.attn = nn.Linear(6, 8), nn.MultiheadAttention(8, 2, batch_first=True)
         self.fc, self.out = nn.Linear(8, 8), nn.Linear(8, 2)
 
     def forward(self, x):
