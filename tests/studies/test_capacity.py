@@ -13,7 +13,21 @@ import torch
 from isotorch import groups
 from isotorch.studies._config import ConfigError, make_config
 from isotorch.studies._runner import run_study
-from isotorch.studies.capacity import CapacityConfig, build_mlp, capacity_measures, gradient_norms
+from isotorch.studies.capacity import Capacity, CapacityConfig, build_mlp, capacity_measures, gradient_norms
+
+
+def _check_verdicts(out, claims, seeds):
+    """verdicts.json has one valid entry per declared claim, in order."""
+    entries = json.loads((out / "verdicts.json").read_text())
+    assert [e["claim"] for e in entries] == [c.name for c in claims]
+    for e in entries:
+        assert e["verdict"] in ("supported", "contradicted", "inconclusive")
+        assert e["text"] and e["source"] and e["statistic"] and e["direction"] in (1, -1)
+        assert set(e["seeds"]) <= set(seeds)
+        lo, hi = e["ci95"]
+        if e["verdict"] != "inconclusive":
+            assert e["estimate"] is not None and lo is not None and lo <= e["estimate"] <= hi
+            assert e["n"] == len(e["seeds"]) >= 2
 
 
 def _rotate_hidden(model, q):
@@ -95,6 +109,7 @@ def test_config_validation():
         ("rank_tol=1.5", "rank_tol must be"),
         ("weight_decay=-1", "weight_decay must be"),
         ("epochs=0", "epochs must be"),
+        ("lrs=0.01,-1", "lrs must be"),
     ]:
         with pytest.raises(ConfigError, match=message):
             make_config(CapacityConfig, overrides=[override])
@@ -108,8 +123,9 @@ def test_tiny_end_to_end(tmp_path):
     finals = run.data.finals
     assert set(finals) == {0, 1}
     titles = [f.title for f in run.findings]
-    assert len(titles) == 3
-    acc, grads, capacity = run.findings
+    assert len(titles) == 4
+    acc, chosen, grads, capacity = run.findings
+    assert all(e.mean in (3e-3, 1e-2) for row in chosen.rows.values() for e in row.values() if e.n == 1)
     assert set(acc.rows) == {
         f"{lab}, w={w}" for lab in ("tanh", "tanh + LayerNorm", "iso-tanh", "iso-tanh + ChiNorm") for w in config.widths
     }
@@ -129,3 +145,11 @@ def test_tiny_end_to_end(tmp_path):
     assert {f["path"] for f in json.loads((out / "figures.json").read_text())} >= {"gradient_norms.png"}
     html = (out / "report.html").read_text()
     assert html.count("data:image/png") >= 3
+    _check_verdicts(out, Capacity.claims, (0, 1))
+    drop = {
+        s: [finals[s][f"{v} w=16 d=2/test_acc"] - finals[s][f"{v} w=16 d=1/test_acc"] for v in ("iso", "tanh")]
+        for s in (0, 1)
+    }
+    first = {v.claim.name: v for v in run.verdicts}["isotropic-degrades-slower-with-depth"]
+    assert math.isclose(first.estimate, sum(a - b for a, b in drop.values()) / 2, rel_tol=1e-9, abs_tol=1e-12)
+    assert len(run.data.select(event="lr_sweep")) == 2 * 4 * 2 * 2  # seeds × variants × widths × depths
