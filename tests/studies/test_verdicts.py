@@ -232,3 +232,13 @@ def test_registering_claims_without_verdicts_is_refused():
         class BadClaims(Study):
             Config = CoinConfig
             claims = ("up",)
+
+
+def test_an_inconclusive_verdict_says_how_many_seeds_would_decide():
+    v = verdict_from_values(UP, [0.1, 0.5, -0.1])
+    assert v.verdict == "inconclusive"
+    m = int(v.note.split("about ")[1].split(" seeds")[0])
+    values = [0.1, 0.5, -0.1]
+    mean, sd = np.mean(values), np.std(values, ddof=1)
+    assert stats.t.ppf(0.975, m - 1) * sd / np.sqrt(m) < mean <= stats.t.ppf(0.975, m - 2) * sd / np.sqrt(m - 1)
+    assert "about zero" in verdict_from_values(UP, [0.1, -0.1, 0.0]).note

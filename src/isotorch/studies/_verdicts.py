@@ -265,7 +265,24 @@ def verdict_from_values(
     half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
     parts.insert(0, f"t-interval over {n} seeds")
     lo, hi = mean - half, mean + half
-    return Verdict(claim, mean, (lo, hi), seeds, n, decide(claim, lo, hi), "; ".join(parts), vals)
+    word = decide(claim, lo, hi)
+    if word == "inconclusive":
+        parts.append(_seeds_to_decide(mean, sd, n, claim.threshold if claim.direction * mean > 0 else 0.0))
+    return Verdict(claim, mean, (lo, hi), seeds, n, word, "; ".join(parts), vals)
+
+
+def _seeds_to_decide(mean: float, sd: float, n: int, threshold: float) -> str:
+    """What number of seeds would make the interval exclude ``threshold`` (0 on the contradicted side), if the mean
+    and spread stayed as observed."""
+    from scipy import stats
+
+    gap = abs(mean) - threshold
+    if sd == 0 or gap <= 0 or gap < 0.05 * sd:
+        return "the observed effect is about zero: more seeds would narrow the interval around it, not decide"
+    for m in range(n + 1, 10_001):
+        if float(stats.t.ppf(0.975, m - 1)) * sd / math.sqrt(m) < gap:
+            return f"at the observed mean and spread, about {m} seeds would decide"
+    return "at the observed mean and spread, more than 10000 seeds would be needed"
 
 
 def paired_verdict(
