@@ -225,11 +225,11 @@ class _Branchy(nn.Module):
         return self.seq(x)
 
 
-def test_hook_fallback_finds_chain_sites(dtype):
+def test_recording_fallback_finds_chain_sites(dtype):
     model = _Branchy().to(dtype)
     x = _x(dtype, 5, 4)
     syms = symmetries(model, x)
-    assert syms.method == "hooks" and "fx" in syms.note
+    assert syms.method == "functions" and "fx" in syms.note
     assert syms["seq.0"].group == "signed_permutation"
     transform(model, sample_element(syms, torch.Generator().manual_seed(0)))
 
@@ -245,13 +245,35 @@ class _BranchyResidual(nn.Module):
         if x.sum() > 1e9:
             return x
         h = self.a(x)
-        return self.b(self.act(h) + h)  # invisible to hooks
+        return self.b(self.act(h) + h)  # functional code between modules: recorded, not hidden
 
 
-def test_hook_fallback_freezes_invisible_code():
-    syms = symmetries(_BranchyResidual(), torch.randn(3, 4))
-    assert syms.method == "hooks"
-    assert syms["a"].status == "frozen" and "could not be traced" in syms["a"].reason
+def test_recording_fallback_follows_functional_code():
+    model = _BranchyResidual().double()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    syms = symmetries(model, x)
+    assert syms.method == "functions"
+    assert syms["a"].free and syms["a"].group == "permutation × positive_scaling"
+    transform(model, sample_element(syms, torch.Generator().manual_seed(0)))
+
+
+class _ReadsIntoPython(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 2)
+
+    def forward(self, x):
+        if x.sum() > 1e9:  # fx cannot trace this
+            return x
+        h = self.a(x)
+        scale = float(h.abs().max())  # feature values leave torch: whatever follows is invisible
+        return self.b(torch.relu(h) * scale)
+
+
+def test_recording_fallback_freezes_values_read_into_python():
+    syms = symmetries(_ReadsIntoPython(), torch.randn(3, 4))
+    assert syms["a"].status == "frozen"
 
 
 def test_repr_and_to_dict_are_readable():

@@ -108,10 +108,56 @@ class Element:
         return {name: {"permutation" if _is_perm(g) else "matrix": g.tolist()} for name, g in self.matrices.items()}
 
 
+def _in_structure(structure: str, g: torch.Tensor, atol: float) -> bool:
+    """Membership in the groups outside the canonical lattice (see :attr:`Site.structure`)."""
+    n = g.shape[0]
+    if _is_perm(g):
+        return bool(torch.equal(g.cpu(), torch.arange(n)))
+    g = g.detach().to(torch.float64)
+    scale = float(g.abs().max()) or 1.0
+    if structure == "nonzero_scaling":
+        off = g - torch.diag(torch.diagonal(g))
+        return bool(off.abs().max() <= atol * scale) and bool((torch.diagonal(g).abs() > atol * scale).all())
+    if structure == "rotary_planes":
+        if n % 2:
+            return False
+        h = n // 2
+        a, b = torch.diagonal(g)[:h], torch.diagonal(g[h:, :h])
+        expected = torch.zeros_like(g)
+        idx = torch.arange(h)
+        expected[idx, idx] = a
+        expected[idx + h, idx + h] = a
+        expected[idx + h, idx] = b
+        expected[idx, idx + h] = -b
+        return bool((g - expected).abs().max() <= atol * scale) and bool((a * a + b * b > (atol * scale) ** 2).all())
+    return False
+
+
+def _sample_structure(structure: str, n: int, generator: torch.Generator | None) -> torch.Tensor:
+    """A random element of a structured group: random signs and log-normal scales, or per plane a random angle
+    and a log-normal scale."""
+    if structure == "nonzero_scaling":
+        signs = torch.randint(0, 2, (n,), generator=generator).to(torch.float64) * 2 - 1
+        return torch.diag(signs * torch.exp(0.5 * torch.randn(n, generator=generator, dtype=torch.float64)))
+    if structure == "rotary_planes":
+        h = n // 2
+        angle = torch.rand(h, generator=generator, dtype=torch.float64) * 2 * torch.pi
+        radius = torch.exp(0.3 * torch.randn(h, generator=generator, dtype=torch.float64))
+        g = torch.zeros(n, n, dtype=torch.float64)
+        idx = torch.arange(h)
+        g[idx, idx] = g[idx + h, idx + h] = radius * torch.cos(angle)
+        g[idx + h, idx] = radius * torch.sin(angle)
+        g[idx, idx + h] = -radius * torch.sin(angle)
+        return g
+    raise ValueError(f"unknown site structure {structure!r}")
+
+
 def contains(site: Site, g: torch.Tensor, atol: float = 1e-6) -> bool:
     """Whether ``g`` (a matrix or a permutation index vector) lies in the group of ``site``."""
     if not site.free:
         return False
+    if site.structure is not None:
+        return _in_structure(site.structure, g, atol)
     if _is_perm(g):
         return "permutation" in site.groups
     g = g.detach().to(torch.float64)
@@ -178,7 +224,9 @@ def sample_element(
         if not site.free:
             raise SymmetryError(f"site {name!r} is {site.status}: {site.reason}")
         n = site.size
-        if site.general_linear:
+        if site.structure is not None:
+            g = _sample_structure(site.structure, n, generator)
+        elif site.general_linear:
             g = _groups.get("orthogonal").sample(n, generator=generator, dtype=torch.float64)
             g = g @ _groups.get("positive_scaling").sample(n, generator=generator, dtype=torch.float64)
         else:

@@ -32,16 +32,18 @@ from types import MappingProxyType
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
 from isotorch import groups as _groups
+from isotorch.params import _heads as H
 from isotorch.params import _primitives as P
 from isotorch.params._trace import Graph, Node, trace
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Action", "PrimitiveUse", "Site", "Symmetries", "symmetries"]
+__all__ = ["Action", "Norm", "PrimitiveUse", "Site", "Symmetries", "symmetries"]
 
 KINDS = ("out", "in", "dual", "passenger")
 
@@ -79,6 +81,43 @@ class Action:
 
 
 @dataclass(frozen=True)
+class Norm:
+    """A normaliser acting on a site's features (what folding it into the readers needs, REFERENCE §8.2).
+
+    Attributes:
+        name: the module path, or the traced call's name for a functional norm.
+        op: the class or function name (``"LayerNorm"``, ``"LlamaRMSNorm"``, ``"layer_norm"``).
+        kind: ``"layer"`` (centres and scales) or ``"rms"`` (scales only).
+        weight, bias: the parameter names of the per-feature gain and bias, or ``None``.
+        eps: the epsilon added to the variance, if known.
+        offset: 1.0 when the gain is applied as (1 + w) (Gemma style), else 0.0.
+        readers: the modules that read this norm's output (their input axis is the site's).
+    """
+
+    name: str
+    op: str
+    kind: str
+    weight: str | None
+    bias: str | None
+    eps: float | None
+    offset: float
+    readers: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict."""
+        return {
+            "name": self.name,
+            "op": self.op,
+            "kind": self.kind,
+            "weight": self.weight,
+            "bias": self.bias,
+            "eps": self.eps,
+            "offset": self.offset,
+            "readers": list(self.readers),
+        }
+
+
+@dataclass(frozen=True)
 class Site:
     """One hidden feature space of a model and its parameter-space symmetry group.
 
@@ -97,6 +136,12 @@ class Site:
         producers, consumers: module paths writing and reading the features.
         primitives: the primitives at the site with their groups, e.g. ``"1: ReLU {permutation, ...}"``.
         actions: how an element acts on each parameter (see :class:`Action`).
+        structure: a group outside the canonical lattice, for which ``groups`` is only ``{"trivial"}``:
+            ``"rotary_planes"`` (RoPE query–key maps: one scaled rotation per plane (i, i + n/2)) or
+            ``"nonzero_scaling"`` (invertible diagonal matrices: the linear up branch of a gated MLP).
+        norms: the normalisers on the features (see :class:`Norm`), e.g. every LayerNorm of a residual stream.
+        tied: (parameter, alias) pairs of tied weights the site acts on; the site then allows only orthogonal
+            elements (W·gᵀ on one use and W·g⁻¹ on the other agree only then) and acts once per tensor.
     """
 
     name: str
@@ -111,13 +156,28 @@ class Site:
     consumers: tuple[str, ...]
     primitives: tuple[str, ...]
     actions: tuple[Action, ...] = field(repr=False)
+    structure: str | None = None
+    norms: tuple[Norm, ...] = field(default=(), repr=False)
+    tied: tuple[tuple[str, str], ...] = ()
 
     @property
     def group(self) -> str:
         """A readable name of the site's group, e.g. ``"orthogonal"`` or ``"permutation × positive_scaling"``."""
         if self.status != "free":
             return "trivial" if self.status == "broken" else "frozen"
+        if self.structure is not None:
+            return self.structure
         return P.describe(self.maximal, self.general_linear)
+
+    @property
+    def writers(self) -> tuple[str, ...]:
+        """The modules that write the features (for a residual stream: embeddings, attention and MLP outputs)."""
+        return self.producers
+
+    @property
+    def readers(self) -> tuple[str, ...]:
+        """The modules that read the features (for a residual stream: q/k/v, MLP up/gate, the LM head)."""
+        return self.consumers
 
     @property
     def free(self) -> bool:
@@ -127,6 +187,8 @@ class Site:
     @property
     def continuous(self) -> bool:
         """Whether the site's group has a continuous part (orthogonal, positive scaling or general linear)."""
+        if self.free and self.structure is not None:
+            return True
         return self.free and (self.general_linear or any(_groups.get(k).continuous for k in self.maximal))
 
     def to_dict(self) -> dict:
@@ -145,6 +207,9 @@ class Site:
             "consumers": list(self.consumers),
             "primitives": list(self.primitives),
             "actions": [a.to_dict() for a in self.actions],
+            "structure": self.structure,
+            "norms": [n.to_dict() for n in self.norms],
+            "tied": [list(t) for t in self.tied],
         }
 
 
@@ -247,6 +312,10 @@ class _Space:
         self.frozen: list[str] = []
         self.broken: list[str] = []
         self.reaches_output = False
+        self.norms: dict[str, dict] = {}  # norm name -> Norm fields (readers as a list)
+        self.absorbed = False  # q/k/v or attention-output space, reported by its attention sites
+        self.split = False  # a packed projection split into parts (c_attn), reported by its parts
+        self.added = False  # features of several layers merged by an addition (a residual stream)
 
     def root(self) -> _Space:
         s = self
@@ -264,6 +333,7 @@ class _Feat:
     axis: int
     inner: int
     ndim: int
+    norm: str | None = None  # the norm whose output these features are (readers are recorded under it)
 
 
 @dataclass(frozen=True)
@@ -286,6 +356,71 @@ _RESHAPE_METHODS = {"view", "reshape", "flatten"}
 _RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape}
 _TRANSPOSE = {"transpose", "permute", "swapaxes", "movedim"}
 _REDUCE = {"mean", "sum"}
+_MATMUL = {operator.matmul, torch.matmul}
+
+
+def _close(a: Any, b: Any) -> bool:
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.shape != b.shape:
+        return False
+    a, b = a.double(), b.double()
+    scale = max(float(a.abs().max()) if a.numel() else 0.0, float(b.abs().max()) if b.numel() else 0.0, 1e-300)
+    tol = 1e-10 if a.dtype == torch.float64 else 1e-5
+    return bool(torch.isfinite(a).all()) and float((a - b).abs().max()) <= tol * scale
+
+
+def _elementwise_keys(fn, x: torch.Tensor, axis: int) -> tuple[str, ...] | None:
+    """The group keys of ``fn`` if it acts elementwise on the feature axis of ``x`` (checked on ``x``: a random
+    permutation commutes with it, and changing one feature changes no other output), else ``None``. Sign and
+    scale symmetries are then read off f(−x) = −f(x) and f(c·x) = c·f(x); f(x) = a·x is linear."""
+    n = x.shape[axis] if x.ndim else 0
+    if n < 2 or not x.is_floating_point() or x.numel() == 0:
+        return None
+    try:
+        with torch.no_grad():
+            y = fn(x)
+            if not isinstance(y, torch.Tensor) or y.shape != x.shape or not bool(torch.isfinite(y).all()):
+                return None
+            gen = torch.Generator().manual_seed(0)
+            perm = torch.randperm(n, generator=gen)
+            if not _close(fn(x.index_select(axis, perm)), y.index_select(axis, perm)):
+                return None
+            spread = float(x.abs().max()) or 1.0
+            for j in dict.fromkeys((0, n - 1, int(torch.randint(n, (1,), generator=gen)))):
+                x2 = x.clone()
+                column = x2.select(axis, j)
+                column.copy_(torch.randn(column.shape, generator=gen, dtype=torch.float64).to(x.dtype) * spread)
+                y2 = fn(x2)
+                keep = torch.ones(n, dtype=torch.bool)
+                keep[j] = False
+                if not _close(y2.movedim(axis, -1)[..., keep], y.movedim(axis, -1)[..., keep]):
+                    return None
+            xd, yd = x.double(), y.double()
+            slope = float((xd * yd).sum() / (xd * xd).sum()) if float((xd * xd).sum()) > 0 else 0.0
+            if _close(y, x * slope):
+                return P.LINEAR
+            keys = ["signed_permutation" if _close(fn(-x), -y) else "permutation"]
+            if _close(fn(x * 2.5), y * 2.5):
+                keys.append("positive_scaling")
+            return tuple(keys)
+    except Exception:  # anything the probes cannot run: leave it to the full audit
+        return None
+
+
+def other_is_scalar_tensor(other: Any, other_node: Any) -> bool:
+    """Whether the non-feature factor of a product is a one-element constant tensor (a scale such as 1/√d)."""
+    return (
+        isinstance(other, str)
+        and other == _CONST
+        and isinstance(other_node, Node)
+        and isinstance(other_node.value, torch.Tensor)
+        and other_node.value.numel() == 1
+    )
+
+
+def _flat(obj: Any) -> list:
+    if isinstance(obj, list):
+        return [x for o in obj for x in _flat(o)]
+    return [obj]
 
 
 def _linear_layer(module: nn.Module) -> str | None:
@@ -299,6 +434,14 @@ def _linear_layer(module: nn.Module) -> str | None:
         return "conv"
     if isinstance(module, nn.Embedding):
         return "embedding"
+    weight = getattr(module, "weight", None)
+    if (
+        type(module).__name__ == "Conv1D"
+        and isinstance(weight, torch.Tensor)
+        and weight.ndim == 2
+        and getattr(module, "nf", None) == weight.shape[1]
+    ):
+        return "conv1d"  # HF GPT-2: y = x·W + b with W of shape (in, out)
     return None
 
 
@@ -313,6 +456,18 @@ class _Analysis:
         self.current: Node | None = None
         self.uses: list[tuple[Node, _Space, int, int, tuple[str, ...] | None]] = []
         self.root_site: dict[int, int] = {}
+        self.attention: list[H.AttentionRecord] = []
+        self.scales: list[tuple[_Space, list[Action], str, _Space, int]] = []  # SwiGLU up branches
+        self.children: dict[int, list[_Space]] = {}  # split parent space -> its parts
+        # parameter uses: canonical name -> [(node name, understood)], and aliases of tied tensors
+        self.canon: dict[str, str] = {}
+        first: dict[int, str] = {}
+        for name, t in list(model.named_parameters(remove_duplicate=False)) + list(
+            model.named_buffers(remove_duplicate=False)
+        ):
+            self.canon[name] = first.setdefault(id(t), name)
+        self.param_reads: dict[str, list[list]] = {}
+        self.understood: set[int] = set()
 
     # -- helpers -----------------------------------------------------------------------------------------------
 
@@ -330,7 +485,12 @@ class _Analysis:
         rb.parent = ra
         for attr in ("producers", "consumers", "actions", "primitives", "frozen", "broken"):
             getattr(ra, attr).extend(getattr(rb, attr))
+        for key, info in rb.norms.items():
+            ra.norms.setdefault(key, info)
         ra.reaches_output = ra.reaches_output or rb.reaches_output
+        ra.added = ra.added or rb.added
+        if rb.split or ra.split:
+            ra.frozen.append("a packed projection is used both split and unsplit")
         if ra.n != rb.n:
             ra.frozen.append(f"added features of different sizes ({ra.n} and {rb.n})")
         return ra
@@ -350,6 +510,14 @@ class _Analysis:
             out.append(obj)
         elif isinstance(obj, _AttnOut) and obj.space is not None:
             out.append(_Feat(obj.space, -1, 1, 0))
+        elif isinstance(obj, H.Heads):
+            out.append(_Feat(obj.space, obj.dim_axis, 1, obj.ndim))
+        elif isinstance(obj, (H.Half, H.Rot, H.RopeTerm)):
+            out.append(_Feat(obj.parent.space, obj.parent.dim_axis, 1, obj.parent.ndim))
+        elif isinstance(obj, H.Scores):
+            out.extend(self.feats_in([obj.q, obj.k]))
+        elif isinstance(obj, H.Parts):
+            out.extend(self.feats_in(list(obj.parts)))
         elif isinstance(obj, list):
             for o in obj:
                 out.extend(self.feats_in(o))
@@ -385,7 +553,30 @@ class _Analysis:
         for node in self.graph.nodes:
             self.current = node
             self.values[id(node)] = self.visit(node)
+            self.record_reads(node)
         self.current = None
+
+    def record_reads(self, node: Node) -> None:
+        """Note which parameters ``node`` read and whether the analysis accounted for that use."""
+        names: list[str] = []
+        if node.op == "module":
+            prefix = node.qualname
+            names = [self.param_name(prefix, n) for n, _ in node.target.named_parameters()]
+        elif node.op in ("function", "method"):
+            stack = list(node.args) + list(node.kwargs.values())
+            while stack:
+                a = stack.pop()
+                if isinstance(a, Node):
+                    v = self.values.get(id(a))
+                    if isinstance(v, tuple) and v[0] in ("param", "paramT", "paramE") and v[1]:
+                        names.append(v[1])
+                elif isinstance(a, (tuple, list)):
+                    stack.extend(a)
+                elif isinstance(a, dict):
+                    stack.extend(a.values())
+        ok = id(node) in self.understood
+        for name in names:
+            self.param_reads.setdefault(self.canon.get(name, name), []).append([node.name, ok])
 
     def visit(self, node: Node) -> Any:
         if node.op == "input":
@@ -396,9 +587,12 @@ class _Analysis:
             for f in self.feats_in(self.classify(node.args)):
                 f.space.root().reaches_output = True
             return _CONST
+        if node.op == "const":
+            return _CONST
         if node.op == "opaque":
             feats = self.feats_in(self.classify(list(node.args)))
-            self.freeze(feats, f"its features are used by code that could not be traced ({self.graph.note})")
+            reason = node.kwargs.get("reason") if isinstance(node.kwargs, dict) else None
+            self.freeze(feats, reason or f"its features are used by code that could not be traced ({self.graph.note})")
             return _UNKNOWN
         if node.op == "module":
             return self.visit_module(node)
@@ -414,6 +608,7 @@ class _Analysis:
     def visit_module(self, node: Node) -> Any:
         module, qual = node.target, node.qualname
         if isinstance(module, nn.MultiheadAttention):
+            self.understood.add(id(node))
             return self.visit_attention(node)
         layer = _linear_layer(module)
         arg = self.first_arg(node)
@@ -421,10 +616,23 @@ class _Analysis:
         if other:
             self.freeze(other, f"{qual} ({type(module).__name__}) receives features in an extra argument")
         if layer is not None:
+            self.understood.add(id(node))
             return self.visit_layer(node, module, qual, layer, arg)
+        if isinstance(arg, (H.Heads, H.Scores, H.Half, H.Rot, H.RopeTerm, H.Parts)):
+            return self.visit_headed_module(node, module, qual, arg)
         if not isinstance(arg, _Feat):
             return self.result_taint(node)
         return self.visit_primitive(node, module, qual, arg)
+
+    def consume(self, feat: _Feat, qual: str, actions: list[Action]) -> None:
+        """Record a layer reading ``feat`` (its input-axis actions), under the norm that produced it if any."""
+        space = feat.space.root()
+        space.consumers.append(qual)
+        space.actions.extend(actions)
+        if feat.norm is not None and feat.norm in space.norms:
+            readers = space.norms[feat.norm]["readers"]
+            if qual not in readers:
+                readers.append(qual)
 
     def visit_layer(self, node: Node, module: nn.Module, qual: str, layer: str, arg: Any) -> Any:
         name = type(module).__name__
@@ -433,10 +641,12 @@ class _Analysis:
             broken = f"{qual} is reparametrised ({', '.join(module.parametrizations)}): syre or a constraint"
         weight_name = "weight"
         grouped = layer == "conv" and getattr(module, "groups", 1) != 1
+        in_axis = 0 if layer == "conv1d" else 1
         # consumer side
-        if isinstance(arg, _Feat):
-            space = arg.space.root()
-            ok_axis = arg.axis == arg.ndim - 1 if layer == "linear" else arg.axis == 1
+        if isinstance(arg, (H.Heads, H.Scores, H.Half, H.Rot, H.RopeTerm, H.Parts)):
+            self.freeze(self.feats_in(arg), f"{qual} ({name}) reads attention heads before they are merged")
+        elif isinstance(arg, _Feat):
+            ok_axis = arg.axis == arg.ndim - 1 if layer in ("linear", "conv1d") else arg.axis == 1
             if layer == "embedding":
                 self.freeze([arg], f"{qual} (Embedding) reads hidden features as indices")
             elif not ok_axis:
@@ -446,10 +656,9 @@ class _Analysis:
             elif layer == "conv" and arg.inner != 1:
                 self.freeze([arg], f"{qual} ({name}) reads flattened features")
             else:
-                space.consumers.append(qual)
-                space.actions.append(Action(self.param_name(qual, weight_name), 1, "in", arg.inner))
+                self.consume(arg, qual, [Action(self.param_name(qual, weight_name), in_axis, "in", arg.inner)])
                 if broken:
-                    space.broken.append(broken)
+                    arg.space.root().broken.append(broken)
         # producer side
         value = node.value
         if not isinstance(value, torch.Tensor):
@@ -458,9 +667,9 @@ class _Analysis:
             axis, n = value.ndim - 1, module.embedding_dim
             actions = [Action(self.param_name(qual, weight_name), 1, "out")]
         else:
-            axis = value.ndim - 1 if layer == "linear" else 1
+            axis = value.ndim - 1 if layer in ("linear", "conv1d") else 1
             n = value.shape[axis]
-            actions = [Action(self.param_name(qual, weight_name), 0, "out")]
+            actions = [Action(self.param_name(qual, weight_name), 1 if layer == "conv1d" else 0, "out")]
             if getattr(module, "bias", None) is not None:
                 actions.append(Action(self.param_name(qual, "bias"), 0, "out"))
         space = self.new_space(n)
@@ -601,15 +810,95 @@ class _Analysis:
             if arg.inner != 1 and keys != P.LINEAR and not set(keys) <= {"permutation", "positive_scaling"}:
                 self.freeze([arg], f"{qual} ({name}) acts on flattened features")
                 return _UNKNOWN
+            self.understood.add(id(node))
             self.add_primitive(space, f"{qual}: {name}", keys)
             for local, ax in P.passenger_names(module, n):
                 space.actions.append(Action(self.param_name(qual, local), ax, "passenger"))
-            return self.same(arg, node.value)
+            out = self.same(arg, node.value)
+            if isinstance(module, (nn.LayerNorm, nn.RMSNorm)) and isinstance(out, _Feat):
+                kind = "layer" if isinstance(module, nn.LayerNorm) else "rms"
+                weight = self.param_name(qual, "weight") if module.weight is not None else None
+                bias = getattr(module, "bias", None)
+                bias = self.param_name(qual, "bias") if bias is not None else None
+                return self.add_norm(out, qual, name, kind, weight, bias, module.eps, 0.0)
+            if isinstance(module, (nn.Dropout, nn.Identity)) and isinstance(out, _Feat):
+                return _Feat(out.space, out.axis, out.inner, out.ndim, arg.norm)
+            return out
         if any(True for _ in module.parameters(recurse=True)):
+            found = self.identify_norm(node, module, arg)
+            if found is not None:
+                kind, weight, bias, eps, offset = found
+                self.understood.add(id(node))
+                self.add_primitive(space, f"{qual}: {name}", ("permutation",))
+                for local in (weight, bias):
+                    if local is not None:
+                        space.actions.append(Action(self.param_name(qual, local), 0, "passenger"))
+                out = self.same(arg, node.value)
+                if not isinstance(out, _Feat):
+                    return out
+                w = self.param_name(qual, weight) if weight else None
+                b = self.param_name(qual, bias) if bias else None
+                return self.add_norm(out, qual, name, kind, w, b, eps, offset)
             self.freeze([arg], f"{qual}: unsupported layer {name} (it has parameters)")
             return _UNKNOWN
         rest = node.args[1:]
         return self.audited(node, arg, lambda t: module(t, *self.concrete(rest), **self.concrete(node.kwargs)), qual)
+
+    def add_norm(self, out: _Feat, name: str, op: str, kind: str, weight, bias, eps, offset) -> _Feat:
+        """Record a normaliser on the features of ``out``; its readers are collected as layers read it."""
+        space = out.space.root()
+        eps = float(eps) if isinstance(eps, (int, float)) else None
+        space.norms[name] = {
+            "name": name,
+            "op": op,
+            "kind": kind,
+            "weight": weight,
+            "bias": bias,
+            "eps": eps,
+            "offset": offset,
+            "readers": [],
+        }
+        return _Feat(out.space, out.axis, out.inner, out.ndim, name)
+
+    def identify_norm(self, node: Node, module: nn.Module, arg: _Feat):
+        """Read an unknown layer whose only parameters are per-feature vectors (HF ``LlamaRMSNorm``,
+        ``T5LayerNorm``, ...) as RMSNorm or LayerNorm with a gain, by comparing its output on the traced input with
+        each formula. Returns (kind, weight name, bias name, eps, offset) or ``None``."""
+        x = node.args[0].value if node.args and isinstance(node.args[0], Node) else None
+        y = node.value
+        n = arg.space.root().n
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or y.shape != x.shape:
+            return None
+        if arg.axis != arg.ndim - 1 or arg.inner != 1 or next(module.children(), None) is not None:
+            return None
+        own = dict(module.named_parameters(recurse=False))
+        if not own or any(p.ndim != 1 or p.shape[0] != n for p in own.values()) or len(own) > 2:
+            return None
+        weight = "weight" if "weight" in own else None
+        bias = "bias" if "bias" in own else None
+        if weight is None or len(own) != (2 if bias else 1):
+            return None
+        eps = None
+        for attr in ("variance_epsilon", "eps", "epsilon", "layer_norm_eps", "rms_norm_eps"):
+            value = getattr(module, attr, None)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                eps = float(value)
+                break
+        if eps is None:
+            return None
+        x64, y64 = x.detach().double(), y.detach().double()
+        w = own["weight"].detach().double()
+        b = own["bias"].detach().double() if bias else torch.zeros_like(w)
+        rms = x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + eps)
+        centred = x64 - x64.mean(-1, keepdim=True)
+        ln = centred * torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + eps)
+        tol = 1e-5  # HF norms compute in float32 even for float64 models; 1e-5 still tells RMSNorm from LayerNorm
+        scale = float(y64.abs().max()) or 1.0
+        for kind, z in (("rms", rms), ("layer", ln)):
+            for offset in (0.0, 1.0):
+                if float((z * (w + offset) + b - y64).abs().max()) <= tol * scale:
+                    return kind, weight, bias, eps, offset
+        return None
 
     def add_primitive(self, space: _Space, desc: str, keys: tuple[str, ...]) -> None:
         space.primitives.append((desc, None if keys == P.LINEAR else keys))
@@ -646,6 +935,10 @@ class _Analysis:
         if not isinstance(x, torch.Tensor) or not isinstance(node.value, torch.Tensor) or node.value.shape != x.shape:
             self.freeze([arg], f"{desc}: unknown operation that changes the shape of the features")
             return _UNKNOWN
+        keys = _elementwise_keys(fn, x.detach(), arg.axis)
+        if keys is not None:  # an elementwise function (e.g. HF's GELU classes): cheap exact checks suffice
+            self.add_primitive(arg.space.root(), f"{desc} (audited)", keys)
+            return arg
         try:
             from isotorch.audit import audit
         except ImportError:
@@ -674,6 +967,15 @@ class _Analysis:
         tail = len(ib) - a
         if len(ia) >= tail and ia[len(ia) - tail :] == ib[a:]:  # only axes before the features change
             return _Feat(arg.space, len(ia) - tail, arg.inner, len(ia))
+        if (
+            arg.inner == 1
+            and len(ia) == len(ib) + 1
+            and ia[:a] == ib[:a]
+            and ia[a + 2 :] == ib[a + 1 :]
+            and ia[a] * ia[a + 1] == ib[a]
+            and ia[a] > 1
+        ):  # (…, H·d_h, …) → (…, H, d_h, …): attention heads
+            return H.Heads(arg.space, a, a + 1, len(ia), tuple(range(ia[a])), ia[a + 1])
         self.freeze([arg], f"{desc}: a reshape {ib} → {ia} that mixes the feature axis with others")
         return _UNKNOWN
 
@@ -689,10 +991,37 @@ class _Analysis:
                 return _Feat(args[0].space, node.value.ndim - 1, 1, node.value.ndim)
             return _CONST
         if not feats:
+            x = args[0] if args else None
+            if isinstance(x, tuple) and x[0] == "param" and isinstance(node.value, torch.Tensor) and x[2].ndim == 2:
+                swaps = (node.op == "method" and target in ("t", "T", "mT")) or (
+                    ((node.op == "method" and target in ("transpose", "swapaxes")) or target is torch.transpose)
+                    and {int(self.concrete(d)) % 2 for d in node.args[1:3]} == {0, 1}
+                )
+                if swaps:
+                    self.understood.add(id(node))  # a view; its uses are checked where it is read
+                    return ("paramT", x[1], x[2])
+            if isinstance(x, tuple) and x[0] == "param" and node.op == "method" and target in ("expand", "expand_as"):
+                self.understood.add(id(node))  # a broadcast view (e.g. ViT's class token), read by a cat
+                return ("paramE", x[1], x[2])
             return self.result_taint(node)
         x = args[0] if args else None
+        if any(isinstance(a, H.HEADED) for a in _flat(args + list(kwargs.values()))):
+            return self.visit_headed(node, target, args, kwargs, feats, label)
+        if target is operator.getitem and isinstance(x, H.Parts):
+            index = self.concrete(node.args[1])
+            return x.parts[index] if isinstance(index, int) else self.fail(feats, label)
         if (node.op == "method" and target in _SHAPE_METHODS) or target is getattr:
             return _CONST
+        if target is torch.cat:
+            return self.visit_cat(node, args, feats, label)
+        if (node.op == "method" and target in ("split", "chunk")) or target in (torch.split, torch.chunk):
+            return self.visit_split(node, x, feats, label)
+        if target is F.linear or target in _MATMUL or (node.op == "method" and target in ("matmul", "__matmul__")):
+            return self.visit_functional_linear(node, target, args, kwargs, feats, label)
+        if target in (F.layer_norm, F.rms_norm, torch.layer_norm, torch.rms_norm):
+            return self.visit_functional_norm(node, target, args, kwargs, feats, label)
+        if target is F.scaled_dot_product_attention:
+            return self.fail(feats, f"{label} on features that are not split into heads")
         if (node.op == "method" and target in _PASS_METHODS) or target in (torch.clone,):
             return x if isinstance(x, _Feat) else self.fail(feats, label)
         if node.op == "method":
@@ -723,6 +1052,346 @@ class _Analysis:
             return self.audited(node, x, lambda t: target(t, *rest, **kw), f"{node.name}: {label}")
         return self.fail(feats, label)
 
+    # -- attention written as code (heads, q·kᵀ, softmax, ·v) ---------------------------------------------------
+
+    def visit_headed_module(self, node: Node, module: nn.Module, qual: str, x: Any) -> Any:
+        feats = self.feats_in(x)
+        if isinstance(module, (nn.Dropout, nn.Identity)) and isinstance(x, (H.Heads, H.Scores)):
+            return x
+        if isinstance(module, nn.Softmax) and isinstance(x, H.Scores):
+            d = module.dim if module.dim is not None else -1
+            return x if int(d) % x.ndim == x.ndim - 1 else self.fail(feats, f"{qual} (softmax over queries)")
+        return self.fail(feats, f"{qual} ({type(module).__name__}) on attention heads")
+
+    def visit_headed(self, node: Node, target: Any, args: list, kwargs: dict, feats: list[_Feat], label: str) -> Any:
+        """Operations on features split into heads, on scores, and on the pieces of RoPE."""
+        method = node.op == "method"
+        x = args[0] if args else None
+        value = node.value
+        if target is F.scaled_dot_product_attention:
+            return self.visit_sdpa(node, args, kwargs, feats)
+        if target in _MATMUL or (method and target in ("matmul", "__matmul__")):
+            return self.visit_attention_product(node, x, args[1] if len(args) > 1 else None, feats, label)
+        headed = [a for a in _flat(args + list(kwargs.values())) if isinstance(a, H.HEADED)]
+        single = len(headed) == 1 and x is headed[0]
+        if single and ((method and target in H._PASS) or target in (torch.clone, *H._DROPOUT_FUNCTIONS)):
+            return x
+        if single and isinstance(x, H.Scores):
+            if target in H._SOFTMAX_FUNCTIONS or (method and target == "softmax"):
+                d = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+                d = self.concrete(d)
+                if d is not None and int(d) % x.ndim == x.ndim - 1:
+                    return x
+                return self.fail(feats, f"{label} that is not over the keys")
+            if method and target in ("masked_fill", "masked_fill_"):
+                return x
+        if single and isinstance(x, H.Heads) and isinstance(value, torch.Tensor):
+            if (method and target in H._TRANSPOSE_METHODS) or target in (torch.transpose, torch.permute):
+                dims = [self.concrete(a) for a in node.args[1:]]
+                if "dims" in node.kwargs:
+                    dims = [self.concrete(node.kwargs["dims"])]
+                order = H.transpose_order(target if isinstance(target, str) else label, target, dims, x.ndim)
+                return H.transposed(x, order) if order is not None else self.fail(feats, label)
+            if target in _RESHAPE_FUNCTIONS or (method and target in _RESHAPE_METHODS):
+                before = tuple(node.args[0].value.shape)
+                got = H.reshape_heads(x, before, tuple(value.shape))
+                if isinstance(got, tuple):
+                    space = x.space.root()
+                    if x.rope is None and x.heads == tuple(range(space.n // x.dh)) and space.n == len(x.heads) * x.dh:
+                        return _Feat(x.space, got[1], 1, value.ndim)
+                    return self.fail(feats, f"{label} that merges heads which are not the space's own heads")
+                return got if got is not None else self.fail(feats, f"{label} of attention heads")
+            if target is operator.getitem:
+                index = self.concrete(node.args[1])
+                index = index if isinstance(index, tuple) else (index,)
+                got = H.index_heads(x, index, value.ndim)
+                return got if got is not None else self.fail(feats, f"indexing of attention heads {index}")
+            if (method and target == "unsqueeze") or target is torch.unsqueeze:
+                d = int(self.concrete(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim"))) % value.ndim
+                index = tuple([slice(None)] * d + [None])
+                got = H.index_heads(x, index, value.ndim)
+                return got if got is not None else self.fail(feats, label)
+            if method and target in ("expand", "expand_as", "repeat_interleave") and target != "repeat_interleave":
+                before = tuple(node.args[0].value.shape)
+                after = tuple(value.shape)
+                changed = [i for i in range(len(after)) if before[i] != after[i]] if len(before) == len(after) else None
+                if changed is not None and all(i == x.rep_axis for i in changed):
+                    return x
+                return self.fail(feats, f"{label} of attention heads")
+        if target in _MUL or target in _DIV or (method and target in ("mul", "div", "mul_", "div_")):
+            return self.visit_headed_mul(node, args, feats, label, target in _DIV or target in ("div", "div_"))
+        if target in _ADD or (method and target in ("add", "add_")):
+            return self.visit_headed_add(node, args, feats, label)
+        if single and isinstance(x, H.Half) and (target in (operator.neg, torch.neg) or (method and target == "neg")):
+            return H.Half(x.parent, x.part, -x.sign)
+        if target is torch.cat:
+            parts = args[0] if isinstance(args[0], list) else []
+            d = self.concrete(node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0))
+            raw = node.args[0] if isinstance(node.args[0], (list, tuple)) else []
+            live = [p for p in parts if isinstance(p, H.HEADED)]
+            empty = all(
+                isinstance(r, Node) and isinstance(r.value, torch.Tensor) and r.value.numel() == 0
+                for r, p in zip(raw, parts, strict=False)
+                if not isinstance(p, H.HEADED)
+            )
+            if len(live) == 1 and isinstance(live[0], H.Heads) and empty and len(parts) == len(raw):
+                return live[0]  # appended to an empty cache (HF DynamicCache on the first call)
+            if len(parts) == 2 and all(isinstance(p, H.Half) for p in parts):
+                second, first = parts
+                p = first.parent
+                same = second.parent is p and second.part == 1 and first.part == 0
+                if same and int(d) % p.ndim == p.dim_axis and second.sign == -first.sign and p.rope is None:
+                    return H.Rot(p)
+            return self.fail(feats, f"{label} of attention heads")
+        if target is torch.where and len(args) == 3 and isinstance(args[1], H.Scores) and len(headed) == 1:
+            return args[1]
+        return self.fail(feats, f"{label} on attention heads")
+
+    def visit_headed_mul(self, node: Node, args: list, feats: list[_Feat], label: str, divide: bool) -> Any:
+        if len(args) < 2:
+            return self.fail(feats, label)
+        a, b = args[0], args[1]
+        first = isinstance(a, H.HEADED)
+        x, other, other_node = (a, b, node.args[1]) if first else (b, a, node.args[0])
+        if divide and not first:
+            return self.fail(feats, label)
+        if isinstance(other, H.HEADED) or self.feats_in(other):
+            return self.fail(feats, f"{label} of attention heads by features")
+        scalar = (other == _CONST and not isinstance(other_node, Node)) or other_is_scalar_tensor(other, other_node)
+        if scalar and isinstance(x, (H.Heads, H.Scores)):
+            return x
+        const = other_node.value if isinstance(other_node, Node) else None
+        if divide or not isinstance(const, torch.Tensor) or isinstance(other, tuple):
+            return self.fail(feats, f"{label} of attention heads by a parameter or unknown tensor")
+        if isinstance(x, H.Heads) and x.rope is None and x.rep_axis is None:
+            return H.RopeTerm(x, const, False)
+        if isinstance(x, H.Rot):
+            return H.RopeTerm(x.parent, const, True)
+        return self.fail(feats, f"{label} of attention heads by a tensor")
+
+    def visit_headed_add(self, node: Node, args: list, feats: list[_Feat], label: str) -> Any:
+        if len(args) < 2 or node.kwargs.get("alpha") is not None:
+            return self.fail(feats, label)
+        a, b = args[0], args[1]
+        if isinstance(a, H.RopeTerm) and isinstance(b, H.RopeTerm) and a.parent is b.parent and a.rotated != b.rotated:
+            cos, sin = (a.const, b.const) if b.rotated else (b.const, a.const)
+            p = a.parent
+            if isinstance(node.value, torch.Tensor) and H.rope_consistent(cos, sin, p, tuple(node.value.shape)):
+                return H.Heads(p.space, p.head_axis, p.dim_axis, p.ndim, p.heads, p.dh, "half", None)
+            return self.fail(feats, "a rotary embedding whose cos/sin do not repeat across the two halves")
+        scores, other, other_node = (a, b, node.args[1]) if isinstance(a, H.Scores) else (b, a, node.args[0])
+        if isinstance(scores, H.Scores) and not isinstance(other, H.HEADED) and not self.feats_in(other):
+            if isinstance(other, tuple):
+                return self.fail(feats, f"{label}: a parameter added to the attention scores")
+            t = other_node.value if isinstance(other_node, Node) else None
+            per_head = scores.per_head or H.varies_over_heads(t, scores.head_axis, scores.ndim)
+            return H.Scores(scores.q, scores.k, scores.kmap, scores.head_axis, scores.ndim, per_head)
+        return self.fail(feats, f"{label} on attention heads")
+
+    def visit_attention_product(self, node: Node, a: Any, b: Any, feats: list[_Feat], label: str) -> Any:
+        if isinstance(a, H.Heads) and isinstance(b, H.Heads):
+            nd = a.ndim
+            ok = (
+                b.ndim == nd
+                and a.dim_axis == nd - 1
+                and b.dim_axis == nd - 2
+                and a.head_axis == b.head_axis
+                and a.rep_axis is None
+                and b.rep_axis is None
+                and len(a.heads) == len(b.heads)
+                and a.dh == b.dh
+            )
+            if ok:
+                return H.Scores(a, b, b.heads, a.head_axis, nd)
+            return self.fail(feats, f"{label} of heads that is not q·kᵀ over the head features")
+        if isinstance(a, H.Scores) and isinstance(b, H.Heads):
+            ok = b.ndim == a.ndim and b.dim_axis == b.ndim - 1 and b.head_axis == a.head_axis and b.rep_axis is None
+            if ok and len(b.heads) == len(a.q.heads):
+                return self.attention_record(node, a.q, a.k, a.kmap, b, b.heads, a.per_head, a.head_axis, a.ndim)
+            return self.fail(feats, f"{label} of scores with values that do not match their heads")
+        return self.fail(feats, f"{label} on attention heads")
+
+    def visit_sdpa(self, node: Node, args: list, kwargs: dict, feats: list[_Feat]) -> Any:
+        names = ("query", "key", "value", "attn_mask")
+        got = [args[i] if len(args) > i else kwargs.get(k) for i, k in enumerate(names)]
+        q, k, v, mask = got
+        if not all(isinstance(t, H.Heads) for t in (q, k, v)):
+            return self.fail(feats, "scaled_dot_product_attention of tensors that are not split into heads")
+        nd = q.ndim
+        ok = all(
+            t.ndim == nd and t.dim_axis == nd - 1 and t.head_axis == nd - 3 and t.rep_axis is None for t in (q, k, v)
+        )
+        if not ok or k.dh != q.dh:
+            return self.fail(feats, "scaled_dot_product_attention with heads not on axis -3")
+        gqa = bool(self.concrete(node.kwargs.get("enable_gqa", False)))
+        hq = len(q.heads)
+
+        def mapped(t: H.Heads) -> tuple[int, ...] | None:
+            if len(t.heads) == hq:
+                return t.heads
+            if gqa and hq % len(t.heads) == 0:
+                rep = hq // len(t.heads)
+                return tuple(t.heads[i // rep] for i in range(hq))
+            return None
+
+        kmap, vmap = mapped(k), mapped(v)
+        if kmap is None or vmap is None:
+            return self.fail(feats, "scaled_dot_product_attention with mismatched head counts")
+        per_head = False
+        if mask is not None:
+            if isinstance(mask, H.HEADED) or self.feats_in(mask) or isinstance(mask, tuple):
+                return self.fail(feats, "scaled_dot_product_attention with a mask made from features or parameters")
+            raw = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
+            per_head = H.varies_over_heads(raw.value if isinstance(raw, Node) else None, nd - 3, nd)
+        return self.attention_record(node, q, k, kmap, v, vmap, per_head, nd - 3, nd)
+
+    def attention_record(self, node, q, k, kmap, v, vmap, per_head, head_axis, ndim) -> Any:
+        """Record one attention computation; its output is a new space (read by the output projection)."""
+        out = self.new_space(len(q.heads) * v.dh)
+        out.absorbed = True
+        record = H.AttentionRecord(q, k, v, out, tuple(kmap), tuple(vmap), per_head, node.name)
+        for t in (q, k, v):
+            t.space.root().absorbed = True
+        self.attention.append(record)
+        return H.Heads(out, head_axis, ndim - 1, ndim, tuple(range(len(q.heads))), v.dh)
+
+    # -- packed projections, functional layers and norms ------------------------------------------------------
+
+    def visit_split(self, node: Node, x: Any, feats: list[_Feat], label: str) -> Any:
+        """``split``/``chunk`` of features: along the feature axis a packed projection (GPT-2's ``c_attn``) becomes
+        one space per part, each acting on its slice of the producer's rows; along another axis every part keeps
+        the space."""
+        parts = node.value
+        if not isinstance(x, _Feat) or len(feats) != 1 or not isinstance(parts, (tuple, list)):
+            return self.fail(feats, label)
+        dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
+        dim = int(self.concrete(dim)) % x.ndim
+        if dim != x.axis:
+            return H.Parts(tuple(_Feat(x.space, x.axis, x.inner, x.ndim, x.norm) for _ in parts))
+        root = x.space.root()
+        if x.inner != 1 or root.consumers or root.primitives or root.frozen or root.absorbed or root.split:
+            return self.fail(feats, f"{label} of features that are already in use")
+        if any(a.kind != "out" or a.slice_axis not in (None, a.axis) for a in root.actions):
+            return self.fail(feats, f"{label} of features written by more than one packed layer")
+        out, lo = [], 0
+        children = []
+        for part in parts:
+            size = part.shape[dim]
+            child = self.new_space(size)
+            child.producers.extend(root.producers)
+            for a in root.actions:
+                start = a.start + lo * a.inner
+                child.actions.append(Action(a.param, a.axis, "out", a.inner, a.axis, start, start + size * a.inner))
+            child.broken.extend(root.broken)
+            children.append(child)
+            out.append(_Feat(child, x.axis, 1, x.ndim))
+            lo += size
+        root.split = True
+        self.children[id(root)] = children
+        return H.Parts(tuple(out))
+
+    def visit_cat(self, node: Node, args: list, feats: list[_Feat], label: str) -> Any:
+        """``torch.cat`` along a non-feature axis (tokens): the parts share one feature space; a parameter part
+        (ViT's class token) is written like an embedding."""
+        parts = args[0] if args and isinstance(args[0], list) else None
+        value = node.value
+        if parts is None or not isinstance(value, torch.Tensor):
+            return self.fail(feats, label)
+        nd = value.ndim
+        d = int(self.concrete(node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0))) % nd
+        pf = [p for p in parts if isinstance(p, _Feat)]
+        if len(pf) != len(feats) or any(f.axis != pf[0].axis or f.inner != 1 or f.ndim != nd for f in pf):
+            return self.fail(feats, label)
+        axis = pf[0].axis
+        if d == axis:
+            return self.fail(feats, f"{label} along the feature axis")
+        root = pf[0].space.root()
+        for f in pf[1:]:
+            root = self.union(root, f.space)
+        for p in parts:
+            if isinstance(p, _Feat):
+                continue
+            if isinstance(p, tuple) and p[0] in ("param", "paramE"):
+                t = p[2]
+                pa = axis - (nd - t.ndim)
+                if 0 <= pa < t.ndim and t.shape[pa] == root.n:
+                    root.actions.append(Action(p[1], pa, "out"))
+                    root.added = True
+                    continue
+            self.freeze(pf, f"{node.name}: concatenates a tensor that does not transform with the features")
+            return _UNKNOWN
+        self.understood.add(id(node))
+        return _Feat(root, axis, 1, nd)
+
+    def visit_functional_linear(self, node: Node, target, args: list, kwargs: dict, feats, label: str) -> Any:
+        """``F.linear(x, W, b)``, ``x @ W`` and ``x @ W.t()`` with a parameter W: a layer called as a function
+        (e.g. an output head that reuses the embedding matrix)."""
+        x = args[0] if args else None
+        w = args[1] if len(args) > 1 else kwargs.get("weight")
+        b = args[2] if len(args) > 2 else kwargs.get("bias")
+        if not isinstance(x, _Feat) or len(feats) != 1 or not (isinstance(w, tuple) and w[0] in ("param", "paramT")):
+            return self.fail(feats, label)
+        linear = target is F.linear
+        value = w[2]
+        if value.ndim != 2 or x.axis != x.ndim - 1 or x.inner != 1:
+            return self.fail(feats, label)
+        # the axis of the parameter that x's features meet, and the one that indexes the outputs
+        if linear:
+            in_axis, out_axis = (1, 0) if w[0] == "param" else (0, 1)
+        else:
+            in_axis, out_axis = (0, 1) if w[0] == "param" else (1, 0)
+        name = f"{node.scope}.{node.name}" if node.scope else node.name
+        self.understood.add(id(node))
+        self.consume(x, name, [Action(w[1], in_axis, "in")])
+        out = node.value
+        if not isinstance(out, torch.Tensor):
+            return _UNKNOWN
+        space = self.new_space(out.shape[-1])
+        space.producers.append(name)
+        space.actions.append(Action(w[1], out_axis, "out"))
+        if isinstance(b, tuple) and b[0] == "param" and b[2].ndim == 1:
+            space.actions.append(Action(b[1], 0, "out"))
+        elif b is not None and b != _CONST:
+            space.frozen.append(f"{name}: a bias that is not a parameter")
+        return _Feat(space, out.ndim - 1, 1, out.ndim)
+
+    def visit_functional_norm(self, node: Node, target, args: list, kwargs: dict, feats, label: str) -> Any:
+        """``F.layer_norm`` / ``F.rms_norm`` over the feature axis, with optional gain and bias parameters."""
+        x = args[0] if args else None
+        if not isinstance(x, _Feat) or len(feats) != 1:
+            return self.fail(feats, label)
+        shape = self.concrete(node.args[1] if len(node.args) > 1 else node.kwargs.get("normalized_shape"))
+        shape = (shape,) if isinstance(shape, int) else tuple(shape or ())
+        space = x.space.root()
+        if shape != (space.n,) or x.axis != x.ndim - 1 or x.inner != 1:
+            self.freeze([x], f"{node.name}: {label} over {shape}, not the feature axis alone")
+            return _UNKNOWN
+        rms = target in (F.rms_norm, torch.rms_norm)
+        names = ("weight", "eps") if rms else ("weight", "bias", "eps")
+        raw = {k: (node.args[i + 2] if len(node.args) > i + 2 else node.kwargs.get(k)) for i, k in enumerate(names)}
+        params = {}
+        for k in ("weight", "bias"):
+            v = raw.get(k)
+            if v is None:
+                continue
+            c = self.classify(v)
+            if not (isinstance(c, tuple) and c[0] == "param" and tuple(c[2].shape) == (space.n,)):
+                self.freeze([x], f"{node.name}: {label} with a {k} that is not a per-feature parameter")
+                return _UNKNOWN
+            params[k] = c[1]
+        self.understood.add(id(node))
+        keys: tuple[str, ...] = ("permutation",) if params else ("orthogonal",) if rms else ("mean_orthogonal",)
+        self.add_primitive(space, f"{node.name}: {label}", keys)
+        for v in params.values():
+            space.actions.append(Action(v, 0, "passenger"))
+        out = self.same(x, node.value)
+        if not isinstance(out, _Feat):
+            return out
+        eps = self.concrete(raw.get("eps"))
+        name = f"{node.scope}.{node.name}" if node.scope else node.name
+        kind = "rms" if rms else "layer"
+        return self.add_norm(out, name, label, kind, params.get("weight"), params.get("bias"), eps, 0.0)
+
     def fail(self, feats: list[_Feat], label: str) -> Any:
         self.freeze(feats, f"unsupported operation {label!s} on the features")
         return _UNKNOWN
@@ -736,6 +1405,7 @@ class _Analysis:
                 self.freeze([a, b], f"{node.name}: adds features on different axes")
                 return _UNKNOWN
             root = self.union(a.space, b.space)
+            root.added = True
             ndim = node.value.ndim if isinstance(node.value, torch.Tensor) else a.ndim
             if ndim != a.ndim:
                 self.freeze([a], f"{node.name}: an addition that broadcasts the features to more axes")
@@ -750,6 +1420,7 @@ class _Analysis:
             p = other[2]
             pa = feat.axis - (feat.ndim - p.ndim)
             if feat.inner == 1 and 0 <= pa < p.ndim and p.shape[pa] == space.n:
+                self.understood.add(id(node))
                 space.actions.append(Action(other[1], pa, "out"))
                 return feat
             self.freeze([feat], f"{node.name}: adds {other[1]} of shape {tuple(p.shape)} that is not per-feature")
@@ -766,9 +1437,19 @@ class _Analysis:
             if a.axis != b.axis or a.inner != b.inner:
                 self.freeze([a, b], f"{node.name}: multiplies features on different axes")
                 return _UNKNOWN
+            linear = [] if divide else [f.space.root() for f in (a, b) if self.fresh_linear(f)]
+            if a.space.root() is b.space.root():
+                linear = []
+            snapshots = [(r, list(r.actions), r.producers[0]) for r in linear]
             root = self.union(a.space, b.space)
             self.add_primitive(root, f"{node.name}: elementwise product", ("permutation",))
+            for r, actions, producer in snapshots:
+                # a gated unit: the linear branch may be scaled by any invertible diagonal, undone by the reader
+                self.scales.append((r, actions, producer, root, len(root.primitives)))
             return _Feat(root, a.axis, a.inner, a.ndim)
+        if other_is_scalar_tensor(*((b, node.args[1]) if isinstance(a, _Feat) else (a, node.args[0]))):
+            if isinstance(a, _Feat) or not divide:
+                return a if isinstance(a, _Feat) else b
         if divide and not isinstance(a, _Feat):
             return self.fail(feats, label)
         feat, other, other_node = (a, b, node.args[1]) if isinstance(a, _Feat) else (b, a, node.args[0])
@@ -781,11 +1462,26 @@ class _Analysis:
             pa = feat.axis - (feat.ndim - p.ndim)
             space = feat.space.root()
             if feat.inner == 1 and 0 <= pa < p.ndim and p.shape[pa] == space.n and p.numel() == space.n:
+                self.understood.add(id(node))
                 self.add_primitive(space, f"{node.name}: per-feature scale {other[1]}", ("permutation",))
                 space.actions.append(Action(other[1], pa, "passenger"))
                 return feat
         self.freeze([feat], f"{node.name}: multiplies the features by a tensor that does not transform with them")
         return _UNKNOWN
+
+    def fresh_linear(self, f: _Feat) -> bool:
+        """Whether ``f`` is the output of one linear layer, not yet read or passed through a primitive."""
+        r = f.space.root()
+        return (
+            f.inner == 1
+            and not r.primitives
+            and len(set(r.producers)) == 1
+            and not r.consumers
+            and not r.frozen
+            and not r.absorbed
+            and not r.norms
+            and all(a.kind == "out" for a in r.actions)
+        )
 
     def visit_transpose(self, node: Node, x: Any, feats: list[_Feat], label: str) -> Any:
         if not isinstance(x, _Feat) or len(feats) != 1:
@@ -867,22 +1563,22 @@ class _Analysis:
             r = s.root()
             if r not in roots:
                 roots.append(r)
-        tied = _tied_parameters(self.model)
         sites: list[Site] = []
         for r in roots:
-            if not r.producers:
-                continue
+            if not r.producers or r.absorbed:
+                continue  # no layer writes it, or an attention projection (reported by its attention sites)
+            if r.split and not (r.consumers or r.reaches_output or r.primitives):
+                continue  # a packed projection, reported by its parts
             if not r.consumers and r.reaches_output:
                 continue  # an output layer, not a hidden site
             frozen = list(r.frozen)
+            if r.split:
+                frozen.append("a packed projection is used both split and unsplit")
             if r.reaches_output:
                 frozen.append("the features are returned by the model (the output basis is fixed)")
             if not r.consumers and not r.reaches_output:
                 frozen.append("the features are not read by any layer")
             actions = list(dict.fromkeys(r.actions))
-            for a in actions:
-                if a.param in tied:
-                    frozen.append(f"parameter {a.param} is tied to {tied[a.param]}")
             groups = P.closure(frozenset(P.LINEAR), r.n)
             general = True
             prims = []
@@ -907,7 +1603,7 @@ class _Analysis:
                 Site(
                     name=r.producers[0],
                     size=r.n,
-                    kind="residual" if len(set(r.producers)) > 1 else "hidden",
+                    kind="residual" if r.added and len(set(r.producers)) > 1 else "hidden",
                     groups=groups,
                     maximal=_groups.maximal(groups, r.n),
                     general_linear=general,
@@ -917,6 +1613,7 @@ class _Analysis:
                     consumers=tuple(dict.fromkeys(r.consumers)),
                     primitives=tuple(prims),
                     actions=tuple(actions),
+                    norms=tuple(Norm(**{**info, "readers": tuple(info["readers"])}) for info in r.norms.values()),
                 )
             )
         seen: dict[str, int] = {}
@@ -926,8 +1623,279 @@ class _Analysis:
                 sites[i] = _replace(site, name=f"{site.name}#{seen[site.name]}")
             else:
                 seen[site.name] = 1
-        sites = _freeze_conflicts(sites)
-        return sites + self.extra_sites
+        sites = _freeze_conflicts([self.shared(site) for site in sites])
+        extra = list(self.extra_sites)
+        for record in self.attention:
+            extra.extend(self.attention_sites(record))
+        extra.extend(self.scale_sites())
+        out = sites + [self.shared(site) for site in extra]
+        if not out:
+            out = self.unread_sites()
+        return out
+
+    def shared(self, site: Site) -> Site:
+        """Apply what shared parameters imply: one action per tensor (tied names are merged), orthogonal elements
+        only where a tied tensor is both written (W·gᵀ) and read (W·g⁻¹), and frozen where a parameter the site
+        acts on is also used somewhere the analysis did not follow."""
+        acts: list[Action] = []
+        index: dict[tuple, Action] = {}
+        tied: list[tuple[str, str]] = []
+        restrict = False
+        reasons: list[str] = []
+        for a in site.actions:
+            canon = self.canon.get(a.param, a.param)
+            if canon != a.param and (a.param, canon) not in tied:
+                tied.append((a.param, canon))
+            b = Action(canon, a.axis, a.kind, a.inner, a.slice_axis, a.start, a.stop)
+            key = (canon, a.axis, a.inner, a.slice_axis, a.start, a.stop)
+            prev = index.get(key)
+            if prev is None:
+                index[key] = b
+                acts.append(b)
+            elif prev.kind != b.kind:
+                if {prev.kind, b.kind} == {"out", "in"}:
+                    restrict = True
+                else:
+                    reasons.append(f"tied parameter {canon} is acted on both as {prev.kind} and as {b.kind}")
+        for param in dict.fromkeys(a.param for a in acts):
+            unknown = [n for n, ok in self.param_reads.get(param, []) if not ok]
+            if unknown:
+                reasons.append(
+                    f"parameter {param} is also read by {', '.join(unknown[:3])}, a use the analysis cannot follow "
+                    "(a shared weight)"
+                )
+        changes: dict[str, Any] = {"actions": tuple(acts), "tied": tuple(tied)}
+        if restrict and site.free:
+            if site.structure is not None:
+                reasons.append("a tied weight is both written and read, which only orthogonal elements allow")
+            else:
+                base = P.closure(frozenset(P.LINEAR), site.size) if site.general_linear else site.groups
+                groups = base & P.closure(frozenset({"orthogonal"}), site.size)
+                changes.update(groups=groups, maximal=_groups.maximal(groups, site.size), general_linear=False)
+                if groups == frozenset({"trivial"}):
+                    changes.update(
+                        status="broken",
+                        reason="a tied weight allows only orthogonal elements, and its primitives respect none",
+                    )
+        if reasons:
+            reason = "; ".join(
+                dict.fromkeys(([site.reason] if site.status == "frozen" and site.reason else []) + reasons)
+            )
+            changes.update(status="frozen", reason=reason)
+        return _replace(site, **changes)
+
+    def record_reasons(self, record: H.AttentionRecord) -> list[str]:
+        """Why the attention sites of ``record`` cannot act (empty when they can)."""
+        reasons: list[str] = []
+        roles = {"query": record.q, "key": record.k, "value": record.v}
+        roots = {role: t.space.root() for role, t in roles.items()}
+        if len({id(r) for r in roots.values()}) < 3:
+            reasons.append("query, key and value are the same features")
+        for role, r in roots.items():
+            reasons.extend(f"{role}: {x}" for x in dict.fromkeys(r.frozen))
+            if r.consumers:
+                reasons.append(f"the {role} features are also read by {', '.join(dict.fromkeys(r.consumers))}")
+            if r.reaches_output:
+                reasons.append(f"the {role} features are returned by the model")
+            if r.primitives:
+                reasons.append(f"the {role} features pass through {', '.join(d for d, _ in r.primitives)}")
+            if not r.producers:
+                reasons.append(f"the {role} features are not written by a layer")
+            uses = sum(1 for o in self.attention for t in (o.q, o.k, o.v) if t.space.root() is r)
+            if uses > 1:
+                reasons.append(f"the {role} features feed more than one attention product")
+            if any(a.kind != "out" for a in r.actions):
+                reasons.append(f"the {role} features carry per-feature parameters")
+        out = record.out.root()
+        if out is not record.out or out.producers:
+            reasons.append("the attention output is mixed with other features before a projection reads it")
+        reasons.extend(f"attention output: {x}" for x in dict.fromkeys(out.frozen))
+        if out.primitives:
+            reasons.append(f"the attention output passes through {', '.join(d for d, _ in out.primitives)}")
+        if out.reaches_output:
+            reasons.append("the attention output is returned by the model")
+        if not out.consumers:
+            reasons.append("the attention output is not read by a layer")
+        hq, dh = len(record.q.heads), record.q.dh
+        if record.q.heads != tuple(range(hq)) or roots["query"].n != hq * dh:
+            reasons.append("the query heads are not the query projection's own heads in order")
+        hk = roots["key"].n // record.k.dh
+        if sorted(set(record.kmap)) != list(range(hk)) or record.kmap != record.vmap:
+            reasons.append("keys and values are not grouped alike over the query heads")
+        if roots["value"].n != hk * record.v.dh:
+            reasons.append("the value heads do not match the key heads")
+        return reasons
+
+    def attention_sites(self, record: H.AttentionRecord) -> list[Site]:
+        """The head, query–key and value–output sites of one attention computation (REFERENCE §8.1)."""
+        reasons = self.record_reasons(record)
+        out = record.out.root()
+        qr, kr, vr = (t.space.root() for t in (record.q, record.k, record.v))
+        producers = tuple(dict.fromkeys(qr.producers + kr.producers + vr.producers))
+        consumers = tuple(dict.fromkeys(out.consumers))
+        prefix = H.head_prefix(list(producers) + list(consumers))
+        hq, dh, dv = len(record.q.heads), record.q.dh, record.v.dh
+        hk = max(1, kr.n // record.k.dh)
+        rep = max(1, hq // hk)
+        o_acts = [a for a in out.actions if a.kind == "in"] if not reasons else []
+
+        def sub(actions, lo, hi, size, kind=None, mult=1):
+            """The actions restricted to features [lo·size, hi·size), grouped by ``mult`` features."""
+            got = []
+            for a in actions:
+                if a.slice_axis not in (None, a.axis):
+                    reasons.append(f"parameter {a.param} is sliced on another axis than its features")
+                    continue
+                start = a.start + lo * size * a.inner
+                stop = a.start + hi * size * a.inner
+                got.append(Action(a.param, a.axis, kind or a.kind, a.inner * mult, a.axis, start, stop))
+            return got
+
+        q_acts, k_acts, v_acts = ([a for a in r.actions if a.kind == "out"] for r in (qr, kr, vr))
+        specs: list[tuple] = []  # (name, size, kind, keys, structure, actions, extra reasons)
+        contiguous = record.kmap == tuple(i // rep for i in range(hq))
+        bias = (
+            ["a per-head attention bias (ALiBi, relative positions) tells the heads apart"] if record.per_head else []
+        )
+        if hk > 1:
+            if contiguous:
+                acts = sub(q_acts, 0, hk, rep * dh, mult=rep * dh) + sub(k_acts, 0, hk, dh, mult=dh)
+                acts += sub(v_acts, 0, hk, dv, mult=dv) + sub(o_acts, 0, hk, rep * dv, mult=rep * dv)
+                specs.append((f"{prefix}.heads", hk, "heads", ("permutation",), None, acts, bias))
+            else:
+                specs.append(
+                    (
+                        f"{prefix}.heads",
+                        hk,
+                        "heads",
+                        ("permutation",),
+                        None,
+                        [],
+                        ["query heads of one key head are not contiguous"],
+                    )
+                )
+        if rep > 1:
+            for j in range(hk):
+                acts = sub(q_acts, j * rep, (j + 1) * rep, dh, mult=dh) + sub(
+                    o_acts, j * rep, (j + 1) * rep, dv, mult=dv
+                )
+                specs.append((f"{prefix}.group{j}", rep, "query_group", ("permutation",), None, acts, bias))
+        rope = record.q.rope
+        qk_reasons = [] if record.q.rope == record.k.rope else ["RoPE is applied to only one of query and key"]
+        for j in range(hk):
+            acts = []
+            for i in range(hq):
+                if record.kmap[i] == j:
+                    acts += sub(q_acts, i, i + 1, dh)
+            acts += sub(k_acts, j, j + 1, dh, kind="dual")
+            structure = "rotary_planes" if rope == "half" else None
+            specs.append((f"{prefix}.qk{j}", dh, "query_key", None, structure, acts, qk_reasons))
+            acts = sub(v_acts, j, j + 1, dv)
+            for i in range(hq):
+                if record.vmap[i] == j:
+                    acts += sub(o_acts, i, i + 1, dv)
+            specs.append((f"{prefix}.vo{j}", dv, "value_output", None, None, acts, []))
+        sites = []
+        for name, n, kind, keys, structure, acts, extra in specs:
+            why = list(dict.fromkeys(reasons + extra))
+            general = keys is None and structure is None
+            if structure is not None:
+                groups = frozenset({"trivial"})
+            else:
+                groups = P.closure(frozenset(P.LINEAR if keys is None else keys), n)
+            sites.append(
+                Site(
+                    name=name,
+                    size=n,
+                    kind=kind,
+                    groups=groups,
+                    maximal=_groups.maximal(groups, n),
+                    general_linear=general,
+                    status="frozen" if why else "free",
+                    reason="; ".join(why) if why else None,
+                    producers=producers,
+                    consumers=consumers,
+                    primitives=(f"{record.node}: softmax attention",),
+                    actions=tuple(acts),
+                    structure=structure,
+                )
+            )
+        return sites
+
+    def scale_sites(self) -> list[Site]:
+        """The linear branch of each gated unit (SwiGLU's up projection): any invertible diagonal on its rows,
+        undone on the columns of the layer that reads the product (REFERENCE §8.1)."""
+        sites = []
+        for branch, actions, producer, merged, count in self.scales:
+            res = merged.root()
+            reasons = list(dict.fromkeys(res.frozen))
+            for desc, keys in res.primitives[count:]:
+                if keys is not None and not {"positive_scaling", "signed_permutation"} <= set(keys):
+                    reasons.append(f"{desc} after the product does not commute with scalings")
+            if res.norms:
+                reasons.append("a norm acts after the product")
+            if res.reaches_output:
+                reasons.append("the product is returned by the model")
+            readers = [a for a in res.actions if a.kind == "in"]
+            if not readers:
+                reasons.append("no layer reads the product")
+            if any(a.kind == "passenger" for a in res.actions):
+                reasons.append("per-feature parameters act on the product")
+            sites.append(
+                Site(
+                    name=f"{producer}.scale",
+                    size=branch.n,
+                    kind="up_scale",
+                    groups=frozenset({"trivial"}),
+                    maximal=frozenset({"trivial"}),
+                    general_linear=False,
+                    status="frozen" if reasons else "free",
+                    reason="; ".join(reasons) if reasons else None,
+                    producers=(producer,),
+                    consumers=tuple(dict.fromkeys(res.consumers)),
+                    primitives=tuple(d for d, _ in res.primitives),
+                    actions=tuple(actions) + tuple(readers),
+                    structure="nonzero_scaling",
+                )
+            )
+        return sites
+
+    def unread_sites(self) -> list[Site]:
+        """When no site was found, one frozen entry per layer the analysis could not read, with the reason, so
+        that an unreadable architecture never gives a silent empty result."""
+        reasons: dict[str, list[str]] = {}
+        for r in {id(s.root()): s.root() for s in self.spaces}.values():
+            for p in r.producers or ["(features)"]:
+                reasons.setdefault(p, []).extend(r.frozen)
+        for param, reads in self.param_reads.items():
+            for node, ok in reads:
+                if not ok:
+                    reasons.setdefault(node, []).append(f"reads {param} in a way the analysis cannot follow")
+        if not reasons and any(True for _ in self.model.parameters()):
+            note = f" ({self.graph.note})" if self.graph.note else ""
+            reasons[type(self.model).__name__] = [f"no layer of the model was reached by the traced run{note}"]
+        out = []
+        for name, why in reasons.items():
+            why = list(dict.fromkeys(why))
+            if not why:
+                continue
+            out.append(
+                Site(
+                    name=name,
+                    size=0,
+                    kind="unread",
+                    groups=frozenset({"trivial"}),
+                    maximal=frozenset({"trivial"}),
+                    general_linear=False,
+                    status="frozen",
+                    reason="; ".join(why),
+                    producers=(),
+                    consumers=(),
+                    primitives=(),
+                    actions=(),
+                )
+            )
+        return out
 
     def feature_axes(self) -> dict[str, int]:
         """Node name → the axis of its value that carries the features of a space (for every such node)."""
@@ -960,18 +1928,6 @@ class _Analysis:
                 )
             )
         return out
-
-
-def _tied_parameters(model: nn.Module) -> dict[str, str]:
-    seen: dict[int, str] = {}
-    tied: dict[str, str] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in seen:
-            tied[name] = seen[id(p)]
-            tied[seen[id(p)]] = name
-        else:
-            seen[id(p)] = name
-    return tied
 
 
 def _freeze_conflicts(sites: list[Site]) -> list[Site]:

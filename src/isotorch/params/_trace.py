@@ -1,7 +1,10 @@
-"""A dataflow graph of a model on an example input: torch.fx tracing, with forward hooks as the fallback.
+"""A dataflow graph of a model on an example input: torch.fx tracing, with a recording run as the fallback.
 
-Both paths produce the same list of :class:`Node` in execution order, each with the value it computed on the
-example input, so that the site analysis (``_sites.py``) does not depend on how the graph was obtained.
+When torch.fx cannot trace a model (HF transformers, data-dependent control flow), the model is run once under a
+``TorchFunctionMode`` that records every torch function and tensor method called outside leaf modules, with leaf
+modules recorded through forward hooks. Both paths produce the same list of :class:`Node` in execution order,
+each with the value it computed on the example input, so that the site analysis (``_sites.py``) does not depend on
+how the graph was obtained.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from isotorch.params._primitives import is_isotorch_primitive
 
@@ -22,6 +26,14 @@ logger = logging.getLogger(__name__)
 
 # Modules the site analysis understands as a whole (never traced through).
 _LEAF_TYPES: tuple[type, ...] = (nn.MultiheadAttention,)
+# torch.nn modules made of other layers: always traced through
+_COMPOSITE_TORCH = (
+    nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+    nn.TransformerEncoder,
+    nn.TransformerDecoder,
+    nn.Transformer,
+)
 
 
 @dataclass(eq=False)
@@ -35,6 +47,7 @@ class Node:
         qualname: the module path (``"module"``) or attribute path (``"param"``); ``None`` otherwise.
         args, kwargs: the arguments with :class:`Node` objects in place of computed values.
         value: what the operation returned on the example input.
+        scope: the innermost module path the operation was called in (function and method nodes), if known.
     """
 
     name: str
@@ -44,6 +57,7 @@ class Node:
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
     value: Any = None
+    scope: str | None = None
 
     def __repr__(self) -> str:
         return f"Node({self.name}, {self.op})"
@@ -58,22 +72,9 @@ class Graph:
     note: str | None = None
 
 
-def is_leaf(module: nn.Module) -> bool:
-    """Whether the analysis treats ``module`` as one operation: torch.nn layers, isotorch primitives, and the
-    asymmetric layers of this package."""
-    if isinstance(module, _LEAF_TYPES) or is_isotorch_primitive(module):
-        return True
-    if getattr(type(module), "_isotorch_params_leaf", False):
-        return True
-    mod = type(module).__module__
-    return (mod.startswith("torch.nn") and not isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict))) or (
-        len(list(module.children())) == 0 and not mod.startswith("torch.nn")
-    )
-
-
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+        if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict, *_COMPOSITE_TORCH)):
             return False
         if isinstance(m, _LEAF_TYPES) or is_isotorch_primitive(m) or getattr(type(m), "_isotorch_params_leaf", False):
             return True
@@ -109,13 +110,27 @@ def trace(model: nn.Module, x) -> Graph:
         graph = _Tracer().trace(model)
         gm = fx.GraphModule(model, graph)
     except Exception as err:
-        logger.info("torch.fx could not trace %s (%s); falling back to forward hooks", type(model).__name__, err)
-        return _trace_hooks(model, inputs, note=f"torch.fx failed: {type(err).__name__}: {err}")
+        logger.info(
+            "torch.fx could not trace %s (%s); falling back to recording torch functions", type(model).__name__, err
+        )
+        return _trace_functions(model, inputs, note=f"torch.fx failed: {type(err).__name__}: {err}")
     try:
         return _run_fx(gm, model, inputs)
     except Exception as err:
-        logger.info("running the fx graph of %s failed (%s); falling back to forward hooks", type(model).__name__, err)
-        return _trace_hooks(model, inputs, note=f"torch.fx graph failed to run: {type(err).__name__}: {err}")
+        logger.info(
+            "running the fx graph of %s failed (%s); falling back to recording torch functions",
+            type(model).__name__,
+            err,
+        )
+        return _trace_functions(model, inputs, note=f"torch.fx graph failed to run: {type(err).__name__}: {err}")
+
+
+def _scope(n: fx.Node) -> str | None:
+    stack = n.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    last = list(stack.values())[-1]
+    return last[0] if isinstance(last, tuple) else None
 
 
 def _run_fx(gm: fx.GraphModule, model: nn.Module, inputs: tuple) -> Graph:
@@ -141,9 +156,9 @@ def _run_fx(gm: fx.GraphModule, model: nn.Module, inputs: tuple) -> Graph:
         elif n.op == "call_module":
             node = Node(n.name, "module", model.get_submodule(n.target), str(n.target), args, kwargs, values.get(n))
         elif n.op == "call_function":
-            node = Node(n.name, "function", n.target, None, args, kwargs, values.get(n))
+            node = Node(n.name, "function", n.target, None, args, kwargs, values.get(n), _scope(n))
         elif n.op == "call_method":
-            node = Node(n.name, "method", n.target, None, args, kwargs, values.get(n))
+            node = Node(n.name, "method", n.target, None, args, kwargs, values.get(n), _scope(n))
         elif n.op == "output":
             node = Node(n.name, "output", args=args, value=values.get(n))
         else:  # pragma: no cover - fx has no other ops
@@ -153,85 +168,232 @@ def _run_fx(gm: fx.GraphModule, model: nn.Module, inputs: tuple) -> Graph:
     return Graph(nodes, "fx")
 
 
-def _trace_hooks(model: nn.Module, inputs: tuple, note: str) -> Graph:
-    """Record the leaf-module calls and connect them by tensor identity.
+# tensor methods whose result is metadata, never feature values
+_META = {
+    "size",
+    "dim",
+    "numel",
+    "shape",
+    "dtype",
+    "device",
+    "ndim",
+    "is_floating_point",
+    "is_complex",
+    "stride",
+    "is_contiguous",
+    "element_size",
+    "requires_grad",
+    "layout",
+    "is_cuda",
+    "names",
+    "get_device",
+    "data_ptr",
+}
+# reads feature values into Python: whatever follows is invisible
+_TO_PYTHON = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "__len__", "__array__"}
 
-    A module input that was not produced by a recorded module or the model input comes from code the hooks
-    cannot see; it is represented by an ``"opaque"`` node that depends on every earlier recorded output, so that
-    the analysis freezes whatever such code may touch.
-    """
-    calls: list[tuple[str, nn.Module, tuple, Any]] = []
-    handles = []
 
-    def hook(name):
-        def fn(module, args, output):
-            calls.append((name, module, args, output))
+def _leaf_call(module: nn.Module, args: tuple, kwargs: dict) -> bool:
+    """Whether one call of ``module`` is recorded as one operation (its inside is not traced)."""
+    if isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict, *_COMPOSITE_TORCH)):
+        return False
+    if isinstance(module, _LEAF_TYPES) or is_isotorch_primitive(module):
+        return True
+    if getattr(type(module), "_isotorch_params_leaf", False):
+        return True
+    if next(module.children(), None) is not None:
+        return False
+    if type(module).__module__.startswith("torch.nn"):
+        return True
+    if next(module.parameters(recurse=False), None) is not None:
+        return True  # an unknown layer with its own weights (HF Conv1D, RMSNorm classes)
+    # a parameter-free helper: one tensor in (an activation class) is an operation, anything else is traced
+    tensors = [a for a in args if isinstance(a, torch.Tensor)] + [
+        v for v in kwargs.values() if isinstance(v, torch.Tensor)
+    ]
+    return len(tensors) == 1 and len(args) == 1 and isinstance(args[0], torch.Tensor)
+
+
+def _op_of(func) -> tuple[str, Any]:
+    """``("method", name)`` for a tensor method, ``("function", func)`` otherwise."""
+    qual = getattr(func, "__qualname__", "") or ""
+    name = getattr(func, "__name__", None)
+    if qual == "getset_descriptor.__get__" or (name == "__get__" and hasattr(func, "__self__")):
+        return "method", getattr(func.__self__, "__name__", "__get__")
+    if func is torch.Tensor.__getitem__ or name == "__getitem__":
+        return "function", operator.getitem
+    if qual.startswith(("TensorBase.", "Tensor.")) or getattr(func, "__objclass__", None) is torch._C.TensorBase:
+        return "method", name
+    return "function", func
+
+
+class _Recorder(TorchFunctionMode):
+    """Records every torch function and tensor method called outside leaf modules, with its values."""
+
+    def __init__(self, model: nn.Module, inputs: tuple):
+        super().__init__()
+        self.nodes: list[Node] = []
+        self.produced: dict[int, Node] = {}
+        self.alive: list[Any] = []  # keeps recorded tensors alive, so that their ids are not reused
+        self.names: dict[int, str] = {}
+        for n, p in model.named_parameters(remove_duplicate=False):
+            self.names.setdefault(id(p), n)
+        for n, b in model.named_buffers(remove_duplicate=False):
+            self.names.setdefault(id(b), n)
+        self.params: dict[int, Node] = {}
+        self.leaf_depth = 0
+        self.stack: list[tuple] = []
+        self.counts: dict[str, int] = {}
+        for i, t in enumerate(inputs):
+            node = Node(f"input{i}", "input", value=t)
+            self.nodes.append(node)
+            self.produced[id(t)] = node
+            self.alive.append(t)
+
+    def unique(self, name: str) -> str:
+        k = self.counts.get(name, 0)
+        self.counts[name] = k + 1
+        return name if k == 0 else f"{name}_{k}"
+
+    def wrap(self, obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            node = self.produced.get(id(obj))
+            if node is not None:
+                return node
+            if id(obj) in self.names:
+                node = self.params.get(id(obj))
+                if node is None:
+                    qual = self.names[id(obj)]
+                    node = Node(self.unique(qual.replace(".", "_")), "param", obj, qual, value=obj)
+                    self.params[id(obj)] = node
+                    self.nodes.append(node)
+                return node
+            node = Node(self.unique("constant"), "const", value=obj)  # made outside the traced code
+            self.nodes.append(node)
+            self.produced[id(obj)] = node
+            self.alive.append(obj)
+            return node
+        if isinstance(obj, (tuple, list)):
+            return (
+                type(obj)(self.wrap(o) for o in obj)
+                if not hasattr(obj, "_fields")
+                else tuple(self.wrap(o) for o in obj)
+            )
+        if isinstance(obj, dict):
+            return {k: self.wrap(v) for k, v in obj.items()}
+        return obj
+
+    def register(self, node: Node, out: Any) -> None:
+        self.nodes.append(node)
+        if isinstance(out, torch.Tensor):
+            self.produced[id(out)] = node
+            self.alive.append(out)
+        elif isinstance(out, (tuple, list)):
+            for j, o in enumerate(out):
+                if isinstance(o, torch.Tensor):
+                    item = Node(f"{node.name}[{j}]", "function", target=operator.getitem, args=(node, j), value=o)
+                    self.nodes.append(item)
+                    self.produced[id(o)] = item
+                    self.alive.append(o)
+        self.alive.append(out)
+
+    def where(self) -> str | None:
+        return self.stack[-1][0] if self.stack else None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.leaf_depth > 0:
+            return out
+        op, target = _op_of(func)
+        if op == "method" and target in _META:
+            return out
+        has_tensor_out = isinstance(out, torch.Tensor) or (
+            isinstance(out, (tuple, list)) and any(isinstance(o, torch.Tensor) for o in out)
+        )
+        if not has_tensor_out:
+            if op == "method" and target in _TO_PYTHON:
+                wrapped = self.wrap(tuple(args))
+                ins = [a for a in wrapped if isinstance(a, Node)]
+                if ins:
+                    reason = f"{target if isinstance(target, str) else getattr(target, '__name__', target)}"
+                    node = Node(self.unique(f"to_python_{reason}"), "opaque", args=tuple(ins), value=out)
+                    node.kwargs = {"reason": f"its values are read into Python by {reason}"}
+                    self.nodes.append(node)
+            return out
+        label = target if isinstance(target, str) else getattr(target, "__name__", "op")
+        node = Node(self.unique(label.strip("_") or "op"), op, target, None, self.wrap(tuple(args)))
+        node.kwargs = self.wrap(dict(kwargs))
+        node.value = out
+        node.scope = self.where()
+        self.register(node, out)
+        return out
+
+    # module hooks ---------------------------------------------------------------------------------------------
+
+    def pre_hook(self, name: str):
+        def fn(module, args, kwargs):
+            if self.leaf_depth > 0:
+                self.stack.append((name, False, None))
+                return None
+            leaf = _leaf_call(module, args, kwargs)
+            if leaf:
+                self.stack.append((name, True, (self.wrap(tuple(args)), self.wrap(dict(kwargs)))))
+                self.leaf_depth += 1
+            else:
+                self.stack.append((name, False, None))
+            return None
 
         return fn
 
+    def post_hook(self, name: str):
+        def fn(module, args, kwargs, output):
+            _, leaf, wrapped = self.stack.pop()
+            if not leaf:
+                return None
+            self.leaf_depth -= 1
+            node = Node(self.unique(name), "module", module, name, wrapped[0], wrapped[1], output)
+            self.register(node, output)
+            return None
+
+        return fn
+
+
+def _tensor_leaves(obj: Any) -> list:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [t for o in obj for t in _tensor_leaves(o)]
+    if isinstance(obj, dict):
+        return [t for o in obj.values() for t in _tensor_leaves(o)]
+    return []
+
+
+def _trace_functions(model: nn.Module, inputs: tuple, note: str) -> Graph:
+    """Run the model once and record every torch function and tensor method it calls (``TorchFunctionMode``),
+    with leaf modules (torch layers, isotorch primitives, unknown layers with weights) recorded as one operation
+    each through forward hooks. Unlike torch.fx this follows any Python code, so it reads models that fx cannot
+    trace (HF transformers, data-dependent control flow); what it records is the path taken on ``x``.
+    """
+    rec = _Recorder(model, inputs)
+    handles = []
     for name, module in model.named_modules():
-        if name and is_leaf(module) and not any(True for _ in _ancestors_leaf(model, name)):
-            handles.append(module.register_forward_hook(hook(name)))
+        if not name:
+            continue
+        handles.append(module.register_forward_pre_hook(rec.pre_hook(name), with_kwargs=True))
+        handles.append(module.register_forward_hook(rec.post_hook(name), with_kwargs=True, always_call=True))
     try:
-        with evaluation(model):
+        with evaluation(model), rec:
             out = model(*inputs)
     finally:
         for h in handles:
             h.remove()
-
-    produced: dict[int, Node] = {}
-    nodes: list[Node] = []
-    for i, t in enumerate(inputs):
-        node = Node(f"input{i}", "input", value=t)
-        nodes.append(node)
-        produced[id(t)] = node
-    seen_outputs: list[Node] = []
-    for k, (name, module, args, output) in enumerate(calls):
-        new_args = []
-        for a in args:
-            if isinstance(a, torch.Tensor):
-                if id(a) in produced:
-                    new_args.append(produced[id(a)])
-                else:
-                    opaque = Node(f"opaque{k}", "opaque", args=tuple(seen_outputs), value=a)
-                    nodes.append(opaque)
-                    new_args.append(opaque)
-            else:
-                new_args.append(a)
-        node = Node(name if not any(n.name == name for n in nodes) else f"{name}#{k}", "module", module, name)
-        node.args = tuple(new_args)
-        node.value = output
-        nodes.append(node)
-        seen_outputs.append(node)
-        if isinstance(output, torch.Tensor):
-            produced[id(output)] = node
-        elif isinstance(output, tuple):
-            for j, o in enumerate(output):
-                if isinstance(o, torch.Tensor):
-                    item = Node(f"{node.name}[{j}]", "function", target=operator.getitem, args=(node, j), value=o)
-                    nodes.append(item)
-                    produced[id(o)] = item
-    outs = out if isinstance(out, tuple) else (out,)
-    out_args = []
-    for o in outs:
-        if isinstance(o, torch.Tensor) and id(o) in produced:
-            out_args.append(produced[id(o)])
-        else:
-            out_args.append(Node("opaque_output", "opaque", args=tuple(seen_outputs), value=o))
-            nodes.append(out_args[-1])
-    # every recorded output not read by a recorded module may be read by code the hooks cannot see
-    read = {id(a) for n in nodes for a in n.args if isinstance(a, Node)} | {id(a) for a in out_args}
-    escaped = [n for n in seen_outputs if id(n) not in read]
-    if escaped:
-        nodes.append(Node("opaque_escape", "opaque", args=tuple(escaped)))
-    nodes.append(Node("output", "output", args=(tuple(out_args) if len(out_args) > 1 else out_args[0],), value=out))
-    return Graph(nodes, "hooks", note)
-
-
-def _ancestors_leaf(model: nn.Module, name: str):
-    """Yield the proper ancestors of module ``name`` that are leaves themselves (their children are not hooked)."""
-    parts = name.split(".")
-    for i in range(1, len(parts)):
-        anc = model.get_submodule(".".join(parts[:i]))
-        if is_leaf(anc):
-            yield anc
+    outs = []
+    for o in _tensor_leaves(out):
+        node = rec.produced.get(id(o)) or rec.params.get(id(o))
+        if node is None:
+            node = rec.wrap(o)
+        outs.append(node)
+    nodes = rec.nodes
+    nodes.append(Node("output", "output", args=(tuple(outs),), value=out))
+    return Graph(nodes, "functions", note)
