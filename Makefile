@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/probes.py
 	$(BIN)/python benchmarks/params.py
 	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/sweep.py
 
 # docs/audit.md is generated from the measured audit table (a test fails when it is stale)
 audit-docs: $(STAMP)

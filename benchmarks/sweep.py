@@ -1,0 +1,119 @@
+"""A study's seeds one after another (serial executor) against the same seeds as Ray tasks on a 2-CPU local cluster.
+
+Runs ``--study`` (default ``plateaus``, preset ``tiny`` with ``--set`` overrides) for ``--seeds`` (default 0,1,2)
+twice into temporary run folders: ``executor="serial"`` in this process, then ``executor="ray"`` on a local cluster
+started with ``ray.init(num_cpus=--cpus)`` (default 2; one CPU and one torch thread per task). The cluster is
+started before the Ray run is timed; its start-up time is printed separately, as is the wall time including it.
+Prints both wall times, the speed-up serial / Ray (goal ≥ 1.6×) and the largest relative difference between the
+two runs' per-seed results and logged values (must be ≤ 1e-6).
+
+With whole seeds as units, k seeds on c CPUs take ⌈k/c⌉ rounds, so 3 seeds on 2 CPUs can be at most 1.5× faster
+than a serial run that uses one core (4 seeds: 2×); the serial run may use every core for torch's intra-op threads
+(``--serial-threads``, default: torch's default), which helps little for small models. CPU timings on a shared
+machine are noisy: note the load average printed at the start.
+
+Run ``python benchmarks/sweep.py`` (``--study``, ``--preset``, ``--set k=v``, ``--seeds``, ``--cpus``,
+``--serial-threads``). Needs ``isotorch[distributed]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from isotorch.studies._runner import run_study
+
+GOAL = 1.6
+TOLERANCE = 1e-6
+
+
+def _max_relative_difference(a: Path, b: Path) -> float:
+    """Largest |x − y| / max(|x|, |y|, 1e-12) over results.json's numbers and metrics.jsonl's numbers."""
+    worst = 0.0
+
+    def walk(x, y):
+        nonlocal worst
+        if isinstance(x, dict):
+            assert x.keys() == y.keys(), (sorted(x), sorted(y))
+            for k in x:
+                walk(x[k], y[k])
+        elif isinstance(x, list):
+            assert len(x) == len(y)
+            for u, v in zip(x, y, strict=True):
+                walk(u, v)
+        elif isinstance(x, int | float) and not isinstance(x, bool):
+            if math.isnan(x) and math.isnan(y):
+                return
+            worst = max(worst, abs(x - y) / max(abs(x), abs(y), 1e-12))
+        else:
+            assert x == y, (x, y)
+
+    walk(json.loads((a / "results.json").read_text()), json.loads((b / "results.json").read_text()))
+    lines_a = (a / "metrics.jsonl").read_text().splitlines()
+    lines_b = (b / "metrics.jsonl").read_text().splitlines()
+    assert len(lines_a) == len(lines_b), (len(lines_a), len(lines_b))
+    for la, lb in zip(lines_a, lines_b, strict=True):
+        walk(json.loads(la), json.loads(lb))
+    return worst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", default="plateaus")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="config key=value")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--serial-threads", type=int, default=None)
+    args = parser.parse_args()
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    if args.serial_threads:
+        torch.set_num_threads(args.serial_threads)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"{args.study} preset={args.preset} {' '.join(args.overrides)} seeds={list(seeds)}; {os.cpu_count()} CPUs, "
+        f"load average {load:.1f}; serial uses {torch.get_num_threads()} torch thread(s), Ray {args.cpus} CPUs × 1"
+    )
+    common = {"seeds": seeds, "preset": args.preset, "overrides": args.overrides, "progress": False, "report": False}
+    with tempfile.TemporaryDirectory() as tmp:
+        serial_out, ray_out = Path(tmp) / "serial", Path(tmp) / "ray"
+        start = time.perf_counter()
+        run_study(args.study, serial_out, **common)
+        serial = time.perf_counter() - start
+
+        start = time.perf_counter()
+        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        startup = time.perf_counter() - start
+        try:
+            start = time.perf_counter()
+            run_study(args.study, ray_out, executor="ray", **common)
+            parallel = time.perf_counter() - start
+        finally:
+            ray.shutdown()
+        difference = _max_relative_difference(serial_out, ray_out)
+
+    speedup = serial / parallel
+    rounds = math.ceil(len(seeds) / args.cpus)
+    print(f"serial            {serial:8.1f} s")
+    print(f"ray ({args.cpus} CPUs)      {parallel:8.1f} s   (+ {startup:.1f} s cluster start-up)")
+    print(
+        f"speed-up serial/ray: {speedup:.2f}× (goal ≥ {GOAL}×; whole-seed units bound it by "
+        f"{len(seeds)}/{rounds} = {len(seeds) / rounds:.2f}× against a one-core serial run); "
+        f"with start-up: {serial / (parallel + startup):.2f}×"
+    )
+    verdict = "same results" if difference <= TOLERANCE else "RESULTS DIFFER"
+    print(f"max relative difference of results and logged values: {difference:.2e} ({verdict}, tolerance {TOLERANCE})")
+
+
+if __name__ == "__main__":
+    main()
