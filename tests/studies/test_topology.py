@@ -10,8 +10,22 @@ import torch
 from isotorch.params import grow, prune
 from isotorch.studies._config import ConfigError, make_config
 from isotorch.studies._runner import StudyContext, StudyInterrupted, run_study
-from isotorch.studies.topology import TopologyConfig, adaptation, build_mlp, prune_by_norm
+from isotorch.studies.topology import Topology, TopologyConfig, adaptation, build_mlp, prune_by_norm
 from isotorch.testing import relative_error, tolerance
+
+
+def _check_verdicts(out, claims, seeds):
+    """verdicts.json has one valid entry per declared claim, in order."""
+    entries = json.loads((out / "verdicts.json").read_text())
+    assert [e["claim"] for e in entries] == [c.name for c in claims]
+    for e in entries:
+        assert e["verdict"] in ("supported", "contradicted", "inconclusive")
+        assert e["text"] and e["source"] and e["statistic"] and e["direction"] in (1, -1)
+        assert set(e["seeds"]) <= set(seeds)
+        lo, hi = e["ci95"]
+        if e["verdict"] != "inconclusive":
+            assert e["estimate"] is not None and lo is not None and lo <= e["estimate"] <= hi
+            assert e["n"] == len(e["seeds"]) >= 2
 
 
 def test_adaptation_rule():
@@ -60,7 +74,7 @@ def test_bad_config_names_the_key(item, match):
 
 @pytest.mark.slow
 def test_tiny_end_to_end(tmp_path):
-    run = run_study("topology", tmp_path / "t", seeds=(0,), preset="tiny", progress=False)
+    run = run_study("topology", tmp_path / "t", seeds=(0, 1), preset="tiny", progress=False)
     finals = run.data.finals[0]
     assert set(run.findings[0].rows) == {"adaptive", "fixed", "elementwise"}
     assert "max |Δlogit| at a grow" in run.findings[0].columns
@@ -73,13 +87,26 @@ def test_tiny_end_to_end(tmp_path):
     report = (tmp_path / "t" / "report.html").read_text()
     for f in json.loads((tmp_path / "t" / "figures.json").read_text()):
         assert (tmp_path / "t" / f["path"]).stat().st_size > 5_000 and f["caption"][:40] in report
+    _check_verdicts(tmp_path / "t", Topology.claims, (0, 1))
+    grow_v = {v.claim.name: v for v in run.verdicts}["grow-is-exact"]
+    assert grow_v.verdict == "supported"  # every grow changed the logits by far less than 1e-4
+    sweeps = run.data.select(event="lr_sweep", seed=0)
+    assert [s["run"] for s in sweeps] == ["adaptive", "elementwise"]  # one sweep per family; fixed reuses iso's
+    assert finals["fixed/lr"] == finals["adaptive/lr"] in (3e-3, 1e-2)
+    assert "RESET at every segment boundary" in run.findings[0].caption
 
 
 @pytest.mark.slow
 def test_pruning_is_within_its_bound_and_the_control_loses_accuracy(tmp_path):
     # threshold 100: every unit counts as scaffold, so the adaptive arm prunes live units (approximate surgery)
     run = run_study(
-        "topology", tmp_path / "p", preset="tiny", overrides=["threshold=100", "hidden=8"], progress=False, report=False
+        "topology",
+        tmp_path / "p",
+        seeds=(0,),
+        preset="tiny",
+        overrides=["threshold=100", "hidden=8"],
+        progress=False,
+        report=False,
     )
     prunes = run.data.select(event="surgery", action="prune")
     adaptive = [p for p in prunes if p["arm"] == "adaptive"]
@@ -93,7 +120,7 @@ def test_pruning_is_within_its_bound_and_the_control_loses_accuracy(tmp_path):
 def test_resume_after_surgery_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     overrides = ["arms=adaptive,fixed", "steps=60", "surgery_every=20", "log_every=10"]
     ref = tmp_path / "ref"
-    run_study("topology", ref, preset="tiny", overrides=overrides, progress=False, report=False)
+    run_study("topology", ref, seeds=(0,), preset="tiny", overrides=overrides, progress=False, report=False)
     original = StudyContext.train
 
     def train(self, key, *args, **kwargs):  # Ctrl-C during the third segment, after two surgeries changed shapes
@@ -104,7 +131,7 @@ def test_resume_after_surgery_matches_an_uninterrupted_run(tmp_path, monkeypatch
     out = tmp_path / "run"
     monkeypatch.setattr(StudyContext, "train", train)
     with pytest.raises(StudyInterrupted, match="adaptive/seg2"):
-        run_study("topology", out, preset="tiny", overrides=overrides, progress=False, report=False)
+        run_study("topology", out, seeds=(0,), preset="tiny", overrides=overrides, progress=False, report=False)
     monkeypatch.setattr(StudyContext, "train", original)
     run_study("topology", out, progress=False, resume=True, report=False)
     assert (out / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()

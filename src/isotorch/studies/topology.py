@@ -3,9 +3,19 @@
 An MLP x → Linear → φ → … → Linear → logits (hidden widths ``hidden`` at the start) is trained on a dataset
 (digits; ``dataset="mnist1d"``/``"mnist"``) with cross-entropy and AdamW in ``segments`` of ``surgery_every``
 updates. Between segments the network may change shape; each segment is its own ``ctx.train`` loop (fixed shapes,
-key ``"{arm}/seg{i}"``) with a fresh optimiser, for every arm alike, so that checkpoint/resume stays exact: on
-resume the finished segments are restored one by one and the surgeries between them are recomputed (they are
-deterministic), which rebuilds every shape before the next segment's state is loaded. Arms:
+key ``"{arm}/seg{i}"``), so that checkpoint/resume stays exact: on resume the finished segments are restored one by
+one and the surgeries between them are recomputed (they are deterministic), which rebuilds every shape before the
+next segment's state is loaded.
+
+**The optimiser state is reset at every segment boundary, in every arm alike** (the fixed arm too, so the arms
+differ only in the surgery). It is not carried through the surgery: pruning first diagonalises the producer by an
+SVD rotation, and AdamW's second moment (an elementwise average of squared gradients) has no exact image under a
+rotation (:func:`isotorch.params.transform` refuses it); only the first moment and plain momentum would rotate
+exactly. Resetting is the one rule that treats grow, prune and no-op segments the same way.
+
+Each family trains at its own learning rate: per seed, :func:`isotorch.studies._models.select_lr` sweeps ``lrs``
+for ``sweep_steps`` updates on the starting architecture (isotropic tanh for ``adaptive``/``fixed``, tanh for
+``elementwise``), scored on a held-out 20% of the training set. Arms:
 
 - ``adaptive`` (φ = isotropic tanh): at each boundary, for each hidden site, the producer W_l is diagonalised
   (:func:`isotorch.params.svd_diagonalize`) and its *scaffold* units (singular value ≤ ``threshold``) counted. Fewer
@@ -23,6 +33,18 @@ Logged at every surgery (``event="surgery"``): the action, the width before/afte
 after, the largest change of any test logit (must be ~0 for grow), and for prune the measured change of the
 consumer's pre-activation with its bound. Logged every ``log_every`` updates: the global step, test accuracy,
 widths, the singular values of each hidden producer and the scaffold count.
+
+**Claims and verdicts** (``Topology.claims``; one value per seed, t-interval over seeds):
+
+- *neurogenesis is exact* (Bird's code, REFERENCE 5.9: logits change ≲ 1e-4 in fp32): −4 − log₁₀ max |Δlogit| over
+  the adaptive arm's grows, claimed > 0;
+- *pruning scaffold units is nearly free* (3rd-party, REFERENCE 6.2: 50% pruning costs < 0.1% accuracy): 0.001 −
+  the largest test-accuracy drop at an adaptive prune, claimed > 0;
+- *SVD pruning of isotropic nets hurts less than magnitude pruning of tanh nets* (3rd-party, REFERENCE 6.2: a
+  scaffold unit is inert in iso nets but not under tanh): largest drop (elementwise) − largest drop (adaptive),
+  paired by seed, claimed > 0.
+
+A seed whose adaptive arm never grew (or pruned) gives no value for the claims that need one.
 """
 
 from __future__ import annotations
@@ -38,8 +60,10 @@ import torch
 from torch import nn
 
 from isotorch.studies._data import load_dataset
+from isotorch.studies._models import select_lr
 from isotorch.studies._registry import Study, register_study
 from isotorch.studies._stats import Figure, Findings
+from isotorch.studies._verdicts import Claim, Verdict, inconclusive, paired_verdict, verdict_from_values
 
 __all__ = ["Topology", "TopologyConfig", "adaptation", "build_mlp", "prune_by_norm"]
 
@@ -58,7 +82,8 @@ class TopologyConfig:
     steps: int = 4000
     surgery_every: int = 250
     batch_size: int = 32
-    lr: float = 1e-3
+    lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+    sweep_steps: int = 1000
     weight_decay: float = 0.1
     threshold: float = 0.1
     scaffold: int = 2
@@ -81,7 +106,7 @@ class TopologyConfig:
             raise ValueError(f"dataset must be one of {', '.join(_DATASETS)}, got {self.dataset!r}")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {self.hidden!r}")
-        for name in ("steps", "surgery_every", "batch_size", "log_every", "min_width", "max_width"):
+        for name in ("steps", "surgery_every", "batch_size", "log_every", "min_width", "max_width", "sweep_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
         if self.scaffold < 0:
@@ -92,7 +117,13 @@ class TopologyConfig:
             raise ValueError(
                 f"hidden widths {self.hidden!r} must lie in [min_width={self.min_width}, max_width={self.max_width}]"
             )
-        for name in ("lr", "threshold", "grow_scale"):
+        if (
+            not self.lrs
+            or any(not (lr > 0 and math.isfinite(lr)) for lr in self.lrs)
+            or len(set(self.lrs)) != len(self.lrs)
+        ):
+            raise ValueError(f"lrs must be distinct positive finite floats, got {self.lrs!r}")
+        for name in ("threshold", "grow_scale"):
             if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
                 raise ValueError(f"{name} must be a positive finite float, got {getattr(self, name)!r}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
@@ -210,12 +241,35 @@ class Topology(Study):
             "steps": 120,
             "surgery_every": 30,
             "batch_size": 64,
-            "lr": 1e-2,
+            "lrs": (3e-3, 1e-2),
+            "sweep_steps": 30,
             "min_width": 3,
             "max_width": 16,
             "log_every": 15,
-        }
+        },
+        # REFERENCE 5.9/6.2: MNIST, a wider start and a longer run (the author's code adapts widths on MNIST/CIFAR)
+        "paper": {"dataset": "mnist", "hidden": (64, 64), "steps": 30_000, "surgery_every": 500, "batch_size": 48},
     }
+    claims = (
+        Claim(
+            "grow-is-exact",
+            "Neurogenesis (a zero producer row, a small consumer column) leaves the function unchanged",
+            "Bird's code (REFERENCE 5.9: logits change <~ 1e-4 in fp32)",
+            "-4 - log10(max |Δlogit| over the adaptive arm's grows), per seed",
+        ),
+        Claim(
+            "scaffold-prune-is-nearly-free",
+            "Pruning scaffold units (smallest singular values) of an isotropic net costs < 0.1 points of accuracy",
+            "3rd-party (REFERENCE 6.2: 50% pruning costs < 0.1% accuracy)",
+            "0.001 - max test-accuracy drop at an adaptive prune, per seed",
+        ),
+        Claim(
+            "svd-prune-beats-magnitude-prune",
+            "SVD pruning of isotropic nets hurts accuracy less than magnitude pruning of tanh nets",
+            "3rd-party (REFERENCE 6.2: a scaffold unit is inert in iso nets but not under tanh)",
+            "max accuracy drop at a prune (elementwise) - (adaptive), paired by seed",
+        ),
+    )
 
     def run(self, ctx) -> dict[str, Any]:
         from isotorch.params import grow, prune, symmetries
@@ -235,19 +289,40 @@ class Topology(Study):
             with torch.no_grad():
                 return model(x_test).to(torch.float64)
 
+        chosen: dict[bool, float] = {}
         for arm in config.arms:
-            model = build_mlp(
-                x.shape[1],
-                config.hidden,
-                n_classes,
-                isotropic=arm != "elementwise",
-                generator=torch.Generator().manual_seed(ctx.seed),
-            ).to(ctx.device)
+            isotropic = arm != "elementwise"
+
+            def make(isotropic=isotropic):
+                gen = torch.Generator().manual_seed(ctx.seed)
+                return build_mlp(x.shape[1], config.hidden, n_classes, isotropic=isotropic, generator=gen).to(
+                    ctx.device
+                )
+
+            if isotropic not in chosen:
+                lr, scores = config.lrs[0], {}
+                if len(config.lrs) > 1:
+                    family = "isotropic" if isotropic else "elementwise"
+                    lr, scores = select_lr(
+                        ctx,
+                        f"sweep/{family}",
+                        make,
+                        config.lrs,
+                        x,
+                        y,
+                        steps=config.sweep_steps,
+                        batch_size=config.batch_size,
+                        weight_decay=config.weight_decay,
+                    )
+                chosen[isotropic] = lr
+                ctx.log(0, run=arm, event="lr_sweep", lr=lr, scores={f"{k:g}": v for k, v in scores.items()})
+            lr = chosen[isotropic]
+            model = make()
             offset = 0
             surgeries = []
             for segment in range(n_segments):
                 steps = min(config.surgery_every, config.steps - offset)
-                opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+                opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay)
 
                 def step(t, model=model, opt=opt, offset=offset):
                     idx = ctx.batch_indices(offset + t, len(x), config.batch_size)
@@ -328,6 +403,7 @@ class Topology(Study):
                     ctx.log(offset, run=f"{arm}/seg{segment}", event="surgery", arm=arm, **entry)
             ctx.save_model(arm, model, x_test[:32])
             finals.update(self._finals(arm, model, accuracy(model), surgeries))
+            finals[f"{arm}/lr"] = lr
         return finals
 
     @staticmethod
@@ -350,6 +426,40 @@ class Topology(Study):
             ),
         }
 
+    def verdicts(self, data) -> list[Verdict]:
+        config: TopologyConfig = data.config
+
+        def per_seed(arm: str, name: str) -> dict[int, float]:
+            key = f"{arm}/{name}"
+            return {s: float(f[key]) for s, f in data.finals.items() if key in f}
+
+        never = (
+            "{n} seed(s) had no {what} in the adaptive arm; longer training (steps) or more weight decay (which "
+            "creates scaffold units to prune) would decide"
+        )
+        out = []
+        if "adaptive" not in config.arms:
+            reason = "needs the 'adaptive' arm"
+            return [inconclusive(c, reason, seeds=data.seeds) for c in self.claims]
+        grows = {s: -4 - math.log10(max(v, 1e-12)) for s, v in per_seed("adaptive", "grow_max_logit_change").items()}
+        missing = sum(not math.isfinite(v) for v in grows.values())
+        out.append(
+            verdict_from_values(
+                self.claims[0],
+                grows,
+                note=never.format(n=missing, what="grow") if missing else "largest |Δlogit| of any test logit",
+            )
+        )
+        drops = per_seed("adaptive", "prune_max_acc_drop")
+        missing = sum(not math.isfinite(v) for v in drops.values())
+        extra = never.format(n=missing, what="prune") if missing else "largest test-accuracy drop at one prune"
+        out.append(verdict_from_values(self.claims[1], {s: 0.001 - v for s, v in drops.items()}, note=extra))
+        if "elementwise" not in config.arms:
+            out.append(inconclusive(self.claims[2], "needs the 'elementwise' arm", seeds=data.seeds))
+        else:
+            out.append(paired_verdict(self.claims[2], per_seed("elementwise", "prune_max_acc_drop"), drops, note=extra))
+        return out
+
     def summarise(self, data) -> list[Findings]:
         config: TopologyConfig = data.config
         columns = {
@@ -361,6 +471,7 @@ class Topology(Study):
             "prune_max_logit_change": "max |Δlogit| at a prune",
             "prune_max_acc_drop": "max accuracy drop at a prune",
             "prune_change_over_bound": "max Δpre-activation / bound (prune)",
+            "lr": "learning rate (sweep)",
         }
         values = {
             arm: {
@@ -370,9 +481,13 @@ class Topology(Study):
             for arm in config.arms
         }
         caption = (
-            f"{config.dataset}, MLP with hidden widths {list(config.hidden)} at the start, AdamW lr {config.lr:g} "
-            f"wd {config.weight_decay:g}, batch {config.batch_size}, {config.steps} updates in segments of "
-            f"{config.surgery_every} (fresh optimiser per segment in every arm). adaptive: keep {config.scaffold} "
+            f"{config.dataset}, MLP with hidden widths {list(config.hidden)} at the start, AdamW at each family's "
+            f"best learning rate among {', '.join(f'{lr:g}' for lr in config.lrs)} (per seed, a "
+            f"{config.sweep_steps}-update sweep scored on a held-out 20% of the training set), wd "
+            f"{config.weight_decay:g}, batch {config.batch_size}, {config.steps} updates in segments of "
+            f"{config.surgery_every}. The optimiser state is RESET at every segment boundary in every arm (AdamW's "
+            "second moment cannot be rotated exactly through the SVD that pruning applies). adaptive: keep "
+            f"{config.scaffold} "
             f"scaffold units (σ ≤ {config.threshold:g}) per hidden site; elementwise: tanh net that follows the "
             "adaptive widths, pruned by smallest weight norm. |Δlogit| is the largest change of any test logit at "
             "one surgery; the bound is prune's bound on the consumer pre-activation change. 'n/a': no such surgery."
