@@ -190,13 +190,14 @@ def test_convert_block_family_leaves_indivisible_widths_alone():
 
 
 class _OutOfOrder(nn.Module):
-    """Registers its activation before the layer that feeds it, so registration order says nothing."""
+    """Registers its output layer and activation before the layer that feeds them, so registration order says
+    nothing (and a probe input built from the first registered layer does not fit)."""
 
     def __init__(self):
         super().__init__()
+        self.fc2 = nn.Linear(6, 3)
         self.act = nn.Tanh()
         self.fc1 = nn.Linear(4, 6)
-        self.fc2 = nn.Linear(6, 3)
 
     def forward(self, x):
         return self.fc2(self.act(self.fc1(x)))
@@ -322,3 +323,180 @@ def test_symmetrize_passes_fn_the_feature_axis_where_it_was(dim):
     one = families.symmetrize(lambda t: it.functional.iso_tanh(t, dim=-1), elements)
     v = torch.randn(2, dtype=torch.float64)
     torch.testing.assert_close(one(v), it.functional.iso_tanh(v))
+
+
+# -- conversion of the models researchers use (feature axes from the site graph) ------------------------------------
+
+
+class _LayerNorm2d(nn.LayerNorm):
+    """timm/ConvNeXt-style LayerNorm over the channels of an (N, C, H, W) map: permute, normalise, permute back."""
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        return torch.nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps).permute(
+            0, 3, 1, 2
+        )
+
+
+class _ConvNeXtBlock(nn.Module):
+    def __init__(self, c=8):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 2, stride=2)
+        self.norm = _LayerNorm2d(c)
+        self.pw1, self.act, self.pw2 = nn.Conv2d(c, 2 * c, 1), nn.GELU(), nn.Conv2d(2 * c, c, 1)
+
+    def forward(self, x):
+        h = self.norm(self.stem(x))
+        return h + self.pw2(self.act(self.pw1(h)))
+
+
+def test_convert_convnext_layernorm2d_on_the_channel_axis():
+    model = _ConvNeXtBlock().double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    iso, report = it.convert(model, "isotropic", example_input=x, return_report=True)
+    rows = {r.path: r for r in report.swapped}
+    assert rows["norm"].new == "ChiNorm" and rows["norm"].dim == 1 and iso.norm.dim == 1  # the channels, not W
+    assert rows["act"].new == "IsoTanh" and iso.act.dim == 1
+    assert report.left == ()
+    iso.eval()
+    # the converted primitives act on the channels: a channel rotation commutes with them; the isotropic
+    # activation on the wrong axis would not (a rotation of W is the negative control)
+    h = torch.randn(2, 8, 4, 4, dtype=torch.float64)
+    assert equivariance_error(iso.norm, h, groups.get("orthogonal"), dim=1) < 1e-9
+    h = torch.randn(2, 16, 4, 4, dtype=torch.float64)
+    assert equivariance_error(iso.act, h, groups.get("orthogonal"), dim=1) < 1e-9
+    assert equivariance_error(iso.act, h, groups.get("orthogonal"), dim=-1) > 1e-3
+    assert iso(x).shape == model(x).shape
+
+
+def test_convert_without_an_example_input_builds_a_probe_from_the_first_layer():
+    model = _ConvNeXtBlock().double()
+    _, report = it.convert(model, "isotropic", return_report=True)
+    assert "probe input (2, 3, 8, 8)" in report.source
+    assert {r.path: r.dim for r in report.swapped} == {"norm": 1, "act": 1}
+
+
+class _BatchNormAct2d(nn.BatchNorm2d):
+    """timm-style BatchNormAct2d: batch norm, then an activation submodule."""
+
+    def __init__(self, c):
+        super().__init__(c)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(super().forward(x))
+
+
+class _BatchNormRelu(nn.BatchNorm2d):
+    """Batch norm with a functional activation inside: more than a normaliser."""
+
+    def forward(self, x):
+        return torch.relu(super().forward(x))
+
+
+class _SqueezeExcite(nn.Module):
+    def __init__(self, c, r=4):
+        super().__init__()
+        self.pool, self.reduce, self.act = nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, r, 1), nn.SiLU()
+        self.expand, self.gate = nn.Conv2d(r, c, 1), nn.Sigmoid()
+
+    def forward(self, x):
+        return x * self.gate(self.expand(self.act(self.reduce(self.pool(x)))))
+
+
+class _EfficientNetBlock(nn.Module):
+    def __init__(self, c=8):
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(3, c, 3, padding=1), _BatchNormAct2d(c)
+        self.dw, self.bn1, self.act1 = nn.Conv2d(c, c, 3, padding=1, groups=c), _BatchNormRelu(c), nn.SiLU()
+        self.se = _SqueezeExcite(c)
+        self.proj, self.bn2 = nn.Conv2d(c, c, 1), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        h = self.bn0(self.stem(x))
+        h = self.se(self.act1(self.bn1(self.dw(h))))
+        return torch.nn.functional.hardswish(self.bn2(self.proj(h)))
+
+
+def test_convert_efficientnet_block_reports_every_normaliser_and_activation():
+    model = _EfficientNetBlock().double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    iso, report = it.convert(model, "isotropic", example_input=x, return_report=True)
+    swapped = {r.path: r for r in report.swapped}
+    left = {r.path: r for r in report.left}
+    assert swapped["act1"].new == "IsoTanh" and swapped["act1"].dim == 1
+    assert swapped["se.act"].new == "IsoTanh" and swapped["se.act"].dim == 1
+    assert swapped["bn0.act"].dim == 1 and swapped["bn2"].new == "IsoBatchNorm"
+    assert "gate" in left["se.gate"].note  # squeeze-excite: x * sigmoid(...) is not an activation to swap
+    assert "submodules" in left["bn0"].note
+    assert "more than batch normalisation" in left["bn1"].note
+    assert any(r.old == "hardswish()" and "function" in r.note for r in report.left)
+    # nothing silent: every normaliser and activation of the model is swapped or left with a reason
+    norms_and_acts = {
+        p
+        for p, m in model.named_modules()
+        if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.SiLU, nn.Sigmoid, nn.ReLU))
+    }
+    assert norms_and_acts <= set(swapped) | set(left)
+    assert all(r.note for r in report.left)
+    assert iso(x).shape == model(x).shape
+
+
+def test_convert_transformers_activations_and_rmsnorm():
+    transformers = pytest.importorskip("transformers")
+    from transformers.activations import ACT2FN, GELUActivation, NewGELUActivation
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = LlamaRMSNorm(8)
+            self.fc1, self.a1 = nn.Linear(8, 12), NewGELUActivation()
+            self.fc2, self.a2 = nn.Linear(12, 12), GELUActivation()
+            self.fc3, self.a3 = nn.Linear(12, 12), ACT2FN["gelu_new"]
+            self.fc4, self.a4 = nn.Linear(12, 8), ACT2FN["silu"]
+
+        def forward(self, x):
+            h = self.a2(self.fc2(self.a1(self.fc1(self.norm(x)))))
+            return self.a4(self.fc4(self.a3(self.fc3(h))))
+
+    assert transformers.__version__
+    model = Block().double()
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    iso, report = it.convert(model, "isotropic", example_input=x, return_report=True)
+    swapped = {r.path: r for r in report.swapped}
+    assert {p: (r.new, r.dim) for p, r in swapped.items()} == {
+        "norm": ("ChiNorm", -1),
+        "a1": ("IsoTanh", -1),
+        "a2": ("IsoTanh", -1),
+        "a3": ("IsoTanh", -1),
+        "a4": ("IsoTanh", -1),
+    }
+    assert "normaliser" in swapped["norm"].note and "weight" in swapped["norm"].note
+    assert report.left == ()
+    assert iso.eval()(x).shape == (3, 5, 8)
+    same, report = it.convert(model, "elementwise", example_input=x, return_report=True)
+    assert type(same.norm) is LlamaRMSNorm and "kept" in {r.path: r for r in report.swapped}["norm"].note
+    torch.testing.assert_close(same.norm(x), model.norm(x))
+
+
+class _Gated(nn.Module):
+    """A GLU-style unit: silu(gate(x)) * up(x); the SiLU's output multiplies another tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate, self.up, self.down, self.act = nn.Linear(4, 6), nn.Linear(4, 6), nn.Linear(6, 4), nn.SiLU()
+
+    def forward(self, x):
+        return self.down(self.act(self.gate(x)) * self.up(x))
+
+
+def test_convert_leaves_a_gating_activation_alone():
+    _, report = it.convert(_Gated(), "isotropic", example_input=torch.randn(3, 4), return_report=True)
+    (row,) = report.left
+    assert row.path == "act" and "gate" in row.note and report.swapped == ()
+
+
+def test_convert_example_input_that_does_not_fit():
+    with pytest.raises(ValueError, match=r"^example_input does not fit the model"):
+        it.convert(_mlp(), "isotropic", example_input=torch.randn(3, 7))

@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import copy
 import logging
+import operator
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from isotorch import directions as _directions
@@ -347,13 +349,14 @@ _ACTIVATIONS = (
     nn.CELU,
     nn.SELU,
 )
-_PRODUCERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
-_ABSORBED = (*_PRODUCERS, nn.Flatten, nn.Identity, nn.Unflatten)
+_TORCH_NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)
+_MUL = {operator.mul, operator.imul, torch.mul, "mul", "mul_", operator.truediv, torch.div, "div", "div_"}
+_STRUCTURAL = (nn.Flatten, nn.Identity, nn.Unflatten)
 
 
 @dataclass(frozen=True)
 class ConversionRow:
-    """One leaf module considered by :func:`convert`."""
+    """One module (or function called in ``forward``) considered by :func:`convert`."""
 
     path: str
     old: str
@@ -367,17 +370,28 @@ class ConversionRow:
 
 @dataclass(frozen=True)
 class ConversionReport:
-    """What :func:`convert` swapped and what it left alone (and why)."""
+    """What :func:`convert` swapped and what it left alone (and why): every normaliser and activation of the model
+    is in one of the two lists.
+
+    Attributes:
+        family, group: the family converted to and its group.
+        swapped: the modules replaced by the family's (or kept because they already are).
+        left: the normalisers, activations and other primitives left alone, each with the reason.
+        source: where the feature axes came from (``"example_input"``, a probe input built from the first layer, or
+            ``None`` when the model could not be run).
+    """
 
     family: str
     group: str
     swapped: tuple[ConversionRow, ...] = field(default_factory=tuple)
     left: tuple[ConversionRow, ...] = field(default_factory=tuple)
+    source: str | None = None
 
     def to_dict(self) -> dict:
         return {
             "family": self.family,
             "group": self.group,
+            "source": self.source,
             "swapped": [r.to_dict() for r in self.swapped],
             "left": [r.to_dict() for r in self.left],
         }
@@ -389,44 +403,184 @@ class ConversionReport:
         )
 
 
-def _producer_axis(module: nn.Module) -> tuple[int, int] | None:
-    """(feature size, feature dim) of the tensor a producer/normaliser writes, if the module says."""
-    if isinstance(module, nn.Linear):
-        return module.out_features, -1
-    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        return module.out_channels, 1
-    if isinstance(module, nn.Embedding):
-        return module.embedding_dim, -1
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return module.num_features, 1
-    if isinstance(module, nn.GroupNorm):
-        return module.num_channels, 1
-    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
-        return module.normalized_shape[0], -1
-    return None
+@dataclass
+class _Call:
+    """What the site graph saw of one module: its input, the feature axis on it, and whether it gates."""
+
+    x: torch.Tensor | None = None
+    axis: int | None = None
+    gate: bool = False
+    axes: set = field(default_factory=set)
 
 
-def _input_sizes(model: nn.Module, example_input) -> dict[str, torch.Size]:
-    shapes: dict[str, torch.Size] = {}
-    handles = []
+def _probe_input(model: nn.Module) -> list[tuple[torch.Tensor, str]]:
+    """Candidate inputs built from the first layer in registration order (tried in turn until one runs)."""
     for path, module in model.named_modules():
-        if not list(module.children()):
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+            continue
+        dtype, gen = weight.dtype, torch.Generator().manual_seed(0)
+        name = f"{path or '(model)'} ({type(module).__name__})"
+        if isinstance(module, nn.Embedding):
+            ids = torch.randint(0, module.num_embeddings, (2, 8), generator=gen)
+            return [(ids, f"token ids (2, 8) for {name}")]
+        if isinstance(module, nn.Linear):
+            x = torch.randn(2, module.in_features, generator=gen, dtype=torch.float64).to(dtype)
+            return [(x, f"a probe input (2, {module.in_features}) built from {name}")]
+        if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
+            spatial = len(module.kernel_size)
+            out = []
+            for size in (8, 16, 32, 64):
+                shape = (2, module.in_channels, *([size] * spatial))
+                x = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+                out.append((x, f"a probe input {shape} built from {name}"))
+            return out
+        return []
+    return []
 
-            def hook(mod, args, path=path):
-                if args and isinstance(args[0], torch.Tensor):
-                    shapes.setdefault(path, args[0].shape)
 
-            handles.append(module.register_forward_pre_hook(hook))
-    was_training = model.training
+def _is_mul_with_tensor(node, source) -> bool:
+    """Whether ``node`` multiplies ``source``'s output by another computed tensor at least as large (``source`` is
+    then the gate: squeeze-excite's sigmoid, a GLU's activation; the gated signal is the larger operand)."""
+    if node.op not in ("function", "method") or node.target not in _MUL:
+        return False
+    own = source.value.numel() if isinstance(source.value, torch.Tensor) else 0
+    others = [a for a in [*node.args, *node.kwargs.values()] if a is not source]
+    return any(
+        getattr(a, "op", None) not in (None, "param") and isinstance(a.value, torch.Tensor) and a.value.numel() >= own
+        for a in others
+    )
+
+
+def _readable(axis: int, ndim: int) -> int:
+    """The last axis as -1 (so that it holds at any rank), any other by its index."""
+    return -1 if axis == ndim - 1 else axis
+
+
+def _graph_calls(model: nn.Module, x) -> tuple[dict[str, _Call], list[ConversionRow]]:
+    """Read the site graph of ``model`` on ``x``: for each module path, its first input, its feature axis (the one
+    the graph traces on that input, or the axis a torch primitive itself acts on) and whether its output gates
+    another tensor (is multiplied by it); and the activations and normalisers called as functions in ``forward``
+    outside any module that convert swaps or lists as a whole."""
+    from isotorch.audit._model import _is_primitive_call, _own_axis
+    from isotorch.params._sites import analyse
+
+    _, graph, uses, axes = analyse(model, x)
+    use_of = {u.node: u for u in uses}
+    consumers: dict[int, list] = {}
+    for node in graph.nodes:
+        for a in [*node.args, *node.kwargs.values()]:
+            if hasattr(a, "op"):
+                consumers.setdefault(id(a), []).append(node)
+    calls: dict[str, _Call] = {}
+    scopes: dict[str, list] = {}
+    for node in graph.nodes:
+        if node.op == "module":
+            arg = node.args[0] if node.args else None
+            value = getattr(arg, "value", None)
+            if not isinstance(value, torch.Tensor):
+                continue
+            call = calls.setdefault(node.qualname, _Call(value))
+            use = use_of.get(node.name)
+            if use is not None:
+                axis = use.axis
+            elif type(node.target).__module__.startswith("torch.nn"):
+                axis = _own_axis(node, value.ndim)
+                axis = axes.get(getattr(arg, "name", None)) if axis is None else axis
+            else:
+                axis = axes.get(getattr(arg, "name", None))
+            if axis is not None:
+                axis = _readable(axis, value.ndim)
+                call.axes.add(axis)
+                call.axis = axis if call.axis is None else call.axis
+            call.gate |= any(_is_mul_with_tensor(c, node) for c in consumers.get(id(node), []))
+        elif getattr(node, "scope", None):
+            scopes.setdefault(node.scope, []).append(node)
+    for path, nodes in scopes.items():  # modules the trace went through: their input comes from outside
+        if path in calls:
+            continue
+        inside = {id(n) for n in nodes}
+        outer = [a for n in nodes for a in n.args if hasattr(a, "op") and id(a) not in inside and a.op != "param"]
+        outer = [a for a in outer if isinstance(a.value, torch.Tensor)]
+        if not outer:
+            continue
+        value = outer[0].value
+        call = calls.setdefault(path, _Call(value))
+        axis = axes.get(outer[0].name)
+        if axis is not None:
+            call.axis = _readable(axis, value.ndim)
+            call.axes.add(call.axis)
+        last = nodes[-1]
+        call.gate = any(_is_mul_with_tensor(c, last) for c in consumers.get(id(last), []) if id(c) not in inside)
+    functions = []
+    for node in graph.nodes:
+        if node.op not in ("function", "method") or not _is_primitive_call(node, use_of.get(node.name)):
+            continue
+        if node.target in _MUL:  # a product of two tensors (a gate's application), not an activation
+            continue
+        scope = getattr(node, "scope", None)
+        if scope and not any(True for _ in model.get_submodule(scope).children()):
+            continue  # inside a module that is converted or listed as a whole
+        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "?")
+        where = f"{scope}: {node.name}" if scope else node.name
+        note = "left alone: a function called in forward (convert swaps modules)"
+        functions.append(ConversionRow(where, f"{name}()", None, None, note))
+    return calls, functions
+
+
+def _elementwise_nonlinear(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``module`` acts like an activation on ``x``: the same scalar function at every entry (it commutes
+    with any shuffle of the entries) and not linear."""
+    if not x.is_floating_point() or x.numel() < 2 or any(True for _ in module.parameters()):
+        return False
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x.dtype) * 2
+    perm = torch.randperm(z.numel(), generator=gen)
     try:
-        model.eval()
         with torch.no_grad():
-            model(example_input)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    return shapes
+            y = module(z)
+            y_perm = module(z.flatten()[perm].reshape(z.shape))
+            y2 = module(2 * z)
+    except Exception:
+        return False
+    if not isinstance(y, torch.Tensor) or y.shape != z.shape:
+        return False
+    tol = 1e-5 if z.dtype == torch.float32 else 1e-10
+    same = torch.allclose(y_perm.flatten(), y.flatten()[perm], atol=tol, rtol=tol)
+    linear = torch.allclose(y2, 2 * y, atol=tol, rtol=tol)
+    return bool(same and not linear)
+
+
+def _norm_kind(module: nn.Module, x: torch.Tensor | None, dim: int | None) -> tuple[str | None, str]:
+    """``("layer" | "batch", note)`` for a normaliser, recognised by class (torch's norms) or by behaviour (a
+    per-feature gain ``weight`` and an output that does not change when the input is scaled), else ``(None, "")``."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return "batch", ""
+    if isinstance(module, (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)):
+        return "layer", ""
+    weight = getattr(module, "weight", None)
+    if x is None or not isinstance(weight, torch.Tensor) or weight.ndim != 1 or not x.is_floating_point():
+        return None, ""
+    if dim is None:  # e.g. a norm on the model input, where no layer marks the features: its gain says where
+        dim = _gain_axis(weight, x)
+    if dim is None or weight.shape[0] != x.shape[dim]:
+        return None, ""
+    try:
+        with torch.no_grad():
+            y, y3 = module(x), module(3 * x)
+    except Exception:
+        return None, ""
+    if isinstance(y, torch.Tensor) and y.shape == x.shape and torch.allclose(y, y3, atol=1e-3, rtol=1e-3):
+        return "layer", "recognised as a normaliser: a per-feature gain and an output invariant to the input's scale"
+    return None, ""
+
+
+def _gain_axis(weight: torch.Tensor, x: torch.Tensor) -> int | None:
+    """The axis of ``x`` a per-feature gain fits: the last if it fits, else the only one, else None."""
+    fits = [a for a in range(x.ndim) if x.shape[a] == weight.shape[0]]
+    if x.ndim - 1 in fits:
+        return -1
+    return fits[0] if len(fits) == 1 else None
 
 
 def _set_module(model: nn.Module, path: str, new: nn.Module) -> None:
@@ -446,19 +600,27 @@ def convert(
     """Return a copy of ``model`` whose activations, normalisers, dropout, pooling and gates are ``family``'s.
 
     Linear, convolutional and embedding layers (the channel mixing that absorbs any group) keep their weights;
-    only primitives are swapped. Torch's Tanh/ReLU/GELU/SiLU/Sigmoid/ELU/LeakyReLU/Softplus/... become the family's
-    activation, LayerNorm/RMSNorm/GroupNorm(1 group) its per-sample normaliser, BatchNorm its batch normaliser,
-    Dropout its dropout, MaxPool2d its pooling and GLU its gate. Elementwise affine parameters of normalisers
-    cannot be carried over to a family whose normaliser has a scalar gain; the report says so.
+    only primitives are swapped. Torch's Tanh/ReLU/GELU/SiLU/Sigmoid/ELU/... and any parameter-free module that
+    acts like one (the same scalar function at every entry, e.g. transformers' ``NewGELUActivation``) become the
+    family's activation; LayerNorm/RMSNorm/GroupNorm(1 group) and modules that behave like a per-sample normaliser
+    (a per-feature gain, invariant to the input's scale: ``LlamaRMSNorm``, a ConvNeXt ``LayerNorm2d``) its
+    per-sample normaliser, BatchNorm its batch normaliser, Dropout its dropout, MaxPool2d its pooling and GLU its
+    gate. An activation whose output multiplies another tensor (a squeeze-excite or GLU gate) is left alone.
+    Elementwise affine parameters of normalisers cannot be carried over to a family whose normaliser has a scalar
+    gain; the report says so. Every normaliser and activation that is not converted is listed with the reason,
+    functions called in ``forward`` (``F.relu``) included.
 
-    The feature axis of each primitive is inferred from the nearest preceding layer in registration order
-    (Linear/Embedding/LayerNorm: last dim; Conv/BatchNorm/GroupNorm: dim 1). Pass ``example_input`` to read the
-    feature sizes from a real forward pass, and ``dims={path: dim}`` to override the axis of any module.
+    The feature axis of each primitive is read from the site graph of :func:`isotorch.params.symmetries` on
+    ``example_input``: the axis that carries the features where the primitive sits (e.g. the channels of a
+    LayerNorm2d that permutes them last, the last axis of ViT tokens), or the axis a torch primitive itself acts on
+    (BatchNorm's channels). Without ``example_input`` a probe input is built from the first layer in registration
+    order (a Linear's ``in_features``, a Conv's channels); when it does not run, activations are left alone (pass
+    ``example_input``). ``dims={path: dim}`` overrides the axis of any module.
 
     Args:
         model: the model to convert (left unchanged).
         family: a family name (see :func:`get`) or a :class:`PrimitiveSet`.
-        example_input: optional input for one forward pass that records the input shape of every leaf.
+        example_input: optional input of one forward pass, from which the feature axes and sizes are read.
         dims: optional per-module feature axis overrides.
         return_report: also return a :class:`ConversionReport`.
 
@@ -474,79 +636,142 @@ def convert(
     unknown = set(dims) - known
     if unknown:
         raise KeyError(f"dims names modules that are not in the model: {sorted(unknown)}")
-    shapes = _input_sizes(new_model, example_input) if example_input is not None else {}
+    calls, source, functions = _read_graph(new_model, example_input)
 
     swapped: list[ConversionRow] = []
     left: list[ConversionRow] = []
-    axis: tuple[int, int] | None = None
-    producer_weight: torch.Tensor | None = None
     for path, module in list(new_model.named_modules()):
-        if list(module.children()):
+        if not path:
             continue
-        old = type(module).__name__
-        dim = dims.get(path, axis[1] if axis else -1)
-        size = axis[0] if axis else None
-        if path in shapes and len(shapes[path]) > 0:
-            shape = shapes[path]
-            dim = dims.get(path, 1 if len(shape) > 2 and axis is not None and axis[1] == 1 else -1)
-            size = shape[dim]
+        call = calls.get(path)
+        x = call.x if call is not None else None
+        dim = dims.get(path, call.axis if call is not None else None)
+        if call is not None and len(call.axes) > 1 and path not in dims:
+            dim = None
+        children = any(True for _ in module.children())
         try:
-            new, note = _swap(module, fam, size, dim)
+            new, note, role = _swap(module, fam, x, dim, call, children)
+            dim = getattr(new, "dim", dim) if isinstance(getattr(new, "dim", None), int) else dim
         except (ValueError, TypeError) as exc:  # e.g. a block size that does not divide the width
-            new, note = None, f"left alone: {exc}"
+            new, note, role = None, f"left alone: {exc}", "primitive"
+        if call is not None and len(call.axes) > 1 and path not in dims and new is None and role:
+            note = f"left alone: called on different feature axes {sorted(call.axes)} (pass dims=)"
+        old = type(module).__name__
         if new is not None:
-            reference = next(iter([*module.parameters(), *module.buffers()]), producer_weight)
+            reference = next(iter([*module.parameters(), *module.buffers()]), None)
+            if reference is None:
+                reference = next(iter([*new_model.parameters()]), None)
             if reference is not None and reference.is_floating_point():
                 new = new.to(device=reference.device, dtype=reference.dtype)
             _set_module(new_model, path, new)
-            swapped.append(ConversionRow(path, old, type(new).__name__, dim, note))
-        elif not isinstance(module, _ABSORBED):
-            left.append(ConversionRow(path, old, None, None, note or "not a primitive isotorch converts"))
-        produced = _producer_axis(module)
-        if produced is not None:
-            axis = produced
-        if isinstance(module, _PRODUCERS):
-            producer_weight = module.weight
-    report = ConversionReport(fam.name, fam.group, tuple(swapped), tuple(left))
+            swapped.append(ConversionRow(path, old, type(new).__name__, dim if dim is not None else -1, note))
+        elif role:
+            left.append(ConversionRow(path, old, None, dim, note))
+    left += functions
+    report = ConversionReport(fam.name, fam.group, tuple(swapped), tuple(left), source)
     logger.info("converted %d primitives to %s; left %d alone", len(swapped), fam.name, len(left))
     return (new_model, report) if return_report else new_model
 
 
-def _swap(module: nn.Module, fam: PrimitiveSet, size: int | None, dim: int) -> tuple[nn.Module | None, str]:
-    """The family's replacement for one leaf module, and a note; ``(None, reason)`` to leave it alone."""
-    if isinstance(module, _ACTIVATIONS):
-        if size is None:
-            return None, "left alone: feature size unknown (pass example_input=)"
-        return fam.activation(size, dim), ""
+def _read_graph(model: nn.Module, example_input) -> tuple[dict[str, _Call], str | None, list[ConversionRow]]:
+    """The site graph's view of each module, where the input came from, and the functional primitives (which
+    convert cannot swap)."""
+    candidates = [(example_input, "example_input")] if example_input is not None else _probe_input(model)
+    for x, source in candidates:
+        try:
+            calls, functions = _graph_calls(model, x)
+        except Exception as exc:
+            if example_input is not None:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise ValueError(f"example_input does not fit the model: {type(exc).__name__}: {first}") from exc
+            continue
+        return calls, source, functions
+    return {}, None, []
+
+
+def _swap(module, fam, x, dim, call, children) -> tuple[nn.Module | None, str, str]:
+    """The family's replacement for one module, a note, and its role (``""`` for modules that are no primitive);
+    ``(None, reason, role)`` to leave it alone."""
+    gate = call is not None and call.gate
+    if isinstance(module, _ACTIVATIONS) or (
+        not children and x is not None and dim is not None and _elementwise_nonlinear(module, x)
+    ):
+        if gate:
+            return None, "left alone: its output multiplies another tensor (a gate, e.g. squeeze-excite)", "activation"
+        if dim is None or x is None:
+            return None, "left alone: feature size and axis unknown (pass example_input=)", "activation"
+        note = (
+            ""
+            if isinstance(module, _ACTIVATIONS)
+            else "recognised as an activation: the same scalar map at every entry"
+        )
+        return fam.activation(x.shape[dim], dim), note, "activation"
     if isinstance(module, nn.GLU):
-        return fam.gate(module.dim), ""
+        return fam.gate(module.dim), "", "gate"
     if isinstance(module, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)):
-        return fam.dropout(module.p, dim), ""
+        return fam.dropout(module.p, dim if dim is not None else -1), "", "dropout"
     if isinstance(module, nn.MaxPool2d):
         if module.dilation not in (1, (1, 1)) or module.ceil_mode or module.return_indices:
-            return None, "left alone: dilation, ceil_mode and return_indices are not supported by the family's pool"
-        return fam.pool(module.kernel_size, module.stride, module.padding), ""
-    kind = None
+            return (
+                None,
+                "left alone: dilation, ceil_mode and return_indices are not supported by the family's pool",
+                "pool",
+            )
+        return fam.pool(module.kernel_size, module.stride, module.padding), "", "pool"
+    kind, recognised = _norm_kind(module, x, dim)
+    if kind is None:
+        if _is_layer(module) or (not children and isinstance(module, _STRUCTURAL)):
+            return None, "", ""
+        if x is not None and dim is not None and not children and not any(True for _ in module.parameters()):
+            return None, "left alone: not a primitive isotorch converts", "primitive"
+        return None, "", ""
+    return _swap_norm(module, fam, kind, recognised, x, dim, children)
+
+
+def _is_layer(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding, nn.EmbeddingBag))
+
+
+def _swap_norm(module, fam, kind, recognised, x, dim, children):
+    name = type(module).__name__
+    exact = type(module) in (*_TORCH_NORMS, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    if children:
+        return None, "left alone: a normaliser with submodules (e.g. BatchNormAct2d: norm then activation)", "norm"
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not exact and x is not None:
+        expected = F.batch_norm(
+            x, module.running_mean, module.running_var, module.weight, module.bias, False, 0.0, module.eps
+        )
+        with torch.no_grad():
+            if not torch.allclose(module.eval()(x), expected, atol=1e-5, rtol=1e-4):
+                return None, f"left alone: {name} computes more than batch normalisation", "norm"
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        kind, size, dim = "batch", module.num_features, 1
-    elif isinstance(module, nn.LayerNorm) or (hasattr(nn, "RMSNorm") and isinstance(module, nn.RMSNorm)):
+        size, dim = module.num_features, 1
+    elif type(module) in (nn.LayerNorm, nn.RMSNorm):
         if len(module.normalized_shape) != 1:
-            return None, "left alone: normalises over several axes"
-        kind, size, dim = "layer", module.normalized_shape[0], -1
+            return None, "left alone: normalises over several axes", "norm"
+        size, dim = module.normalized_shape[0], -1
     elif isinstance(module, nn.GroupNorm):
         if module.num_groups != 1:
-            return None, f"left alone: GroupNorm with {module.num_groups} groups is not a per-sample normaliser"
-        kind, size, dim = "layer", module.num_channels, 1
-    if kind is None:
-        return None, ""
+            return None, f"left alone: GroupNorm with {module.num_groups} groups is not a per-sample normaliser", "norm"
+        size, dim = module.num_channels, 1
+    else:  # a subclass or look-alike: the axis the site graph traced (e.g. LayerNorm2d's channels)
+        if x is not None and dim is None and isinstance(getattr(module, "weight", None), torch.Tensor):
+            dim = _gain_axis(module.weight, x)
+        if x is None or dim is None:
+            return None, "left alone: feature axis unknown (pass example_input=)", "norm"
+        size = x.shape[dim]
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.shape != (size,):
+            return None, f"left alone: its gain of shape {tuple(weight.shape)} is not one per feature", "norm"
+    if fam.group == "permutation":
+        return copy.deepcopy(module), "kept as it is: a per-feature normaliser is already the family's", "norm"
     new = fam.norm(size, dim, kind)
-    torch_batch_norm = nn.modules.batchnorm._BatchNorm
-    if type(new) is type(module) or (isinstance(new, torch_batch_norm) and isinstance(module, torch_batch_norm)):
-        return copy.deepcopy(module), "kept as it is: already the family's normaliser"
-    dropped = [name for name, _ in module.named_parameters(recurse=False)]
-    dropped += [name for name, b in module.named_buffers(recurse=False) if b.is_floating_point()]
+    dropped = [n for n, _ in module.named_parameters(recurse=False)]
+    dropped += [n for n, b in module.named_buffers(recurse=False) if b.is_floating_point()]
     note = f"dropped {', '.join(dropped)}: {type(new).__name__} cannot represent them" if dropped else ""
-    return new, note
+    if recognised:
+        note = f"{recognised}; {note}" if note else recognised
+    return new, note, "norm"
 
 
 # ----------------------------------------------------------------------------------------------------------------
