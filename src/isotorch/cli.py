@@ -20,6 +20,8 @@ def demo(
     epochs: Annotated[int, typer.Option(help="Training epochs per model.")] = 30,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run stored in --out.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (CUDA when available).")] = "cpu",
+    bf16: Annotated[bool, typer.Option("--bf16", help="bf16 autocast (CUDA only).")] = False,
 ) -> None:
     """The main job: train a matched elementwise/isotropic pair on digits, measure, reach verdicts, write a report.
 
@@ -53,9 +55,15 @@ def demo(
             overrides=None if resume else {"epochs": epochs},
             resume=resume,
             progress=progress,
+            device=device,
+            autocast=bf16,
         )
     except StudyInterrupted as exc:
-        console.print(f"[yellow]{exc}[/yellow]")
+        console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:
+        message = f"stopped at once (second Ctrl-C); each seed keeps its last checkpoint in {out}"
+        console.print(f"{message}. Resume with --resume.", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
     except (ConfigError, RunFolderError, CheckpointError, NonFiniteLossError, ValueError) as exc:
         _fail(console, str(exc))
@@ -75,7 +83,9 @@ def _parse_ints(text: str, name: str) -> tuple[int, ...]:
 
 
 def _fail(console, message: str):
-    console.print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 

@@ -118,7 +118,7 @@ def test_bad_values_name_the_key(item, match):
 def test_a_bad_config_writes_nothing(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(ConfigError, match="stepz"):
-        run_study("toy-test", out, overrides=["stepz=3"], progress=False)
+        run_study("toy-test", out, overrides=["stepz=3"], seeds=(0,), progress=False)
     assert not out.exists(), "the folder is created only once the config is valid"
 
 
@@ -172,20 +172,20 @@ def test_existing_folder_and_unwritable(tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(RunFolderError, match="exists and is not empty; pass --resume"):
-        run_study("toy-test", out, progress=False)
+        run_study("toy-test", out, seeds=(0,), progress=False)
     assert (out / "keep.txt").read_text() == "mine"
     with pytest.raises(RunFolderError, match="cannot resume"):
         run_study("toy-test", out, progress=False, resume=True)
     (tmp_path / "file").write_text("")
     with pytest.raises(RunFolderError, match="not a folder"):
-        run_study("toy-test", tmp_path / "file", progress=False)
+        run_study("toy-test", tmp_path / "file", seeds=(0,), progress=False)
     if os.geteuid() != 0:
         locked = tmp_path / "locked"
         locked.mkdir()
         locked.chmod(0o500)
         try:
             with pytest.raises(RunFolderError, match="not writable"):
-                run_study("toy-test", locked / "sub", progress=False)
+                run_study("toy-test", locked / "sub", seeds=(0,), progress=False)
         finally:
             locked.chmod(0o700)
 
@@ -195,7 +195,7 @@ def test_nan_loss_stops_and_keeps_checkpoint(tmp_path):
     with pytest.raises(
         NonFiniteLossError, match=r"loss became nan at update 23 of run 'width=4' \(seed 0\).*update 20"
     ):
-        run_study("toy-test", out, progress=False, overrides={"blow_up_at": 23}, checkpoint_every=10)
+        run_study("toy-test", out, seeds=(0,), progress=False, overrides={"blow_up_at": 23}, checkpoint_every=10)
     state = load_checkpoint(out / "checkpoints" / "seed0.pt")
     assert state["current"]["step"] == 20
     assert all(torch.isfinite(v).all() for v in state["current"]["state"]["model"].values())
@@ -203,7 +203,7 @@ def test_nan_loss_stops_and_keeps_checkpoint(tmp_path):
 
 def test_corrupted_checkpoint_is_named_and_kept(tmp_path):
     out = tmp_path / "run"
-    run_study("toy-test", out, progress=False, preset="tiny", report=False)
+    run_study("toy-test", out, seeds=(0,), progress=False, preset="tiny", report=False)
     path = out / "checkpoints" / "seed0.pt"
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=r"seed0\.pt is corrupted"):
@@ -219,7 +219,7 @@ def test_atomic_save_leaves_no_temp_files(tmp_path):
 
 def test_resume_with_other_config_is_an_error(tmp_path):
     out = tmp_path / "run"
-    run_study("toy-test", out, progress=False, preset="tiny", report=False)
+    run_study("toy-test", out, seeds=(0,), progress=False, preset="tiny", report=False)
     with pytest.raises(ConfigError, match="different config"):
         run_study("toy-test", out, progress=False, resume=True, overrides=["steps=11"])
     with pytest.raises(ConfigError, match="distinct; 3 appear"):
@@ -227,11 +227,11 @@ def test_resume_with_other_config_is_an_error(tmp_path):
 
 
 def test_ctrl_c_checkpoints_then_resume_matches(tmp_path):
-    run_study("toy-test", tmp_path / "ref", progress=False, overrides={"widths": (3, 4)}, report=False)
+    run_study("toy-test", tmp_path / "ref", seeds=(0,), progress=False, overrides={"widths": (3, 4)}, report=False)
     out = tmp_path / "int"
     overrides = {"widths": (3, 4), "interrupt_at": 17}
     with pytest.raises(StudyInterrupted, match="interrupted at update 18 of run 'width=4'"):
-        run_study("toy-test", out, progress=False, overrides=overrides, report=False)
+        run_study("toy-test", out, seeds=(0,), progress=False, overrides=overrides, report=False)
     assert load_checkpoint(out / "checkpoints" / "seed0.pt")["current"]["step"] == 18
     # resuming runs the same config; the SIGINT trigger fires only at t == 17, which is already done
     run_study("toy-test", out, progress=False, resume=True, report=False)
@@ -301,7 +301,7 @@ def test_cli_errors(tmp_path):
 
 
 def test_run_data_series(tmp_path):
-    run_study("toy-test", tmp_path / "r", progress=False, preset="tiny", report=False)
+    run_study("toy-test", tmp_path / "r", seeds=(0,), progress=False, preset="tiny", report=False)
     data = RunData.load(tmp_path / "r")
     steps, values = data.series("full_loss", seed=0, run="width=4")
     assert steps.tolist() == [0, 5, 10] and values.shape == (3,)

@@ -75,6 +75,8 @@ def _unregister():
 
 
 def _run(out, **kwargs):
+    if not kwargs.get("resume"):
+        kwargs.setdefault("seeds", (0,))
     return run_study("sgd-safety-test", out, progress=False, report=False, **kwargs)
 
 
@@ -280,3 +282,13 @@ def test_tables_stay_readable_at_80_columns():
     assert "elementwise" in text and "isotropic" in text and "…" not in text
     assert all(c in text for c in columns)
     assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_demo_device_and_seed_errors_are_one_line(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--seeds", "0,0"])
+    _one_line_error(result, "--seeds must be distinct")
+    if not torch.cuda.is_available():
+        _one_line_error(runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--device", "cuda"]), "CUDA")
+    _one_line_error(runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--device", "cpu", "--bf16"]), "bf16")
+    assert not (tmp_path / "d").exists()

@@ -51,7 +51,7 @@ def run_command(
     out: Annotated[Path, typer.Option("--out", help="Run folder (must be new or empty unless --resume).")],
     seeds: Annotated[
         str | None,
-        typer.Option(help="Comma-separated distinct seeds (default 0; with --resume: seeds to add to the run)."),
+        typer.Option(help="Comma-separated distinct seeds (default 0,1,2; with --resume: seeds to add to the run)."),
     ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value (repeatable).")] = None,
     preset: Annotated[str | None, typer.Option(help="A named preset of the study, e.g. tiny.")] = None,

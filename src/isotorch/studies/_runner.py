@@ -741,6 +741,7 @@ def _bookkeep(out: Path, seeds: Sequence[int]) -> dict[int, dict[str, Any]]:
 
 
 _EXECUTORS = ("serial", "ray")
+DEFAULT_SEEDS = (0, 1, 2)
 
 
 def run_study(
@@ -767,7 +768,8 @@ def run_study(
     Args:
         name: the registered study name (:func:`isotorch.studies.names`).
         out: the run folder; created. An existing non-empty folder is an error unless ``resume``.
-        seeds: distinct seeds in [0, 2³²). Default: ``(0,)``, or the stored seeds when resuming; on resume, seeds
+        seeds: distinct seeds in [0, 2³²). Default: ``(0, 1, 2)`` (REFERENCE §9: three seeds give an interval), or the
+            stored seeds when resuming; on resume, seeds
             that the run does not have yet are added (the stored ones are kept).
         preset: a named preset of the study (e.g. ``"tiny"``), applied before ``overrides``.
         overrides: typed values or ``"key=value"`` strings for config fields.
@@ -840,7 +842,7 @@ def run_study(
                 meta["seeds"] = list(seeds)
                 write_text_atomic(out / "config.json", json.dumps(meta, indent=2) + "\n")
         else:
-            seeds = seeds or (0,)
+            seeds = seeds or DEFAULT_SEEDS
             meta = {
                 "study": name,
                 "preset": preset,
