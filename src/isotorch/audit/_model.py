@@ -437,7 +437,7 @@ def _own_axis(node, ndim: int) -> int | None:
             return (module.dim if module.dim is not None else -1) % ndim
         if isinstance(module, _CHANNEL_MODULES) and ndim >= 2:
             return 1
-        if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+        if type(module) in (nn.LayerNorm, nn.RMSNorm):  # a subclass may permute first (LayerNorm2d)
             return ndim - 1
         return None
     target = node.target
@@ -600,6 +600,7 @@ def _rows(model, syms, graph, uses, axes, groups, trials, sampler, inputs, max_e
     counts: dict[int, int] = {}
     called: set[int] = set()
     node_modules: list[str] = []
+    cache: dict = {}  # parameter-free primitives of the same kind on inputs of the same shape are audited once
     for node in graph.nodes:
         if node.op == "opaque":
             if graph.note and not any(line.startswith("code between") for line in not_analysed):
@@ -628,11 +629,14 @@ def _rows(model, syms, graph, uses, axes, groups, trials, sampler, inputs, max_e
                     max_elements,
                     lie,
                     not_analysed,
+                    cache,
                 )
             )
         elif node.op in ("function", "method") and _is_primitive_call(node, use_of.get(node.name)):
             rows.append(
-                _call_row(node, use_of.get(node.name), axes, groups, trials, sampler, inputs, max_elements, lie, Node)
+                _call_row(
+                    node, use_of.get(node.name), axes, groups, trials, sampler, inputs, max_elements, lie, Node, cache
+                )
             )
     for key, index in seen.items():
         if counts[key] > 1:
@@ -654,7 +658,7 @@ def _rows(model, syms, graph, uses, axes, groups, trials, sampler, inputs, max_e
     return rows, not_analysed
 
 
-def _module_row(model, syms, node, use, axes, groups, trials, sampler, inputs, max_elements, lie, not_analysed):
+def _module_row(model, syms, node, use, axes, groups, trials, sampler, inputs, max_elements, lie, not_analysed, cache):
     module, path = node.target, node.qualname
     type_name = type(module).__name__
     if isinstance(module, nn.MultiheadAttention):
@@ -684,8 +688,25 @@ def _module_row(model, syms, node, use, axes, groups, trials, sampler, inputs, m
     if reason is not None:
         return SiteRow(path, type_name, "skipped", note=reason)
     dim = _axis(node, use, axes, x)
+    key = None
+    if not _is_isotorch_primitive(module) and not any(True for _ in [*module.parameters(), *module.buffers()]):
+        key = (type(module), module.extra_repr(), tuple(x.shape), dim)
     return _audited_row(
-        path, type_name, module, lambda: module, x, dim, use, groups, trials, sampler, inputs, max_elements, lie
+        path,
+        type_name,
+        module,
+        lambda: module,
+        x,
+        dim,
+        use,
+        groups,
+        trials,
+        sampler,
+        inputs,
+        max_elements,
+        lie,
+        cache,
+        key,
     )
 
 
@@ -704,7 +725,7 @@ def _axis(node, use, axes, x: torch.Tensor) -> int:
     return x.ndim - 1
 
 
-def _call_row(node, use, axes, groups, trials, sampler, inputs, max_elements, lie, Node):
+def _call_row(node, use, axes, groups, trials, sampler, inputs, max_elements, lie, Node, cache):
     label = _label(node)
     path = getattr(node, "scope", None)
     path = f"{path}: {node.name}" if path else node.name
@@ -750,13 +771,27 @@ def _call_row(node, use, axes, groups, trials, sampler, inputs, max_elements, li
             return target(*args, **kwargs)
 
     dim = _axis(node, use, axes, x)
-    return _audited_row(path, label, None, lambda: fn, x, dim, use, groups, trials, sampler, inputs, max_elements, lie)
+    constants = [repr(v) for i, v in enumerate(rest) if i != k and not isinstance(v, torch.Tensor)]
+    constants += [f"{name}={v!r}" for name, v in kwargs.items() if not isinstance(v, torch.Tensor)]
+    params = any(isinstance(v, torch.Tensor) for i, v in enumerate(rest) if i != k) or any(
+        isinstance(v, torch.Tensor) for v in kwargs.values()
+    )
+    key = None if params else (label, node.target, tuple(constants), tuple(x.shape), dim)
+    return _audited_row(
+        path, label, None, lambda: fn, x, dim, use, groups, trials, sampler, inputs, max_elements, lie, cache, key
+    )
 
 
-def _audited_row(path, type_name, module, target, x, dim, use, groups, trials, sampler, inputs, max_elements, lie):
+def _audited_row(
+    path, type_name, module, target, x, dim, use, groups, trials, sampler, inputs, max_elements, lie, cache, key
+):
     site = use.site if use is not None else None
     x = x.detach()
     dim = dim - x.ndim if dim == x.ndim - 1 else dim  # the last axis reads as -1, as in the rest of isotorch
+    if key is not None and key in cache:
+        first, r = cache[key]
+        note = f"parameter-free, like {first} on an input of the same shape: its audit is reused"
+        return SiteRow(path, type_name, "primitive", r.dim, r.n, r.maximal, r.errors, note, r.result, site)
     x, shrink_note = _shrink(x, dim, max_elements)
     n = x.shape[dim]
     try:
@@ -798,7 +833,10 @@ def _audited_row(path, type_name, module, target, x, dim, use, groups, trials, s
         notes.append(shrink_note)
     if result.disagreements:
         notes.append(f"{len(result.disagreements)} finite/Lie disagreement(s)")
-    return SiteRow(path, type_name, "primitive", dim, n, result.maximal, result.errors, "; ".join(notes), result, site)
+    row = SiteRow(path, type_name, "primitive", dim, n, result.maximal, result.errors, "; ".join(notes), result, site)
+    if key is not None:
+        cache[key] = (path, row)
+    return row
 
 
 def _reference_input(model: nn.Module, x: torch.Tensor, max_samples: int):
@@ -825,12 +863,12 @@ def _change(private: nn.Module, x: torch.Tensor, reference: list[torch.Tensor]) 
 
 
 @contextlib.contextmanager
-def _applied(private: nn.Module, syms, live: dict, original: dict, name: str, g: torch.Tensor):
-    """Apply ``g`` at site ``name`` to the private copy in place (the site graph's parameter actions), and restore
-    every touched tensor exactly afterwards."""
+def _applied(private: nn.Module, syms, live: dict, original: dict, matrices: dict[str, torch.Tensor]):
+    """Apply ``matrices`` (site name → element) to the private copy in place (the site graph's parameter
+    actions), and restore every touched tensor exactly afterwards."""
     from isotorch.params._transform import apply_element
 
-    changes = apply_element(original, syms, {name: g})
+    changes = apply_element(original, syms, matrices)
     try:
         with torch.no_grad():
             for key, value in changes.items():
@@ -862,6 +900,15 @@ def _g2(model, syms, uses, x, gen, max_samples) -> list[ChainAudit]:
     tol = default_tolerance(reference[0].dtype)
     live = dict(private.state_dict(keep_vars=True))
     original = {k: v.detach().clone() for k, v in live.items()}
+    joint: dict[str, list[str]] = {}  # site → the free per-head GL sites of the same attention and kind
+    groups_of: dict[tuple, list[str]] = {}
+    for site in syms:
+        if site.free and site.general_linear and site.kind in ("query_key", "value_output"):
+            groups_of.setdefault((site.kind, site.producers), []).append(site.name)
+    for names in groups_of.values():
+        for name in names:
+            joint[name] = names
+    joint_changes: dict[str, float] = {}
     chains = []
     for site in syms:
         n = site.size
@@ -893,12 +940,24 @@ def _g2(model, syms, uses, x, gen, max_samples) -> list[ChainAudit]:
             continue
 
         def change(g: torch.Tensor, name=site.name) -> float:
-            with _applied(private, syms, live, original, name, g):
+            with _applied(private, syms, live, original, {name: g}):
                 return _change(private, x, reference)
 
         changes: dict[str, float] = {}
         control = None
-        if site.general_linear:
+        group = joint.get(site.name)
+        if group is not None:  # the per-head maps of one attention: one element at each, verified together
+            if group[0] not in joint_changes:
+                matrices = {}
+                for name in group:
+                    g = _groups.get("orthogonal").sample(syms[name].size, generator=gen, dtype=torch.float64)
+                    matrices[name] = g @ _groups.get("positive_scaling").sample(
+                        syms[name].size, generator=gen, dtype=torch.float64
+                    )
+                with _applied(private, syms, live, original, matrices):
+                    joint_changes[group[0]] = _change(private, x, reference)
+            changes["general_linear"] = joint_changes[group[0]]
+        elif site.general_linear:
             g = _groups.get("orthogonal").sample(n, generator=gen, dtype=torch.float64)
             g = g @ _groups.get("positive_scaling").sample(n, generator=gen, dtype=torch.float64)
             changes["general_linear"] = change(g)
@@ -921,6 +980,8 @@ def _g2(model, syms, uses, x, gen, max_samples) -> list[ChainAudit]:
             note = "the output changed under an element of the site's group"
         elif not control_ok:
             note = f"the control {control[0]} did not change the output: the site is more symmetric than the graph says"
+        elif group is not None:
+            note = f"GL(n), verified with one element at each of the {len(group)} {site.kind} maps of {first} at once"
         elif control is None:
             note = (
                 "GL(n): no larger group to use as a control" if site.general_linear else "no larger group as a control"
