@@ -106,7 +106,7 @@ def _findings_table(findings):
 def audit(
     target: Annotated[
         str | None,
-        typer.Argument(help="A model factory 'package.module:function', or 'hf:NAME' (needs isotorch[hf])."),
+        typer.Argument(help="A model factory 'package.module:function', or 'hf:NAME' (needs isotorch\\[hf])."),
     ] = None,
     primitives: Annotated[
         bool, typer.Option("--primitives", help="Audit every primitive of torch and isotorch.")

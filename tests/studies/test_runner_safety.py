@@ -292,3 +292,8 @@ def test_demo_device_and_seed_errors_are_one_line(tmp_path):
         _one_line_error(runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--device", "cuda"]), "CUDA")
     _one_line_error(runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--device", "cpu", "--bf16"]), "bf16")
     assert not (tmp_path / "d").exists()
+
+
+def test_help_keeps_bracketed_extras():
+    result = CliRunner().invoke(app, ["audit", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "isotorch[hf]" in result.output
