@@ -395,3 +395,13 @@ def test_the_feature_axis_is_the_one_the_primitive_acts_on():
     assert rows["LayerNorm"].dim == -1 and rows["LayerNorm"].n == 8  # tokens (B, T, C): the last axis, not T = 16
     assert rows["layer_norm()"].n == 8  # LayerNorm2d normalises the 8 channels, read after its permute
     assert rows["LayerNorm"].maximal == {"permutation"}  # a random affine
+
+
+def test_g2_passes_through_identity_and_dropout(dtype):
+    model = nn.Sequential(nn.Linear(5, 8), nn.Identity(), nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 2)).to(dtype)
+    report = audit_model(model, _x(4, 5, dtype=dtype), trials=2, lie=False)
+    (chain,) = report.chains
+    assert (chain.first, chain.last, chain.primitives) == ("0", "4", ("1", "2", "3"))
+    assert chain.groups == {"permutation", "positive_scaling"} and chain.verified
+    assert chain.control is not None and chain.control[1] > 10 * chain.tolerance
+    assert {r.path: r.role for r in report.rows}["1"] == "structural"
