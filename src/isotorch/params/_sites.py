@@ -408,13 +408,12 @@ def _elementwise_keys(fn, x: torch.Tensor, axis: int) -> tuple[str, ...] | None:
 
 def other_is_scalar_tensor(other: Any, other_node: Any) -> bool:
     """Whether the non-feature factor of a product is a one-element constant tensor (a scale such as 1/√d)."""
-    return (
-        isinstance(other, str)
-        and other == _CONST
-        and isinstance(other_node, Node)
-        and isinstance(other_node.value, torch.Tensor)
-        and other_node.value.numel() == 1
-    )
+    if not (isinstance(other, str) and other == _CONST and isinstance(other_node, Node)):
+        return False
+    value = other_node.value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return True  # a number computed from shapes (fx: math.sqrt(d_h))
+    return isinstance(value, torch.Tensor) and value.numel() == 1
 
 
 def _flat(obj: Any) -> list:
@@ -961,12 +960,12 @@ class _Analysis:
             return _UNKNOWN
         a, ib, ia = arg.axis, tuple(before.shape), tuple(after.shape)
         if ib == ia or (len(ia) > a and ia[: a + 1] == ib[: a + 1] and arg.inner == 1):
-            return _Feat(arg.space, a, arg.inner, len(ia))
+            return _Feat(arg.space, a, arg.inner, len(ia), arg.norm)
         if len(ia) == a + 1 and ia[:a] == ib[:a]:  # flatten the feature axis with everything after it
             return _Feat(arg.space, a, arg.inner * P.prod(ib[a + 1 :]), len(ia))
         tail = len(ib) - a
         if len(ia) >= tail and ia[len(ia) - tail :] == ib[a:]:  # only axes before the features change
-            return _Feat(arg.space, len(ia) - tail, arg.inner, len(ia))
+            return _Feat(arg.space, len(ia) - tail, arg.inner, len(ia), arg.norm)
         if (
             arg.inner == 1
             and len(ia) == len(ib) + 1
@@ -1505,7 +1504,7 @@ class _Analysis:
                 new_axis = d1 if x.axis == d0 else d0 if x.axis == d1 else x.axis
         except (ValueError, TypeError, IndexError):
             return self.fail(feats, label)
-        return _Feat(x.space, new_axis, x.inner, nd)
+        return _Feat(x.space, new_axis, x.inner, nd, x.norm)
 
     def visit_getitem(self, node: Node, x: Any, feats: list[_Feat], label: str) -> Any:
         if not isinstance(x, _Feat) or len(feats) != 1:
@@ -1538,7 +1537,7 @@ class _Analysis:
         value = node.value
         if not isinstance(value, torch.Tensor):
             return self.fail(feats, label)
-        return _Feat(x.space, new_axis, x.inner, value.ndim)
+        return _Feat(x.space, new_axis, x.inner, value.ndim, x.norm)
 
     def visit_reduce(self, node: Node, x: Any, feats: list[_Feat], label: str) -> Any:
         if not isinstance(x, _Feat) or len(feats) != 1:
@@ -1629,6 +1628,14 @@ class _Analysis:
             extra.extend(self.attention_sites(record))
         extra.extend(self.scale_sites())
         out = sites + [self.shared(site) for site in extra]
+        names = {site.name for site in sites}
+        for i in range(len(sites), len(out)):
+            if out[i].name in names:  # two attentions at the top level of a model share a prefix
+                k = 2
+                while f"{out[i].name}#{k}" in names:
+                    k += 1
+                out[i] = _replace(out[i], name=f"{out[i].name}#{k}")
+            names.add(out[i].name)
         if not out:
             out = self.unread_sites()
         return out

@@ -384,7 +384,10 @@ def _trace_functions(model: nn.Module, inputs: tuple, note: str) -> Graph:
         handles.append(module.register_forward_hook(rec.post_hook(name), with_kwargs=True, always_call=True))
     try:
         with evaluation(model), rec:
-            out = model(*inputs)
+            try:
+                out = model(*inputs)
+            except Exception as err:
+                raise ValueError(input_error(model, inputs, err)) from err
     finally:
         for h in handles:
             h.remove()
@@ -397,3 +400,29 @@ def _trace_functions(model: nn.Module, inputs: tuple, note: str) -> Graph:
     nodes = rec.nodes
     nodes.append(Node("output", "output", args=(tuple(outs),), value=out))
     return Graph(nodes, "functions", note)
+
+
+def expected_input(model: nn.Module) -> str:
+    """What the model's first layer expects of its input, in words (for error messages)."""
+    dtype = next((p.dtype for p in model.parameters()), None)
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Embedding):
+            return f"integer token ids (torch.long) below {m.num_embeddings} (its first layer {name} is an Embedding)"
+        if isinstance(m, nn.Linear):
+            return f"{dtype} features with {m.in_features} on the last axis (its first layer {name} is a Linear)"
+        if isinstance(m, nn.modules.conv._ConvNd):
+            return f"{dtype} input of shape (N, {m.in_channels}, ...) (its first layer {name} is a {type(m).__name__})"
+        if type(m).__name__ == "Conv1D" and getattr(m, "weight", None) is not None:
+            return f"{dtype} features with {m.weight.shape[0]} on the last axis (its first layer {name} is a Conv1D)"
+    return f"inputs matching its parameters ({dtype})" if dtype is not None else "inputs it accepts"
+
+
+def input_error(model: nn.Module, inputs: tuple, err: Exception) -> str:
+    """A one-line message naming ``x``: what it was, why the model refused it, and what the model expects."""
+    described = ", ".join(f"shape {tuple(t.shape)} and dtype {t.dtype}" for t in inputs)
+    text = str(err).strip().splitlines()
+    reason = text[0] if text else type(err).__name__
+    return (
+        f"x ({described}) does not fit {type(model).__name__}: {type(err).__name__}: {reason}; "
+        f"the model expects {expected_input(model)}"
+    )
