@@ -74,7 +74,10 @@ def test_streaming_statistics_equal_in_memory():
     streamed = neural_collapse_from_stats(stats, head, nc4=second)
     direct = neural_collapse(x, y, classifier=head)
     for key, value in direct.to_dict().items():
-        assert streamed.to_dict()[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+        if isinstance(value, str) or value is None:
+            assert streamed.to_dict()[key] == value, key
+        else:
+            assert streamed.to_dict()[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
 
 
 def test_collapse_is_rotation_invariant(dtype):
@@ -156,3 +159,77 @@ def test_fewer_samples_than_dimensions_is_allowed():
     labels = torch.arange(9) % 3
     r = neural_collapse(means[labels] + 1e-3 * torch.randn(9, 50, dtype=torch.float64), labels)
     assert r.n_samples == 9 and r.n_features == 50 and r.nc1 < 1e-3
+
+
+# --- imbalanced classes: centre on the unweighted mean of class means (Papyan et al., rhubarbwu) ----------------------
+
+
+def collapse_reference(features, labels, weight):
+    """numpy transcription of rhubarbwu/neural-collapse's NC1 (Tr Σ_W Σ_B⁺ / C), NC2 (simplex-ETF error of the centred
+    class-mean Gram matrix) and NC3 (self-duality), with μ_G = the unweighted mean of the class means."""
+    import numpy as np
+
+    h, y, w = features.numpy(), labels.numpy(), weight.numpy()
+    classes = np.unique(y)
+    c = len(classes)
+    mu = np.stack([h[y == k].mean(0) for k in classes])
+    mu_g = mu.mean(0)
+    m = mu - mu_g
+    sw = sum((h[y == k] - mu[i]).T @ (h[y == k] - mu[i]) for i, k in enumerate(classes)) / len(h)
+    sb = m.T @ m / c
+    nc1 = np.trace(sw @ np.linalg.pinv(sb, hermitian=True)) / c
+    g = m @ m.T
+    target = (np.eye(c) - 1 / c) / np.sqrt(c - 1)
+    nc2 = np.linalg.norm(g / np.linalg.norm(g) - target)
+    nc3 = np.linalg.norm(w / np.linalg.norm(w) - m / np.linalg.norm(m)) ** 2
+    return nc1, nc2, nc3
+
+
+def test_imbalanced_exact_etf_has_zero_nc2_and_nc3():
+    means = simplex_etf(10, 12)
+    sizes = torch.arange(100, 1001, 100)  # 100, 200, ..., 1000 samples per class
+    labels = torch.repeat_interleave(torch.arange(10), sizes)
+    r = neural_collapse(means[labels], labels, classifier=means)
+    assert r.centre == "classes"
+    assert r.nc2 == pytest.approx(0, abs=1e-10) and r.nc3 == pytest.approx(0, abs=1e-12) and r.nc1 < 1e-20
+    # the sample-weighted centre is a different quantity: it breaks the ETF (the values the issue reported)
+    weighted = neural_collapse(means[labels], labels, classifier=means, centre="samples")
+    assert weighted.nc2 == pytest.approx(0.256, abs=1e-3) and weighted.nc3 == pytest.approx(0.0296, abs=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_imbalanced_metrics_match_a_numpy_transcription(dtype):
+    g = torch.Generator().manual_seed(3)
+    sizes = torch.tensor([20, 50, 120, 400])
+    labels = torch.repeat_interleave(torch.arange(4), sizes)
+    x = (
+        torch.randn(len(labels), 6, generator=g, dtype=torch.float64)
+        + 3 * torch.randn(4, 6, generator=g, dtype=torch.float64)[labels]
+    )
+    head = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    r = neural_collapse(x.to(dtype), labels, classifier=head.to(dtype))
+    nc1, nc2, nc3 = collapse_reference(x.to(dtype).double(), labels, head.to(dtype).double())
+    tol = 1e-9 if dtype == torch.float64 else 1e-5
+    assert r.nc1 == pytest.approx(nc1, rel=tol) and r.nc2 == pytest.approx(nc2, rel=tol)
+    assert r.nc3 == pytest.approx(nc3, rel=tol)
+    stats = ClassMoments()
+    stats.update(x, labels)
+    ref64 = collapse_reference(x, labels, head)
+    assert neural_collapse_from_stats(stats, head).nc2 == pytest.approx(ref64[1], rel=1e-9)
+    assert neural_collapse_from_stats(stats, head, centre="samples").nc2 != pytest.approx(ref64[1], rel=1e-3)
+    with pytest.raises(ValueError, match="centre"):
+        neural_collapse(x, labels, centre="median")
+
+
+def test_degenerate_inputs_give_nan_with_a_reason():
+    import json
+
+    labels = torch.arange(40) % 4
+    const = neural_collapse(torch.ones(40, 5, dtype=torch.float64), labels)
+    assert math.isnan(const.nc1) and math.isnan(const.nc2) and "coincide" in const.reason
+    assert json.loads(json.dumps(const.to_dict(), allow_nan=False))["nc1"] is None  # strict JSON
+    single = neural_collapse(torch.randn(4, 5, dtype=torch.float64), torch.arange(4))  # one sample per class
+    assert math.isnan(single.nc1) and math.isnan(single.cdnv) and "single sample" in single.reason
+    assert math.isfinite(single.nc2)
+    with pytest.raises(ValueError, match="single class"):
+        neural_collapse(torch.randn(10, 3), torch.zeros(10, dtype=torch.long))

@@ -109,3 +109,28 @@ def test_rank_profile_flags_too_few_samples(tmp_path):
     prof.plot().savefig(tmp_path / "rank.png")
     with pytest.raises(ValueError, match=">= 2"):
         rank_profile(model, [torch.randn(1, 20)], ["0"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rank_profile_resolves_tiny_tolerances_by_svd(dtype):
+    # rank-8 data in 20 dimensions, far from the origin: covariance eigenvalues resolve singular values only down to
+    # ~√(d·eps)·s₁ (the old profile read rank 20 at tol = 1e-9); below that floor the profile takes an SVD of rows
+    x = low_rank(2000, 20, 8, seed=4) + 5.0
+    model = nn.Sequential(nn.Identity())
+    tol = 1e-9 if dtype == torch.float64 else 1e-5  # float32 rows carry noise at ~1e-7 of s₁
+    fine = rank_profile(model, list(x.to(dtype).split(500)), ["0"], tol=tol)
+    assert fine.numerical_rank == (8,) and fine.method == (("svd",) if dtype == torch.float64 else ("covariance",))
+    coarse = rank_profile(model, list(x.to(dtype).split(500)), ["0"], tol=1e-3)
+    assert coarse.numerical_rank == (8,) and coarse.method == ("covariance",)
+    # the reference: numerical_rank of the centred matrix (torch.linalg.svdvals)
+    assert numerical_rank(x - x.mean(0), tol=1e-9) == 8
+    assert fine.to_dict()["method"] == list(fine.method) and fine.settings["svd_rows"] == 10_000
+    with pytest.raises(ValueError, match="svd_rows"):
+        rank_profile(model, [x], ["0"], tol=1e-9, svd_rows=1)
+
+
+def test_rank_profile_refuses_non_finite_rows():
+    x = torch.randn(50, 4, dtype=torch.float64)
+    x[3, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        rank_profile(nn.Sequential(nn.Identity()), [x], ["0"])

@@ -96,11 +96,29 @@ def test_default_epsilon_gives_ten_percent_and_keeps_corners_visible():
 
 
 def test_gaussian_data_is_flat_within_band():
-    r = srm(gaussian(20_000, 8, seed=2))
+    r = srm(gaussian(20_000, 8, seed=2), epsilon=srm_epsilon(8))
     assert r.baseline == pytest.approx(0.1)
     assert bool(((r.mean - r.baseline).abs() <= r.band).all())
     sigma = r.band / 1.96
     assert float((r.curves - r.baseline).abs().max()) < 5 * sigma
+    default = srm(gaussian(20_000, 8, seed=2))  # the data-adaptive default is flat too, at its own baseline
+    assert default.settings["epsilon_rule"] == "cos(π/8)·ρ*" and 0.4 < default.epsilon < 0.8
+    assert float((default.curves - default.baseline).abs().max()) < 5 * default.band / 1.96
+
+
+@pytest.mark.parametrize("dim", [4, 8, 32])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_default_epsilon_reads_one_hot_axes_at_zero_and_corners_at_quarter_pi(dim, dtype):
+    g = torch.Generator().manual_seed(dim)
+    one_hot = torch.eye(dim, dtype=dtype)[torch.randint(0, dim, (4000,), generator=g)]
+    axes = srm(one_hot, angles=8)  # θ_k = kπ/4
+    assert int(axes.mean.argmax()) % 2 == 0 and float(axes.mean[1::2].max()) == 0.0
+    assert axes.epsilon == pytest.approx(math.cos(math.pi / 8))  # ρ* = 1: in-plane points on the unit circle
+    corners = srm(torch.randn(4000, dim, generator=g, dtype=dtype).sign(), angles=8)
+    assert float(corners.mean[1::2].min()) > 0.2 > float(corners.mean[0::2].max())
+    assert corners.epsilon == pytest.approx(math.cos(math.pi / 8) * math.sqrt(2 / dim), rel=1e-5)
+    tanh = srm(torch.tanh(3 * torch.randn(4000, dim, generator=g, dtype=dtype)), angles=8)
+    assert float(tanh.mean[1::2].min()) > 3 * float(tanh.mean[0::2].max())
 
 
 def test_axis_data_peaks_at_multiples_of_half_pi():
@@ -114,10 +132,11 @@ def test_axis_data_peaks_at_multiples_of_half_pi():
 
 
 def test_wide_cone_sees_two_axes_at_once():
-    # With the default ε at n = 8 (half-angle 62°) one-hot data fills the spotlight most at π/4, where two axes
-    # are inside the cone: the cone must be narrower than the structure it should resolve (see srm's notes).
-    r = srm(signed_axes(4000, 8), angles=8)
+    # A cone wider than 45° (ε = srm_epsilon(8) ≈ 0.47, half-angle 62°) holds two axes at π/4: one-hot data then
+    # fills the spotlight most on the diagonals; the default ε is chosen from the data to avoid exactly this.
+    r = srm(signed_axes(4000, 8), epsilon=srm_epsilon(8), angles=8)
     assert float(r.mean[1::2].min()) > float(r.mean[0::2].max())
+    assert int(srm(signed_axes(4000, 8), angles=8).mean.argmax()) % 2 == 0
 
 
 def test_diagonal_data_peaks_at_quarter_pi_offsets():

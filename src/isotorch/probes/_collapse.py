@@ -1,6 +1,8 @@
 """Neural collapse (Papyan, Han & Donoho 2020): NC1–NC4 from features or from streamed class statistics.
 
-Notation: N samples h_i with labels y_i ∈ {0..C−1}, class means μ_c, global mean μ_G, M = [μ_c − μ_G] ∈ ℝ^{d×C},
+Notation: N samples h_i with labels y_i ∈ {0..C−1}, class means μ_c, global mean μ_G = (1/C) Σ_c μ_c (the unweighted
+mean of class means, as Papyan et al. and rhubarbwu/neural-collapse; ``centre="samples"`` takes the sample-weighted
+mean (1/N) Σ_i h_i instead, which differs with imbalanced classes), M = [μ_c − μ_G] ∈ ℝ^{d×C},
 classifier W ∈ ℝ^{C×d} with bias b,
 
     Σ_W = (1/N) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ,      Σ_B = (1/C) Σ_c (μ_c − μ_G)(μ_c − μ_G)ᵀ.
@@ -22,9 +24,11 @@ from typing import Any
 import torch
 
 from isotorch.probes._accumulators import ClassMoments, NearestCentreAgreement
-from isotorch.probes._validation import check_labels, check_matrix, finite_rows
+from isotorch.probes._validation import check_labels, check_matrix, finite_rows, json_safe
 
 __all__ = ["NeuralCollapseResult", "neural_collapse", "neural_collapse_from_stats"]
+
+CENTRES = ("classes", "samples")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,8 @@ class NeuralCollapseResult:
         n_samples: N.
         n_features: d.
         excluded_nonfinite: rows dropped for NaN/inf (``nan_policy="omit"``).
+        centre: ``"classes"`` (μ_G = unweighted mean of class means) or ``"samples"`` (sample-weighted mean).
+        reason: why some metrics are ``nan`` (a class with one sample, coinciding class means), else ``None``.
     """
 
     nc1: float
@@ -64,10 +70,12 @@ class NeuralCollapseResult:
     n_samples: int
     n_features: int
     excluded_nonfinite: int = 0
+    centre: str = "classes"
+    reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dictionary."""
-        return asdict(self)
+        """Strict-JSON dictionary (NaN and ±inf become ``None``)."""
+        return json_safe(asdict(self))
 
     def __repr__(self) -> str:
         def fmt(v):
@@ -132,17 +140,22 @@ def _collapse_from_moments(
     within_scatter: torch.Tensor,
     class_traces: torch.Tensor,
     classifier,
+    centre: str = "classes",
 ) -> dict[str, Any]:
     c, d = means.shape
     n_c = counts.to(torch.float64)
     n = float(n_c.sum())
-    global_mean = (n_c[:, None] * means).sum(0) / n
+    global_mean = means.mean(0) if centre == "classes" else (n_c[:, None] * means).sum(0) / n
     centred = means - global_mean  # rows μ_c − μ_G, i.e. Mᵀ
     within = within_scatter / n
     between = centred.T @ centred / c
     tr_between = float(torch.trace(between))
     nc1 = _pinv_trace(within, between) / c
-    nc1_quotient = float(torch.trace(within)) / tr_between if tr_between > 0 else float("inf")
+    tr_within = float(torch.trace(within))
+    if tr_between > 0:
+        nc1_quotient = tr_within / tr_between
+    else:
+        nc1_quotient = float("inf") if tr_within > 0 else float("nan")
 
     variances = class_traces / n_c
     pair = ~torch.eye(c, dtype=torch.bool, device=means.device)
@@ -156,6 +169,14 @@ def _collapse_from_moments(
     equiangular = float(cos.std(correction=0))
     max_angle = float((cos + 1.0 / (c - 1)).abs().mean())
     nc2 = _etf_error(centred @ centred.T)
+    reasons = []
+    if int(counts.min()) < 2:
+        small = torch.nonzero(counts < 2).flatten().tolist()[:10]
+        reasons.append(f"class(es) {small} have a single sample: within-class variability (NC1, CDNV) is undefined")
+        nc1 = nc1_quotient = cdnv = float("nan")
+    if tr_between == 0:
+        reasons.append("all class means coincide (constant or uninformative features): NC1 and NC2 are undefined")
+        nc1 = nc1_quotient = cdnv = nc2 = equinorm = equiangular = max_angle = float("nan")
 
     nc2_classifier = nc3 = None
     if classifier is not None:
@@ -177,6 +198,8 @@ def _collapse_from_moments(
         num_classes=c,
         n_samples=int(n),
         n_features=d,
+        centre=centre,
+        reason="; ".join(reasons) or None,
     )
 
 
@@ -187,6 +210,7 @@ def neural_collapse(
     *,
     num_classes: int | None = None,
     nan_policy: str = "raise",
+    centre: str = "classes",
 ) -> NeuralCollapseResult:
     """Neural-collapse metrics NC1–NC4 of features with class labels (formulas in the module docstring).
 
@@ -201,6 +225,8 @@ def neural_collapse(
             NC4 and the classifier ETF error are ``None``). Default: ``None``.
         num_classes: C. Default: ``None`` (labels.max() + 1). Every class needs at least one sample.
         nan_policy: ``"raise"`` on rows with NaN/inf, or ``"omit"`` to drop them (counted). Default: ``"raise"``.
+        centre: the global mean μ_G of M and Σ_B: ``"classes"`` (unweighted mean of class means, Papyan et al.,
+            rhubarbwu/neural-collapse) or ``"samples"`` (sample-weighted). Default: ``"classes"``.
 
     Shape:
         features: (N, d); labels: (N,).
@@ -214,6 +240,7 @@ def neural_collapse(
         >>> round(r.nc1, 6), round(r.nc2, 6), round(r.nc3, 6), r.nc4
         (0.0, 0.0, 0.0, 0.0)
     """
+    _check_centre(centre)
     features = check_matrix(features, "features")
     if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or labels.shape[0] != features.shape[0]:
         raise ValueError(
@@ -231,7 +258,13 @@ def neural_collapse(
     if classifier is not None:
         nc4 = NearestCentreAgreement(stats.means, classifier)
         nc4.update(features, labels)
-    return neural_collapse_from_stats(stats, classifier, nc4=nc4, excluded_nonfinite=n_bad)
+    return neural_collapse_from_stats(stats, classifier, nc4=nc4, excluded_nonfinite=n_bad, centre=centre)
+
+
+def _check_centre(centre: object) -> str:
+    if centre not in CENTRES:
+        raise ValueError(f"centre must be one of {CENTRES}, got {centre!r}")
+    return centre
 
 
 def neural_collapse_from_stats(
@@ -240,6 +273,7 @@ def neural_collapse_from_stats(
     *,
     nc4: NearestCentreAgreement | float | None = None,
     excluded_nonfinite: int = 0,
+    centre: str = "classes",
 ) -> NeuralCollapseResult:
     """NC1–NC3 from streamed class statistics; NC4 from a second-pass :class:`NearestCentreAgreement`.
 
@@ -253,6 +287,7 @@ def neural_collapse_from_stats(
         classifier: as in :func:`neural_collapse`. Default: ``None``.
         nc4: a :class:`NearestCentreAgreement` after its pass, a precomputed NC4 value, or ``None``. Default: ``None``.
         excluded_nonfinite: count of rows dropped upstream, recorded in the result. Default: 0.
+        centre: ``"classes"`` or ``"samples"``, as in :func:`neural_collapse`. Default: ``"classes"``.
 
     Examples:
         >>> import torch
@@ -264,6 +299,7 @@ def neural_collapse_from_stats(
         >>> abs(neural_collapse_from_stats(stats).nc1 - neural_collapse(x, y).nc1) < 1e-9
         True
     """
+    _check_centre(centre)
     if not isinstance(stats, ClassMoments):
         raise TypeError(f"stats must be a ClassMoments accumulator, got {type(stats).__name__}")
     if stats.count == 0:
@@ -274,7 +310,9 @@ def neural_collapse_from_stats(
     empty = torch.nonzero(stats.counts == 0).flatten().tolist()
     if empty:
         raise ValueError(f"stats: class(es) {empty[:10]} have no samples; every class needs at least one")
-    values = _collapse_from_moments(stats.counts, stats.means, stats.within_scatter, stats.class_traces, classifier)
+    values = _collapse_from_moments(
+        stats.counts, stats.means, stats.within_scatter, stats.class_traces, classifier, centre
+    )
     ncc_error = None
     if isinstance(nc4, NearestCentreAgreement):
         ncc_error = nc4.ncc_error

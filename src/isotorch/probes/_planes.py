@@ -9,8 +9,9 @@ a = (n − 1)/2, so the probability that â lies in a spotlight cone of cosine �
 
     baseline(n, ε) = P(t ≥ ε) = I_{(1−ε)/2}(a, a)
 
-with I the regularised incomplete beta function. The default ε solves baseline(n, ε) = 0.1; for large n this is
-ε ≈ 1.28/√n (the normal quantile z₀.₉ over √n).
+with I the regularised incomplete beta function. :func:`srm_epsilon` solves baseline(n, ε) = p (PPP's default, p = 0.1;
+for large n ε ≈ 1.28/√n, the normal quantile z₀.₉ over √n). SRM's own default adapts ε to the data's in-plane norms
+(``_srm.resolution_epsilon``) so that its cone resolves axes from diagonals.
 """
 
 from __future__ import annotations

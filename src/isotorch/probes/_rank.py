@@ -7,8 +7,10 @@ For the singular values s₁ ≥ … ≥ s_k of a matrix H:
     stable rank     = ‖H‖_F² / s₁² = Σ_i s_i² / s₁²
 
 ``rank_profile`` computes them per layer from the streamed covariance Σ of centred features (s_i ∝ √λ_i(Σ)), so
-any amount of data fits in memory. Per head of an attention layer, use W_Q W_Kᵀ and W_V W_O (the factors alone are
-ambiguous up to GL(d_head)).
+any amount of data fits in memory. Eigenvalues of Σ carry an absolute error of about d·eps·λ₁, so singular values
+below √(d·eps)·s₁ (≈ 1e-7 at d = 20) are not resolved that way: for a tolerance below ``covariance_floor(d)`` the
+ranks come from an SVD of the centred rows kept by a reservoir (``svd_rows`` of them) instead.
+Per head of an attention layer, use W_Q W_Kᵀ and W_V W_O (the factors alone are ambiguous up to GL(d_head)).
 """
 
 from __future__ import annotations
@@ -112,6 +114,18 @@ def stable_rank(h: torch.Tensor) -> float:
     return _stable_rank(_singular_values(h))
 
 
+def covariance_floor(dim: int) -> float:
+    """Smallest relative singular value that covariance eigenvalues resolve: 10·√(d·eps) in float64."""
+    return 10.0 * (max(dim, 1) * torch.finfo(torch.float64).eps) ** 0.5
+
+
+def ranks_from_rows(rows: torch.Tensor, tol: float) -> tuple[int, float, float]:
+    """(numerical, effective, stable) rank of the centred rows from their singular values (float64 SVD)."""
+    x = rows.to(torch.float64)
+    s = torch.linalg.svdvals(x - x.mean(0, keepdim=True))
+    return _numerical_rank(s, tol), _effective_rank(s), _stable_rank(s)
+
+
 def ranks_from_covariance(cov: torch.Tensor, tol: float) -> tuple[int, float, float]:
     """(numerical, effective, stable) rank of centred features from their covariance: s_i ∝ √λ_i(Σ)."""
     evals = torch.linalg.eigvalsh(cov.to(torch.float64)).flip(0).clamp(min=0.0)
@@ -133,6 +147,8 @@ class RankProfile:
         limited_by_samples: per layer, whether N − 1 < d (the centred rank is then capped at N − 1, not a property
             of the representation).
         tol: the relative tolerance of the numerical rank.
+        method: per layer, ``"covariance"`` (eigenvalues of the streamed covariance) or ``"svd"`` (SVD of the
+            centred rows of a reservoir, used when ``tol`` is below what the covariance resolves).
         settings: the feature mode and other collection settings.
     """
 
@@ -144,6 +160,7 @@ class RankProfile:
     stable_rank: tuple[float, ...]
     limited_by_samples: tuple[bool, ...]
     tol: float
+    method: tuple[str, ...] = ()
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,6 +174,7 @@ class RankProfile:
             "stable_rank": list(self.stable_rank),
             "limited_by_samples": list(self.limited_by_samples),
             "tol": self.tol,
+            "method": list(self.method),
             "settings": dict(self.settings),
         }
 
@@ -191,12 +209,17 @@ def rank_profile(
     device: torch.device | str | None = None,
     nan_policy: str = "raise",
     progress: bool = False,
+    svd_rows: int = 10_000,
 ) -> RankProfile:
     """Numerical, effective and stable rank of each layer's centred features, streamed over ``data``.
 
     One pass with :func:`collect` (``probes=("moments",)``) accumulates each layer's covariance in float64; ranks
-    come from its eigenvalues, s_i = √(N·λ_i). The tunnel effect (Masarczyk et al. 2023) shows as ranks that rise,
-    then fall and stay low in the last layers. Use 5–10k held-out inputs and say which ``features`` mode you used.
+    come from its eigenvalues, s_i = √(N·λ_i). A ``tol`` below :func:`covariance_floor` of a layer's width (about
+    1e-6) is beyond what those eigenvalues resolve; the pass then also keeps a reservoir of ``svd_rows`` rows and
+    takes that layer's ranks from an SVD of the centred rows (``method`` says which, per layer; with more inputs
+    than ``svd_rows`` the SVD sees a uniform subsample). The tunnel effect (Masarczyk et al. 2023) shows as ranks
+    that rise, then fall and stay low in the last layers. Use 5–10k held-out inputs and say which ``features``
+    mode you used.
 
     Args:
         model: the network (run in eval mode under ``torch.no_grad``).
@@ -209,6 +232,7 @@ def rank_profile(
         device: where to run. Default: ``None`` (the model's device).
         nan_policy: ``"raise"`` or ``"omit"`` for non-finite activation rows. Default: ``"raise"``.
         progress: show a progress bar. Default: ``False``.
+        svd_rows: rows kept for the SVD when ``tol`` is below the covariance floor. Default: 10,000.
 
     Examples:
         >>> import torch
@@ -222,11 +246,15 @@ def rank_profile(
     from isotorch.probes._collect import collect
 
     tol = _check_tol(tol)
+    if isinstance(svd_rows, bool) or not isinstance(svd_rows, int) or svd_rows < 2:
+        raise ValueError(f"svd_rows must be an int >= 2, got {svd_rows!r}")
+    fine = tol < covariance_floor(1 << 20)  # some layer (width up to 2**20) may need the SVD: keep rows
     result = collect(
         model,
         data,
         layers,
-        probes=("moments",),
+        probes=("moments", "samples") if fine else ("moments",),
+        reservoir_size=svd_rows,
         features=features,
         channel_dim=channel_dim,
         max_samples=max_samples,
@@ -234,12 +262,17 @@ def rank_profile(
         nan_policy=nan_policy,
         progress=progress,
     )
-    dims, counts, num, eff, stab, limited = [], [], [], [], [], []
+    dims, counts, num, eff, stab, limited, methods = [], [], [], [], [], [], []
     for name in result.layers:
         stats = result[name].moments
         if stats.count < 2:
             raise ValueError(f"layer {name!r} produced {stats.count} row(s); ranks of centred features need >= 2")
-        n, e, s = ranks_from_covariance(stats.covariance(correction=0), tol)
+        if tol < covariance_floor(stats.dim):
+            n, e, s = ranks_from_rows(result[name].samples.values, tol)
+            methods.append("svd")
+        else:
+            n, e, s = ranks_from_covariance(stats.covariance(correction=0), tol)
+            methods.append("covariance")
         dims.append(stats.dim)
         counts.append(stats.count)
         num.append(n)
@@ -255,5 +288,6 @@ def rank_profile(
         stable_rank=tuple(stab),
         limited_by_samples=tuple(limited),
         tol=tol,
-        settings={"features": features, "channel_dim": channel_dim, "max_samples": max_samples},
+        method=tuple(methods),
+        settings={"features": features, "channel_dim": channel_dim, "max_samples": max_samples, "svd_rows": svd_rows},
     )

@@ -1,68 +1,94 @@
-"""Scalar summaries of basis alignment and quantisation, for studies that compare many models.
+"""Scalar summaries of basis alignment and quantisation, with a null, an interval over samples and a Haar control.
 
-**Alignment score** (how far the plane-averaged SRM curve m(θ) is from its reference level r):
+Both scores work on **centred** activations y = a − ā expressed in the privileged set (y_k = b̂_k·y), plane by plane:
+on the plane (i, j) with Gram–Schmidt frame (e₁, e₂) (see ``_planes``), p = y·e₁, q = y·e₂, z = p + iq = r e^{iφ}.
 
-    A = √( (1/K) Σ_k (m(θ_k) − r)² ) / r
+**Alignment** (ε-free, signed; REFERENCE §9): the four-fold moment of every plane, pooled over planes,
 
-with r = srm_baseline(n, ε) (``reference="isotropic"``: any departure from isotropic data counts) or r = mean_k m(θ_k)
-(``reference="flat"``: only the angular modulation of the curve counts, not its level).
-A = 0 for isotropic data; a curve with peaks reaching twice the baseline gives A of order 1. Finite samples give
-A > 0 even for isotropic data: the result reports that noise floor, √((1/K) Σ_k Var m(θ_k))/r, estimated from the
-per-sample spread. The 95% interval is a Poisson bootstrap over samples (weights w_s ~ Poisson(1)), computed from
-per-sample curves in one pass.
+    A = Σ_planes E[r⁴ cos 4φ] / Σ_planes E[r⁴] = Σ_planes E[p⁴ − 6p²q² + q⁴] / Σ_planes E[(p² + q²)²]  ∈ [−1, 1].
 
-**Quantisation score** (how concentrated activation angles are within each privileged plane): for samples with
-in-plane norm ρ ≥ ε, histogram the angle φ = atan2(â·e₂, â·e₁) into B bins centred on multiples of 2π/B (so axes and
-diagonals sit at bin centres), and take the entropy deficit
+A = +1 for mass on the basis axes (one-hot codes), −1 for mass on the plane diagonals (hypercube corners: saturated
+elementwise tanh), 0 for any rotation-invariant law; the mean never enters. Its sign reads like the SRM curve (peaks at
+kπ/2: +, at π/4 + kπ/2: −). A = A₂ + A₄ splits into
 
-    Q_plane = 1 − H_MM / log B,    H_MM = −Σ_b π_b log π_b + (m − 1)/(2M)
+- the **second-moment** part A₂: the same ratio for a Gaussian with the data's covariance C (in-plane entries a, b, c),
+  Σ 3[(a − b)² − 4c²] / Σ E[r⁴]: positive for a covariance whose axes are the basis (axis-aligned variances), and
+- the **higher-order** part A₄ = A − A₂ (fourth cumulants: lobes, quantised codes), 0 for every Gaussian.
 
-(Miller–Madow bias correction; m occupied bins, M samples), averaged over planes. In a privileged plane the angle
-of isotropic data is exactly uniform, so Q ≈ 0; samples on the axes give Q = 1 − log 4/log B (0.68 at B = 72);
-a single cluster per plane gives Q ≈ 1. The interval is a bootstrap over planes.
+For every distribution the Haar average of A over random bases is 0 (the four-fold component of an isotropised
+fourth-moment tensor vanishes), and so are those of A₂ and A₄.
+
+**Quantisation**: how concentrated the in-plane angles are, beyond a Gaussian with the same mean and covariance. With
+the r²-weighted angular harmonics c_k = E[r² e^{ikφ}] / E[r²] (r² weights remove the points near the origin of a plane,
+whose angle is noise, so no ε is needed),
+
+    Q = mean_planes (1/L) Σ_{k=1..L} (|c_k|² − |c_k^G|²),
+
+|c_k|² estimated without bias by the U-statistic (|Σ w e^{ikφ}|² − Σ w²)/((Σ w)² − Σ w²), w = r², and c_k^G the
+harmonics of the Gaussian with the plane's covariance (eigenvalues λ₁ ≥ λ₂): zero for odd k and, for k = 2m,
+|c_k^G| = ρ^m (1 + m·√(λ₁λ₂)/((λ₁ + λ₂)/2)), ρ = (√λ₁ − √λ₂)/(√λ₁ + √λ₂) (closed form, derived from the Fourier series
+of (A + B cos 2φ)⁻²). Q = 0 for any Gaussian whatever its covariance (a line of points through the mean included: it
+is a degenerate Gaussian) and ⌊L/m⌋/L for m ≥ 3 equal, equally spaced clusters around the mean in every plane (1/4
+for one-hot codes, 5/16 for three clusters at 120°, at L = 16).
+
+**Intervals**: BCa bootstrap over samples (``_bootstrap``); alignment uses per-sample terms with the first-order
+effect of estimating the mean added (influence functions), so skewed data are covered too. **Null**: the same
+statistic in ``n_null`` Haar-random rotations of the privileged set; ``excess`` = value − null mean and ``p_value``
+is the Monte-Carlo p-value (two-sided |A| for alignment, one-sided for quantisation).
+
+**Guards**: fewer than ``MIN_SAMPLES`` usable rows, data without variance in the planes, or planes whose r² weight
+sits on fewer than ``MIN_SAMPLES`` effective samples give ``nan`` with a ``reason``, never a confident number.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from isotorch.probes._planes import (
-    block_sizes,
-    chunk_elements_for,
-    iter_planes,
-    iter_row_blocks,
-    parallel_rows,
-    prepare,
-    srm_baseline,
+from isotorch import groups as _groups
+from isotorch.probes._bootstrap import ResampleStream, bca_bounds, jackknife_means
+from isotorch.probes._planes import plane_frames, plane_pairs, resolve_basis
+from isotorch.probes._validation import (
+    as_generator,
+    check_matrix,
+    check_positive_int,
+    check_probability,
+    finite_rows,
+    json_safe,
 )
-from isotorch.probes._srm import arc_indices, arc_width, fold_counts
-from isotorch.probes._validation import as_generator, check_positive_int, check_probability
 
 __all__ = ["ScoreResult", "alignment_score", "quantisation_score"]
 
-REFERENCES = ("isotropic", "flat")
+MIN_SAMPLES = 10
+# elements of one (rows × plane-chunk features) working array
+_PLANE_ELEMENTS = 1 << 21
 
 
 @dataclass(frozen=True)
 class ScoreResult:
-    """A scalar probe score with its bootstrap confidence interval.
+    """A scalar probe score with its BCa interval over samples and its Haar-random-basis null.
 
     Attributes:
         name: ``"alignment"`` or ``"quantisation"``.
-        value: the score.
-        ci_low, ci_high: percentile bootstrap interval at ``confidence``.
+        value: the score (``nan`` when it cannot be computed; then ``reason`` says why).
+        ci_low, ci_high: BCa bootstrap interval over samples at ``confidence``.
         confidence: interval level (0.95 by default).
         n_bootstrap: bootstrap replicates.
-        noise_floor: the value expected from sampling noise alone for isotropic data of this size (``None`` where
-            the estimator is already bias-corrected).
+        null_mean, null_sd: mean and standard deviation of the score in ``n_null`` Haar-random rotations of the
+            privileged set (the null for "this basis is privileged").
+        p_value: Monte-Carlo p-value (1 + #{null as extreme})/(1 + n_null); ``None`` without a null.
+        excess: value − null_mean.
+        n_null: random bases drawn.
+        components: named parts of the score, each ``{"value", "ci_low", "ci_high", "null_mean", "null_sd"}``
+            (alignment: ``second_moment`` and ``higher_order``, which add up to ``value``).
         n_samples: rows used.
         n_planes: privileged planes used.
         formula: the formula, in words.
-        settings: ε, basis kind, planes, reference, bins or angles.
+        reason: why ``value`` is ``nan`` (``None`` otherwise).
+        settings: basis kind, planes, harmonics, excluded rows.
     """
 
     name: str
@@ -71,252 +97,490 @@ class ScoreResult:
     ci_high: float
     confidence: float
     n_bootstrap: int
-    noise_floor: float | None
+    null_mean: float | None
+    null_sd: float | None
+    p_value: float | None
+    excess: float | None
+    n_null: int
+    components: dict[str, dict[str, float | None]]
     n_samples: int
     n_planes: int
     formula: str
+    reason: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dictionary."""
-        return asdict(self)
+        """Strict-JSON dictionary (NaN and ±inf become ``None``)."""
+        return json_safe(
+            {
+                "name": self.name,
+                "value": self.value,
+                "ci_low": self.ci_low,
+                "ci_high": self.ci_high,
+                "confidence": self.confidence,
+                "n_bootstrap": self.n_bootstrap,
+                "null_mean": self.null_mean,
+                "null_sd": self.null_sd,
+                "p_value": self.p_value,
+                "excess": self.excess,
+                "n_null": self.n_null,
+                "components": self.components,
+                "n_samples": self.n_samples,
+                "n_planes": self.n_planes,
+                "formula": self.formula,
+                "reason": self.reason,
+                "settings": self.settings,
+            }
+        )
 
     def __repr__(self) -> str:
-        floor = "" if self.noise_floor is None else f", noise_floor={self.noise_floor:.3g}"
+        if self.reason is not None:
+            return f"ScoreResult({self.name}=nan, reason={self.reason!r})"
+        null = "" if self.p_value is None else f", null {self.null_mean:.3g}±{self.null_sd:.3g}, p={self.p_value:.3g}"
         return (
             f"ScoreResult({self.name}={self.value:.4g}, {100 * self.confidence:g}% CI [{self.ci_low:.4g}, "
-            f"{self.ci_high:.4g}]{floor}, n_samples={self.n_samples})"
+            f"{self.ci_high:.4g}]{null}, n_samples={self.n_samples})"
         )
 
 
-def _check_bootstrap(n_bootstrap: object, confidence: object) -> tuple[int, float]:
-    return check_positive_int(n_bootstrap, "n_bootstrap", minimum=2), check_probability(confidence, "confidence")
+# --- shared preparation ---------------------------------------------------------------------------------------------
 
 
-def _interval(replicates: torch.Tensor, confidence: float) -> tuple[float, float]:
-    finite = replicates[torch.isfinite(replicates)]
-    if finite.numel() == 0:
-        return float("nan"), float("nan")
-    q = torch.tensor([(1 - confidence) / 2, (1 + confidence) / 2], dtype=torch.float64)
-    lo, hi = torch.quantile(finite.to(torch.float64), q).tolist()
-    return lo, hi
+@dataclass
+class _Setup:
+    y: torch.Tensor  # (N, K) centred coordinates on the privileged directions, float64
+    basis: torch.Tensor  # (K, n) unit rows
+    centred: torch.Tensor  # (N, n) centred activations, float64
+    kind: str
+    i: torch.Tensor
+    j: torch.Tensor
+    frames: tuple[torch.Tensor, torch.Tensor] | None
+    all_pairs: bool
+    excluded_nonfinite: int
+
+    @property
+    def n(self) -> int:
+        return self.y.shape[0]
+
+    @property
+    def n_planes(self) -> int:
+        return self.i.shape[0]
+
+
+def _prepare(acts, basis, planes, max_planes, gen, nan_policy) -> _Setup:
+    acts = check_matrix(acts, "acts", min_cols=2)
+    device = acts.device
+    basis_hat, kind = resolve_basis(basis, acts.shape[1], gen, device)
+    i, j = plane_pairs(basis_hat.shape[0], planes, max_planes, gen, device)
+    frames = plane_frames(basis_hat, i, j)
+    kept, n_bad = finite_rows(acts.detach(), "acts", nan_policy)
+    x = kept.to(torch.float64)
+    centred = x - x.mean(0, keepdim=True) if x.shape[0] else x
+    y = centred if kind == "standard" else centred @ basis_hat.T
+    k = basis_hat.shape[0]
+    full = k * (k - 1) // 2 if planes == "comb" else k * (k - 1)
+    return _Setup(y, basis_hat, centred, kind, i, j, frames, i.shape[0] == full, n_bad)
+
+
+def _plane_chunks(setup: _Setup, y: torch.Tensor, per_plane: int):
+    """Yield (p, q) (N, P_chunk) in-plane coordinates of the centred rows, a block of planes at a time."""
+    chunk = max(1, _PLANE_ELEMENTS // max(y.shape[0] * per_plane, 1))
+    for p0 in range(0, setup.n_planes, chunk):
+        i, j = setup.i[p0 : p0 + chunk], setup.j[p0 : p0 + chunk]
+        p, q = y[:, i], y[:, j]
+        if setup.frames is not None:
+            c, s = setup.frames[0][p0 : p0 + chunk], setup.frames[1][p0 : p0 + chunk]
+            q = (q - c * p) / s
+        yield p, q
+
+
+def _null_bases(setup: _Setup, n_null: int, gen) -> list[torch.Tensor]:
+    """Coordinates of the centred rows in ``n_null`` Haar-random rotations of the privileged set."""
+    n = setup.centred.shape[1]
+    group = _groups.get("orthogonal")
+    out = []
+    for _ in range(n_null):
+        g = group.sample(n, generator=gen, dtype=torch.float64).to(setup.centred.device)
+        out.append(setup.centred @ (setup.basis @ g.T).T)
+    return out
+
+
+def _null_summary(value: float, null: torch.Tensor, two_sided: bool) -> tuple[float, float, float]:
+    if null.numel() == 0 or not math.isfinite(value):
+        return float("nan"), float("nan"), float("nan")
+    extreme = (null.abs() >= abs(value)) if two_sided else (null >= value)
+    p = (1.0 + float(extreme.sum())) / (1.0 + null.numel())
+    return float(null.mean()), float(null.std()) if null.numel() > 1 else 0.0, p
+
+
+def _nan_result(name, reason, setup_n, n_planes, n_bootstrap, confidence, n_null, formula, settings, parts=()):
+    nan = float("nan")
+    comps = {p: {"value": nan, "ci_low": nan, "ci_high": nan, "null_mean": None, "null_sd": None} for p in parts}
+    return ScoreResult(
+        name=name,
+        value=nan,
+        ci_low=nan,
+        ci_high=nan,
+        confidence=confidence,
+        n_bootstrap=n_bootstrap,
+        null_mean=None,
+        null_sd=None,
+        p_value=None,
+        excess=None,
+        n_null=n_null,
+        components=comps,
+        n_samples=setup_n,
+        n_planes=n_planes,
+        formula=formula,
+        reason=reason,
+        settings=settings,
+    )
+
+
+def _check_common(n_bootstrap, n_null, confidence) -> tuple[int, int, float]:
+    n_bootstrap = check_positive_int(n_bootstrap, "n_bootstrap", minimum=2)
+    n_null = check_positive_int(n_null, "n_null", minimum=0)
+    return n_bootstrap, n_null, check_probability(confidence, "confidence")
+
+
+# --- alignment ------------------------------------------------------------------------------------------------------
+
+
+def _alignment_terms(setup: _Setup, y: torch.Tensor, influence: bool) -> torch.Tensor:
+    """(N, 3) per-sample terms [t, s, d]: four-fold moment, its Gaussian (second-moment) part, E r⁴; pooled over planes.
+
+    Their column means give Σ_planes E[p⁴ − 6p²q² + q⁴], Σ_planes 3[(a − b)² − 4c²] and Σ_planes E[r⁴]. With
+    ``influence`` the first-order effects of the estimated mean (t, d) and covariance (s) are folded in, so that a
+    bootstrap of the means has the variance of the statistic.
+    """
+    n, k = y.shape
+    if setup.frames is None and setup.all_pairs:  # orthonormal set, every pair: closed forms, O(N·K)
+        y2 = y * y
+        u, sq = (y2 * y2).sum(1), y2.sum(1)
+        t = (k + 2) * u - 3 * sq * sq
+        d = (k - 2) * u + sq * sq
+        cov = y.T @ y / n
+        diag = torch.diagonal(cov)
+        s_total = 3 * ((k + 2) * (diag * diag).sum() - diag.sum() ** 2 - 2 * (cov * cov).sum())
+        s = torch.full_like(t, float(s_total))
+        if influence:
+            y3 = y2 * y
+            t = t - y @ (4 * (k + 2) * y3 - 12 * sq[:, None] * y).mean(0)
+            d = d - y @ (4 * (k - 2) * y3 + 4 * sq[:, None] * y).mean(0)
+            g = 3 * (2 * (k + 2) * torch.diag(diag) - 2 * diag.sum() * torch.eye(k, dtype=y.dtype) - 4 * cov)
+            s = ((y @ g) * y).sum(1) - s_total
+        return torch.stack([t, s, d], dim=1)
+    t = torch.zeros(n, dtype=torch.float64, device=y.device)
+    s, d = torch.zeros_like(t), torch.zeros_like(t)
+    for p, q in _plane_chunks(setup, y, 8):
+        p2, q2, pq = p * p, q * q, p * q
+        r2 = p2 + q2
+        t += (p2 * p2 - 6 * p2 * q2 + q2 * q2).sum(1)
+        d += (r2 * r2).sum(1)
+        a, b, c = p2.mean(0), q2.mean(0), pq.mean(0)
+        s_plane = 3 * ((a - b) ** 2 - 4 * c * c)
+        if influence:
+            t -= p @ (4 * p2 * p - 12 * p * q2).mean(0) + q @ (4 * q2 * q - 12 * p2 * q).mean(0)
+            d -= p @ (4 * p * r2).mean(0) + q @ (4 * q * r2).mean(0)
+            s += (3 * (2 * (a - b) * (p2 - q2) - 8 * c * pq)).sum(1) - s_plane.sum()
+        else:
+            s += s_plane.sum()
+    return torch.stack([t, s, d], dim=1)
+
+
+def _alignment_stat(means: torch.Tensor, _n: int) -> torch.Tensor:
+    t, s, d = means[:, 0], means[:, 1], means[:, 2]
+    d = torch.where(d > 0, d, float("nan"))
+    return torch.stack([t / d, s / d, (t - s) / d], dim=1)
+
+
+ALIGNMENT_FORMULA = (
+    "Σ_planes E[p⁴ − 6p²q² + q⁴] / Σ_planes E[(p² + q²)²] on centred data (+1 axes, −1 diagonals, 0 isotropic); "
+    "second_moment = Gaussian with the same covariance, higher_order = the rest"
+)
 
 
 def alignment_score(
     acts: torch.Tensor,
     basis: torch.Tensor | str | None = None,
     *,
-    epsilon: float | None = None,
-    angles: int = 100,
     planes: str = "comb",
     max_planes: int | None = None,
-    reference: str = "isotropic",
-    n_bootstrap: int = 200,
+    n_bootstrap: int = 1000,
+    n_null: int = 99,
     confidence: float = 0.95,
     generator: torch.Generator | int | None = None,
     nan_policy: str = "raise",
 ) -> ScoreResult:
-    """Basis-alignment score: relative RMS distance of the mean SRM curve from its reference level.
+    """Signed, ε-free basis alignment: the pooled four-fold moment E[r⁴ cos 4φ]/E[r⁴] of the basis planes.
 
-    A = √(mean_k (m(θ_k) − r)²)/r, with m the plane-averaged SRM curve and r the isotropic baseline
-    (``reference="isotropic"``) or the curve's own mean (``reference="flat"``); see the module docstring. Reported
-    with a Poisson-bootstrap interval over samples and the noise floor expected for isotropic data of this size.
+    A = Σ_planes E[p⁴ − 6p²q² + q⁴] / Σ_planes E[(p² + q²)²] on centred data (module docstring): +1 for mass on the
+    basis axes, −1 for mass on the diagonals (saturated elementwise tanh), 0 for any rotation-invariant law, and
+    independent of the mean. ``components`` splits it into ``second_moment`` (a Gaussian with the data's covariance:
+    axis-aligned variances) and ``higher_order`` (lobes, quantised codes; 0 for every Gaussian). The interval is a
+    BCa bootstrap over samples; ``null_mean``, ``null_sd`` and ``p_value`` come from the same statistic in
+    ``n_null`` Haar-random rotations of the privileged set.
 
     Args:
-        acts: (N, n) activations, N ≥ 2.
-        basis: as in :func:`srm`. Default: ``None`` (standard basis).
-        epsilon: cone cosine; default as in :func:`srm`.
-        angles: number of spotlight angles. Default: 100.
-        planes: ``"comb"`` or ``"perm"``. Default: ``"comb"``.
-        max_planes: random subset of planes. Default: ``None``.
-        reference: ``"isotropic"`` or ``"flat"``. Default: ``"isotropic"``.
-        n_bootstrap: bootstrap replicates. Default: 200.
+        acts: (N, n) activations, N ≥ 10 usable rows (fewer give ``nan`` with a ``reason``).
+        basis: ``None``/``"standard"``, ``"random"`` (one Haar-random frame) or a (K, n) tensor of directions.
+            Default: ``None``.
+        planes: ``"comb"`` (i < j) or ``"perm"`` (i ≠ j; the same value). Default: ``"comb"``.
+        max_planes: random subset of planes. Default: ``None`` (all).
+        n_bootstrap: bootstrap replicates. Default: 1000.
+        n_null: Haar-random bases of the null (0: none). Default: 99.
         confidence: interval level. Default: 0.95.
-        generator: generator or seed for the basis, plane subset and bootstrap. Default: ``None`` (global RNG).
-        nan_policy: ``"raise"`` or ``"omit"``. Default: ``"raise"``.
+        generator: generator or seed for the basis, plane subset, bootstrap and null. Default: ``None``.
+        nan_policy: ``"raise"`` or ``"omit"`` (rows with NaN/inf dropped and counted). Default: ``"raise"``.
 
     Examples:
         >>> import torch
         >>> from isotorch.probes import alignment_score
         >>> g = torch.Generator().manual_seed(0)
         >>> iso = alignment_score(torch.randn(4000, 8, generator=g), generator=0)
-        >>> axes = alignment_score(torch.eye(8)[torch.randint(0, 8, (4000,), generator=g)], generator=0)
-        >>> iso.value < 3 * iso.noise_floor, axes.value > 0.5
-        (True, True)
+        >>> signs = torch.randn(4000, 1, generator=g).sign()
+        >>> axes = alignment_score(torch.eye(8)[torch.randint(0, 8, (4000,), generator=g)] * signs, generator=0)
+        >>> abs(iso.value) < 0.05, round(axes.value, 2), axes.p_value < 0.05
+        (True, 1.0, True)
     """
-    if reference not in REFERENCES:
-        raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
-    angles = check_positive_int(angles, "angles")
-    n_bootstrap, confidence = _check_bootstrap(n_bootstrap, confidence)
+    n_bootstrap, n_null, confidence = _check_common(n_bootstrap, n_null, confidence)
     gen = as_generator(generator)
-    setup = prepare(acts, basis, epsilon, planes, max_planes, gen, nan_policy, min_rows=2)
-    device = setup.acts.device
-    eps, n_planes = setup.epsilon, setup.n_planes
-    width = arc_width(angles)
-    base_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
-    row_chunk, plane_chunk = block_sizes(n_planes, chunk_elements_for(device))
+    setup = _prepare(acts, basis, planes, max_planes, gen, nan_policy)
+    settings = {
+        "basis": setup.kind,
+        "planes": planes,
+        "max_planes": max_planes,
+        "excluded_nonfinite": setup.excluded_nonfinite,
+    }
+    parts = ("second_moment", "higher_order")
+    nan_args = (setup.n, setup.n_planes, n_bootstrap, confidence, n_null, ALIGNMENT_FORMULA, settings, parts)
+    if setup.n < MIN_SAMPLES:
+        reason = f"only {setup.n} usable row(s); the alignment score needs at least {MIN_SAMPLES}"
+        return _nan_result("alignment", reason, *nan_args)
+    terms = _alignment_terms(setup, setup.y, influence=True)
+    estimate = _alignment_stat(terms.mean(0, keepdim=True), setup.n)[0]
+    if not bool(torch.isfinite(estimate).all()):
+        reason = "the centred activations have no variance in the privileged planes (constant features)"
+        return _nan_result("alignment", reason, *nan_args)
+    stream = ResampleStream(setup.n, n_bootstrap, gen, terms.device)
+    replicates = _alignment_stat(stream.means(terms), setup.n)
+    jack = _alignment_stat(jackknife_means(terms), setup.n - 1)
+    low, high = bca_bounds(estimate.cpu(), replicates.cpu(), jack.cpu(), confidence)
 
-    def partial(r0: int, r1: int):
-        boot = torch.zeros(n_bootstrap, angles, dtype=torch.float64, device=device)
-        weight = torch.zeros(n_bootstrap, dtype=torch.float64, device=device)
-        total = torch.zeros(angles, dtype=torch.float64, device=device)
-        total2 = torch.zeros(angles, dtype=torch.float64, device=device)
-        for start, coords in iter_row_blocks(setup.acts, setup.basis, setup.standard, (r0, r1), row_chunk):
-            rows = coords.shape[1]
-            diff = torch.zeros(rows * width, dtype=torch.long, device=device)
-            base = torch.arange(rows, device=device, dtype=torch.float64).mul_(width).add_(2 * angles)[None, :]
-            for _, _, p, q in iter_planes(coords, setup.i, setup.j, setup.frames, plane_chunk):
-                lo, hi = arc_indices(p, q, eps, angles, base)
-                ones = torch.ones(lo.numel(), dtype=torch.long, device=device)
-                diff.scatter_add_(0, lo.view(-1), ones)
-                diff.scatter_add_(0, hi.view(-1), -ones)
-            per_sample = fold_counts(diff.view(rows, width), angles).to(torch.float64)  # planes covering θ_k
-            total += per_sample.sum(0)
-            total2 += (per_sample * per_sample).sum(0)
-            block_gen = torch.Generator().manual_seed(base_seed + start)
-            w = torch.poisson(torch.ones(n_bootstrap, rows, dtype=torch.float64), generator=block_gen).to(device)
-            boot += w @ per_sample
-            weight += w.sum(1)
-        return boot, weight, total, total2
-
-    parts = parallel_rows(partial, setup.n_samples, device)
-    boot, weight, total, total2 = (sum(p[k] for p in parts) for k in range(4))
-    n = setup.n_samples
-    mean_curve = total / (n * n_planes)
-    baseline = srm_baseline(setup.n_features, eps)
-
-    def score(curve: torch.Tensor) -> torch.Tensor:
-        level = curve.mean(dim=-1, keepdim=True) if reference == "flat" else torch.full_like(curve[..., :1], baseline)
-        return ((curve - level) ** 2).mean(dim=-1).sqrt() / level.squeeze(-1)
-
-    value = float(score(mean_curve))
-    replicates = score(boot / (weight[:, None].clamp(min=1.0) * n_planes))
-    lo, hi = _interval(replicates, confidence)
-    level = float(mean_curve.mean()) if reference == "flat" else baseline
-    variance = (total2 / n - (total / n) ** 2).clamp(min=0.0) / (n_planes**2 * n)
-    floor = float(variance.mean().sqrt()) / level if level > 0 else float("nan")
+    nulls = (
+        torch.stack(
+            [
+                _alignment_stat(_alignment_terms(setup, y, influence=False).mean(0, keepdim=True), setup.n)[0]
+                for y in _null_bases(setup, n_null, gen)
+            ]
+        ).cpu()
+        if n_null
+        else torch.zeros(0, 3, dtype=torch.float64)
+    )
+    value = float(estimate[0])
+    null_mean, null_sd, p = _null_summary(value, nulls[:, 0], two_sided=True)
+    components = {}
+    for c, part in enumerate(parts, start=1):
+        m, sd, _ = _null_summary(float(estimate[c]), nulls[:, c], two_sided=True)
+        components[part] = {
+            "value": float(estimate[c]),
+            "ci_low": float(low[c]),
+            "ci_high": float(high[c]),
+            "null_mean": m if n_null else None,
+            "null_sd": sd if n_null else None,
+        }
     return ScoreResult(
         name="alignment",
         value=value,
-        ci_low=lo,
-        ci_high=hi,
+        ci_low=float(low[0]),
+        ci_high=float(high[0]),
         confidence=confidence,
         n_bootstrap=n_bootstrap,
-        noise_floor=floor,
-        n_samples=n,
-        n_planes=n_planes,
-        formula="sqrt(mean_k (m(θ_k) − r)²) / r, m = plane-averaged SRM curve, "
-        + ("r = isotropic baseline" if reference == "isotropic" else "r = mean_k m(θ_k)"),
-        settings={
-            "epsilon": eps,
-            "basis": setup.kind,
-            "planes": planes,
-            "max_planes": max_planes,
-            "angles": angles,
-            "reference": reference,
-            "baseline": baseline,
-            "excluded_nonfinite": setup.excluded_nonfinite,
-            "excluded_zero": setup.excluded_zero,
-        },
+        null_mean=null_mean if n_null else None,
+        null_sd=null_sd if n_null else None,
+        p_value=p if n_null else None,
+        excess=value - null_mean if n_null else None,
+        n_null=n_null,
+        components=components,
+        n_samples=setup.n,
+        n_planes=setup.n_planes,
+        formula=ALIGNMENT_FORMULA,
+        settings=settings,
     )
+
+
+# --- quantisation ---------------------------------------------------------------------------------------------------
+
+
+def _quant_features(p: torch.Tensor, q: torch.Tensor, harmonics: int) -> torch.Tensor:
+    """(N, P, 5 + 2L) per-sample features of each plane: w, w², p², q², pq, Re and Im of w e^{ikφ} (k = 1..L)."""
+    w = p * p + q * q
+    r = torch.sqrt(w)
+    safe = torch.where(r > 0, r, 1.0)
+    unit = torch.complex(torch.where(r > 0, p / safe, 0.0), q / safe)
+    powers = torch.cumprod(unit[..., None].expand(*unit.shape, harmonics), dim=-1) * w[..., None]
+    return torch.cat([torch.stack([w, w * w, p * p, q * q, p * q], dim=-1), powers.real, powers.imag], dim=-1)
+
+
+def _gaussian_harmonics(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, harmonics: int) -> torch.Tensor:
+    """|c_k^G|² (…, L) of the r²-weighted angle of a centred Gaussian with in-plane covariance [[a, c], [c, b]]."""
+    mean = (a + b) / 2
+    gap = torch.sqrt(((a - b) / 2) ** 2 + c * c)
+    l1, l2 = mean + gap, (mean - gap).clamp(min=0.0)
+    s1, s2 = torch.sqrt(l1), torch.sqrt(l2)
+    rho = (s1 - s2) / (s1 + s2)
+    geo = s1 * s2 / mean
+    k = torch.arange(1, harmonics + 1, dtype=a.dtype, device=a.device)
+    m = k / 2
+    even = (k % 2) == 0
+    value = rho[..., None] ** m * (1 + m * geo[..., None])
+    return torch.where(even, value * value, 0.0)
+
+
+def _quant_plane_stat(means: torch.Tensor, n: int, harmonics: int, *, unbiased: bool = True) -> torch.Tensor:
+    """(R, P) per-plane Q from (R, P, 5 + 2L) feature means of samples of size n (U- or plug-in V-statistic)."""
+    w, w2, a, b, c = (means[..., k] for k in range(5))
+    re, im = means[..., 5 : 5 + harmonics], means[..., 5 + harmonics :]
+    power = re * re + im * im
+    diag = w2 / n if unbiased else torch.zeros_like(w2)
+    num = power - diag[..., None]
+    den = (w * w - diag)[..., None]
+    est = num / torch.where(den > 0, den, float("nan"))
+    return (est - _gaussian_harmonics(a, b, c, harmonics)).mean(-1)
+
+
+QUANT_FORMULA = (
+    "mean over planes and k = 1..L of |E[r² e^{ikφ}]/E[r²]|² (unbiased) minus the same for a Gaussian with the "
+    "data's in-plane covariance, on centred data"
+)
 
 
 def quantisation_score(
     acts: torch.Tensor,
     basis: torch.Tensor | str | None = None,
     *,
-    epsilon: float | None = None,
-    bins: int = 72,
+    harmonics: int = 16,
     planes: str = "comb",
     max_planes: int | None = None,
-    n_bootstrap: int = 200,
+    n_bootstrap: int = 1000,
+    n_null: int = 39,
     confidence: float = 0.95,
     generator: torch.Generator | int | None = None,
     nan_policy: str = "raise",
 ) -> ScoreResult:
-    """Quantisation score: mean over privileged planes of the angular entropy deficit 1 − H_MM/log B.
+    """Quantisation: angular concentration in the basis planes beyond a Gaussian with the same mean and covariance.
 
-    Angles φ = atan2(â·e₂, â·e₁) of samples with in-plane norm ρ ≥ ε are binned into B bins centred on multiples
-    of 2π/B; H_MM is the Miller–Madow-corrected entropy (module docstring). Isotropic data gives ≈ 0, data on the
-    axes 1 − log 4/log B, a single direction per plane ≈ 1. Planes without any sample near them are skipped (their
-    count is in ``settings["empty_planes"]``). The interval is a bootstrap over planes.
+    Q = mean over planes of (1/L) Σ_{k≤L} (|c_k|² − |c_k^G|²) with c_k = E[r² e^{ikφ}]/E[r²] on centred data and
+    c_k^G its closed form for the Gaussian with the plane's covariance (module docstring). Q = 0 for any Gaussian
+    (mean offset and anisotropy included), ⌊L/m⌋/L for m ≥ 3 equal, equally spaced clusters per plane (0.25 for
+    one-hot codes at L = 16). Discrete codes in a rotated frame still score in the standard
+    basis (their projections are discrete); ``excess`` and ``p_value`` against ``n_null`` Haar-random rotations of
+    the privileged set say whether the quantisation is tied to this basis. The interval is a BCa bootstrap over
+    samples. Planes whose r² weight rests on fewer than 10 effective samples ((Σw)²/Σw²) are skipped
+    (``settings["thin_planes"]``); if none is left, or the data have fewer than 10 rows or no variance, the value
+    is ``nan`` with a ``reason``.
 
     Args:
         acts: (N, n) activations.
-        basis: as in :func:`srm`. Default: ``None`` (standard basis).
-        epsilon: minimum in-plane norm ρ of a counted sample; default as in :func:`srm`.
-        bins: angular bins B. Default: 72 (5°).
+        basis: as in :func:`alignment_score`. Default: ``None`` (standard basis).
+        harmonics: L, the angular resolution (2π/L). Default: 16.
         planes: ``"comb"`` or ``"perm"``. Default: ``"comb"``.
         max_planes: random subset of planes. Default: ``None``.
-        n_bootstrap: bootstrap replicates. Default: 200.
+        n_bootstrap: bootstrap replicates. Default: 1000.
+        n_null: Haar-random bases of the null (0: none). Default: 39 (each costs about one score).
         confidence: interval level. Default: 0.95.
-        generator: generator or seed for the basis, plane subset and bootstrap. Default: ``None``.
+        generator: generator or seed. Default: ``None``.
         nan_policy: ``"raise"`` or ``"omit"``. Default: ``"raise"``.
 
     Examples:
         >>> import torch
         >>> from isotorch.probes import quantisation_score
         >>> g = torch.Generator().manual_seed(0)
-        >>> abs(quantisation_score(torch.randn(5000, 6, generator=g), generator=0).value) < 0.01
+        >>> gauss = torch.randn(5000, 6, generator=g) * torch.tensor([3.0, 1, 1, 1, 1, 1]) + 2
+        >>> abs(quantisation_score(gauss, n_null=0, generator=0).value) < 0.01
         True
-        >>> axes = torch.eye(6)[torch.randint(0, 6, (5000,), generator=g)]
-        >>> round(quantisation_score(axes, generator=0).value, 2)   # 1 − log 2 / log 72: two bins per plane
-        0.84
+        >>> signs = torch.randn(5000, 1, generator=g).sign()
+        >>> axes = torch.eye(6)[torch.randint(0, 6, (5000,), generator=g)] * signs
+        >>> round(quantisation_score(axes, n_null=0, generator=0).value, 2)   # four clusters per plane: 4/16
+        0.25
     """
-    bins = check_positive_int(bins, "bins", minimum=2)
-    n_bootstrap, confidence = _check_bootstrap(n_bootstrap, confidence)
+    harmonics = check_positive_int(harmonics, "harmonics", minimum=2)
+    n_bootstrap, n_null, confidence = _check_common(n_bootstrap, n_null, confidence)
     gen = as_generator(generator)
-    setup = prepare(acts, basis, epsilon, planes, max_planes, gen, nan_policy)
-    device = setup.acts.device
-    eps2 = setup.epsilon**2 if setup.epsilon > 0 else 0.0
-    n_planes = setup.n_planes
-    row_chunk, plane_chunk = block_sizes(n_planes, chunk_elements_for(device))
-    scale = bins / (2.0 * math.pi)
+    setup = _prepare(acts, basis, planes, max_planes, gen, nan_policy)
+    settings: dict[str, Any] = {
+        "basis": setup.kind,
+        "planes": planes,
+        "max_planes": max_planes,
+        "harmonics": harmonics,
+        "excluded_nonfinite": setup.excluded_nonfinite,
+    }
+    nan_args = (setup.n, setup.n_planes, n_bootstrap, confidence, n_null, QUANT_FORMULA, settings)
+    if setup.n < MIN_SAMPLES:
+        reason = f"only {setup.n} usable row(s); the quantisation score needs at least {MIN_SAMPLES}"
+        return _nan_result("quantisation", reason, *nan_args)
+    width = 5 + 2 * harmonics
 
-    def partial(r0: int, r1: int) -> torch.Tensor:
-        hist = torch.zeros(n_planes * bins, dtype=torch.long, device=device)
-        for _, coords in iter_row_blocks(setup.acts, setup.basis, setup.standard, (r0, r1), row_chunk):
-            for p0, p1, p, q in iter_planes(coords, setup.i, setup.j, setup.frames, plane_chunk):
-                r2 = p * p + q * q
-                keep = (r2 >= eps2) & (r2 > 0)
-                index = torch.remainder(torch.floor(torch.atan2(q, p).mul_(scale).add_(0.5)), float(bins)).long()
-                index += torch.arange(p0, p1, device=device)[:, None] * bins
-                hist.scatter_add_(0, index.view(-1), keep.view(-1).long())
-        return hist
+    def plane_values(y: torch.Tensor, stream: ResampleStream | None):
+        """Per-plane estimates (P,), effective sizes (P,), and summed replicates / jackknife per plane block."""
+        est, ess, reps, jack = [], [], [], []
+        for p, q in _plane_chunks(setup, y, width):
+            f = _quant_features(p, q, harmonics)  # (N, Pc, W)
+            total = f.mean(0)
+            u_hat = _quant_plane_stat(total[None], setup.n, harmonics)[0]
+            est.append(u_hat)
+            ess.append(total[:, 0] ** 2 / torch.where(total[:, 1] > 0, total[:, 1], float("nan")) * setup.n)
+            if stream is not None:
+                flat = f.reshape(setup.n, -1)
+                # a resample's U-statistic is centred on the plug-in (V) value of the data, not on its U value:
+                # shift the replicates by that known bias so that they are centred on the estimate
+                shift = _quant_plane_stat(total[None], setup.n, harmonics, unbiased=False)[0] - u_hat
+                reps.append(_quant_plane_stat(stream.means(flat).view(-1, *total.shape), setup.n, harmonics) - shift)
+                jack.append(_quant_plane_stat(jackknife_means(flat).view(-1, *total.shape), setup.n - 1, harmonics))
+        if stream is None:
+            return torch.cat(est), torch.cat(ess), None, None
+        return torch.cat(est), torch.cat(ess), torch.cat(reps, dim=-1), torch.cat(jack, dim=-1)
 
-    hist = sum(parallel_rows(partial, setup.n_samples, device)).view(n_planes, bins).to(torch.float64)
-    counts = hist.sum(1)
-    used = counts > 0
-    if not bool(used.any()):
-        raise ValueError(f"no sample has an in-plane norm >= epsilon={setup.epsilon:.4g} in any plane; lower epsilon")
-    h, m_total = hist[used], counts[used]
-    prob = h / m_total[:, None]
-    entropy = -(prob * torch.log(torch.where(prob > 0, prob, 1.0))).sum(1)
-    occupied = (h > 0).sum(1).to(torch.float64)
-    entropy = entropy + (occupied - 1.0) / (2.0 * m_total)
-    deficit = 1.0 - entropy / math.log(bins)
-    value = float(deficit.mean())
-    picks = torch.randint(0, deficit.numel(), (n_bootstrap, deficit.numel()), generator=gen).to(device)
-    lo, hi = _interval(deficit[picks].mean(dim=1), confidence)
+    stream = ResampleStream(setup.n, n_bootstrap, gen, setup.y.device)
+    est, ess, reps, jack = plane_values(setup.y, stream)
+    keep = torch.isfinite(ess) & (ess >= MIN_SAMPLES) & torch.isfinite(est)
+    settings["thin_planes"] = int((~keep).sum())
+    if not bool(keep.any()):
+        reason = (
+            "no privileged plane has its r² weight on at least "
+            f"{MIN_SAMPLES} effective samples (constant features, or too few rows)"
+        )
+        return _nan_result("quantisation", reason, *nan_args)
+    value = float(est[keep].mean())
+    low, high = bca_bounds(
+        torch.tensor([value]),
+        reps[:, keep].mean(1, keepdim=True).cpu(),
+        jack[:, keep].mean(1, keepdim=True).cpu(),
+        confidence,
+    )
+    nulls = []
+    for y in _null_bases(setup, n_null, gen) if n_null else []:
+        e, s, _, _ = plane_values(y, None)
+        ok = torch.isfinite(s) & (s >= MIN_SAMPLES) & torch.isfinite(e)
+        nulls.append(float(e[ok].mean()) if bool(ok.any()) else float("nan"))
+    null = torch.tensor(nulls, dtype=torch.float64)
+    null = null[torch.isfinite(null)]
+    null_mean, null_sd, p = _null_summary(value, null, two_sided=False)
     return ScoreResult(
         name="quantisation",
         value=value,
-        ci_low=lo,
-        ci_high=hi,
+        ci_low=float(low[0]),
+        ci_high=float(high[0]),
         confidence=confidence,
         n_bootstrap=n_bootstrap,
-        noise_floor=None,
-        n_samples=setup.n_samples,
-        n_planes=int(used.sum()),
-        formula="mean over planes of 1 − H_MM(angle histogram)/log B, samples with in-plane norm ≥ ε",
-        settings={
-            "epsilon": setup.epsilon,
-            "basis": setup.kind,
-            "planes": planes,
-            "max_planes": max_planes,
-            "bins": bins,
-            "empty_planes": int((~used).sum()),
-            "excluded_nonfinite": setup.excluded_nonfinite,
-            "excluded_zero": setup.excluded_zero,
-        },
+        null_mean=null_mean if n_null else None,
+        null_sd=null_sd if n_null else None,
+        p_value=p if n_null else None,
+        excess=value - null_mean if n_null else None,
+        n_null=n_null,
+        components={},
+        n_samples=setup.n,
+        n_planes=int(keep.sum()),
+        formula=QUANT_FORMULA,
+        settings=settings,
     )

@@ -16,6 +16,7 @@ sample at every angle, and gives the same counts (up to a sample lying within ro
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,32 @@ from isotorch.probes._validation import check_positive_int
 __all__ = ["SRMResult", "srm"]
 
 METHODS = ("arcs", "dense")
+# Default cone: half-angle π/8 at the typical in-plane norm, half the 45° between an axis and a diagonal.
+RESOLUTION = math.cos(math.pi / 8)
+# Rows used to estimate the typical in-plane norm.
+RESOLUTION_ROWS = 4096
+
+
+def resolution_epsilon(setup) -> float:
+    """Default ε = cos(π/8)·ρ*, with ρ* = √(Σ ρ⁴ / Σ ρ²) the ρ²-weighted RMS in-plane norm of the unit rows.
+
+    A sample with in-plane norm ρ lights an arc of half-angle arccos(ε/ρ), so samples of norm ρ* light arcs of
+    half-angle π/8: axes (θ = kπ/2) and diagonals (θ = π/4 + kπ/2) are resolved. ρ* = 1 for one-hot codes (their
+    in-plane points sit on the unit circle), √(2/n) for hypercube corners (saturated tanh), ≈ 2/√n for Gaussian data.
+    The ρ² weights make ρ* the norm of the samples that carry a plane's angular signal, not of the many samples
+    almost orthogonal to it. Estimated from at most 4096 evenly spaced rows.
+    """
+    n_rows = setup.n_samples
+    rows = torch.linspace(0, n_rows - 1, min(n_rows, RESOLUTION_ROWS), device=setup.acts.device).round().long()
+    sub = setup.acts.index_select(0, rows)
+    m2 = m4 = 0.0
+    for _, _, _, p, q in iter_plane_coordinates(sub, setup.basis, setup.standard, setup.i, setup.j, setup.frames):
+        r2 = p * p + q * q
+        m2 += float(r2.sum())
+        m4 += float((r2 * r2).sum())
+    if m2 <= 0:
+        return 0.0
+    return min(RESOLUTION * math.sqrt(m4 / m2), 1.0 - 1e-9)
 
 
 @dataclass(frozen=True)
@@ -221,19 +248,19 @@ def srm(
     (Gram–Schmidt frame). Peaks at kπ/2 mean activations align with the basis; peaks at π/4 + kπ/2 mean they sit on
     the diagonals ("anti-aligned", saturated tanh); a flat curve at :func:`srm_baseline` means isotropy.
 
-    The default ε solves srm_baseline(n, ε) = 0.1 (≈ 1.28/√n), so that isotropic data fills the spotlight 10% of
-    the time at every width and hypercube-corner directions (in-plane norm √(2/n)) stay visible.
-
-    A sample with in-plane norm ρ lights the spotlight over an arc of half-angle arccos(ε/ρ). For data sitting
-    exactly on the axes (ρ = 1 in their planes) the default ε at small n gives arcs wider than 45°, so the cone holds
-    two neighbouring axes at π/4 and the curve peaks there; pick ε > cos(π/4) ≈ 0.71 to resolve axes from
-    diagonals in such data. Typical dense activations have ρ ≈ √(2/n), where the default is the right scale.
+    A sample with in-plane norm ρ lights the spotlight over an arc of half-angle arccos(ε/ρ): a cone wider than the
+    structure merges neighbouring axes (one-hot data would then peak at π/4, where two axes share the cone), a cone
+    narrower than ρ misses the samples. The default ε = cos(π/8)·ρ* adapts to the data (ρ* = the ρ²-weighted RMS
+    in-plane norm, :func:`resolution_epsilon`): one-hot codes (ρ* = 1, ε ≈ 0.92) peak at θ = 0, hypercube corners
+    (saturated tanh, ρ* = √(2/n)) peak at π/4, Gaussian data are flat at :func:`srm_baseline`. The ε used is
+    ``result.epsilon``; to compare several models on one scale pass the same ``epsilon`` to each (for example
+    :func:`srm_epsilon`, at which isotropic data fills the spotlight 10% of the time).
 
     Args:
         acts: (N, n) activations, any float dtype and device; rows are normalised (zero rows are dropped and counted).
         basis: ``None`` or ``"standard"`` (the standard basis), ``"random"`` (a Haar-random orthonormal frame, the
             rotated control) or a (K, n) tensor of directions (need not be orthogonal). Default: ``None``.
-        epsilon: cone cosine ε in (−1, 1). Default: ``None`` (the rule above, :func:`srm_epsilon`).
+        epsilon: cone cosine ε in (−1, 1). Default: ``None`` (cos(π/8)·ρ* of the data, above).
         angles: number A of equally spaced angles in [0, 2π). Default: 100.
         planes: ``"comb"`` (unordered pairs i < j, K(K−1)/2 planes) or ``"perm"`` (ordered pairs, K(K−1)).
             Default: ``"comb"``.
@@ -260,7 +287,11 @@ def srm(
     angles = check_positive_int(angles, "angles")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    setup = prepare(acts, basis, epsilon, planes, max_planes, generator, nan_policy)
+    setup = prepare(acts, basis, 0.0 if epsilon is None else epsilon, planes, max_planes, generator, nan_policy)
+    rule = "given"
+    if epsilon is None:
+        setup = dataclasses.replace(setup, epsilon=resolution_epsilon(setup))
+        rule = "cos(π/8)·ρ*"
     n, epsilon, n_samples, device = setup.n_features, setup.epsilon, setup.n_samples, setup.acts.device
     count_fn = _arc_plane_counts if method == "arcs" else _dense_plane_counts
     chunk = chunk_elements_for(device)
@@ -296,5 +327,6 @@ def srm(
             "signed": bool(signed),
             "method": method,
             "angles": angles,
+            "epsilon_rule": rule,
         },
     )
