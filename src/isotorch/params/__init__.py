@@ -27,6 +27,7 @@ from isotorch.params._canonical import canonical_element, canonicalize
 from isotorch.params._element import Element, sample_element
 from isotorch.params._errors import SymmetryError
 from isotorch.params._interpolate import BarrierResult, barrier, interpolate
+from isotorch.params._rotations import LearnedRotation, check_orthogonal, hadamard, learn_rotation, random_hadamard
 from isotorch.params._sites import Action, Site, Symmetries, symmetries
 from isotorch.params._surgery import PruneResult, grow, prune, svd_diagonalize
 from isotorch.params._syre import SyreOffset, syre
@@ -41,6 +42,7 @@ __all__ = [
     "BarrierResult",
     "Element",
     "FiGLU",
+    "LearnedRotation",
     "PruneResult",
     "Site",
     "Symmetries",
@@ -53,10 +55,14 @@ __all__ = [
     "barrier",
     "canonical_element",
     "canonicalize",
+    "check_orthogonal",
     "figlu",
     "grow",
+    "hadamard",
     "interpolate",
+    "learn_rotation",
     "prune",
+    "random_hadamard",
     "sample_element",
     "svd_diagonalize",
     "symmetries",
