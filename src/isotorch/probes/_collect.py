@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from isotorch.probes._accumulators import ClassMoments, Moments, Reservoir
-from isotorch.probes._validation import NAN_POLICIES
+from isotorch.probes._validation import NAN_POLICIES, json_safe
 
 __all__ = ["Collection", "LayerStatistics", "collect"]
 
@@ -70,19 +70,21 @@ class LayerStatistics:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (counts and sizes, not the matrices)."""
-        return {
-            "name": self.name,
-            "output_shape": list(self.output_shape),
-            "dim": self.dim,
-            "rows": self.rows,
-            "moments": None if self.moments is None else {"count": self.moments.count},
-            "classes": None
-            if self.classes is None or self.classes.counts is None
-            else {"counts": self.classes.counts.tolist()},
-            "samples": None if self.samples is None else {"size": len(self.samples), "seen": self.samples.seen},
-            "extra": sorted(self.extra),
-            "excluded_nonfinite": self.excluded_nonfinite,
-        }
+        return json_safe(
+            {
+                "name": self.name,
+                "output_shape": list(self.output_shape),
+                "dim": self.dim,
+                "rows": self.rows,
+                "moments": None if self.moments is None else {"count": self.moments.count},
+                "classes": None
+                if self.classes is None or self.classes.counts is None
+                else {"counts": self.classes.counts.tolist()},
+                "samples": None if self.samples is None else {"size": len(self.samples), "seen": self.samples.seen},
+                "extra": sorted(self.extra),
+                "excluded_nonfinite": self.excluded_nonfinite,
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -116,13 +118,15 @@ class Collection:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary."""
-        return {
-            "layers": {k: v.to_dict() for k, v in self.layers.items()},
-            "n_inputs": self.n_inputs,
-            "n_batches": self.n_batches,
-            "has_labels": self.has_labels,
-            "settings": dict(self.settings),
-        }
+        return json_safe(
+            {
+                "layers": {k: v.to_dict() for k, v in self.layers.items()},
+                "n_inputs": self.n_inputs,
+                "n_batches": self.n_batches,
+                "has_labels": self.has_labels,
+                "settings": dict(self.settings),
+            }
+        )
 
 
 def check_layers(model: torch.nn.Module, layers: object) -> list[str]:

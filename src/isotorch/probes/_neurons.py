@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from isotorch.probes._validation import json_safe
+
 __all__ = ["NeuronDistances", "neuron_distances"]
 
 
@@ -57,21 +59,23 @@ class NeuronDistances:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
-        return {
-            "width": self.width,
-            "min_distance": self.min_distance,
-            "closest_pair": None if self.closest_pair is None else list(self.closest_pair),
-            "n_distinct": self.n_distinct,
-            "shared_fraction": self.shared_fraction,
-            "clusters": list(self.clusters),
-            "dead": list(self.dead),
-            "singular_values": list(self.singular_values),
-            "rotation_distance": self.rotation_distance,
-            "n_near_zero": self.n_near_zero,
-            "inactive": None if self.inactive is None else list(self.inactive),
-            "rtol": self.rtol,
-            "settings": dict(self.settings),
-        }
+        return json_safe(
+            {
+                "width": self.width,
+                "min_distance": self.min_distance,
+                "closest_pair": None if self.closest_pair is None else list(self.closest_pair),
+                "n_distinct": self.n_distinct,
+                "shared_fraction": self.shared_fraction,
+                "clusters": list(self.clusters),
+                "dead": list(self.dead),
+                "singular_values": list(self.singular_values),
+                "rotation_distance": self.rotation_distance,
+                "n_near_zero": self.n_near_zero,
+                "inactive": None if self.inactive is None else list(self.inactive),
+                "rtol": self.rtol,
+                "settings": dict(self.settings),
+            }
+        )
 
     def __repr__(self) -> str:
         return (

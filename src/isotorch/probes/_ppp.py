@@ -27,7 +27,7 @@ from isotorch.probes._planes import (
     parallel_rows,
     prepare,
 )
-from isotorch.probes._validation import as_generator, check_positive_int
+from isotorch.probes._validation import as_generator, check_positive_int, json_safe
 
 __all__ = ["PPPResult", "ppp"]
 
@@ -72,20 +72,22 @@ class PPPResult:
         def grid(t: torch.Tensor):
             return [[None if math.isnan(v) else v for v in row] for row in t.tolist()]
 
-        return {
-            "image": grid(self.image),
-            "density": grid(self.density),
-            "reference": grid(self.reference),
-            "epsilon": self.epsilon,
-            "bandwidth": self.bandwidth,
-            "kept_fraction": self.kept_fraction,
-            "reference_kept_fraction": self.reference_kept_fraction,
-            "n_samples": self.n_samples,
-            "n_planes": self.n_planes,
-            "excluded_nonfinite": self.excluded_nonfinite,
-            "excluded_zero": self.excluded_zero,
-            "settings": dict(self.settings),
-        }
+        return json_safe(
+            {
+                "image": grid(self.image),
+                "density": grid(self.density),
+                "reference": grid(self.reference),
+                "epsilon": self.epsilon,
+                "bandwidth": self.bandwidth,
+                "kept_fraction": self.kept_fraction,
+                "reference_kept_fraction": self.reference_kept_fraction,
+                "n_samples": self.n_samples,
+                "n_planes": self.n_planes,
+                "excluded_nonfinite": self.excluded_nonfinite,
+                "excluded_zero": self.excluded_zero,
+                "settings": dict(self.settings),
+            }
+        )
 
     def __repr__(self) -> str:
         finite = self.image[torch.isfinite(self.image)]

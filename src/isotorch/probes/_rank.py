@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from isotorch.probes._validation import check_matrix
+from isotorch.probes._validation import check_matrix, json_safe
 
 __all__ = ["RankProfile", "effective_rank", "numerical_rank", "rank_profile", "stable_rank"]
 
@@ -165,18 +165,20 @@ class RankProfile:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
-        return {
-            "layers": list(self.layers),
-            "dims": list(self.dims),
-            "n_samples": list(self.n_samples),
-            "numerical_rank": list(self.numerical_rank),
-            "effective_rank": list(self.effective_rank),
-            "stable_rank": list(self.stable_rank),
-            "limited_by_samples": list(self.limited_by_samples),
-            "tol": self.tol,
-            "method": list(self.method),
-            "settings": dict(self.settings),
-        }
+        return json_safe(
+            {
+                "layers": list(self.layers),
+                "dims": list(self.dims),
+                "n_samples": list(self.n_samples),
+                "numerical_rank": list(self.numerical_rank),
+                "effective_rank": list(self.effective_rank),
+                "stable_rank": list(self.stable_rank),
+                "limited_by_samples": list(self.limited_by_samples),
+                "tol": self.tol,
+                "method": list(self.method),
+                "settings": dict(self.settings),
+            }
+        )
 
     def plot(self, ax=None, *, title: str | None = None):
         """Ranks against depth (one marker per layer); returns the matplotlib ``Figure``."""

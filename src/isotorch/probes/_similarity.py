@@ -35,7 +35,7 @@ from isotorch.probes._collect import (
     to_rows,
     total_inputs,
 )
-from isotorch.probes._validation import check_matrix
+from isotorch.probes._validation import check_matrix, json_safe
 
 __all__ = ["LayerSimilarity", "compare_layers", "kernel_alignment", "linear_cka"]
 
@@ -158,14 +158,16 @@ class LayerSimilarity:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
-        return {
-            "matrix": self.matrix.tolist(),
-            "layers_a": list(self.layers_a),
-            "layers_b": list(self.layers_b),
-            "n_samples": self.n_samples,
-            "debiased": self.debiased,
-            "settings": dict(self.settings),
-        }
+        return json_safe(
+            {
+                "matrix": self.matrix.tolist(),
+                "layers_a": list(self.layers_a),
+                "layers_b": list(self.layers_b),
+                "n_samples": self.n_samples,
+                "debiased": self.debiased,
+                "settings": dict(self.settings),
+            }
+        )
 
     def plot(self, ax=None, *, title: str | None = None):
         """Heat map of the CKA matrix; returns the matplotlib ``Figure``."""

@@ -32,7 +32,7 @@ from isotorch.probes._planes import (
     prepare,
     srm_baseline,
 )
-from isotorch.probes._validation import check_positive_int
+from isotorch.probes._validation import check_positive_int, json_safe
 
 __all__ = ["SRMResult", "srm"]
 
@@ -110,21 +110,23 @@ class SRMResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary (lists of floats)."""
-        return {
-            "angles": self.angles.tolist(),
-            "curves": self.curves.tolist(),
-            "planes": self.planes.tolist(),
-            "mean": self.mean.tolist(),
-            "std": self.std.tolist(),
-            "epsilon": self.epsilon,
-            "baseline": self.baseline,
-            "band": self.band,
-            "n_samples": self.n_samples,
-            "n_features": self.n_features,
-            "excluded_nonfinite": self.excluded_nonfinite,
-            "excluded_zero": self.excluded_zero,
-            "settings": dict(self.settings),
-        }
+        return json_safe(
+            {
+                "angles": self.angles.tolist(),
+                "curves": self.curves.tolist(),
+                "planes": self.planes.tolist(),
+                "mean": self.mean.tolist(),
+                "std": self.std.tolist(),
+                "epsilon": self.epsilon,
+                "baseline": self.baseline,
+                "band": self.band,
+                "n_samples": self.n_samples,
+                "n_features": self.n_features,
+                "excluded_nonfinite": self.excluded_nonfinite,
+                "excluded_zero": self.excluded_zero,
+                "settings": dict(self.settings),
+            }
+        )
 
     def plot(self, ax=None, *, max_curves: int = 200, title: str | None = None):
         """Plot the per-plane curves (thin), mean ± std, and the isotropic baseline with its 95% band.
