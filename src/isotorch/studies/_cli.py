@@ -114,6 +114,12 @@ def run_command(
     ) as exc:
         raise _exit(exc) from None
     print_findings(result.findings)
+    if result.verdicts:
+        from rich.console import Console
+
+        from isotorch.studies._verdicts import verdict_table
+
+        Console().print(verdict_table(result.verdicts))
     typer.echo(f"report: {result.report}")
 
 
