@@ -11,6 +11,7 @@ import torch
 
 from isotorch.studies._data import (
     DatasetNotFoundError,
+    check_dataset,
     load_dataset,
     load_digits,
     load_vision,
@@ -56,6 +57,26 @@ def test_idx_loaders(tmp_path, name, folder, gz):
     np.testing.assert_allclose(split.x_test[:, 0].numpy() * 255, arrays["test"][0], atol=1e-3)
     assert split.y_train.tolist() == arrays["train"][1].tolist()
     assert load_vision(name, tmp_path, flatten=True).x_train.shape == (7, 784)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_check_dataset_reads_headers_only(tmp_path, gz):
+    _mnist_files(tmp_path / "MNIST" / "raw", gz=gz)
+    check_dataset("mnist", tmp_path)  # the files load_vision reads pass
+    check_dataset("digits")  # embedded: nothing to check
+    with pytest.raises(ValueError, match="needs data_root"):
+        check_dataset("mnist", "")
+    with pytest.raises(DatasetNotFoundError, match="does not exist"):
+        check_dataset("mnist", tmp_path / "missing")
+    with pytest.raises(DatasetNotFoundError, match=r"train-images-idx3-ubyte.*not found"):
+        check_dataset("fashion_mnist", tmp_path)
+    suffix = ".gz" if gz else ""
+    _write_idx(tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte", np.zeros(3), gz=gz)  # 3 labels, 7 images
+    with pytest.raises(ValueError, match=r"holds 7 images but .* holds 3 labels"):
+        check_dataset("mnist", tmp_path)
+    _write_idx(tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte", np.zeros((7, 2)), gz=gz)  # 2-d labels
+    with pytest.raises(ValueError, match=f"train-labels-idx1-ubyte{suffix} is not an idx file of 1 dimensions"):
+        check_dataset("mnist", tmp_path)
 
 
 def test_cifar10_loader(tmp_path):
