@@ -324,11 +324,14 @@ class TestIsoBatchNorm:
         bn = it.nn.IsoBatchNorm(4, dtype=torch.float64)
         assert repr(bn) == "IsoBatchNorm(4, dim=-1, momentum=0.1, eps=1e-05, affine=True, center=True)"
         assert bn.role == "norm" and bn.groups == ("orthogonal",) and bn.weight.shape == ()
+        assert float(bn.running_var) == 4.0  # E‖h‖² of N(0, I_4)
         mu = x.mean(0)
-        var = (x - mu).pow(2).sum(-1).mean() / 4
-        torch.testing.assert_close(bn(x), (x - mu) / torch.sqrt(var + 1e-5))
+        var = (x - mu).pow(2).sum(-1).mean()  # the total variance E‖x − μ‖²: mean squared norm 1 after
+        y = bn(x)
+        torch.testing.assert_close(y, (x - mu) / torch.sqrt(var + 1e-5))
+        assert abs(float(y.detach().pow(2).sum(-1).mean()) - 1) < 1e-5
         torch.testing.assert_close(bn.running_mean, 0.1 * mu)
-        torch.testing.assert_close(bn.running_var, 0.9 + 0.1 * var * 6 / 5)
+        torch.testing.assert_close(bn.running_var, 0.9 * 4 + 0.1 * var * 6 / 5)
         bn.eval()
         torch.testing.assert_close(bn(x), (x - bn.running_mean) / torch.sqrt(bn.running_var + 1e-5))
 
@@ -336,7 +339,7 @@ class TestIsoBatchNorm:
         x = _data((3, 4, 5, 5), torch.float64, dim=1)
         y = it.nn.IsoBatchNorm(4, dim=1, dtype=torch.float64)(x)
         mu = x.mean(dim=(0, 2, 3), keepdim=True)
-        var = (x - mu).pow(2).mean()
+        var = (x - mu).pow(2).sum(1).mean()  # mean over the 3·5·5 positions of ‖x − μ‖²
         torch.testing.assert_close(y, (x - mu) / torch.sqrt(var + 1e-5))
 
     @pytest.mark.parametrize("dim,shape", [(-1, (10, 8)), (1, (3, 6, 4, 4))])
@@ -368,7 +371,7 @@ class TestIsoBatchNorm:
         uncentred = it.nn.IsoBatchNorm(8, center=False, dtype=dtype)
         uncentred(x + 2.0)
         uncentred.eval()
-        assert uncentred.running_mean is None and float(uncentred.running_var) != 1.0
+        assert uncentred.running_mean is None and float(uncentred.running_var) != 8.0
         assert_equivariant(uncentred, x, "orthogonal")
 
     def test_batchnorm_controls_fail_orthogonal(self, dtype):
@@ -396,7 +399,7 @@ class TestIsoBatchNorm:
         x = _data((5, 4), torch.float32)
         x[1, 2] = float("nan")
         assert torch.isnan(bn(x)).all()
-        assert (bn.running_mean == 0).all() and float(bn.running_var) == 1.0
+        assert (bn.running_mean == 0).all() and float(bn.running_var) == 4.0
         bn.eval()
         out = bn(x)  # eval is a scalar affine map: NaN stays in its entry
         assert torch.isnan(out[1, 2]) and torch.isfinite(out[[0, 2, 3, 4]]).all()
@@ -421,7 +424,7 @@ class TestIsoBatchNorm:
         out = IF.iso_batch_norm(x.float(), training=True, eps=1e-6)
         assert torch.isfinite(out).all()
         c = x.float().double() - x.float().double().mean(0)
-        reference = c / torch.sqrt(c.pow(2).mean() + 1e-6)
+        reference = c / torch.sqrt(c.pow(2).sum(-1).mean() + 1e-6)
         torch.testing.assert_close(out.double(), reference, rtol=1e-4, atol=1e-5)
 
     def test_bad_input(self):

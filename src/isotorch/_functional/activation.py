@@ -76,10 +76,6 @@ __all__ = [
     "iso_tanh",
 ]
 
-# Rows whose sum of squares overflows are re-measured after scaling by these exact powers of two. For such a row
-# ‖x‖ ≥ 2^(max_exp/2), so the scaled entries neither overflow when squared nor underflow where it matters.
-_DOWNSCALE = {torch.float32: 2.0**-80, torch.float64: 2.0**-640}
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # profiles
@@ -160,6 +156,17 @@ class Profile:
         """
         return self._cutoffs[1] if dtype == torch.float64 else self._cutoffs[0]
 
+    @torch.compiler.assume_constant_result
+    def _numbers(self, double: bool) -> tuple[float, tuple[float, ...], tuple[float, ...]]:
+        """(cutoff, Taylor coefficients of g, of g'): the floats the traced forward and backward read.
+
+        Read through this method, they are constants of the traced graph. Read directly, ``torch.compile(...,
+        dynamic=True)`` makes every float attribute a symbolic input, and Dynamo (torch 2.13) fails to lift a float
+        first read inside one ``autograd.Function`` subgraph into the next one ("lift_tracked_freevar_to_input
+        should not be called on root SubgraphTracer") as soon as a model has two isotropic activations.
+        """
+        return self._cutoffs[1] if double else self._cutoffs[0], self.taylor, self._slope_taylor
+
     def ratio(self, r: torch.Tensor) -> torch.Tensor:
         """g(r) = σ(r)/r for r ≥ 0, exact at r = 0 (where it is σ'(0))."""
         return self._ratio(r, slope=False)[0]
@@ -169,24 +176,24 @@ class Profile:
         return self._ratio(r, slope=True)
 
     def _ratio(self, r: torch.Tensor, slope: bool, fast: bool = False):
-        c = self.cutoff(r.dtype)
+        c, taylor, slope_taylor = self._numbers(r.dtype == torch.float64)
         small = r < c
         # double where: each branch sees only inputs where it is finite, so autograd never meets 0/0 or inf·0
         r_series = torch.where(small, r, 0.0)
         r_direct = torch.where(small, c if c < math.inf else 1.0, r)
         g_direct = self.sigma(r_direct) / r_direct
-        g_series, dg_series = self._series(r_series, slope, fast)
+        g_series, dg_series = self._series(r_series, slope, fast, taylor, slope_taylor)
         g = torch.where(small, g_series, g_direct)
         if not slope:
             return g, None
         dg_direct = (self.derivative(r_direct) - g_direct) / r_direct
         return g, torch.where(small, dg_series, dg_direct)
 
-    def _series(self, r: torch.Tensor, slope: bool, fast: bool):
+    def _series(self, r: torch.Tensor, slope: bool, fast: bool, taylor: tuple, slope_taylor: tuple):
         """The Taylor series of g (and g') at r: Horner's rule, or, with ``fast`` (eager, no autograd through it),
         one matrix product of the powers of r with the coefficients (fewer kernel launches for small tensors)."""
         if not fast:
-            return _horner(self.taylor, r), (_horner(self._slope_taylor, r) if slope else None)
+            return _horner(taylor, r), (_horner(slope_taylor, r) if slope else None)
         key = (r.dtype, r.device)
         if key not in self._constants:
             exponents = torch.arange(len(self.taylor), dtype=r.dtype, device=r.device)
@@ -227,6 +234,21 @@ def _relu_profile(radius: float) -> Profile:
     return profile
 
 
+class _Shifted:
+    """r ↦ fn(r, R) for a fixed radius R, picklable; R is read through a constant-result method, so that a
+    compiled graph holds it as a constant (see :meth:`Profile._numbers`)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor, float], torch.Tensor], radius: float) -> None:
+        self.fn, self.radius = fn, radius
+
+    @torch.compiler.assume_constant_result
+    def _radius(self) -> float:
+        return self.radius
+
+    def __call__(self, r: torch.Tensor) -> torch.Tensor:
+        return self.fn(r, self._radius())
+
+
 def _relu_sigma(r: torch.Tensor, radius: float) -> torch.Tensor:
     return torch.clamp(r - radius, min=0.0)
 
@@ -236,9 +258,9 @@ def _relu_derivative(r: torch.Tensor, radius: float) -> torch.Tensor:
 
 
 def _make_relu_profile(radius: float) -> Profile:
-    """g is exactly 0 below R, so the 'series' is the constant 0 there (partials keep the profile picklable)."""
-    sigma = functools.partial(_relu_sigma, radius=radius)
-    derivative = functools.partial(_relu_derivative, radius=radius)
+    """g is exactly 0 below R, so the 'series' is the constant 0 there."""
+    sigma = _Shifted(_relu_sigma, radius)
+    derivative = _Shifted(_relu_derivative, radius)
     return Profile(f"relu(radius={radius:g})", sigma, derivative, (0.0,), validity=radius)
 
 
@@ -336,8 +358,11 @@ def _norm(
 
 
 def _overflow_scale(r: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
-    """Per-vector scale: the power of two ``_DOWNSCALE[cdt]`` where ‖x‖ overflowed, 1 elsewhere (in ``cdt``)."""
-    return torch.where(torch.isinf(r), torch.full_like(r, _DOWNSCALE[cdt], dtype=cdt), torch.ones_like(r, dtype=cdt))
+    """Per-vector scale: an exact power of two (2^-80 in float32, 2^-640 in float64) where ‖x‖ overflowed, 1
+    elsewhere (in ``cdt``). For such a row ‖x‖ ≥ 2^(max_exp/2), so the scaled entries neither overflow when squared
+    nor underflow where it matters."""
+    down = 2.0**-640 if cdt == torch.float64 else 2.0**-80  # literals: constants even under dynamic=True
+    return torch.where(torch.isinf(r), torch.full_like(r, down, dtype=cdt), torch.ones_like(r, dtype=cdt))
 
 
 def _rescaled_norm(x: torch.Tensor, r: torch.Tensor, dim: int, cdt: torch.dtype) -> torch.Tensor:
@@ -593,7 +618,12 @@ def iso_relu(x: torch.Tensor, radius: float = 1.0, *, dim: int = -1) -> torch.Te
         raise ValueError(
             f"radius must be a finite float > 0, got {radius!r} (a ReLU of the norm with radius 0 is the identity)"
         )
-    return _iso(x, _relu_profile(float(radius)), dim, None)
+    radius = float(radius)
+    if torch.compiler.is_compiling() and radius not in _RELU_PROFILES:
+        # a Profile built while tracing has no real object behind it for Profile._numbers to read: take the
+        # autograd formula path for a radius first met in compiled code (σ(r) = 0 below R, so its clamp is exact)
+        return _iso_formula(x, functools.partial(_relu_sigma, radius=radius), dim, None)
+    return _iso(x, _relu_profile(radius), dim, None)
 
 
 _ELEMENTWISE: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], bool]] = {

@@ -61,11 +61,24 @@ def _vector_norm(x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.where(zero, torch.zeros_like(root), root) * m
 
 
+def _plain_eager() -> bool:
+    """Whether host checks on data are allowed: not traced by torch.compile and not under a torch.func transform
+    (``vmap``, ``grad``, ...), where the branch-free paths run instead."""
+    return not torch.compiler.is_compiling() and not torch._C._are_functorch_transforms_active()
+
+
 def _update_running(running: torch.Tensor, batch: torch.Tensor, momentum: float) -> None:
     """running ← (1 − momentum)·running + momentum·batch, in place and without grad; skipped if batch is not finite.
 
     The finiteness check is a tensor ``where`` (no Python branch on data), so it compiles without graph breaks.
     """
+    if torch._C._are_functorch_transforms_active():
+        is_batched = torch._C._functorch.is_batchedtensor
+        if is_batched(batch) and not is_batched(running):
+            raise ValueError(
+                "the running statistics would be updated in place from a vmapped batch, but they are not vmapped "
+                "themselves: pass running statistics with a vmapped axis, or none (as for torch's batch_norm)"
+            )
     with torch.no_grad():
         batch = batch.detach().to(running.dtype).reshape(running.shape)
         updated = torch.lerp(running, batch, momentum)
@@ -133,7 +146,7 @@ def _batch_norm_estimate(h: torch.Tensor, d: int) -> torch.Tensor:
     """mean ‖h‖ along ``d``: on eager CPU one fused ``vector_norm`` pass, unless the mean overflowed or is so
     close to 0 that squares lost precision; then (and when traced or on an accelerator) the scale-safe norm. Rows
     far below the mean may underflow on the fast path; their share of the mean is below its rounding error."""
-    if h.device.type == "cpu" and not torch.compiler.is_compiling():
+    if h.device.type == "cpu" and _plain_eager():
         mean = torch.linalg.vector_norm(h, dim=d).mean()
         if math.sqrt(torch.finfo(h.dtype).tiny) * 1e4 < mean < math.inf:
             return mean
@@ -218,10 +231,11 @@ def chi_norm(
 
 
 class _IsoBatchNormTrain(torch.autograd.Function):
-    """y = γ·(x − μ_c)·s with s = (σ² + ε)^(−1/2), σ² = mean over all entries of (x − μ_c)²: the training forward in
-    three passes, and the backward of batch normalisation with one scalar variance (x̂ = (x − μ_c)·s),
+    """y = γ·(x − μ_c)·s with s = (σ² + ε)^(−1/2), σ² = Σ (x − μ_c)²/m over the m positions (the mean squared norm
+    of the centred vectors): the training forward in three passes, and the backward of batch normalisation with one
+    scalar variance (x̂ = (x − μ_c)·s),
 
-        ∂L/∂x = γ·s·(g − mean_c(g) − x̂·mean(g·x̂)),   ∂L/∂γ = Σ g·x̂,
+        ∂L/∂x = γ·s·(g − mean_c(g) − x̂·Σ(g·x̂)/m),   ∂L/∂γ = Σ g·x̂,
 
     in about five (autograd of the plain formula takes three times as many). Under ``create_graph`` the backward
     is rebuilt from x with differentiable ops, so second derivatives are exact.
@@ -231,7 +245,7 @@ class _IsoBatchNormTrain(torch.autograd.Function):
     def forward(x, weight, others, eps):
         mu = x.mean(dim=others, keepdim=True)
         c = x - mu
-        var = torch.linalg.vector_norm(c).pow(2) / c.numel()
+        var = torch.linalg.vector_norm(c).pow(2) / math.prod(c.shape[i] for i in others)
         scale = torch.rsqrt(var + eps)
         return c.mul_(scale if weight is None else scale * weight), mu, var
 
@@ -247,12 +261,13 @@ class _IsoBatchNormTrain(torch.autograd.Function):
         x, weight, mu, var = ctx.saved_tensors
         if torch.is_grad_enabled():  # double backward: rebuild the statistics from x so that they carry gradients
             mu = x.mean(dim=ctx.others, keepdim=True)
-            var = (x - mu).pow(2).mean()
+            var = (x - mu).pow(2).sum() / math.prod(x.shape[i] for i in ctx.others)
         s = torch.rsqrt(var + ctx.eps)
         x_hat = torch.addcmul(-mu * s, x, s)
         g_dot = (g * x_hat).sum()  # Σ g·x̂: the gain's gradient, and the variance term below
         gain = s if weight is None else s * weight
-        grad_x = torch.addcmul(g - g.mean(dim=ctx.others, keepdim=True), x_hat, -g_dot / g.numel()) * gain
+        positions = math.prod(g.shape[i] for i in ctx.others)
+        grad_x = torch.addcmul(g - g.mean(dim=ctx.others, keepdim=True), x_hat, -g_dot / positions) * gain
         grad_w = g_dot if weight is not None and ctx.needs_input_grad[1] else None
         return grad_x, grad_w, None, None
 
@@ -272,11 +287,16 @@ def iso_batch_norm(
     """Isotropic batch normalisation: γ·(x − μ)/√(σ² + ε) with a mean *vector* μ and a *scalar* variance σ².
 
     In training, μ is the mean of the vectors over every position off ``dim`` (the batch, and the spatial axes
-    of an (N, C, H, W) map with ``dim=1``) and σ² = mean over positions of ‖x − μ‖²/n, the total variance per
-    feature. The running statistics (if given) are updated in place: ``running_mean`` with μ and
-    ``running_var`` with the unbiased σ²·m/(m − 1) for m positions (as ``torch.nn.BatchNorm``; with
-    ``center=False`` the uncorrected mean square, as no mean was estimated). In evaluation
-    they replace μ and σ².
+    of an (N, C, H, W) map with ``dim=1``) and σ² = mean over positions of ‖x − μ‖², the total variance (the
+    mean squared *norm* of the centred vectors). The output's vectors therefore have a mean squared norm of 1
+    (γ² with a gain), whatever n: their radius is O(1), where an isotropic activation σ(‖x‖)·x/‖x‖ acts on it
+    (docs/isotropic_training.md). Dividing by the per-feature variance σ²/n instead, as ``torch.nn.BatchNorm``
+    does entry by entry, would give radii near √n and saturate the next isotropic tanh (after
+    ``convert(resnet18, "isotropic")`` every input of every IsoTanh had tanh(‖x‖) > 0.99).
+
+    The running statistics (if given) are updated in place: ``running_mean`` with μ and ``running_var`` with the
+    unbiased σ²·m/(m − 1) for m positions (as ``torch.nn.BatchNorm``; with ``center=False`` the uncorrected mean
+    square, as no mean was estimated). In evaluation they replace μ and σ².
 
     Symmetry: the batch mean rotates with the data and σ² is rotation invariant, so training mode is
     O(n)-equivariant in x. In evaluation the map x ↦ γ(x − μ̂)/√(σ̂² + ε) subtracts a *fixed* vector: it is
@@ -287,14 +307,14 @@ def iso_batch_norm(
     Args:
         x: floating-point input.
         running_mean: (n,) running mean vector (default ``None``); must be ``None`` when ``center=False``.
-        running_var: 0-d running variance (default ``None``).
+        running_var: 0-d running total variance, an estimate of E‖x − μ‖² (default ``None``).
         weight: optional 0-d scalar gain γ (default ``None``).
         training: use and update batch statistics (default ``False``).
         momentum: weight of the batch statistics in the running update, in [0, 1] (default ``0.1``).
         eps: ε added to the variance, positive (default ``1e-5``).
         dim: feature axis (default ``-1``; use ``1`` for (N, C, H, W) maps).
         center: subtract the mean vector (default ``True``). ``False`` divides by the root mean square
-            √(mean ‖x‖²/n + ε) of the uncentred batch, which is O(n)-equivariant in evaluation too.
+            √(mean ‖x‖² + ε) of the uncentred batch, which is O(n)-equivariant in evaluation too.
 
     Shape:
         - Input: any shape with a non-empty axis ``dim`` of size n; in training, at least two vectors.
@@ -311,7 +331,7 @@ def iso_batch_norm(
         >>> import torch, isotorch as it
         >>> x = 3 * torch.randn(32, 8, dtype=torch.float64) + 1
         >>> y = it.functional.iso_batch_norm(x, training=True)
-        >>> bool(y.mean(0).abs().max() < 1e-12), round(float(y.pow(2).mean()), 4)
+        >>> bool(y.mean(0).abs().max() < 1e-12), round(float(y.pow(2).sum(-1).mean()), 4)  # mean ‖y‖² = 1
         (True, 1.0)
         >>> f = lambda t: it.functional.iso_batch_norm(t, training=True)
         >>> it.testing.equivariance_error(f, x, "orthogonal") < 1e-9
@@ -346,7 +366,7 @@ def iso_batch_norm(
             )
         others = tuple(i for i in range(x.ndim) if i != d)
         out = var = None
-        if center and h.device.type == "cpu" and not torch.compiler.is_compiling():
+        if center and h.device.type == "cpu" and _plain_eager():
             # eager CPU fast path with a hand-written backward; the host check falls back to the scale-safe path
             # when the sum of squares overflowed or the batch holds NaN
             gain = None if weight is None else weight.to(h.dtype)
@@ -363,7 +383,7 @@ def iso_batch_norm(
                 c = h
             m = _max_abs(c, tuple(range(x.ndim)), floor=math.sqrt(eps))  # scale-safe: see iso_rms_norm
             u = c / m
-            var_scaled = u.pow(2).mean()
+            var_scaled = u.pow(2).sum() / count
             out = u * torch.rsqrt(var_scaled + eps / m.pow(2))
             var = var_scaled * m.reshape(()).pow(2)
         if running_mean is not None:

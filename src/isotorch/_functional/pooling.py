@@ -78,5 +78,7 @@ def norm_max_pool2d(
         return_indices=True,
     )
     out_h, out_w = index.shape[-2:]
-    index = index.reshape(batch, 1, out_h * out_w).expand(batch, channels, out_h * out_w)
-    return x.reshape(batch, channels, height * width).gather(2, index).reshape(batch, channels, out_h, out_w)
+    # gather straight into the (B, C, out_h, out_w) output (not a view of a flat result): under
+    # torch.compile(dynamic=True) Inductor cannot order the strides of such a view when out_h may be 1
+    index = index.expand(batch, channels, out_h, out_w)
+    return x.reshape(batch, channels, 1, height * width).expand(batch, channels, out_h, height * width).gather(3, index)

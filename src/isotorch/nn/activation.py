@@ -147,6 +147,10 @@ class IsotropicActivation(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _F._check_input(x, self.dim)
+        if not self.learn_length and self.fixed_length is not None and torch.compiler.is_compiling():
+            # the 0-d buffer, not its float mirror: under dynamic=True a float attribute would become a symbolic
+            # input that Dynamo cannot lift into the activation's autograd.Function (see Profile._numbers)
+            return _F._iso(x, self._profile, self.dim, self.fixed_length)
         return _F._iso(x, self._profile, self.dim, _F._check_length(self.length))
 
     def extra_repr(self) -> str:

@@ -179,8 +179,10 @@ class IsoBatchNorm(nn.Module):
     """Isotropic batch normalisation, γ·(x − μ)/√(σ² + ε) with a mean *vector* μ and a *scalar* variance σ².
 
     Statistics are taken over every position off ``dim``: the batch of an (N, C) input with ``dim=-1``, or the
-    batch and spatial axes of an (N, C, H, W) map with ``dim=1``. Buffers: ``running_mean`` (n,) and
-    ``running_var`` (0-d), updated in training as in ``torch.nn.BatchNorm``. See
+    batch and spatial axes of an (N, C, H, W) map with ``dim=1``. σ² is the total variance E‖x − μ‖², so the
+    output vectors have a mean squared *norm* of 1 (not a variance of 1 per feature, which would put their radius
+    near √n and saturate an isotropic activation after it; docs/isotropic_training.md). Buffers:
+    ``running_mean`` (n,) and ``running_var`` (0-d), updated in training as in ``torch.nn.BatchNorm``. See
     :func:`isotorch.functional.iso_batch_norm`.
 
     **Affine.** Only a scalar gain γ (``affine=True``). A bias vector b would make the map x ↦ … + b, which
@@ -255,10 +257,11 @@ class IsoBatchNorm(nn.Module):
         return ("orthogonal",)
 
     def reset_running_stats(self) -> None:
-        """Set the running mean to 0 and the running variance to 1."""
+        """Set the running mean to 0 and the running total variance to n (E‖h‖² for h ~ N(0, I), as ChiNorm's
+        running norm starts at √n)."""
         if self.running_mean is not None:
             self.running_mean.zero_()
-        self.running_var.fill_(1.0)
+        self.running_var.fill_(float(self.num_features))
 
     def reset_parameters(self) -> None:
         """Reset the running statistics and set the gain to 1."""
