@@ -1,16 +1,17 @@
 """A study's seeds one after another (serial executor) against the same seeds as Ray tasks on a 2-CPU local cluster.
 
-Runs ``--study`` (default ``plateaus``, preset ``tiny`` with ``--set`` overrides) for ``--seeds`` (default 0,1,2)
-twice into temporary run folders: ``executor="serial"`` in this process, then ``executor="ray"`` on a local cluster
-started with ``ray.init(num_cpus=--cpus)`` (default 2; one CPU and one torch thread per task). The cluster is
-started before the Ray run is timed; its start-up time is printed separately, as is the wall time including it.
-Prints both wall times, the speed-up serial / Ray (goal ≥ 1.6×) and the largest relative difference between the
-two runs' per-seed results and logged values (must be ≤ 1e-6).
+Runs ``--study`` (default ``plateaus``, preset ``tiny`` with ``--set steps=1500`` unless other ``--set`` overrides
+are given) for ``--seeds`` (default 0,1,2) twice into temporary run folders: ``executor="serial"`` in this process
+(with ``--serial-threads`` torch threads, default 1, like each Ray task), then ``executor="ray"`` on a local cluster
+started with ``ray.init(num_cpus=--cpus)`` (default 2; one CPU and one torch thread per task). Before the Ray run is
+timed, the cluster is started and one warm-up task per CPU imports isotorch in its worker (the serial run's process
+has imported it too); both start-up times are printed, and the speed-up with them included. Prints both wall
+times, the speed-up serial / Ray (goal ≥ 1.6×) and the largest relative difference between the two runs' per-seed
+results and logged values (must be ≤ 1e-6).
 
 With whole seeds as units, k seeds on c CPUs take ⌈k/c⌉ rounds, so 3 seeds on 2 CPUs can be at most 1.5× faster
-than a serial run that uses one core (4 seeds: 2×); the serial run may use every core for torch's intra-op threads
-(``--serial-threads``, default: torch's default), which helps little for small models. CPU timings on a shared
-machine are noisy: note the load average printed at the start.
+than a one-thread serial run (4 seeds: 2×). CPU timings on a shared machine are noisy (a loaded machine can give
+more or less than the bound): note the load average printed at the start.
 
 Run ``python benchmarks/sweep.py`` (``--study``, ``--preset``, ``--set k=v``, ``--seeds``, ``--cpus``,
 ``--serial-threads``). Needs ``isotorch[distributed]``.
@@ -64,6 +65,17 @@ def _max_relative_difference(a: Path, b: Path) -> float:
     return worst
 
 
+def _warm_up(study: str) -> int:
+    """A Ray task that imports isotorch and the study in its worker; returns the worker's pid."""
+    import time
+
+    from isotorch.studies._registry import get
+
+    get(study)
+    time.sleep(0.5)  # hold the worker so that the next warm-up task starts another one
+    return os.getpid()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", default="plateaus")
@@ -71,13 +83,17 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config key=value")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--cpus", type=int, default=2)
-    parser.add_argument("--serial-threads", type=int, default=None)
+    parser.add_argument("--serial-threads", type=int, default=1, help="torch threads of the serial run (0: default)")
     args = parser.parse_args()
+    if not args.overrides and args.study == "plateaus" and args.preset == "tiny":
+        args.overrides = ["steps=1500"]
     seeds = tuple(int(s) for s in args.seeds.split(","))
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    if args.serial_threads:
+    warm_up = ray.remote(num_cpus=1)(_warm_up)
+
+    if args.serial_threads > 0:
         torch.set_num_threads(args.serial_threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
@@ -94,6 +110,9 @@ def main() -> None:
         start = time.perf_counter()
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         startup = time.perf_counter() - start
+        start = time.perf_counter()
+        workers = set(ray.get([warm_up.remote(args.study) for _ in range(args.cpus)]))
+        warm = time.perf_counter() - start
         try:
             start = time.perf_counter()
             run_study(args.study, ray_out, executor="ray", **common)
@@ -105,11 +124,14 @@ def main() -> None:
     speedup = serial / parallel
     rounds = math.ceil(len(seeds) / args.cpus)
     print(f"serial            {serial:8.1f} s")
-    print(f"ray ({args.cpus} CPUs)      {parallel:8.1f} s   (+ {startup:.1f} s cluster start-up)")
+    print(
+        f"ray ({args.cpus} CPUs)      {parallel:8.1f} s   (+ {startup:.1f} s cluster start-up, {warm:.1f} s importing "
+        f"isotorch in {len(workers)} worker(s))"
+    )
     print(
         f"speed-up serial/ray: {speedup:.2f}× (goal ≥ {GOAL}×; whole-seed units bound it by "
         f"{len(seeds)}/{rounds} = {len(seeds) / rounds:.2f}× against a one-core serial run); "
-        f"with start-up: {serial / (parallel + startup):.2f}×"
+        f"with start-ups: {serial / (parallel + startup + warm):.2f}×"
     )
     verdict = "same results" if difference <= TOLERANCE else "RESULTS DIFFER"
     print(f"max relative difference of results and logged values: {difference:.2e} ({verdict}, tolerance {TOLERANCE})")
