@@ -102,16 +102,23 @@ def test_ray_equals_serial_and_extends_a_run(tmp_path):
 def test_ray_ctrl_c_keeps_finished_work_and_resume_completes(tmp_path):
     ref = run_study("ray-toy-test", tmp_path / "ref", seeds=(0, 1, 2), progress=False, report=False)
     out = tmp_path / "run"
-    overrides = {"sleep": 0.02}  # 60 updates of ≥ 20 ms per seed: the first two seeds are mid-way after 1 s
-    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
-    try:
-        with pytest.raises(StudyInterrupted, match="Resume with --resume"):
-            run_study(
-                "ray-toy-test", out, seeds=(0, 1, 2), overrides=overrides, executor="ray", progress=False, report=False
-            )
-    finally:
-        timer.cancel()
+    overrides = {"sleep": 0.05}  # 60 updates of ≥ 50 ms per seed
+
+    def interrupt_once_training():  # Ctrl-C to this (the driver's) process once a seed has logged a record
+        deadline = time.monotonic() + 100
+        while time.monotonic() < deadline:
+            if any(p.stat().st_size for p in (out / "metrics").glob("seed*.jsonl")):
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=interrupt_once_training, daemon=True)
+    watcher.start()
+    with pytest.raises(StudyInterrupted, match="Resume with --resume"):
+        run_study(
+            "ray-toy-test", out, seeds=(0, 1, 2), overrides=overrides, executor="ray", progress=False, report=False
+        )
+    watcher.join()
     states = [load_checkpoint(p) for p in sorted((out / "checkpoints").glob("seed?.pt"))]
     assert states, "the cancelled tasks saved checkpoints"
     assert not all(s["done"] for s in states) or len(states) < 3
