@@ -84,9 +84,15 @@ def main() -> None:
     with torch.no_grad():
         model(x)  # warm-up
         forward, _ = timed(lambda: model(x), args.repeats)
+    cpu = time.process_time()
     seconds, report = timed(lambda: audit_model(model, x))
+    cpu = time.process_time() - cpu
     print(f"one forward pass    {forward:8.3f} s")
     print(f"audit_model         {seconds:8.2f} s   ({seconds / forward:.0f}× a forward pass; target < 60 s)")
+    print(
+        f"                    {cpu:8.2f} s of CPU time on {args.threads} threads "
+        "(on a busy machine, wall time on an idle one is about CPU time / threads)"
+    )
     free = [c for c in report.chains if c.status == "free"]
     verified = sum(c.verified for c in free)
     print(

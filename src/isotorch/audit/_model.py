@@ -600,7 +600,7 @@ def _rows(model, syms, graph, uses, axes, groups, trials, sampler, inputs, max_e
     counts: dict[int, int] = {}
     called: set[int] = set()
     node_modules: list[str] = []
-    cache: dict = {}  # parameter-free primitives of the same kind on inputs of the same shape are audited once
+    cache: dict = {}  # equal primitives (same kind and parameters) on inputs of the same shape are audited once
     for node in graph.nodes:
         if node.op == "opaque":
             if graph.note and not any(line.startswith("code between") for line in not_analysed):
@@ -689,8 +689,12 @@ def _module_row(model, syms, node, use, axes, groups, trials, sampler, inputs, m
         return SiteRow(path, type_name, "skipped", note=reason)
     dim = _axis(node, use, axes, x)
     key = None
-    if not _is_isotorch_primitive(module) and not any(True for _ in [*module.parameters(), *module.buffers()]):
-        key = (type(module), module.extra_repr(), tuple(x.shape), dim)
+    tensors = [*module.parameters(), *module.buffers()]
+    if not _is_isotorch_primitive(module) and sum(t.numel() for t in tensors) <= 65536:
+        # the same kind with equal parameters (e.g. the norms of a freshly initialised transformer) on an input of
+        # the same shape computes the same map: one audit serves all
+        state = tuple((t.dtype, tuple(t.shape), _bytes(t)) for t in tensors)
+        key = (type(module), module.extra_repr(), state, tuple(x.shape), dim)
     return _audited_row(
         path,
         type_name,
@@ -708,6 +712,10 @@ def _module_row(model, syms, node, use, axes, groups, trials, sampler, inputs, m
         cache,
         key,
     )
+
+
+def _bytes(t: torch.Tensor) -> bytes:
+    return t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
 
 
 def _axis(node, use, axes, x: torch.Tensor) -> int:
@@ -790,7 +798,7 @@ def _audited_row(
     dim = dim - x.ndim if dim == x.ndim - 1 else dim  # the last axis reads as -1, as in the rest of isotorch
     if key is not None and key in cache:
         first, r = cache[key]
-        note = f"parameter-free, like {first} on an input of the same shape: its audit is reused"
+        note = f"the same map as {first} (equal parameters, if any) on an input of the same shape: its audit is reused"
         return SiteRow(path, type_name, "primitive", r.dim, r.n, r.maximal, r.errors, note, r.result, site)
     x, shrink_note = _shrink(x, dim, max_elements)
     n = x.shape[dim]
