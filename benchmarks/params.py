@@ -9,8 +9,13 @@ and w = 4096 in under 60 s.
 `rebasin` is not an isotorch dependency. Install it into the environment for this benchmark only, e.g.
 ``pip install --no-deps rebasin torchview graphviz tqdm``; without it, its column is skipped with a message.
 
+A second part times ``symmetries`` + ``sample_element`` + ``transform`` (verified) on HF GPT-2 small (12 layers ×
+768, 12 heads, random init, no download) against the model's own forward pass on the same input, and prints the
+peak resident memory. Target: under 60 s on 2 CPU threads. It needs ``transformers`` (the hf extra); without it the
+part is skipped with a message.
+
 Usage:
-    python benchmarks/params.py [--widths 512 2048 4096] [--seed 0] [--no-rebasin]
+    python benchmarks/params.py [--widths 512 2048 4096] [--seed 0] [--no-rebasin] [--gpt2-only | --no-gpt2]
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
+import resource
 import time
 
 import torch
 from torch import nn
 
-from isotorch.params import align
+from isotorch.params import align, sample_element, symmetries, transform
 
 
 def mlp(width: int, seed: int) -> nn.Module:
@@ -66,12 +72,59 @@ def run_rebasin(a, b, x):
     return time.perf_counter() - start, b
 
 
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process in MiB (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def gpt2_small() -> None:
+    """symmetries + transform of GPT-2 small, against the model's forward time."""
+    try:
+        import transformers
+    except ImportError as err:
+        print(f"transformers is not importable ({err}); the GPT-2 part is skipped (pip install 'isotorch[hf]')")
+        return
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=12, n_embd=768, n_head=12)  # GPT-2 small, random weights
+    model = transformers.GPT2LMHeadModel(config).eval()
+    x = torch.randint(0, config.vocab_size, (1, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model(x)  # warm-up
+        start = time.perf_counter()
+        model(x)
+        forward = time.perf_counter() - start
+    start = time.perf_counter()
+    syms = symmetries(model, x)
+    t_sym = time.perf_counter() - start
+    start = time.perf_counter()
+    element = sample_element(syms, torch.Generator().manual_seed(0), dtype=torch.float32)
+    new = transform(model, element)  # verified on x (float32 tolerance)
+    t_transform = time.perf_counter() - start
+    total = t_sym + t_transform
+    free = len(syms.free)
+    print(f"GPT-2 small ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters), x of shape (1, 32):")
+    print(f"  sites {len(syms)} ({free} free), traced by {syms.method}")
+    print(
+        f"  forward {forward:.3f} s; symmetries {t_sym:.2f} s ({t_sym / forward:.0f}× forward); sample+transform "
+        f"{t_transform:.2f} s ({t_transform / forward:.0f}× forward); total {total:.2f} s"
+    )
+    print(f"  peak resident memory {peak_memory_mb():.0f} MiB")
+    print(f"  target: under 60 s: {'ok' if total < 60 else 'MISSED'}")
+    del new
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--widths", type=int, nargs="+", default=[512, 2048, 4096])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-rebasin", action="store_true", help="skip the rebasin baseline")
+    parser.add_argument("--gpt2-only", action="store_true", help="only the GPT-2 small part")
+    parser.add_argument("--no-gpt2", action="store_true", help="skip the GPT-2 small part")
     args = parser.parse_args()
+    if args.gpt2_only:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+        gpt2_small()
+        return
 
     have_rebasin = not args.no_rebasin
     if have_rebasin:
@@ -119,6 +172,9 @@ def main() -> None:
         if w == 4096:
             checks.append(f"under 60 s {'ok' if t_ours < 60 else 'MISSED'}")
         print(f"  w={w}: " + (", ".join(checks) or "no baseline"))
+    if not args.no_gpt2:
+        print()
+        gpt2_small()
 
 
 if __name__ == "__main__":

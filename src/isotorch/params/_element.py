@@ -162,7 +162,11 @@ def contains(site: Site, g: torch.Tensor, atol: float = 1e-6) -> bool:
         return "permutation" in site.groups
     g = g.detach().to(torch.float64)
     if site.general_linear:
-        return bool(torch.isfinite(g).all()) and int(torch.linalg.matrix_rank(g)) == g.shape[0]
+        if not bool(torch.isfinite(g).all()):
+            return False
+        lu, _, info = torch.linalg.lu_factor_ex(g)  # invertible: every pivot clearly non-zero (cheaper than an SVD)
+        pivots = torch.diagonal(lu).abs()
+        return int(info) == 0 and float(pivots.min()) > g.shape[0] * torch.finfo(g.dtype).eps * float(pivots.max())
     for key in site.maximal:
         if _groups.get(key).contains(g, atol=atol):
             return True
@@ -199,7 +203,9 @@ def sample_element(
 
     Each site's matrix is the product of one Haar-random sample (:meth:`isotorch.groups.Group.sample`) from each
     of its maximal groups, e.g. a random permutation times a random positive diagonal for a ReLU site; a site with
-    no primitive between its layers (GL(n)) gets a random orthogonal matrix times a positive diagonal.
+    no primitive between its layers (GL(n)) gets a random orthogonal matrix times a positive diagonal. A site whose
+    group is the permutations alone gets a permutation index vector (cheap to store and apply for wide layers); the
+    structured groups (:attr:`Site.structure`) get random signs and scales, or a random scaled rotation per plane.
 
     Args:
         syms: the model's :class:`~isotorch.params.Symmetries`.
@@ -226,6 +232,9 @@ def sample_element(
         n = site.size
         if site.structure is not None:
             g = _sample_structure(site.structure, n, generator)
+        elif set(site.maximal) == {"permutation"}:
+            out[name] = torch.randperm(n, generator=generator)  # an index vector: no n × n matrix to build or apply
+            continue
         elif site.general_linear:
             g = _groups.get("orthogonal").sample(n, generator=generator, dtype=torch.float64)
             g = g @ _groups.get("positive_scaling").sample(n, generator=generator, dtype=torch.float64)

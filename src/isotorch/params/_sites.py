@@ -451,7 +451,7 @@ class _Analysis:
         self.spaces: list[_Space] = []
         self.values: dict[int, Any] = {}
         self.extra_sites: list[Site] = []
-        self.audit_cache: dict[int, tuple] = {}
+        self.audit_cache: dict[tuple, tuple[str, ...]] = {}
         self.current: Node | None = None
         self.uses: list[tuple[Node, _Space, int, int, tuple[str, ...] | None]] = []
         self.root_site: dict[int, int] = {}
@@ -810,6 +810,10 @@ class _Analysis:
                 self.freeze([arg], f"{qual} ({name}) acts on flattened features")
                 return _UNKNOWN
             self.understood.add(id(node))
+            if isinstance(module, nn.modules.dropout._DropoutNd):
+                # the symmetries are those of the function in eval mode, where dropout is the identity (in training
+                # its random masks respect only signed permutations and scalings)
+                keys, name = P.LINEAR, f"{name} (identity in eval mode)"
             self.add_primitive(space, f"{qual}: {name}", keys)
             for local, ax in P.passenger_names(module, n):
                 space.actions.append(Action(self.param_name(qual, local), ax, "passenger"))
@@ -841,7 +845,9 @@ class _Analysis:
             self.freeze([arg], f"{qual}: unsupported layer {name} (it has parameters)")
             return _UNKNOWN
         rest = node.args[1:]
-        return self.audited(node, arg, lambda t: module(t, *self.concrete(rest), **self.concrete(node.kwargs)), qual)
+        key = (type(module), repr(module), repr(self.concrete(rest)), repr(self.concrete(node.kwargs)))
+        fn = lambda t: module(t, *self.concrete(rest), **self.concrete(node.kwargs))  # noqa: E731
+        return self.audited(node, arg, fn, qual, key)
 
     def add_norm(self, out: _Feat, name: str, op: str, kind: str, weight, bias, eps, offset) -> _Feat:
         """Record a normaliser on the features of ``out``; its readers are collected as layers read it."""
@@ -925,8 +931,9 @@ class _Analysis:
             return {k: self.concrete(v) for k, v in obj.items()}
         return obj
 
-    def audited(self, node: Node, arg: _Feat, fn, desc: str) -> Any:
-        """Measure the group of an unknown parameter-free operation with isotorch.audit."""
+    def audited(self, node: Node, arg: _Feat, fn, desc: str, key: tuple | None = None) -> Any:
+        """Measure the group of an unknown parameter-free operation with isotorch.audit (once per operation,
+        settings and input shape: a model repeats its blocks)."""
         if arg.inner != 1:
             self.freeze([arg], f"{desc}: unknown operation on flattened features")
             return _UNKNOWN
@@ -934,7 +941,17 @@ class _Analysis:
         if not isinstance(x, torch.Tensor) or not isinstance(node.value, torch.Tensor) or node.value.shape != x.shape:
             self.freeze([arg], f"{desc}: unknown operation that changes the shape of the features")
             return _UNKNOWN
-        keys = _elementwise_keys(fn, x.detach(), arg.axis)
+        if key is not None:
+            try:
+                key = (*key, tuple(x.shape), x.dtype, arg.axis)
+                hash(key)
+            except TypeError:
+                key = None
+        keys = self.audit_cache.get(key) if key is not None else None
+        if keys is None:
+            keys = _elementwise_keys(fn, x.detach(), arg.axis)
+            if keys is not None and key is not None:
+                self.audit_cache[key] = keys
         if keys is not None:  # an elementwise function (e.g. HF's GELU classes): cheap exact checks suffice
             self.add_primitive(arg.space.root(), f"{desc} (audited)", keys)
             return arg
@@ -1028,6 +1045,8 @@ class _Analysis:
         else:
             keys = P.function_groups(target)
         if keys is not None and isinstance(x, _Feat) and len(feats) == 1:
+            if target in (F.dropout, torch.dropout):
+                keys, label = P.LINEAR, f"{label} (identity in eval mode)"
             self.add_primitive(x.space.root(), f"{node.name}: {label}", keys)
             return self.same(x, node.value)
         if target in _ADD or (node.op == "method" and target in {"add", "sub", "add_", "sub_"}):
@@ -1047,8 +1066,11 @@ class _Analysis:
         if isinstance(x, _Feat) and len(feats) == 1 and node.op in ("function", "method"):
             rest, kw = self.concrete(tuple(node.args[1:])), self.concrete(node.kwargs)
             if node.op == "method":
-                return self.audited(node, x, lambda t: getattr(t, target)(*rest, **kw), f"{node.name}: {label}")
-            return self.audited(node, x, lambda t: target(t, *rest, **kw), f"{node.name}: {label}")
+                fn = lambda t: getattr(t, target)(*rest, **kw)  # noqa: E731
+            else:
+                fn = lambda t: target(t, *rest, **kw)  # noqa: E731
+            key = (node.op, target, repr(rest), repr(kw))
+            return self.audited(node, x, fn, f"{node.name}: {label}", key)
         return self.fail(feats, label)
 
     # -- attention written as code (heads, q·kᵀ, softmax, ·v) ---------------------------------------------------

@@ -57,8 +57,17 @@ def act(t: torch.Tensor, g: torch.Tensor, action: Action) -> torch.Tensor:
     stop = size if action.stop is None else action.stop
     sliced = (action.start, stop) != (0, size)
     seg = t.narrow(sa, action.start, stop - action.start) if sliced else t
-    moved = seg.movedim(action.axis, 0)
     n = g.shape[0]
+    if _is_perm(g) and seg.shape[action.axis] == n * action.inner:
+        # select along the axis directly: no copies to move the axis first and back
+        index = g.to(seg.device)
+        if action.inner != 1:
+            index = (index[:, None] * action.inner + torch.arange(action.inner, device=seg.device)).reshape(-1)
+        out = seg.index_select(action.axis, index)
+        if not sliced:
+            return out
+        return torch.cat([t.narrow(sa, 0, action.start), out, t.narrow(sa, stop, size - stop)], dim=sa)
+    moved = seg.movedim(action.axis, 0)
     if moved.shape[0] != n * action.inner:
         raise SymmetryError(
             f"parameter {action.param} has {moved.shape[0]} entries on axis {action.axis}, but the element acts on "
@@ -101,6 +110,7 @@ def apply_element(
             monomial elements only).
     """
     out: dict[str, torch.Tensor] = {}
+    owned: set[str] = set()
     for name, g in matrices.items():
         site = syms[name]
         g_inv_t = _inverse_transpose(g)
@@ -123,9 +133,30 @@ def apply_element(
                             f"site {name!r} (an adaptive optimiser is not equivariant to it)"
                         )
                     mat = mat * mat
-            current = out.get(a.param, tensors[a.param])
-            out[a.param] = act(current, mat, a)
+            current = out.get(a.param)
+            if current is None:
+                current = tensors[a.param]
+                if not torch.is_grad_enabled() or not (current.requires_grad or mat.requires_grad):
+                    current = current.clone()  # owned: sliced actions then write their slice in place
+                    owned.add(a.param)
+            if a.param in owned and not (torch.is_grad_enabled() and mat.requires_grad):
+                _act_slice_inplace(current, mat, a)
+                out[a.param] = current
+            else:
+                out[a.param] = act(current, mat, a)
     return out
+
+
+def _act_slice_inplace(t: torch.Tensor, g: torch.Tensor, action: Action) -> None:
+    """:func:`act` written into ``t`` (a tensor this module owns): only the touched slice is rewritten, instead of
+    concatenating a new copy of the whole parameter for every head of a packed projection."""
+    sa = action.axis if action.slice_axis is None else action.slice_axis
+    size = t.shape[sa]
+    stop = size if action.stop is None else action.stop
+    seg = t.narrow(sa, action.start, stop - action.start)
+    new = act(seg, g, Action(action.param, action.axis, action.kind, action.inner))
+    with torch.no_grad():
+        seg.copy_(new)
 
 
 def check_model(model: nn.Module, syms: Symmetries) -> None:
