@@ -26,6 +26,7 @@ from isotorch.params._asymmetric import AsymConv2d, AsymLinear, FiGLU, asym_conv
 from isotorch.params._canonical import canonical_element, canonicalize
 from isotorch.params._element import Element, sample_element
 from isotorch.params._errors import SymmetryError
+from isotorch.params._fold import FoldReport, fold_norms
 from isotorch.params._interpolate import BarrierResult, barrier, interpolate
 from isotorch.params._rotations import LearnedRotation, check_orthogonal, hadamard, learn_rotation, random_hadamard
 from isotorch.params._sites import Action, Site, Symmetries, symmetries
@@ -42,6 +43,7 @@ __all__ = [
     "BarrierResult",
     "Element",
     "FiGLU",
+    "FoldReport",
     "LearnedRotation",
     "PruneResult",
     "Site",
@@ -57,6 +59,7 @@ __all__ = [
     "canonicalize",
     "check_orthogonal",
     "figlu",
+    "fold_norms",
     "grow",
     "hadamard",
     "interpolate",
