@@ -347,3 +347,40 @@ def test_float32_elements_keep_outputs(family):
     syms = symmetries(model, x)
     new = transform(model, sample_element(syms, gen, dtype=torch.float32))  # verified to 1e-4 (float32)
     assert function_error(model, new, (fresh,))[0] <= 1e-4
+
+
+class _FunctionalCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.c1(x)), 2)
+        x = F.adaptive_avg_pool2d(torch.tanh(self.c2(x)), 1)
+        return self.fc(torch.flatten(x, 1))
+
+
+def test_functional_pooling():
+    model = _FunctionalCNN().double()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, generator=gen, dtype=torch.float64)
+    syms = check_every_site(model, x, torch.randn(3, 3, 8, 8, generator=gen, dtype=torch.float64))
+    assert syms["c1"].group == "permutation × positive_scaling"  # relu then max-pool
+    assert syms["c2"].group == "signed_permutation"  # tanh then average pool
+
+
+class _SharedWeight(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        return self.fc2(h) + torch.einsum("bi,ji->bj", x, self.fc1.weight)[:, :2]  # fc1.weight read again
+
+
+def test_weight_read_elsewhere_freezes_its_sites():
+    syms = symmetries(_SharedWeight().double(), torch.randn(3, 4, dtype=torch.float64))
+    site = syms["fc1"]
+    assert site.status == "frozen" and "fc1.weight is also read by" in site.reason

@@ -114,6 +114,26 @@ _FUNCTION_TABLE: dict[object, tuple[str, ...]] = {
     operator.neg: LINEAR,
     torch.neg: LINEAR,
 }
+# Pooling functions: they act on the spatial axes after the channel axis (dim 1), channel by channel.
+_SPATIAL_FUNCTION_TABLE: dict[object, tuple[str, ...]] = {
+    F.max_pool1d: _RELU,
+    F.max_pool2d: _RELU,
+    F.max_pool3d: _RELU,
+    F.adaptive_max_pool1d: _RELU,
+    F.adaptive_max_pool2d: _RELU,
+    F.adaptive_max_pool3d: _RELU,
+    F.avg_pool1d: LINEAR,
+    F.avg_pool2d: LINEAR,
+    F.avg_pool3d: LINEAR,
+    F.adaptive_avg_pool1d: LINEAR,
+    F.adaptive_avg_pool2d: LINEAR,
+    F.adaptive_avg_pool3d: LINEAR,
+}
+for _f in list(_SPATIAL_FUNCTION_TABLE):  # F.max_pool2d is a wrapper; fx and the recorder may see either name
+    _inner = getattr(torch, _f.__name__, None)
+    if _inner is not None and callable(_inner):
+        _SPATIAL_FUNCTION_TABLE.setdefault(_inner, _SPATIAL_FUNCTION_TABLE[_f])
+
 _METHOD_TABLE: dict[str, tuple[str, ...]] = {
     "relu": _RELU,
     "tanh": _ODD,
@@ -134,6 +154,14 @@ def function_groups(target: object) -> tuple[str, ...] | None:
     """The group keys of a known elementwise torch function, or ``None``."""
     try:
         return _FUNCTION_TABLE.get(target)
+    except TypeError:  # unhashable target
+        return None
+
+
+def spatial_function_groups(target: object) -> tuple[str, ...] | None:
+    """The group keys of a pooling function acting on the axes after the channel axis (dim 1), or ``None``."""
+    try:
+        return _SPATIAL_FUNCTION_TABLE.get(target)
     except TypeError:  # unhashable target
         return None
 

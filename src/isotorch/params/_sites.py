@@ -1028,6 +1028,14 @@ class _Analysis:
             return x.parts[index] if isinstance(index, int) else self.fail(feats, label)
         if (node.op == "method" and target in _SHAPE_METHODS) or target is getattr:
             return _CONST
+        spatial = P.spatial_function_groups(target) if node.op == "function" else None
+        if spatial is not None and isinstance(x, _Feat) and len(feats) == 1:
+            returns_indices = bool(self.concrete(node.kwargs.get("return_indices", False)))
+            if x.axis != 1 or x.inner != 1 or returns_indices or not isinstance(node.value, torch.Tensor):
+                return self.fail(feats, f"{label} (pools the axes after dim 1, but the features are on {x.axis})")
+            self.understood.add(id(node))
+            self.add_primitive(x.space.root(), f"{node.name}: {label}", spatial)
+            return self.same(x, node.value)
         if target is torch.cat:
             return self.visit_cat(node, args, feats, label)
         if (node.op == "method" and target in ("split", "chunk")) or target in (torch.split, torch.chunk):
