@@ -180,6 +180,20 @@ def test_gpt2_fold_untie_and_rotate():
         torch.testing.assert_close(rotated(fresh).logits, model(fresh).logits, rtol=0, atol=1e-10)
 
 
+def test_gpt2_with_unit_gains_stays_tied():
+    """γ = 1 (a fresh model): nothing to fold into the head, so the tie survives, and the rotation acts on it once."""
+    from isotorch.studies._lm import gpt2
+
+    model = gpt2(40, n_layer=1, n_embd=12, n_head=3, n_positions=16, dtype=torch.float64)
+    x, fresh = _tokens(40, (2, 6), 0), _tokens(40, (3, 9), 1)
+    folded, report = fold_norms(model, x, return_report=True)
+    assert report.untied == () and folded.lm_head.weight is folded.transformer.wte.weight
+    assert function_error(model, folded, (fresh,))[0] <= TOL
+    rotated = _rotate(folded, x, "transformer.wte", hadamard(12))
+    assert rotated.lm_head.weight is rotated.transformer.wte.weight
+    assert function_error(model, rotated, (fresh,))[0] <= TOL
+
+
 def test_gpt2_float32():
     model = _gpt2(torch.float32)
     folded = fold_norms(model)

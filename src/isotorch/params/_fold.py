@@ -10,7 +10,8 @@ the group S_d. :func:`fold_norms` rewrites the model without changing its functi
    biases, class tokens) is centred over the d channels, W_out ← (I − 𝟙𝟙ᵀ/d)·W_out; then LayerNorm(h) = RMSNorm(h)
    on the stream and each LayerNorm is replaced by a gain-free ``nn.RMSNorm`` with the same ε;
 3. a reader whose weight is tied to another parameter (GPT-2's ``lm_head.weight is wte.weight``) is untied before
-   its gain is folded in, and the report says so.
+   a gain γ ≠ 1 is folded into it, and the report says so (with γ = 1 the tie survives: a centred tied head reads
+   a mean-free normalised vector, so centring the embedding does not change its logits).
 
 Everything it needs comes from the site graph of :func:`~isotorch.params.symmetries` (residual sites, their
 ``norms`` with readers, writer and reader ``actions``, ``tied`` weights; REFERENCE §8.1). The result is verified
@@ -276,9 +277,11 @@ def fold_norms(
         >>> from isotorch.params import fold_norms, symmetries, transform, Element, hadamard
         >>> from isotorch.studies._lm import gpt2
         >>> model = gpt2(16, n_layer=1, n_embd=8, n_head=2, n_positions=8, dtype=torch.float64)
+        >>> with torch.no_grad():
+        ...     _ = model.transformer.ln_f.weight.mul_(2.0)  # a gain to fold into the tied head
         >>> folded, report = fold_norms(model, return_report=True)
-        >>> report.untied, report.groups
-        ((('lm_head.weight', 'transformer.wte.weight'),), {'transformer.wte': 'orthogonal'})
+        >>> report.untied, report.mean_free, report.groups
+        ((('lm_head.weight', 'transformer.wte.weight'),), ('transformer.wte',), {'transformer.wte': 'orthogonal'})
         >>> x = torch.randint(0, 16, (2, 5))
         >>> stream = symmetries(folded, x)["transformer.wte"]
         >>> stream.group
@@ -339,7 +342,8 @@ def fold_norms(
                     r_old, r_new = model.get_submodule(reader), new.get_submodule(reader)
                     for attr, a in _reader_actions(model, site, reader):
                         w_old = getattr(r_old, attr)
-                        if len(names.get(id(w_old), [])) > 1:
+                        scales = bool((gain != 1).any())  # a unit gain leaves the weight alone: no need to untie
+                        if scales and len(names.get(id(w_old), [])) > 1:
                             others = [n for n in names[id(w_old)] if n != a.param]
                             setattr(r_new, attr, nn.Parameter(getattr(r_new, attr).detach().clone()))
                             untied.append((a.param, others[0]))
