@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ ray = pytest.importorskip("ray", reason="the Ray executor needs isotorch[distrib
 
 from isotorch.studies import _registry  # noqa: E402
 from isotorch.studies._checkpoint import load_checkpoint  # noqa: E402
+from isotorch.studies._ray import speaks_grpc  # noqa: E402
 from isotorch.studies._registry import Study, register_study  # noqa: E402
 from isotorch.studies._runner import StudyInterrupted, run_study  # noqa: E402
 
@@ -128,15 +130,41 @@ def test_ray_ctrl_c_keeps_finished_work_and_resume_completes(tmp_path):
     _close(done.data.finals, ref.data.finals)
 
 
-def test_unreachable_address_exits_2_with_one_line(tmp_path):
+@pytest.fixture
+def http_port():
+    """A local port that is open but not Ray's (a plain HTTP server)."""
+
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_grpc_probe_tells_ray_from_other_servers(http_port):
+    host, port = ray.get_runtime_context().gcs_address.rsplit(":", 1)
+    assert speaks_grpc(host, int(port), timeout=10)
+    assert not speaks_grpc("127.0.0.1", http_port, timeout=10)
+    with pytest.raises(OSError):
+        speaks_grpc("127.0.0.1", 1, timeout=10)
+
+
+@pytest.mark.parametrize(("kind", "needle"), [("closed", "cannot reach the Ray cluster"), ("http", "is not a Ray")])
+def test_unreachable_address_exits_2_with_one_line(tmp_path, http_port, kind, needle):
+    address = "127.0.0.1:1" if kind == "closed" else f"127.0.0.1:{http_port}"
     start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "isotorch.studies._cli", "run", "plateaus", "--preset", "tiny", "--out",
-         str(tmp_path / "r"), "--executor", "ray", "--ray-address", "127.0.0.1:1", "--no-progress"],
+         str(tmp_path / "r"), "--executor", "ray", "--ray-address", address, "--no-progress"],
         capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "cannot reach the Ray cluster at 127.0.0.1:1" in lines[0]
+    assert len(lines) == 1 and needle in lines[0] and address in lines[0], proc.stderr
     assert time.monotonic() - start < 120
     assert not (tmp_path / "r").exists(), "nothing is written before the cluster is reached"

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-__all__ = ["ExecutorError", "run_units", "session"]
+__all__ = ["ExecutorError", "run_units", "session", "speaks_grpc"]
 
 CONNECT_TIMEOUT_S = 20.0  # TCP reachability check of --ray-address, well inside the 120 s promised to a user
 DRAIN_TIMEOUT_S = 120.0  # after Ctrl-C: how long cancelled tasks get to save their checkpoints
@@ -51,6 +51,30 @@ def _host_port(address: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
+def speaks_grpc(host: str, port: int, *, timeout: float = CONNECT_TIMEOUT_S) -> bool:
+    """Whether ``host:port`` accepts a connection and answers an HTTP/2 preface as a gRPC server does.
+
+    A gRPC server (Ray's GCS and its client server are) replies to the client preface with a SETTINGS frame.
+
+    Raises:
+        OSError: the connection fails (refused, unreachable, timed out).
+    """
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
+    with socket.create_connection((host, port), timeout=timeout) as conn:
+        conn.settimeout(timeout)
+        conn.sendall(preface)
+        reply = b""
+        try:
+            while len(reply) < 9:
+                chunk = conn.recv(9 - len(reply))
+                if not chunk:
+                    break
+                reply += chunk
+        except TimeoutError:
+            return False
+    return len(reply) == 9 and reply[3] == 0x04  # frame type 4: SETTINGS
+
+
 @contextlib.contextmanager
 def session(address: str | None) -> Iterator[Any]:
     """Connect to Ray (``address``) or start a local cluster; shut down what this call started.
@@ -68,12 +92,17 @@ def session(address: str | None) -> Iterator[Any]:
             raise ExecutorError(f"--ray-address must look like HOST:PORT or ray://HOST:PORT, got {address!r}")
         if target is not None:
             try:
-                socket.create_connection(target, timeout=CONNECT_TIMEOUT_S).close()
+                grpc = speaks_grpc(*target, timeout=CONNECT_TIMEOUT_S)
             except OSError as exc:
                 raise ExecutorError(
                     f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); is `ray start --head` "
                     "running there, and is the port open?"
                 ) from None
+            if not grpc:  # ray.init would wait for minutes on a port that is open but not Ray's
+                raise ExecutorError(
+                    f"{address} answers but is not a Ray cluster (no gRPC server there); give the head node's GCS "
+                    "port (default 6379) or a Ray client address ray://HOST:10001"
+                )
     try:
         ray.init(
             address=address,
