@@ -180,7 +180,8 @@ class InitializerAudit:
         shape: shape of the initialised weight; the group acts on ``shape[0]`` (rows, as W₁ → gW₁).
         samples: independent draws on each side of a test.
         alpha: significance level; invariant when the corrected p-value is ≥ alpha.
-        p_values: group key → Bonferroni-corrected min p-value of the KS tests.
+        p_values: group key → Bonferroni-corrected min p-value of the KS tests (entries, row norms, projections)
+            and of a chi-square test of the entries binned in units of their RMS, which sees tails and kurtosis.
         statistics: group key → the largest KS statistic (sup distance between empirical CDFs).
         invariant: groups whose p-value is ≥ alpha.
         maximal: the largest invariant groups.
@@ -237,6 +238,44 @@ class InitializerAudit:
         return f"InitializerAudit({self.name!r}, status={self.status!r}{reason}, maximal={groups} (in law))"
 
 
+# Edges, in units of the pooled root mean square, of the bins of the entries' law compared by :func:`_tail_test`:
+# signed, finer in the tails, where non-Gaussian i.i.d. laws differ from their rotated (near-Gaussian) mixtures.
+_TAIL_EDGES = (-3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
+
+
+@dataclass(frozen=True)
+class _TailTest:
+    statistic: float
+    pvalue: float
+
+
+def _tail_test(a: torch.Tensor, b: torch.Tensor) -> _TailTest:
+    """Chi-square test of homogeneity of the binned entries of W and gW (bins: :data:`_TAIL_EDGES` × the pooled
+    RMS), sensitive to tails and kurtosis where the KS test on 16k entries is not.
+
+    Why it has power: the only i.i.d. laws that are rotation invariant are the centred Gaussians (Maxwell), and a
+    rotated i.i.d. matrix has near-Gaussian entries (each a mix of n entries), so a truncated normal, uniform,
+    Laplace or Student-t law differs from its rotation mostly in the tails (mass beyond 2.3·RMS: 0 for a normal
+    truncated at 2σ, about 2% after rotation). A law that *is* invariant gives the same table on both sides.
+    """
+    a, b = a.flatten(), b.flatten()
+    scale = float(torch.cat([a, b]).pow(2).mean().sqrt())
+    if not scale > 0:
+        return _TailTest(0.0, 1.0)
+    edges = torch.tensor(_TAIL_EDGES, dtype=torch.float64) * scale
+    counts = np.stack(
+        [
+            np.bincount(torch.bucketize(v.to(torch.float64), edges).numpy(), minlength=len(_TAIL_EDGES) + 1)
+            for v in (a, b)
+        ]
+    )
+    counts = counts[:, counts.sum(0) > 0]
+    if counts.shape[1] < 2:
+        return _TailTest(0.0, 1.0)
+    result = stats.chi2_contingency(counts, correction=False)
+    return _TailTest(float(result.statistic), float(result.pvalue))
+
+
 def _draw(fn, shape) -> torch.Tensor:
     t = torch.empty(shape, dtype=torch.float64)
     out = fn(t)
@@ -257,6 +296,14 @@ def audit_initializer(
     name: str | None = None,
 ) -> InitializerAudit:
     """Test whether an initialiser's law is invariant under each group acting on the rows of the weight.
+
+    For each group element g, the law of W is compared with the law of gW drawn independently: KS tests of the
+    entries, row norms and random projections, and a chi-square test of the entries binned in units of their RMS
+    (finer in the tails). The binned test gives power against non-Gaussian i.i.d. laws: an i.i.d. law is
+    rotation invariant only if it is Gaussian, and a rotation mixes n entries into a near-Gaussian one, so a
+    truncated normal, uniform, Laplace or Student-t law differs from its rotation mainly in the tails, which a KS
+    test on 16k entries hardly sees (it called ``trunc_normal_`` O(n)-invariant at some seeds). Over 40 seeds,
+    ``normal_`` and Haar-orthogonal laws gave no false alarm at ``alpha=1e-3``.
 
     Args:
         fn: an initialiser in ``torch.nn.init`` style: ``fn(tensor)`` fills the tensor in place (and may return
@@ -342,6 +389,7 @@ def audit_initializer(
         return [v.astype(np.float32) for v in values]
 
     reference = statistics_of(left)
+    reference_entries = left.reshape(samples, n, -1)
     p_values, ks = {}, {}
     for group in group_list:
         if group.name == "trivial":
@@ -352,8 +400,9 @@ def audit_initializer(
             moved = element.act(right.reshape(samples, n, -1), 1)
             for a, b in zip(reference, statistics_of(moved), strict=True):
                 tests.append(stats.ks_2samp(a, b))
+            tests.append(_tail_test(reference_entries, moved))
         p_values[group.key] = min(1.0, len(tests) * min(float(t.pvalue) for t in tests))
-        ks[group.key] = max(float(t.statistic) for t in tests)
+        ks[group.key] = max(float(t.statistic) for t in tests if not isinstance(t, _TailTest))
     invariant = frozenset(k for k, p in p_values.items() if p >= alpha)
     return out("ok", p_values=p_values, statistics=ks, invariant=invariant)
 
