@@ -147,3 +147,18 @@ def test_optimizer_states_exact_only_under_permutations_refuse_scalings(optimize
     scaling = torch.diag(torch.tensor([2.0, 3.0, 0.5, 4.0], dtype=torch.float64))
     with pytest.raises(SymmetryError, match="permutations"):
         transform(model, Element(syms, {site: scaling}), optimizer=opt)
+
+
+@pytest.mark.parametrize(("inner", "axis", "sliced"), [(1, 0, False), (3, 1, False), (1, 1, True), (2, 0, True)])
+def test_monomial_elements_act_like_dense_matrices(inner, axis, sliced, monkeypatch):
+    from isotorch.params import _transform
+    from isotorch.params._sites import Action
+
+    gen = torch.Generator().manual_seed(0)
+    t = torch.randn(12, 18, generator=gen, dtype=torch.float64)
+    n = 3 if sliced else t.shape[axis] // inner
+    action = Action("w", axis, "out", inner, axis, 2, 2 + n * inner) if sliced else Action("w", axis, "out", inner)
+    g = torch.diag(torch.randn(n, generator=gen, dtype=torch.float64))[torch.randperm(n, generator=gen)]
+    fast = _transform.act(t, g, action)
+    monkeypatch.setattr(_transform, "_monomial", lambda g: None)
+    torch.testing.assert_close(fast, _transform.act(t, g, action), rtol=0, atol=0)

@@ -717,6 +717,8 @@ class _Analysis:
             sp = feat.space.root()
             if qual not in sp.consumers:
                 sp.consumers.append(qual)
+            if feat.norm is not None and feat.norm in sp.norms and qual not in sp.norms[feat.norm]["readers"]:
+                sp.norms[feat.norm]["readers"].append(qual)
             if same:
                 sp.actions.append(Action(w, 1, "in"))
                 break

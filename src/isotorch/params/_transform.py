@@ -67,6 +67,21 @@ def act(t: torch.Tensor, g: torch.Tensor, action: Action) -> torch.Tensor:
         if not sliced:
             return out
         return torch.cat([t.narrow(sa, 0, action.start), out, t.narrow(sa, stop, size - stop)], dim=sa)
+    if not _is_perm(g) and g.ndim == 2 and seg.shape[action.axis] == n * action.inner and not g.requires_grad:
+        monomial = _monomial(g)
+        if monomial is not None:  # one non-zero per row (signed permutations, scalings): O(n·m), exact
+            cols, values = monomial
+            index = cols.to(seg.device)
+            scale = values.to(device=seg.device, dtype=torch.promote_types(values.dtype, seg.dtype))
+            if action.inner != 1:
+                index = (index[:, None] * action.inner + torch.arange(action.inner, device=seg.device)).reshape(-1)
+                scale = scale.repeat_interleave(action.inner)
+            shape = [1] * seg.ndim
+            shape[action.axis] = -1
+            out = (seg.index_select(action.axis, index) * scale.reshape(shape)).to(t.dtype)
+            if not sliced:
+                return out
+            return torch.cat([t.narrow(sa, 0, action.start), out, t.narrow(sa, stop, size - stop)], dim=sa)
     moved = seg.movedim(action.axis, 0)
     if moved.shape[0] != n * action.inner:
         raise SymmetryError(
@@ -83,6 +98,16 @@ def act(t: torch.Tensor, g: torch.Tensor, action: Action) -> torch.Tensor:
     if not sliced:
         return out
     return torch.cat([t.narrow(sa, 0, action.start), out, t.narrow(sa, stop, size - stop)], dim=sa)
+
+
+def _monomial(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(column of the non-zero entry of each row, its value) if ``g`` has exactly one non-zero per row and per
+    column, else ``None``."""
+    nonzero = g != 0
+    if not bool((nonzero.sum(1) == 1).all()) or not bool((nonzero.sum(0) == 1).all()):
+        return None
+    cols = nonzero.to(torch.int8).argmax(1)
+    return cols, g.gather(1, cols[:, None]).squeeze(1)
 
 
 def _inverse_transpose(g: torch.Tensor) -> torch.Tensor:
