@@ -8,9 +8,14 @@ network function is unchanged by
     producers:  W → g·W,  b → g·b;      consumers:  W → W·g⁻¹;      per-feature norm parameters: p → g·p.
 
 Residual connections merge the feature spaces they add into one site (the residual stream, one shared
-permutation or rotation, §5.2 #12–13). Multi-head attention adds its own sites: the head permutation (#10) and,
-per head, GL(d_k) on W_Q·W_Kᵀ (#8) and GL(d_v) on W_V·W_O (#9). Anything the analysis does not understand makes
-the sites it touches *frozen*, with the reason; nothing is guessed.
+permutation or rotation, §5.2 #12–13; its group is what its norms allow, §8.1). Attention adds its own sites, for
+``nn.MultiheadAttention`` and for attention written as code (HF GPT-2/Llama/BERT/ViT, heads split by
+view/reshape/transpose, q·kᵀ and softmax or ``scaled_dot_product_attention``, see ``_heads.py``): the head
+permutation (#10; with grouped-query attention the K/V groups and the query heads inside each), per K/V head
+GL(d_k) on W_Q·W_Kᵀ (#8; under RoPE one scaled rotation per frequency plane) and GL(d_v) on W_V·W_O (#9). A gated
+MLP (SwiGLU) adds the invertible diagonal scalings of its linear up branch. A parameter read in several places
+(a tied LM head) restricts or freezes every site it touches. Anything the analysis does not understand makes the
+sites it touches *frozen*, with the reason; nothing is guessed.
 
 Examples:
     >>> import torch
@@ -2001,12 +2006,16 @@ def _replace(site: Site, **changes) -> Site:
 def symmetries(model: nn.Module, x) -> Symmetries:
     """Find the hidden sites of ``model`` on the example input ``x`` and the symmetry group of each.
 
-    The model is traced with torch.fx (falling back to forward hooks when fx cannot trace it) and run once on
-    ``x`` in eval mode. Each hidden feature space gets the intersection of the groups of its primitives: the
-    declared ``groups`` of an isotorch primitive, a fixed table for torch's own (ReLU: permutation × positive
-    scaling; tanh: signed permutation; GELU: permutation; LayerNorm with affine: permutation; RMSNorm without
-    affine: orthogonal; ...), and :func:`isotorch.audit.audit` on the received input for any other parameter-free
-    operation. See :class:`Site` for what each site reports.
+    The model is traced with torch.fx, or, when fx cannot trace it (HF transformers, data-dependent control
+    flow), run once on ``x`` while every torch function and tensor method outside leaf modules is recorded
+    (``TorchFunctionMode``); either way in eval mode, so dropout is the identity. Each hidden feature space gets
+    the intersection of the groups of its primitives: the declared ``groups`` of an isotorch primitive, a fixed
+    table for torch's own (ReLU: permutation × positive scaling; tanh: signed permutation; GELU: permutation;
+    LayerNorm with affine: permutation; RMSNorm without affine: orthogonal; ...), HF norm classes read as RMSNorm
+    or LayerNorm with a gain, and a numerical probe (:func:`isotorch.audit.audit` for anything not elementwise)
+    on the received input for any other parameter-free operation. See :class:`Site` for what each site reports;
+    a model the analysis cannot read at all gives frozen ``"unread"`` entries with the reasons, never an empty
+    result.
 
     Args:
         model: the network (any ``nn.Module``; it is not modified).
@@ -2015,6 +2024,11 @@ def symmetries(model: nn.Module, x) -> Symmetries:
 
     Returns:
         :class:`Symmetries`, a frozen collection of :class:`Site` (index by name).
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module`` or ``x`` is not a tensor or tuple of tensors.
+        ValueError: ``x`` is empty or not finite, or the model refuses it (a one-line message naming ``x``, its
+            shape and dtype, and what the model's first layer expects).
 
     Shape:
         x: whatever the model accepts; nothing is assumed beyond the model running on it.
