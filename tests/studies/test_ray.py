@@ -19,7 +19,7 @@ ray = pytest.importorskip("ray", reason="the Ray executor needs isotorch[distrib
 
 from isotorch.studies import _registry  # noqa: E402
 from isotorch.studies._checkpoint import load_checkpoint  # noqa: E402
-from isotorch.studies._ray import speaks_grpc  # noqa: E402
+from isotorch.studies._ray import ExecutorError, speaks_grpc  # noqa: E402
 from isotorch.studies._registry import Study, register_study  # noqa: E402
 from isotorch.studies._runner import StudyInterrupted, run_study  # noqa: E402
 
@@ -29,6 +29,7 @@ class SlowToyConfig:
     steps: int = 30
     widths: tuple[int, ...] = (3, 4)
     sleep: float = 0.0
+    die_file: str = ""  # seed 1's worker exits abruptly at update 5 once while this file exists (then removes it)
 
 
 @register_study("ray-toy-test")
@@ -49,6 +50,9 @@ class SlowToy(Study):
             def step(t, model=model, opt=opt):
                 if cfg.sleep:
                     time.sleep(cfg.sleep)
+                if cfg.die_file and ctx.seed == 1 and t == 5 and os.path.exists(cfg.die_file):
+                    os.remove(cfg.die_file)
+                    os._exit(3)
                 idx = ctx.batch_indices(t, 64, 16)
                 loss = ((model(x[idx]) - y[idx]) ** 2).mean()
                 opt.zero_grad()
@@ -127,6 +131,19 @@ def test_ray_ctrl_c_keeps_finished_work_and_resume_completes(tmp_path):
     done = run_study(
         "ray-toy-test", out, resume=True, executor="ray", overrides=overrides, progress=False, report=False
     )
+    _close(done.data.finals, ref.data.finals)
+
+
+def test_a_dead_worker_is_one_error_and_resume_completes(tmp_path):
+    ref = run_study("ray-toy-test", tmp_path / "ref", seeds=(0, 1), progress=False, report=False)
+    flag = tmp_path / "die"
+    flag.write_text("")
+    overrides = {"die_file": str(flag)}
+    out = tmp_path / "run"
+    with pytest.raises(ExecutorError, match=r"the Ray task of seed 1 failed .*resume with --resume"):
+        run_study("ray-toy-test", out, seeds=(0, 1), overrides=overrides, executor="ray", progress=False, report=False)
+    assert not flag.exists()
+    done = run_study("ray-toy-test", out, resume=True, executor="ray", progress=False, report=False)
     _close(done.data.finals, ref.data.finals)
 
 

@@ -172,7 +172,7 @@ def run_units(
                     )
                 ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.2)
                 for ref in ready:
-                    refs.pop(ref)
+                    seed = refs.pop(ref)
                     try:
                         status = ray.get(ref)
                     except ray.exceptions.TaskCancelledError:
@@ -181,6 +181,13 @@ def run_units(
                         _cancel(ray, refs, on_done)
                         cause = exc.cause if isinstance(exc.cause, BaseException) else exc
                         raise cause from None
+                    except ray.exceptions.RayError as exc:  # the worker died (out of memory, node lost, ...)
+                        _cancel(ray, refs, on_done)
+                        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                        raise ExecutorError(
+                            f"the Ray task of seed {seed} failed ({type(exc).__name__}: {first}); its last checkpoint "
+                            "is kept: resume with --resume"
+                        ) from None
                     if status == "interrupted":  # Ctrl-C reached the worker itself: stop like the driver's
                         interrupted.set()
                         continue
