@@ -7,7 +7,14 @@ import torch
 from scipy.linalg import hadamard as scipy_hadamard
 
 from isotorch import groups
-from isotorch.params import SymmetryError, check_orthogonal, hadamard, learn_rotation, random_hadamard
+from isotorch.params import (
+    SymmetryError,
+    check_orthogonal,
+    hadamard,
+    hadamard_transform,
+    learn_rotation,
+    random_hadamard,
+)
 from isotorch.probes import max_rms_ratio, quantisation_error
 
 
@@ -45,6 +52,27 @@ def test_rotations_are_orthogonal_to_round_off(n, dtype):
         err = float((q.double().T @ q.double() - torch.eye(n, dtype=torch.float64)).abs().max())
         assert err < 10 * math.sqrt(n) * eps
         check_orthogonal(q, n, "stream")
+
+
+@pytest.mark.parametrize("n", [1, 2, 12, 20, 64, 128, 768, 8192])
+@pytest.mark.parametrize("dim", [-1, 1])
+def test_fast_hadamard_transform_matches_the_matrix(n, dim, dtype):
+    x = torch.randn(3, n, 2, dtype=dtype) if dim == 1 else torch.randn(3, 2, n, dtype=dtype)
+    ref = torch.movedim(torch.movedim(x.double(), dim, -1) @ hadamard(n), -1, dim)
+    out = hadamard_transform(x, dim=dim)
+    assert out.dtype == dtype and out.shape == x.shape
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=(1e-12 if dtype == torch.float64 else 1e-4))
+    # orthogonal: the norm along dim is kept
+    torch.testing.assert_close(out.double().norm(dim=dim), x.double().norm(dim=dim), rtol=1e-5, atol=1e-6)
+
+
+def test_fast_hadamard_transform_bad_input():
+    with pytest.raises(ValueError, match="size n=6"):
+        hadamard_transform(torch.randn(2, 6))
+    with pytest.raises(ValueError, match="dim"):
+        hadamard_transform(torch.randn(2, 8), dim=2)
+    with pytest.raises(TypeError, match="x must be"):
+        hadamard_transform(torch.ones(2, 8, dtype=torch.long))
 
 
 def test_random_hadamard_is_seeded_and_signed():

@@ -28,7 +28,14 @@ from isotorch.params._element import Element, sample_element
 from isotorch.params._errors import SymmetryError
 from isotorch.params._fold import FoldReport, fold_norms
 from isotorch.params._interpolate import BarrierResult, barrier, interpolate
-from isotorch.params._rotations import LearnedRotation, check_orthogonal, hadamard, learn_rotation, random_hadamard
+from isotorch.params._rotations import (
+    LearnedRotation,
+    check_orthogonal,
+    hadamard,
+    hadamard_transform,
+    learn_rotation,
+    random_hadamard,
+)
 from isotorch.params._sites import Action, Site, Symmetries, symmetries
 from isotorch.params._surgery import PruneResult, grow, prune, svd_diagonalize
 from isotorch.params._syre import SyreOffset, syre
@@ -62,6 +69,7 @@ __all__ = [
     "fold_norms",
     "grow",
     "hadamard",
+    "hadamard_transform",
     "interpolate",
     "learn_rotation",
     "prune",
