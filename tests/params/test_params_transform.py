@@ -162,3 +162,11 @@ def test_monomial_elements_act_like_dense_matrices(inner, axis, sliced, monkeypa
     fast = _transform.act(t, g, action)
     monkeypatch.setattr(_transform, "_monomial", lambda g: None)
     torch.testing.assert_close(fast, _transform.act(t, g, action), rtol=0, atol=0)
+
+
+def test_monomial_inverse_transpose_is_exact():
+    from isotorch.params._transform import _inverse_transpose
+
+    gen = torch.Generator().manual_seed(0)
+    g = torch.diag(torch.randn(7, generator=gen, dtype=torch.float64))[torch.randperm(7, generator=gen)]
+    torch.testing.assert_close(_inverse_transpose(g), torch.linalg.inv(g).mT, rtol=1e-15, atol=0)

@@ -113,6 +113,13 @@ def _monomial(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
 def _inverse_transpose(g: torch.Tensor) -> torch.Tensor:
     if _is_perm(g):
         return g  # a permutation matrix is orthogonal: g⁻ᵀ = g
+    if not g.requires_grad:
+        monomial = _monomial(g)
+        if monomial is not None:  # g[i, c_i] = v_i  ⇒  g⁻ᵀ[i, c_i] = 1/v_i: no O(n³) inverse
+            cols, values = monomial
+            out = torch.zeros_like(g)
+            out[torch.arange(g.shape[0], device=g.device), cols] = 1 / values
+            return out
     return torch.linalg.inv(g).mT
 
 
