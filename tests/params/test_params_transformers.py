@@ -384,3 +384,15 @@ def test_weight_read_elsewhere_freezes_its_sites():
     syms = symmetries(_SharedWeight().double(), torch.randn(3, 4, dtype=torch.float64))
     site = syms["fc1"]
     assert site.status == "frozen" and "fc1.weight is also read by" in site.reason
+
+
+def test_torch_transformer_encoder_stack():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.1, batch_first=True)
+    encoder = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(16), enable_nested_tensor=False)
+    model = nn.Sequential(nn.Linear(6, 16), encoder, nn.Linear(16, 3)).double()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 6, generator=gen, dtype=torch.float64)
+    syms = check_every_site(model, x, torch.randn(3, 4, 6, generator=gen, dtype=torch.float64))
+    assert syms["0"].group == "permutation" and len(syms["0"].norms) == 5  # 2 × (norm1, norm2) + the final norm
+    assert {s.name for s in syms if s.kind == "heads"} == {"1.layers.0.self_attn.heads", "1.layers.1.self_attn.heads"}
