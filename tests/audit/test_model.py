@@ -405,3 +405,37 @@ def test_g2_passes_through_identity_and_dropout(dtype):
     assert chain.groups == {"permutation", "positive_scaling"} and chain.verified
     assert chain.control is not None and chain.control[1] > 10 * chain.tolerance
     assert {r.path: r.role for r in report.rows}["1"] == "structural"
+
+
+def _hf(name):
+    transformers = pytest.importorskip("transformers", reason="the hf extra is not installed")
+    torch.manual_seed(0)
+    if name == "gpt2":
+        config = transformers.GPT2Config(n_layer=2, n_embd=16, n_head=2, n_positions=16, vocab_size=50)
+        model = transformers.GPT2Model(config)
+        x = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(0))
+    else:
+        config = transformers.ViTConfig(
+            hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=8, patch_size=4
+        )
+        model = transformers.ViTModel(config)
+        x = _x(2, 3, 8, 8)
+    return model.double().eval(), x
+
+
+@pytest.mark.parametrize("name", ["gpt2", "vit"])
+def test_transformers_models_agree_with_params_and_read_tokens_on_the_last_axis(name):
+    from isotorch.params import symmetries
+
+    model, x = _hf(name)
+    report = audit_model(model, x, trials=2, lie=False)
+    syms = symmetries(model, x)
+    assert [c.site for c in report.chains] == [s.name for s in syms]
+    for chain in report.chains:
+        assert (chain.group, chain.status) == (syms[chain.site].group, syms[chain.site].status)
+        assert chain.verified or chain.status != "free", chain
+    kinds = {c.kind for c in report.chains if c.status == "free"}
+    assert {"hidden", "heads", "query_key", "value_output"} <= kinds  # MLP hidden and attention's maps
+    norms = [r for r in report.sites if r.type == "LayerNorm"]
+    assert norms and all((r.dim, r.n) == (-1, 16) for r in norms)  # tokens (B, T, C): the channels, not T
+    assert report.complete and report.common == {"permutation"}  # GELU: S_n, nothing larger
