@@ -302,3 +302,14 @@ def test_missing_example_input_and_no_stream():
     mlp = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
     with pytest.raises(ValueError, match="no residual stream"):
         fold_norms(mlp, torch.randn(2, 3))
+
+
+def test_a_wrong_fold_is_caught_by_the_check(monkeypatch):
+    """The check compares with the traced output: a fold that scales the readers wrongly raises, naming the stream."""
+    from isotorch.params import _fold
+
+    monkeypatch.setattr(
+        _fold, "_axis_vector", lambda v, ndim, axis: (1.5 * v).reshape([-1 if i == axis else 1 for i in range(ndim)])
+    )
+    with pytest.raises(SymmetryError, match="folding the norms of emb changed the model's function"):
+        fold_norms(_prenorm(), torch.randn(6, 5, dtype=torch.float64))
