@@ -391,7 +391,7 @@ class _Tokens(nn.Module):
 def test_the_feature_axis_is_the_one_the_primitive_acts_on():
     model = _seed_params(_Tokens()).double()
     report = audit_model(model, _x(2, 3, 8, 8), trials=2, lie=False)
-    rows = {r.type: r for r in report.sites}
+    rows = {r.type: r for r in report.rows if r.role == "primitive"}
     assert rows["LayerNorm"].dim == -1 and rows["LayerNorm"].n == 8  # tokens (B, T, C): the last axis, not T = 16
     assert rows["layer_norm()"].n == 8  # LayerNorm2d normalises the 8 channels, read after its permute
     assert rows["LayerNorm"].maximal == {"permutation"}  # a random affine
@@ -439,3 +439,26 @@ def test_transformers_models_agree_with_params_and_read_tokens_on_the_last_axis(
     norms = [r for r in report.sites if r.type == "LayerNorm"]
     assert norms and all((r.dim, r.n) == (-1, 16) for r in norms)  # tokens (B, T, C): the channels, not T
     assert report.complete and report.common == {"permutation"}  # GELU: S_n, nothing larger
+
+
+class _Gain(nn.Module):
+    """tanh, then a per-feature gain applied in forward: the gain breaks tanh's sign flips."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 2)
+        self.gain = nn.Parameter(1 + torch.rand(8, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(x)) * self.gain)
+
+
+def test_a_functional_per_feature_gain_is_a_row_and_g1_does_not_overclaim(dtype):
+    report = audit_model(_Gain().to(dtype), _x(5, 4, dtype=dtype), trials=2, lie=False)
+    rows = {r.type: r for r in report.rows if r.role == "primitive"}
+    assert rows["tanh()"].maximal == {"signed_permutation"} and rows["tanh()"].result is not None
+    assert rows["mul()"].maximal == {"permutation"} and "per-feature parameter" in rows["mul()"].note
+    assert report.common == {"permutation"}  # not B_n: the gain is a primitive too
+    (chain,) = report.chains
+    assert chain.groups == {"permutation"} and chain.verified
+    assert chain.control[0] == "signed_permutation" and chain.control[1] > 10 * chain.tolerance  # sign flips break it

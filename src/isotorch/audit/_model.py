@@ -714,6 +714,11 @@ def _module_row(model, syms, node, use, axes, groups, trials, sampler, inputs, m
     )
 
 
+def _readable(axis: int, ndim: int) -> int:
+    """The last axis as -1, any other by its index (as the rest of isotorch reports feature axes)."""
+    return -1 if axis == ndim - 1 else axis
+
+
 def _bytes(t: torch.Tensor) -> bytes:
     return t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
 
@@ -751,15 +756,28 @@ def _call_row(node, use, axes, groups, trials, sampler, inputs, max_elements, li
         isinstance(v, Node) and v.op != "param" and isinstance(v.value, torch.Tensor) for v in node.kwargs.values()
     ):
         if use is not None and use.groups is not None and len(feature_args) > 1:
-            n = node.args[feature_args[0]].value.shape[use.axis]
+            value = node.args[feature_args[0]].value
+            n = value.shape[use.axis]
             maximal = maximal_groups(frozenset(use.groups), n)
             note = "combines several tensors of features: its group is the site graph's (REFERENCE §3.1), not measured"
-            return SiteRow(path, label, "primitive", use.axis, n, maximal, note=note, site=site)
+            return SiteRow(path, label, "primitive", _readable(use.axis, value.ndim), n, maximal, note=note, site=site)
         return SiteRow(path, label, "skipped", note="its input is not one tensor of features", site=site)
     k = feature_args[0]
     x = node.args[k].value
     if not x.is_floating_point():
         return SiteRow(path, label, "skipped", note="its input is not a floating-point tensor", site=site)
+    per_feature = [
+        a
+        for a in [*node.args, *node.kwargs.values()]
+        if isinstance(a, Node) and a.op == "param" and isinstance(a.value, torch.Tensor) and a.value.numel() > 1
+    ]
+    if per_feature and use is not None and use.groups is not None:
+        # e.g. a norm's gain applied as ``weight * x``: the gain moves with the features (the site graph acts on it),
+        # which an audit of the function with the gain held fixed would not see
+        n = x.shape[use.axis]
+        maximal = maximal_groups(frozenset(use.groups), n)
+        note = "a per-feature parameter that moves with the features: its group is the site graph's, not measured"
+        return SiteRow(path, label, "primitive", _readable(use.axis, x.ndim), n, maximal, note=note, site=site)
     rest = [_value(a) for a in node.args]
     kwargs = _value(node.kwargs)
     kwargs.pop("inplace", None)
@@ -796,6 +814,9 @@ def _audited_row(
     site = use.site if use is not None else None
     x = x.detach()
     dim = dim - x.ndim if dim == x.ndim - 1 else dim  # the last axis reads as -1, as in the rest of isotorch
+    if x.ndim == 0 or x.shape[dim] < 2:
+        note = "acts on an axis of size 1 (e.g. a norm's reduced statistic): no group to measure"
+        return SiteRow(path, type_name, "skipped", note=note, site=site)
     if key is not None and key in cache:
         first, r = cache[key]
         note = f"the same map as {first} (equal parameters, if any) on an input of the same shape: its audit is reused"
