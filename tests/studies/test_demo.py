@@ -67,6 +67,8 @@ def test_demo_trains_measures_and_reaches_verdicts(tiny_run):
         assert f["isotropic/rotation_change"] < 1e-5 < 1e-2 < f["elementwise/rotation_change"]
         assert f["elementwise/test_accuracy"] > 0.5
         assert f["elementwise/barrier_after"] < f["elementwise/barrier_before"]
+        assert f["elementwise/lr"] in (3e-3, 1e-2) and f["isotropic/lr"] in (3e-3, 1e-2)  # each family's own sweep
+    assert "learning rate (swept)" in tiny_run.findings[0].columns
     verdicts = {v.claim.name: v for v in tiny_run.verdicts}
     assert set(verdicts) == {"rotation-symmetry", "elementwise-more-aligned", "lmc-elementwise", "lmc-isotropic"}
     assert verdicts["rotation-symmetry"].verdict == "supported" and verdicts["rotation-symmetry"].seeds == (0, 1)
@@ -97,8 +99,9 @@ def test_demo_resumes(tiny_run, tmp_path):
     ("kwargs", "match"),
     [
         ({"epochs": 0}, "epochs"),
-        ({"lr": -1.0}, "lr"),
-        ({"lr_isotropic": 20.0}, "lr_isotropic"),
+        ({"lrs": (-1.0,)}, "lrs"),
+        ({"lrs": ()}, "lrs"),
+        ({"lrs": (1e-3, 1e-3)}, "lrs"),
         ({"test_fraction": 1.0}, "test"),
     ],
 )

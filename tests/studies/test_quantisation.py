@@ -11,7 +11,13 @@ import torch
 from isotorch import groups
 from isotorch.studies._config import ConfigError, make_config
 from isotorch.studies._runner import run_study
-from isotorch.studies.quantisation import QuantisationConfig, build_autoencoder, snapshot_epochs
+from isotorch.studies.quantisation import (
+    Quantisation,
+    QuantisationConfig,
+    _saturation,
+    build_autoencoder,
+    snapshot_epochs,
+)
 from isotorch.testing import relative_error, tolerance
 
 
@@ -70,7 +76,7 @@ def test_bad_config_names_the_key(item, match):
 
 
 def test_mnist_without_files_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="mnist"):
+    with pytest.raises(ConfigError, match=r"mnist.*not found"):
         run_study(
             "quantisation",
             tmp_path / "m",
@@ -83,22 +89,30 @@ def test_mnist_without_files_is_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_end_to_end(tmp_path):
-    run = run_study("quantisation", tmp_path / "q", seeds=(0,), preset="tiny", progress=False)
-    finals = run.data.finals[0]
+    run = run_study("quantisation", tmp_path / "q", seeds=(0, 1), preset="tiny", progress=False)
     table = run.findings[0]
     assert list(table.rows) == ["elementwise", "isotropic", "isotropic Gaussian (reference)"]
-    assert {"final test MSE", "alignment A (privileged)", "quantisation Q (privileged)", "A (random basis)"} <= set(
+    assert {"final test MSE", "saturated fraction (tanh > 0.9)", "quantisation Q", "alignment A (signed)"} <= set(
         table.columns
     )
-    for variant in ("elementwise", "isotropic"):
-        key = f"variant={variant}"
-        first = run.data.select(seed=0, run=key, step=0)[0]
-        assert finals[f"{key}/test_mse"] < first["test_mse"]  # training reduced the reconstruction error
-        assert finals[f"{key}/quant"] > finals["gaussian/quant"]  # a trained code is not an isotropic Gaussian
-        assert 0 <= first["quant_lo"] <= first["quant"] <= first["quant_hi"]
-        assert len(first["srm_random_mean"]) == 100
-    assert abs(finals["gaussian/quant"]) < 0.05
+    for seed in (0, 1):
+        finals = run.data.finals[seed]
+        for variant in ("elementwise", "isotropic"):
+            key = f"variant={variant}"
+            first = run.data.select(seed=seed, run=key, step=0)[0]
+            assert finals[f"{key}/test_mse"] < first["test_mse"]  # training reduced the reconstruction error
+            assert 0 <= finals[f"{key}/saturation"] <= 1
+            assert first["quant_lo"] <= first["quant"] <= first["quant_hi"]
+            assert len(first["srm_random_mean"]) == 100
+            final = run.data.select(seed=seed, run=key, event="final")[0]
+            assert final["align_null"] is not None and 0 < final["align_p"] <= 1
+        assert abs(finals["gaussian/quant"]) < 0.05 and abs(finals["gaussian/align"]) < 0.1  # the null reads ~0
+    verdicts = {v.claim.name: v for v in run.verdicts}
+    assert list(verdicts) == [c.name for c in Quantisation.claims]
+    assert all(v.seeds == (0, 1) for v in verdicts.values())
+    assert "saturated fraction" in verdicts["elementwise-more-quantised"].note
     report = (tmp_path / "q" / "report.html").read_text()
+    assert report.index("Verdicts") < report.index("Findings")
     figures = json.loads((tmp_path / "q" / "figures.json").read_text())
     assert [f["path"] for f in figures] == [
         "srm_final.png",
@@ -109,3 +123,14 @@ def test_tiny_end_to_end(tmp_path):
     for f in figures:
         assert (tmp_path / "q" / f["path"]).stat().st_size > 5_000
         assert f["caption"][:40] in report
+
+
+def test_saturation_reads_the_activations_own_radius():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 6, generator=g)
+    for variant in ("elementwise", "isotropic", "block:2", "direction:8"):
+        model = build_autoencoder(6, (5,), 4, variant, generator=g)
+        assert _saturation(model, variant, x) <= 0.5, variant  # default init: small arguments
+        with torch.no_grad():
+            model[2].weight.mul_(100.0)  # the encoder's last Linear: huge arguments saturate every variant
+        assert _saturation(model, variant, x) > 0.9, variant

@@ -3,16 +3,19 @@
 Per seed, two MLPs Linear(64, w) → tanh → LayerNorm → Linear(w, w) → tanh → Linear(w, 10) are drawn (``a`` and
 ``b``, independent initialisations), and each is converted to the isotropic family (:func:`isotorch.convert`:
 IsoTanh, ChiNorm), so that the elementwise and isotropic models of a seed share their architecture, their initial
-weights and their minibatches, and differ only in their primitives. All four are trained with Adam (each family
-at its own learning rate, ``lr`` and ``lr_isotropic``). Measured on model ``a`` of each family:
+weights and their minibatches, and differ only in their primitives. All four are trained with Adam, each family at
+its own best learning rate among ``lrs``: a sweep at the run's budget, scored on a held-out part of the training
+set (:func:`isotorch.studies._models.select_lr`; the chosen rates are reported). Measured on model ``a`` of each
+family:
 
 - test accuracy and loss, and the training loss on the whole training set;
 - the hidden-layer parameter symmetry the primitives induce: a Haar-random rotation of the first hidden site,
   applied by the one parameter-symmetry engine (:func:`isotorch.params.symmetries` and
   :func:`isotorch.params.transform`, unchecked so that the elementwise model may change), and the relative change
   of the output; about 1e-7 in float32 for the isotropic model and order 1 for the elementwise one;
-- the last hidden representation: its basis alignment in the standard basis and, as the null, in a Haar-random
-  basis (:mod:`isotorch.probes`), its mean SRM curve and its effective rank;
+- the last hidden representation: its signed, ε-free basis alignment A in the standard basis (+ for mass on the
+  axes, − on the diagonals, 0 for any rotation-invariant law) and, as the null, its mean in Haar-random bases
+  (:func:`isotorch.probes.alignment_score`), its mean SRM curve and its effective rank;
 - linear mode connectivity of ``a`` and ``b``: the test-loss barrier before and after aligning ``b`` to ``a`` by
   the family's parameter symmetry (:func:`isotorch.params.align`: permutations and sign flips for elementwise,
   rotations for isotropic).
@@ -36,6 +39,7 @@ from torch import nn
 
 from isotorch import families, groups, params, probes
 from isotorch.studies._data import load_digits
+from isotorch.studies._models import select_lr
 from isotorch.studies._registry import Study, register_study
 from isotorch.studies._stats import Figure, Findings
 from isotorch.studies._verdicts import Claim, paired_verdict, verdict_from_values
@@ -52,8 +56,7 @@ class DemoConfig:
     epochs: int = 30
     width: int = 64
     batch_size: int = 64
-    lr: float = 3e-3
-    lr_isotropic: float | None = None
+    lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
     test_fraction: float = 0.2
     n_bootstrap: int = 200
 
@@ -62,16 +65,10 @@ class DemoConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        for name in ("lr", "lr_isotropic"):
-            value = getattr(self, name)
-            if value is not None and not (0 < value < 10):
-                raise ValueError(f"{name} must be in (0, 10), got {value!r}")
+        if not self.lrs or any(not (0 < lr < 10) for lr in self.lrs) or len(set(self.lrs)) != len(self.lrs):
+            raise ValueError(f"lrs must be distinct learning rates in (0, 10), got {self.lrs!r}")
         if not (0 < self.test_fraction < 1):
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction!r}")
-
-    def family_lr(self, family: str) -> float:
-        """The learning rate of ``family`` (``lr_isotropic`` defaults to ``lr``)."""
-        return self.lr_isotropic if family == "isotropic" and self.lr_isotropic is not None else self.lr
 
 
 def base_model(width: int) -> nn.Sequential:
@@ -122,14 +119,16 @@ def _last_hidden(model: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 
 
 def _representation(hidden: torch.Tensor, n_bootstrap: int, seed: int) -> dict[str, Any]:
-    """Basis alignment of ``hidden`` in the standard basis and in a Haar-random basis (the null), SRM, rank."""
-    standard = probes.alignment_score(hidden, n_bootstrap=n_bootstrap, generator=seed)
-    random = probes.alignment_score(hidden, "random", n_bootstrap=n_bootstrap, generator=seed)
+    """Signed 4-fold basis alignment A of ``hidden`` in the standard basis with its Haar-random-basis null, the
+    basis privilege |A − null mean|, the mean SRM curve and the effective rank."""
+    score = probes.alignment_score(hidden, n_bootstrap=n_bootstrap, n_null=19, generator=seed, nan_policy="omit")
+    null = score.null_mean if score.null_mean is not None else math.nan
     spot = probes.srm(hidden)
     return {
-        "alignment": standard.value,
-        "alignment_random": random.value,
-        "alignment_excess": standard.value - random.value,
+        "alignment": score.value,
+        "alignment_null": null,
+        "alignment_p": score.p_value if score.p_value is not None else math.nan,
+        "privilege": abs(score.value - null),
         "effective_rank": probes.effective_rank(hidden - hidden.mean(0)),
         "srm": spot.mean.tolist(),
         "srm_baseline": spot.baseline,
@@ -142,7 +141,7 @@ class Demo(Study):
 
     Config = DemoConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"epochs": 2, "width": 16, "n_bootstrap": 20},
+        "tiny": {"epochs": 2, "width": 16, "n_bootstrap": 20, "lrs": (3e-3, 1e-2)},
     }
     claims = (
         Claim(
@@ -155,9 +154,9 @@ class Demo(Study):
         ),
         Claim(
             "elementwise-more-aligned",
-            "Elementwise tanh aligns the learned representation with the neuron basis more than isotropic tanh",
+            "Elementwise tanh organises the learned representation by the neuron basis more than isotropic tanh",
             "Bird et al., Spotlight Resonance Method (arXiv 2505.13471); position paper",
-            "basis alignment of the last hidden layer in excess of a Haar-random basis: elementwise − isotropic",
+            "|A − Haar-null mean| of the signed 4-fold alignment A of the last hidden layer: elementwise − isotropic",
         ),
         Claim(
             "lmc-elementwise",
@@ -186,9 +185,20 @@ class Demo(Study):
         trained: dict[str, dict[str, nn.Module]] = {}
         for family in FAMILIES:
             trained[family] = {}
+
+            def build(family=family, base=bases["a"]):
+                return copy.deepcopy(base) if family == "elementwise" else families.convert(base, family)
+
+            lr = cfg.lrs[0]
+            if len(cfg.lrs) > 1:  # each family at its own best learning rate, at the budget of the real run
+                lr, sweep = select_lr(
+                    ctx, f"{family}/sweep", build, cfg.lrs, x, y, steps=steps, batch_size=cfg.batch_size
+                )
+                ctx.log(0, run=f"{family}/sweep", lr=lr, val_loss={f"{k:g}": _finite(v) for k, v in sweep.items()})
+            finals[f"{family}/lr"] = lr
             for copy_name, base in bases.items():
-                model = copy.deepcopy(base) if family == "elementwise" else families.convert(base, family)
-                opt = torch.optim.Adam(model.parameters(), lr=cfg.family_lr(family))
+                model = build(base=base)
+                opt = torch.optim.Adam(model.parameters(), lr=lr)
 
                 def step(t, model=model, opt=opt, copy_name=copy_name):
                     model.train()
@@ -255,15 +265,16 @@ class Demo(Study):
             values = {}
             for key, label, scale in METRICS:
                 values[label] = [v * scale for v in self._by_seed(data, f"{family}/{key}").values()]
-            rows[f"{family} (lr {data.config.family_lr(family):g})"] = values
+            rows[family] = values
         return [
             Findings.from_values(
                 "matched elementwise/isotropic MLPs on digits",
                 rows,
                 caption=(
                     "mean ± 95% CI over seeds. Output change: ‖f(x) − f'(x)‖/‖f(x)‖ after a Haar rotation of the "
-                    "first hidden site (params.transform). Basis alignment (isotorch.probes) of the last hidden "
-                    "layer in the standard basis and in a Haar-random basis (the null). Barrier: max over λ of the "
+                    "first hidden site (params.transform). Basis alignment A (isotorch.probes, signed 4-fold moment) "
+                    "of the last hidden layer in the standard basis, and its mean in Haar-random bases (the null). "
+                    "Barrier: max over λ of the "
                     "test loss on the linear path between two independently trained models, minus the endpoints' "
                     "mean, before and after aligning them by their parameter symmetry."
                 ),
@@ -280,8 +291,8 @@ class Demo(Study):
             paired_verdict(claims["rotation-symmetry"], log_change["elementwise"], log_change["isotropic"]),
             paired_verdict(
                 claims["elementwise-more-aligned"],
-                self._by_seed(data, "elementwise/alignment_excess"),
-                self._by_seed(data, "isotropic/alignment_excess"),
+                self._by_seed(data, "elementwise/privilege"),
+                self._by_seed(data, "isotropic/privilege"),
             ),
         ]
         for family in FAMILIES:
@@ -312,7 +323,8 @@ class Demo(Study):
             length = min(len(c) for c in curves)
             arr = np.array([c[:length] for c in curves])
             epochs = np.arange(length)
-            label = f"{family}, lr {data.config.family_lr(family):g} (mean; band: min–max of {len(arr)} seeds)"
+            lrs = sorted({f"{f[f'{family}/lr']:g}" for f in data.finals.values() if f.get(f"{family}/lr")})
+            label = f"{family}, lr {'/'.join(lrs)} (mean; band: min–max of {len(arr)} seeds)"
             ax.plot(epochs, arr.mean(0), color=colours[family], label=label)
             ax.fill_between(epochs, arr.min(0), arr.max(0), color=colours[family], alpha=0.2)
         _finish(ax, "test accuracy by family", "epoch", "test accuracy (%)")
@@ -366,6 +378,10 @@ class Demo(Study):
         return figures
 
 
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
 def _finish(ax, title: str, xlabel: str, ylabel: str) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -377,12 +393,13 @@ def _finish(ax, title: str, xlabel: str, ylabel: str) -> None:
 
 #: (key, label, scale) of the per-seed results in the findings table.
 METRICS = (
+    ("lr", "learning rate (swept)", 1.0),
     ("test_accuracy", "test accuracy (%)", 100.0),
     ("test_loss", "test loss", 1.0),
     ("train_loss", "train loss", 1.0),
     ("rotation_change", "output change under a hidden rotation", 1.0),
-    ("alignment", "basis alignment (standard basis)", 1.0),
-    ("alignment_random", "basis alignment (random basis)", 1.0),
+    ("alignment", "basis alignment A (+ axes, − diagonals)", 1.0),
+    ("alignment_null", "A in Haar-random bases (null)", 1.0),
     ("effective_rank", "effective rank", 1.0),
     ("barrier_before", "barrier, unaligned", 1.0),
     ("barrier_after", "barrier, aligned", 1.0),

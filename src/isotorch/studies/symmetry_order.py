@@ -1,0 +1,312 @@
+"""Study ``symmetry_order``: does basis alignment fall as the bottleneck's symmetry group grows? (issue 12, item 9)
+
+The autoencoders of the ``quantisation`` study (x → Linear → tanh → … → Linear → **φ** → Linear → … → x̂) with a
+bottleneck of n features, where φ is isotropic tanh within blocks of k features (``block:k``,
+:class:`isotorch.nn.BlockIsotropicActivation`), swept over the block sizes k that divide n, from k = 1 (elementwise
+tanh, group B_n of signed permutations) to k = n (isotropic tanh, O(n)). The bottleneck's group O(k)^{n/k} ⋊ S_{n/k}
+grows continuously with k: its dimension n(k − 1)/2 runs from 0 to n(n − 1)/2. Every k of a seed starts from the same
+weights and sees the same minibatches.
+
+Measured on the trained bottleneck code z (up to ``probe_samples`` inputs), in the standard basis, with the fixed
+statistics of :mod:`isotorch.probes` (REFERENCE §9):
+
+- the signed, ε-free 4-fold alignment A (+ mass on the axes, − on the diagonals, 0 for any rotation-invariant law)
+  and its Haar-random-basis null; the **basis privilege** |A − null mean|;
+- the quantisation Q (angular concentration beyond a Gaussian of the same covariance, 0 for any Gaussian);
+- the saturated fraction of the activation's tanh arguments (block norms) and the test reconstruction MSE.
+
+Per seed, the Spearman rank correlation between k and the privilege (and between k and Q) summarises the trend
+in one number; the claims' verdicts use those correlations over seeds (t-interval). The OLS slope against log₂ k is
+reported too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from isotorch.studies._registry import Study, register_study
+from isotorch.studies._stats import Figure, Findings
+from isotorch.studies._verdicts import Claim, inconclusive, verdict_from_values
+from isotorch.studies.quantisation import _DATASETS, _code, _load, _saturation, _scores, build_autoencoder
+
+__all__ = ["SymmetryOrder", "SymmetryOrderConfig", "divisors", "trend"]
+
+
+def divisors(n: int) -> tuple[int, ...]:
+    """The block sizes k that divide n, ascending.
+
+    Examples:
+        >>> divisors(16)
+        (1, 2, 4, 8, 16)
+    """
+    return tuple(k for k in range(1, n + 1) if n % k == 0)
+
+
+def trend(k: list[int] | tuple[int, ...], values: list[float]) -> dict[str, float]:
+    """Spearman's rank correlation of ``values`` with ``k`` and the OLS slope of ``values`` against log₂ k.
+
+    NaN values are left out; fewer than three points give NaN.
+
+    Examples:
+        >>> t = trend([1, 2, 4, 8], [0.9, 0.5, 0.3, 0.1])
+        >>> t["spearman"], round(t["slope"], 3)
+        (-1.0, -0.26)
+    """
+    from scipy import stats
+
+    pairs = [(kk, v) for kk, v in zip(k, values, strict=True) if v is not None and math.isfinite(v)]
+    if len(pairs) < 3:
+        return {"spearman": math.nan, "slope": math.nan}
+    ks, vs = np.array([p[0] for p in pairs], dtype=float), np.array([p[1] for p in pairs], dtype=float)
+    rho = stats.spearmanr(ks, vs).statistic if np.ptp(vs) > 0 else math.nan
+    slope = stats.linregress(np.log2(ks), vs).slope
+    return {"spearman": float(rho), "slope": float(slope)}
+
+
+@dataclass(frozen=True)
+class SymmetryOrderConfig:
+    """Settings of the ``symmetry_order`` study (see the module docstring)."""
+
+    block_sizes: tuple[int, ...] | None = None
+    dataset: str = "digits"
+    data_root: str | None = None
+    bottleneck: int = 16
+    hidden: tuple[int, ...] = (64,)
+    epochs: int = 30
+    batch_size: int = 24
+    lr: float = 1e-2
+    probe_samples: int = 2000
+    n_bootstrap: int = 200
+    n_null: int = 19
+
+    def __post_init__(self):
+        if self.bottleneck < 2:
+            raise ValueError(f"bottleneck must be an int ≥ 2, got {self.bottleneck!r}")
+        if self.block_sizes is not None:
+            if len(self.block_sizes) < 3 or len(set(self.block_sizes)) != len(self.block_sizes):
+                raise ValueError(f"block_sizes must name at least 3 distinct sizes, got {self.block_sizes!r}")
+            bad = [k for k in self.block_sizes if k < 1 or self.bottleneck % k]
+            if bad:
+                raise ValueError(f"block_sizes must divide bottleneck={self.bottleneck}, got {bad}")
+        elif len(divisors(self.bottleneck)) < 3:
+            raise ValueError(f"bottleneck={self.bottleneck} has fewer than 3 divisors: nothing to sweep")
+        if self.dataset not in _DATASETS:
+            raise ValueError(f"dataset must be one of {', '.join(_DATASETS)}, got {self.dataset!r}")
+        if any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden must hold positive widths, got {self.hidden!r}")
+        for name in ("epochs", "batch_size", "probe_samples", "n_bootstrap"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        if self.n_null < 0:
+            raise ValueError(f"n_null must be a non-negative int, got {self.n_null!r}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ValueError(f"lr must be a positive finite float, got {self.lr!r}")
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """The swept block sizes, ascending (default: every divisor of ``bottleneck``)."""
+        return tuple(sorted(self.block_sizes)) if self.block_sizes is not None else divisors(self.bottleneck)
+
+
+@register_study("symmetry_order")
+class SymmetryOrder(Study):
+    """Bottleneck block size k from 1 (elementwise) to n (isotropic): basis alignment against the group's size."""
+
+    Config = SymmetryOrderConfig
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": {
+            "bottleneck": 4,
+            "hidden": (16,),
+            "epochs": 2,
+            "batch_size": 64,
+            "probe_samples": 400,
+            "n_bootstrap": 20,
+            "n_null": 5,
+        },
+        # the quantisation study's paper scale (REFERENCE §6.1: MNIST, 16-d bottleneck, batch 24, 100 epochs)
+        "paper": {
+            "dataset": "mnist",
+            "bottleneck": 16,
+            "hidden": (256, 64),
+            "epochs": 100,
+            "batch_size": 24,
+            "lr": 1e-3,
+            "probe_samples": 5000,
+            "n_bootstrap": 1000,
+            "n_null": 39,
+        },
+    }
+    claims = (
+        Claim(
+            "alignment-falls-with-group",
+            "Basis alignment falls as the symmetry group of the bottleneck grows (block size k from 1 to n)",
+            "Isotropic Deep Learning position paper (taxonomy by symmetry); issue 12 item 9",
+            "per-seed Spearman correlation of k with the basis privilege |A − Haar-null mean|",
+            direction=-1,
+        ),
+        Claim(
+            "quantisation-falls-with-group",
+            "Quantisation of the bottleneck code falls as its symmetry group grows",
+            "Bird et al., arXiv 2507.12070 (anisotropic bottlenecks quantise); REFERENCE §6.1",
+            "per-seed Spearman correlation of k with the quantisation Q",
+            direction=-1,
+        ),
+    )
+
+    def run(self, ctx) -> dict[str, Any]:
+        cfg: SymmetryOrderConfig = ctx.config
+        x_train, x_test = _load(cfg)
+        x_train, x_test = x_train.to(ctx.device), x_test.to(ctx.device)
+        probe = torch.cat([x_train, x_test])[: cfg.probe_samples]
+        n, per_epoch = len(x_train), math.ceil(len(x_train) / cfg.batch_size)
+        steps = cfg.epochs * per_epoch
+        finals: dict[str, Any] = {}
+        for k in cfg.sizes:
+            variant = f"block:{k}"
+            model = build_autoencoder(
+                x_train.shape[1], cfg.hidden, cfg.bottleneck, variant, generator=torch.Generator().manual_seed(ctx.seed)
+            ).to(ctx.device)
+            opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+
+            def step(t, model=model, opt=opt):
+                idx = ctx.batch_indices(t, n, cfg.batch_size)
+                loss = nn.functional.mse_loss(model(x_train[idx]), x_train[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                return loss
+
+            def evaluate(t, model=model):
+                return {"epoch": t / per_epoch, "test_mse": nn.functional.mse_loss(model(x_test), x_test)}
+
+            key = f"k={k}"
+            result = ctx.train(
+                key, step, steps, state={"model": model, "opt": opt}, evaluate=evaluate, log_every=per_epoch
+            )
+            model.eval()
+            with torch.no_grad():
+                code = _code(model, probe).double()
+            scores = _scores(code, "standard", ctx.seed, cfg.n_bootstrap, cfg.n_null)
+            align, null = scores["align"], scores.get("align_null")
+            privilege = abs(align - null) if null is not None and math.isfinite(align) else math.nan
+            saturation = _saturation(model, variant, probe)
+            ctx.log(steps, run=key, event="final", privilege=privilege, saturation=saturation, **scores)
+            finals[f"{key}/test_mse"] = result.last["test_mse"]
+            finals[f"{key}/align"] = align
+            finals[f"{key}/align_null"] = null
+            finals[f"{key}/privilege"] = privilege
+            finals[f"{key}/quant"] = scores["quant"]
+            finals[f"{key}/saturation"] = saturation
+        for metric in ("privilege", "quant"):
+            t = trend(list(cfg.sizes), [finals[f"k={k}/{metric}"] for k in cfg.sizes])
+            finals[f"{metric}/spearman"] = t["spearman"]
+            finals[f"{metric}/slope"] = t["slope"]
+        return finals
+
+    # ------------------------------------------------------------------------------------------- over seeds
+    def summarise(self, data) -> list[Findings]:
+        cfg: SymmetryOrderConfig = data.config
+        labels = {
+            "privilege": "privilege |A − null|",
+            "align": "alignment A (signed)",
+            "quant": "quantisation Q",
+            "saturation": "saturated fraction",
+            "test_mse": "test MSE",
+        }
+        rows = {}
+        n = cfg.bottleneck
+        for k in cfg.sizes:
+            name = f"k={k} (group dim {n * (k - 1) // 2})"
+            rows[name] = {
+                label: [_num(f.get(f"k={k}/{metric}")) for f in data.finals.values()]
+                for metric, label in labels.items()
+            }
+        trends = {
+            metric: {
+                "Spearman ρ with k": [_num(f.get(f"{metric}/spearman")) for f in data.finals.values()],
+                "slope per doubling of k": [_num(f.get(f"{metric}/slope")) for f in data.finals.values()],
+            }
+            for metric in ("privilege", "quant")
+        }
+        caption = (
+            f"{cfg.dataset} autoencoders, hidden {list(cfg.hidden)}, {n}-d bottleneck of isotropic tanh in blocks of k "
+            f"(k = 1: elementwise tanh; k = {n}: isotropic), Adam lr {cfg.lr:g} for every k, batch {cfg.batch_size}, "
+            f"{cfg.epochs} epochs; scores of the code on {cfg.probe_samples} inputs (max), in the standard basis. "
+            "Group dim: n(k − 1)/2, the dimension of O(k)^{n/k}. Mean ± 95% CI over seeds."
+        )
+        return [
+            Findings.from_values("basis alignment and quantisation by block size", rows, caption=caption),
+            Findings.from_values(
+                "trend with the block size, per seed",
+                {labels[m]: v for m, v in trends.items()},
+                caption="Spearman rank correlation with k and OLS slope against log₂ k, per seed; mean ± 95% CI.",
+            ),
+        ]
+
+    def verdicts(self, data) -> list:
+        cfg: SymmetryOrderConfig = data.config
+        claims = {c.name: c for c in self.claims}
+        if len(cfg.sizes) < 3:
+            return [inconclusive(c, "fewer than 3 block sizes: no trend") for c in self.claims]
+        note = f"block sizes {list(cfg.sizes)} of a {cfg.bottleneck}-d bottleneck, standard basis"
+        return [
+            verdict_from_values(
+                claims["alignment-falls-with-group"],
+                {s: _num(f.get("privilege/spearman")) for s, f in data.finals.items()},
+                note=note,
+            ),
+            verdict_from_values(
+                claims["quantisation-falls-with-group"],
+                {s: _num(f.get("quant/spearman")) for s, f in data.finals.items()},
+                note=note,
+            ),
+        ]
+
+    def figures(self, data, out: Path) -> list[Figure]:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        cfg: SymmetryOrderConfig = data.config
+        ks = np.array(cfg.sizes)
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=110)
+        panels = (("privilege", "basis privilege |A − null|"), ("quant", "quantisation Q"), ("test_mse", "test MSE"))
+        for ax, (metric, label) in zip(axes, panels, strict=True):
+            per_seed = np.array([[_num(f.get(f"k={k}/{metric}")) for k in ks] for f in data.finals.values()])
+            for row in per_seed:
+                ax.plot(ks, row, color="0.6", lw=0.8, marker="o", ms=3)
+            if len(per_seed):
+                ax.plot(ks, np.nanmean(per_seed, 0), color="tab:blue", lw=2, marker="o", label="mean over seeds")
+            if metric == "privilege":
+                nulls = np.array([[_num(f.get(f"k={k}/align_null")) for k in ks] for f in data.finals.values()])
+                if len(nulls):
+                    ax.plot(ks, np.abs(np.nanmean(nulls, 0)), "k:", lw=1, label="|null mean| (Haar bases)")
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(ks, [str(k) for k in ks])
+            ax.set_xlabel("block size k (1: elementwise … n: isotropic)")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "order_sweep.png")
+        plt.close(fig)
+        return [
+            Figure(
+                "order_sweep.png",
+                "Basis privilege |A − null mean| (left), quantisation Q (middle) and test reconstruction MSE (right) "
+                "of the bottleneck code against the block size k of its isotropic-tanh blocks (log scale): grey one "
+                "line per seed, blue the mean; dotted: the alignment's Haar-random-basis null.",
+            )
+        ]
+
+
+def _num(value) -> float:
+    return math.nan if value is None else float(value)

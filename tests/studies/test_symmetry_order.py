@@ -1,0 +1,66 @@
+"""The symmetry-order study: block sizes, the trend statistic against scipy, config checks, a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from isotorch.studies._config import ConfigError, make_config
+from isotorch.studies._runner import run_study
+from isotorch.studies.symmetry_order import SymmetryOrder, SymmetryOrderConfig, divisors, trend
+
+
+def test_sweep_runs_from_elementwise_to_isotropic():
+    assert SymmetryOrderConfig().sizes == (1, 2, 4, 8, 16)
+    assert SymmetryOrderConfig(bottleneck=12, block_sizes=(6, 1, 3)).sizes == (1, 3, 6)
+    assert divisors(6) == (1, 2, 3, 6)
+
+
+def test_trend_matches_scipy_and_skips_nan():
+    rng = np.random.default_rng(0)
+    k = [1, 2, 4, 8, 16]
+    v = rng.normal(size=5).tolist()
+    t = trend(k, v)
+    assert t["spearman"] == pytest.approx(stats.spearmanr(k, v).statistic)
+    assert t["slope"] == pytest.approx(np.polyfit(np.log2(k), v, 1)[0])
+    assert trend(k, [1.0, float("nan"), 0.5, 0.2, 0.1])["spearman"] == pytest.approx(-1.0)
+    assert np.isnan(trend(k, [1.0, float("nan"), None, float("nan"), 0.1])["spearman"])
+    assert np.isnan(trend([1, 2, 4], [0.3, 0.3, 0.3])["spearman"])  # constant: no rank order
+
+
+@pytest.mark.parametrize(
+    ("item", "match"),
+    [
+        ("block_sizes=1,3,16", "block_sizes must divide"),
+        ("block_sizes=1,2", "at least 3"),
+        ("bottleneck=3", "fewer than 3 divisors"),
+        ("dataset=cifar", "dataset must be"),
+        ("epochs=0", "epochs must be"),
+    ],
+)
+def test_bad_config_names_the_key(item, match):
+    with pytest.raises(ConfigError, match=match):
+        make_config(SymmetryOrderConfig, overrides=[item])
+
+
+@pytest.mark.slow
+def test_tiny_end_to_end(tmp_path):
+    run = run_study("symmetry_order", tmp_path / "s", seeds=(0, 1), preset="tiny", progress=False)
+    for seed in (0, 1):
+        finals = run.data.finals[seed]
+        for k in (1, 2, 4):
+            assert finals[f"k={k}/test_mse"] > 0 and 0 <= finals[f"k={k}/saturation"] <= 1
+            assert finals[f"k={k}/privilege"] == pytest.approx(
+                abs(finals[f"k={k}/align"] - finals[f"k={k}/align_null"])
+            )
+        assert -1 <= finals["privilege/spearman"] <= 1
+    assert [v.claim.name for v in run.verdicts] == [c.name for c in SymmetryOrder.claims]
+    assert all(v.seeds == (0, 1) for v in run.verdicts)
+    stored = json.loads((tmp_path / "s" / "verdicts.json").read_text())
+    assert stored[0]["direction"] == -1
+    report = (tmp_path / "s" / "report.html").read_text()
+    assert report.index("Verdicts") < report.index("Findings") and "order_sweep.png" in report
+    assert (tmp_path / "s" / "order_sweep.png").stat().st_size > 5_000
