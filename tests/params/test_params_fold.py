@@ -313,3 +313,27 @@ def test_a_wrong_fold_is_caught_by_the_check(monkeypatch):
     )
     with pytest.raises(SymmetryError, match="folding the norms of emb changed the model's function"):
         fold_norms(_prenorm(), torch.randn(6, 5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("stack", [False, True])
+def test_torch_encoder_layers_norm_first(stack):
+    """nn.TransformerEncoderLayer(norm_first=True), alone or in nn.TransformerEncoder with a final norm."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True, norm_first=True)
+    if stack:
+        body = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(16), enable_nested_tensor=False)
+    else:
+        body = nn.Sequential(
+            layer, nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True, norm_first=True)
+        )
+        body.append(nn.LayerNorm(16))
+    model = _perturb_norms(nn.Sequential(nn.Linear(6, 16), body, nn.Linear(16, 3)).double().eval())
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 6, generator=gen, dtype=torch.float64)
+    fresh = torch.randn(3, 4, 6, generator=gen, dtype=torch.float64)
+    folded, report = fold_norms(model, x, return_report=True)
+    assert report.groups == {"0": "orthogonal"} and report.mean_free == ("0",) and len(report.norms) == 5
+    assert function_error(model, folded, (fresh,))[0] <= TOL
+    assert symmetries(folded, x)["0"].group == "orthogonal"
+    rotated = _rotate(folded, x, "0", hadamard(16))
+    assert function_error(model, rotated, (fresh,))[0] <= TOL

@@ -86,6 +86,34 @@ class FoldReport:
         }
 
 
+class _FoldedEncoderLayer(nn.TransformerEncoderLayer):
+    """``nn.TransformerEncoderLayer`` after :func:`fold_norms`: its norms are gain-free ``nn.RMSNorm`` modules, so the
+    fused inference kernel (which reads ``norm.weight``/``norm.bias`` as a LayerNorm's) is skipped and the layer runs
+    its own unfused path, which calls the norm modules."""
+
+    def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
+        import torch.nn.functional as F
+
+        src_key_padding_mask = F._canonical_mask(
+            mask=src_key_padding_mask,
+            mask_name="src_key_padding_mask",
+            other_type=F._none_or_dtype(src_mask),
+            other_name="src_mask",
+            target_type=src.dtype,
+        )
+        src_mask = F._canonical_mask(
+            mask=src_mask,
+            mask_name="src_mask",
+            other_type=None,
+            other_name="",
+            target_type=src.dtype,
+            check_other=False,
+        )
+        x = src
+        x = x + self._sa_block(self.norm1(x), src_mask, src_key_padding_mask, is_causal=is_causal)
+        return x + self._ff_block(self.norm2(x))
+
+
 def _default_input(model: nn.Module):
     """A small example input for a Hugging Face model (token ids or pixels), or None."""
     config = getattr(model, "config", None)
@@ -425,6 +453,10 @@ def fold_norms(
                 _set_module(new, norm.name, fresh)
                 replaced.append((norm.name, type(old).__name__, type(fresh).__name__))
             groups[site.name] = "mean_orthogonal" if layer and not centre else "orthogonal"
+    for path, module in new.named_modules():
+        if type(module) is nn.TransformerEncoderLayer and not isinstance(module.norm1, nn.LayerNorm):
+            module.__class__ = _FoldedEncoderLayer  # norm_first (post-LN was refused above)
+            notes.append(f"{path}: nn.TransformerEncoderLayer runs its unfused path (its fused kernel needs LayerNorm)")
     if untied and getattr(getattr(new, "config", None), "tie_word_embeddings", False):
         new.config.tie_word_embeddings = False
     err, dtype = _output_error(model, graph, new, syms.example_input)
