@@ -238,6 +238,16 @@ def _where(graph, name: str | None, path: str | None, model: nn.Module) -> str:
     return f"call {name!r} in the top-level forward"
 
 
+def _check_post_norm(site: Site, graph, model: nn.Module) -> None:
+    for norm in site.norms:
+        if norm.name in dict(model.named_modules()) and _is_post_norm(graph, norm.name):
+            raise SymmetryError(
+                f"norm {norm.name!r} ({type(model.get_submodule(norm.name)).__name__}) is post-LN: its output is the "
+                "residual stream itself (read by the skip connection), so its gain cannot be folded into readers "
+                "(BERT, TransformerEncoderLayer(norm_first=False)); nothing was folded"
+            )
+
+
 def _check_unknown(site: Site, uses, graph, model: nn.Module) -> None:
     known = {n.name for n in site.norms}
     for use in uses:
@@ -247,8 +257,9 @@ def _check_unknown(site: Site, uses, graph, model: nn.Module) -> None:
             continue  # linear, or already O(d)-equivariant: nothing to fold
         groups = ", ".join(use.groups) or "trivial"
         raise SymmetryError(
-            f"fold_norms does not know the norm {use.label} at {_where(graph, use.node, use.path, model)} on the "
-            f"residual stream {site.name!r} (its group there is {groups}); nothing was folded"
+            f"fold_norms does not know the norm {use.label} at {_where(graph, use.node, use.path, model)}: it acts "
+            f"on the residual stream {site.name!r} with group {groups}, and only LayerNorm/RMSNorm gains can be "
+            "folded away; nothing was folded"
         )
 
 
@@ -260,15 +271,8 @@ def _check_stream(site: Site, uses, graph, model: nn.Module) -> None:
                 f"{site.name!r}: there is no module to replace by a gain-free one (use a module); nothing was folded"
             )
     for norm in site.norms:
-        module = _module(model, norm.name, "norm")
         if norm.kind not in ("layer", "rms"):
             raise SymmetryError(f"fold_norms does not know the norm {norm.op} at module {norm.name!r}")
-        if _is_post_norm(graph, norm.name):
-            raise SymmetryError(
-                f"norm {norm.name!r} ({type(module).__name__}) is post-LN: its output is the residual stream itself "
-                "(read by the skip connection), so its gain cannot be folded into readers (BERT, "
-                "TransformerEncoderLayer(norm_first=False)); nothing was folded"
-            )
     if not site.free:
         raise SymmetryError(f"stream {site.name!r} is {site.status}: {site.reason}; its norms cannot be folded")
     for norm in site.norms:
@@ -351,9 +355,11 @@ def fold_norms(
         if x is None:
             raise ValueError(f"x: fold_norms needs an example input for a {type(model).__name__} (pass x=...)")
     syms, graph, uses, _ = analyse(model, x)
-    for site in syms:
-        if site.kind == "residual":
-            _check_unknown(site, uses, graph, model)
+    residual = [s for s in syms if s.kind == "residual"]
+    for site in residual:
+        _check_post_norm(site, graph, model)
+    for site in residual:
+        _check_unknown(site, uses, graph, model)
     streams = [s for s in syms if s.kind == "residual" and s.norms]
     if not streams:
         residual = [s for s in syms if s.kind == "residual"]
