@@ -80,9 +80,11 @@ def _update_running(running: torch.Tensor, batch: torch.Tensor, momentum: float)
                 "themselves: pass running statistics with a vmapped axis, or none (as for torch's batch_norm)"
             )
     with torch.no_grad():
-        batch = batch.detach().to(running.dtype).reshape(running.shape)
-        updated = torch.lerp(running, batch, momentum)
-        running.copy_(torch.where(torch.isfinite(batch).all(), updated, running))
+        # written through a flat view: Inductor (torch 2.13) silently drops in-place updates of a 0-d buffer
+        target = running.view(-1)
+        batch = batch.detach().to(running.dtype).reshape(target.shape)
+        updated = torch.lerp(target, batch, momentum)
+        target.copy_(torch.where(torch.isfinite(batch).all(), updated, target))
 
 
 # ---------------------------------------------------------------------------------------------------------------
