@@ -337,3 +337,27 @@ def test_torch_encoder_layers_norm_first(stack):
     assert symmetries(folded, x)["0"].group == "orthogonal"
     rotated = _rotate(folded, x, "0", hadamard(16))
     assert function_error(model, rotated, (fresh,))[0] <= TOL
+
+
+def test_gemma_gain_offset():
+    """Gemma's RMSNorm multiplies by (1 + w): the folded gain is 1 + w (Norm.offset = 1), the head is tied."""
+    torch.manual_seed(0)
+    cfg = transformers.GemmaConfig(
+        num_hidden_layers=1,
+        hidden_size=16,
+        intermediate_size=24,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        vocab_size=30,
+        max_position_embeddings=16,
+    )
+    model = _perturb_norms(transformers.GemmaForCausalLM(cfg).double().eval())
+    x, fresh = _tokens(30, (2, 6), 0), _tokens(30, (3, 7), 1)
+    folded, report = fold_norms(model, return_report=True)
+    assert report.untied == (("lm_head.weight", "model.embed_tokens.weight"),)
+    assert function_error(model, folded, (fresh,))[0] <= 1e-6  # HF normalises in float32 internally
+    stream = symmetries(folded, x)["model.embed_tokens"]
+    assert stream.group == "orthogonal"
+    rotated = _rotate(folded, x, stream.name, hadamard(16))
+    assert function_error(folded, rotated, (fresh,))[0] <= TOL
