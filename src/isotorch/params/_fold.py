@@ -379,6 +379,7 @@ def fold_norms(
     new = copy.deepcopy(model)
     names = _tensor_names(model)
     untied, new_biases, replaced, mean_free, notes, groups = [], [], [], [], [], {}
+    fresh_copies: dict[int, nn.Parameter] = {}  # untied reader weights, by the id of the shared original
     torch_classes = (nn.LayerNorm, nn.RMSNorm)
     loose = False
     with torch.no_grad():
@@ -388,9 +389,7 @@ def fold_norms(
                 module = model.get_submodule(norm.name)
                 loose |= not isinstance(module, torch_classes)
                 params = dict(model.named_parameters())
-                ref = next(p for p in module.parameters()) if any(True for _ in module.parameters()) else None
                 d = site.size
-                dtype = ref.dtype if ref is not None else torch.float64
                 gain = torch.full((d,), norm.offset, dtype=torch.float64)
                 gain = gain + params[norm.weight].double() if norm.weight else torch.ones(d, dtype=torch.float64)
                 bias = params[norm.bias].double() if norm.bias else None
@@ -399,9 +398,14 @@ def fold_norms(
                     for attr, a in _reader_actions(model, site, reader):
                         w_old = getattr(r_old, attr)
                         scales = bool((gain != 1).any())  # a unit gain leaves the weight alone: no need to untie
-                        if scales and len(names.get(id(w_old), [])) > 1:
+                        if (
+                            scales
+                            and len(names.get(id(w_old), [])) > 1
+                            and getattr(r_new, attr) is not fresh_copies.get(id(w_old))
+                        ):
                             others = [n for n in names[id(w_old)] if n != a.param]
-                            setattr(r_new, attr, nn.Parameter(getattr(r_new, attr).detach().clone()))
+                            fresh_copies[id(w_old)] = nn.Parameter(getattr(r_new, attr).detach().clone())
+                            setattr(r_new, attr, fresh_copies[id(w_old)])
                             untied.append((a.param, others[0]))
                         w = getattr(r_new, attr)
                         view = _narrow(w, a)
