@@ -10,6 +10,9 @@
 3. Neural collapse over 1,000,000 × 512 features with 100 classes streamed in batches: NC1–NC3 from
    ``ClassMoments`` (one pass) and NC4 from ``NearestCentreAgreement`` (a second pass). Target: < 30 s on 2 cores.
    Only the probe work is timed; generating the synthetic batches is timed separately.
+4. The scalar scores over 20,000 × 16 activations with their defaults (BCa bootstrap of 1,000 resamples over
+   samples, Haar null of 99 bases for alignment and 19 for quantisation; 120 planes). Target: < 30 s each on an
+   unloaded machine (on an oversubscribed one, OpenMP contention makes it several times slower).
 
 Peak memory is the growth of the resident set (``ru_maxrss`` after the call minus the resident size before it) in a
 fresh subprocess per measurement, so torch's allocations are seen. The machine is shared, so timings carry noise.
@@ -96,6 +99,15 @@ def worker(task: str, n_rows: int, dim: int, extra: dict) -> dict:
         counts = (ours.curves[: loop_planes.shape[0]] * ours.n_samples).round().long()
         out["loop_identical"] = bool(torch.equal(counts, loop))
         out["subset_planes"] = ours.curves.shape[0]
+    elif task == "scores":
+        from isotorch.probes import alignment_score, quantisation_score
+
+        for name, fn in (("alignment", alignment_score), ("quantisation", quantisation_score)):
+            start = time.perf_counter()
+            r = fn(x, generator=0)
+            out[f"{name}_seconds"] = time.perf_counter() - start
+            out[name] = [r.value, r.ci_low, r.ci_high, r.p_value]
+        out["peak_growth_mb"] = peak_mb() - before
     elif task == "collapse":
         out.update(collapse_benchmark(n_rows, dim, extra["classes"], extra["batch"]))
         out["peak_growth_mb"] = peak_mb() - before
@@ -222,6 +234,16 @@ def main() -> None:
         f"(NC1 differs by {nc['nc1_float32_relative_difference']:.1e} relative)"
     )
     print(f"   NC1 = {nc['nc1']:.4g}, NC2 = {nc['nc2']:.4g}, NC4 = {nc['nc4']:.4g}, NCC error = {nc['ncc_error']:.4g}")
+
+    n4 = 20_000 // scale
+    sc = run_worker("scores", n4, 16, threads)
+    for name in ("alignment", "quantisation"):
+        value, low, high, p = sc[name]
+        print(
+            f"\n4. {name}_score {n4:,} × 16 (defaults): {sc[name + '_seconds']:.2f} s (target < 30 s); "
+            f"value {value:.4f}, 95% CI [{low:.4f}, {high:.4f}], Haar p = {p:.3f}"
+        )
+    print(f"   peak memory +{sc['peak_growth_mb']:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,11 @@ class ResampleStream:
         counts.scatter_add_(1, idx, torch.ones(b, self.n_rows, dtype=torch.float64))
         return counts.to(self.device)
 
+    def blocks(self):
+        """Yield (start, counts) for each block of replicates: counts (b, N) of every row in each resample."""
+        for b0 in range(0, self.n_bootstrap, self.block):
+            yield b0, self._counts(b0)
+
     def means(self, features: torch.Tensor) -> torch.Tensor:
         out = [self._counts(b0) @ features for b0 in range(0, self.n_bootstrap, self.block)]
         return torch.cat(out) / self.n_rows

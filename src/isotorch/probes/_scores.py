@@ -413,13 +413,23 @@ def alignment_score(
 
 
 def _quant_features(p: torch.Tensor, q: torch.Tensor, harmonics: int) -> torch.Tensor:
-    """(N, P, 5 + 2L) per-sample features of each plane: w, w², p², q², pq, Re and Im of w e^{ikφ} (k = 1..L)."""
+    """(N, P, 2 + 2L) per-sample features of each plane: w = r², w², Re and Im of w e^{ikφ} (k = 1..L).
+
+    The in-plane covariance follows from k = 2 (w e^{2iφ} = z²): E p² = (E w + E Re z²)/2, E q² = (E w − E Re z²)/2,
+    E pq = E Im z²/2.
+    """
     w = p * p + q * q
     r = torch.sqrt(w)
     safe = torch.where(r > 0, r, 1.0)
-    unit = torch.complex(torch.where(r > 0, p / safe, 0.0), q / safe)
-    powers = torch.cumprod(unit[..., None].expand(*unit.shape, harmonics), dim=-1) * w[..., None]
-    return torch.cat([torch.stack([w, w * w, p * p, q * q, p * q], dim=-1), powers.real, powers.imag], dim=-1)
+    c1, s1 = torch.where(r > 0, p / safe, 0.0), q / safe  # cos φ, sin φ (0 at the origin, where w = 0 anyway)
+    out = torch.empty(*w.shape, 2 + 2 * harmonics, dtype=w.dtype, device=w.device)
+    out[..., 0], out[..., 1] = w, w * w
+    c, s = c1, s1
+    for k in range(harmonics):  # cos/sin of (k + 1)φ by the angle-addition recurrence
+        out[..., 2 + k] = w * c
+        out[..., 2 + harmonics + k] = w * s
+        c, s = c * c1 - s * s1, s * c1 + c * s1
+    return out
 
 
 def _gaussian_harmonics(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, harmonics: int) -> torch.Tensor:
@@ -438,14 +448,15 @@ def _gaussian_harmonics(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, harmo
 
 
 def _quant_plane_stat(means: torch.Tensor, n: int, harmonics: int, *, unbiased: bool = True) -> torch.Tensor:
-    """(R, P) per-plane Q from (R, P, 5 + 2L) feature means of samples of size n (U- or plug-in V-statistic)."""
-    w, w2, a, b, c = (means[..., k] for k in range(5))
-    re, im = means[..., 5 : 5 + harmonics], means[..., 5 + harmonics :]
+    """(R, P) per-plane Q from (R, P, 2 + 2L) feature means of samples of size n (U- or plug-in V-statistic)."""
+    w, w2 = means[..., 0], means[..., 1]
+    re, im = means[..., 2 : 2 + harmonics], means[..., 2 + harmonics :]
     power = re * re + im * im
     diag = w2 / n if unbiased else torch.zeros_like(w2)
     num = power - diag[..., None]
     den = (w * w - diag)[..., None]
     est = num / torch.where(den > 0, den, float("nan"))
+    a, b, c = (w + re[..., 1]) / 2, (w - re[..., 1]) / 2, im[..., 1] / 2
     return (est - _gaussian_harmonics(a, b, c, harmonics)).mean(-1)
 
 
@@ -463,7 +474,7 @@ def quantisation_score(
     planes: str = "comb",
     max_planes: int | None = None,
     n_bootstrap: int = 1000,
-    n_null: int = 39,
+    n_null: int = 19,
     confidence: float = 0.95,
     generator: torch.Generator | int | None = None,
     nan_policy: str = "raise",
@@ -487,7 +498,8 @@ def quantisation_score(
         planes: ``"comb"`` or ``"perm"``. Default: ``"comb"``.
         max_planes: random subset of planes. Default: ``None``.
         n_bootstrap: bootstrap replicates. Default: 1000.
-        n_null: Haar-random bases of the null (0: none). Default: 39 (each costs about one score).
+        n_null: Haar-random bases of the null (0: none; p-values then start at 1/20). Default: 19 (each costs
+            one pass over the planes).
         confidence: interval level. Default: 0.95.
         generator: generator or seed. Default: ``None``.
         nan_policy: ``"raise"`` or ``"omit"``. Default: ``"raise"``.
@@ -519,30 +531,31 @@ def quantisation_score(
     if setup.n < MIN_SAMPLES:
         reason = f"only {setup.n} usable row(s); the quantisation score needs at least {MIN_SAMPLES}"
         return _nan_result("quantisation", reason, *nan_args)
-    width = 5 + 2 * harmonics
+    width = 2 + 2 * harmonics
 
-    def plane_values(y: torch.Tensor, stream: ResampleStream | None):
-        """Per-plane estimates (P,), effective sizes (P,), and summed replicates / jackknife per plane block."""
-        est, ess, reps, jack = [], [], [], []
+    def plane_values(y: torch.Tensor, jackknife: bool):
+        """Per-plane estimates, effective sizes, V − U shifts (P,) and the summed jackknife over usable planes (N,)."""
+        est, ess, shifts = [], [], []
+        jack = torch.zeros(setup.n, dtype=torch.float64, device=y.device) if jackknife else None
         for p, q in _plane_chunks(setup, y, width):
             f = _quant_features(p, q, harmonics)  # (N, Pc, W)
             total = f.mean(0)
             u_hat = _quant_plane_stat(total[None], setup.n, harmonics)[0]
+            size = total[:, 0] ** 2 / torch.where(total[:, 1] > 0, total[:, 1], float("nan")) * setup.n
             est.append(u_hat)
-            ess.append(total[:, 0] ** 2 / torch.where(total[:, 1] > 0, total[:, 1], float("nan")) * setup.n)
-            if stream is not None:
-                flat = f.reshape(setup.n, -1)
+            ess.append(size)
+            if jackknife:
                 # a resample's U-statistic is centred on the plug-in (V) value of the data, not on its U value:
-                # shift the replicates by that known bias so that they are centred on the estimate
-                shift = _quant_plane_stat(total[None], setup.n, harmonics, unbiased=False)[0] - u_hat
-                reps.append(_quant_plane_stat(stream.means(flat).view(-1, *total.shape), setup.n, harmonics) - shift)
-                jack.append(_quant_plane_stat(jackknife_means(flat).view(-1, *total.shape), setup.n - 1, harmonics))
-        if stream is None:
-            return torch.cat(est), torch.cat(ess), None, None
-        return torch.cat(est), torch.cat(ess), torch.cat(reps, dim=-1), torch.cat(jack, dim=-1)
+                # the bootstrap replicates are shifted by that known bias so that they centre on the estimate
+                shifts.append(_quant_plane_stat(total[None], setup.n, harmonics, unbiased=False)[0] - u_hat)
+                ok = torch.isfinite(size) & (size >= MIN_SAMPLES) & torch.isfinite(u_hat)
+                if bool(ok.any()):
+                    flat = f[:, ok].reshape(setup.n, -1)
+                    loo = jackknife_means(flat).view(setup.n, int(ok.sum()), width)
+                    jack += _quant_plane_stat(loo, setup.n - 1, harmonics).sum(1)
+        return torch.cat(est), torch.cat(ess), (torch.cat(shifts) if jackknife else None), jack
 
-    stream = ResampleStream(setup.n, n_bootstrap, gen, setup.y.device)
-    est, ess, reps, jack = plane_values(setup.y, stream)
+    est, ess, shift, jack = plane_values(setup.y, True)
     keep = torch.isfinite(ess) & (ess >= MIN_SAMPLES) & torch.isfinite(est)
     settings["thin_planes"] = int((~keep).sum())
     if not bool(keep.any()):
@@ -551,16 +564,29 @@ def quantisation_score(
             f"{MIN_SAMPLES} effective samples (constant features, or too few rows)"
         )
         return _nan_result("quantisation", reason, *nan_args)
+    used = int(keep.sum())
     value = float(est[keep].mean())
+    # bootstrap: one block of resample counts at a time, every block of planes under the same counts
+    stream = ResampleStream(setup.n, n_bootstrap, gen, setup.y.device)
+    reps = []
+    for _, counts in stream.blocks():
+        total = torch.zeros(counts.shape[0], dtype=torch.float64, device=counts.device)
+        start = 0
+        for p, q in _plane_chunks(setup, setup.y, width):
+            stop = start + p.shape[1]
+            ok = keep[start:stop]
+            if bool(ok.any()):
+                flat = _quant_features(p[:, ok], q[:, ok], harmonics).reshape(setup.n, -1)
+                means = (counts @ flat / setup.n).view(counts.shape[0], int(ok.sum()), width)
+                total += (_quant_plane_stat(means, setup.n, harmonics) - shift[start:stop][ok]).sum(1)
+            start = stop
+        reps.append(total / used)
     low, high = bca_bounds(
-        torch.tensor([value]),
-        reps[:, keep].mean(1, keepdim=True).cpu(),
-        jack[:, keep].mean(1, keepdim=True).cpu(),
-        confidence,
+        torch.tensor([value]), torch.cat(reps)[:, None].cpu(), (jack / used)[:, None].cpu(), confidence
     )
     nulls = []
     for y in _null_bases(setup, n_null, gen) if n_null else []:
-        e, s, _, _ = plane_values(y, None)
+        e, s, _, _ = plane_values(y, False)
         ok = torch.isfinite(s) & (s >= MIN_SAMPLES) & torch.isfinite(e)
         nulls.append(float(e[ok].mean()) if bool(ok.any()) else float("nan"))
     null = torch.tensor(nulls, dtype=torch.float64)
