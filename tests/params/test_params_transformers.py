@@ -185,9 +185,12 @@ def test_bert_post_ln_sites_and_tied_decoder():
     kinds = _kinds(syms)
     assert len(kinds["heads"]) == 2 and len(kinds["query_key"]) == 8
     assert syms["bert.encoder.layer.0.intermediate.dense"].group == "permutation"
-    # the decoder reuses the word embeddings on another feature space: one element cannot serve both sites
+    # the decoder reuses the word embeddings on another feature space (after the head's transform): one element
+    # acts on both spaces, so they form one site, restricted to orthogonal elements (here: LayerNorm gains, S_n)
     stream = syms["bert.embeddings.word_embeddings"]
-    assert stream.status == "frozen" and "word_embeddings.weight" in stream.reason
+    assert stream.free and stream.group == "permutation"
+    assert ("cls.predictions.decoder.weight", "bert.embeddings.word_embeddings.weight") in stream.tied
+    assert "cls.predictions.transform.dense" in stream.writers and "cls.predictions.decoder" in stream.readers
 
 
 def test_vit_pre_ln_sites():

@@ -1593,7 +1593,28 @@ class _Analysis:
 
     # -- the sites -----------------------------------------------------------------------------------------------
 
+    def join_tied(self) -> None:
+        """A tied weight written on one feature space and read on another (BERT's decoder reuses the word
+        embeddings after its transform): one element must act on both, so the two spaces become one site."""
+        aliased = {c for name, c in self.canon.items() if name != c}
+        owners: dict[tuple[str, int], list[_Space]] = {}
+        for s in self.spaces:
+            r = s.root()
+            if r.absorbed or r.split:
+                continue
+            for a in r.actions:
+                canon = self.canon.get(a.param, a.param)
+                if canon in aliased and a.kind in ("out", "in") and a.slice_axis is None and a.inner == 1:
+                    group = owners.setdefault((canon, a.axis), [])
+                    if not any(g is r for g in group):
+                        group.append(r)
+        for group in owners.values():
+            for other in group[1:]:
+                if group[0].root() is not other.root() and group[0].root().n == other.root().n:
+                    self.union(group[0], other)
+
     def sites(self) -> list[Site]:
+        self.join_tied()
         roots = []
         for s in self.spaces:
             r = s.root()
