@@ -2,6 +2,7 @@
 the residual stream's group is O(d) and Hadamard/Haar rotations keep the outputs (the reference is each model's own
 forward pass, HF's for the HF families); negative controls and bad input."""
 
+import importlib.util
 import json
 
 import pytest
@@ -134,7 +135,9 @@ def test_raw_reader_keeps_the_mean_and_a_smaller_group():
 # Hugging Face families (tiny configs, random weights)
 # ---------------------------------------------------------------------------------------------------------------
 
-transformers = pytest.importorskip("transformers", reason="the HF families need transformers (the hf extra)")
+needs_hf = pytest.mark.skipif(
+    importlib.util.find_spec("transformers") is None, reason="the HF families need transformers (the hf extra)"
+)
 
 
 def _gpt2(dtype=torch.float64):
@@ -144,6 +147,8 @@ def _gpt2(dtype=torch.float64):
 
 
 def _llama(tie=False):
+    import transformers
+
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(
         num_hidden_layers=2,
@@ -162,6 +167,7 @@ def _tokens(vocab, shape, seed):
     return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
 
 
+@needs_hf
 def test_gpt2_fold_untie_and_rotate():
     model = _gpt2()
     x, fresh = _tokens(40, (2, 6), 0), _tokens(40, (3, 9), 1)
@@ -180,6 +186,7 @@ def test_gpt2_fold_untie_and_rotate():
         torch.testing.assert_close(rotated(fresh).logits, model(fresh).logits, rtol=0, atol=1e-10)
 
 
+@needs_hf
 def test_gpt2_with_unit_gains_stays_tied():
     """γ = 1 (a fresh model): nothing to fold into the head, so the tie survives, and the rotation acts on it once."""
     from isotorch.studies._lm import gpt2
@@ -194,6 +201,7 @@ def test_gpt2_with_unit_gains_stays_tied():
     assert function_error(model, rotated, (fresh,))[0] <= TOL
 
 
+@needs_hf
 def test_gpt2_float32():
     model = _gpt2(torch.float32)
     folded = fold_norms(model)
@@ -201,6 +209,7 @@ def test_gpt2_float32():
     assert function_error(model, folded, (fresh,))[0] <= 1e-5
 
 
+@needs_hf
 @pytest.mark.parametrize("tie", [False, True])
 def test_llama_fold_and_rotate(tie):
     model = _llama(tie)
@@ -219,7 +228,10 @@ def test_llama_fold_and_rotate(tie):
     assert function_error(folded, rotated, (fresh,))[0] <= TOL
 
 
+@needs_hf
 def test_vit_fold_and_rotate():
+    import transformers
+
     torch.manual_seed(0)
     cfg = transformers.ViTConfig(
         num_hidden_layers=2,
@@ -263,7 +275,10 @@ def test_functional_norm_names_the_call():
         fold_norms(model, torch.randn(6, 5, dtype=torch.float64))
 
 
+@needs_hf
 def test_post_ln_is_refused_naming_the_norm():
+    import transformers
+
     torch.manual_seed(0)
     cfg = transformers.BertConfig(
         num_hidden_layers=1,
@@ -339,8 +354,11 @@ def test_torch_encoder_layers_norm_first(stack):
     assert function_error(model, rotated, (fresh,))[0] <= TOL
 
 
+@needs_hf
 def test_gemma_gain_offset():
     """Gemma's RMSNorm multiplies by (1 + w): the folded gain is 1 + w (Norm.offset = 1), the head is tied."""
+    import transformers
+
     torch.manual_seed(0)
     cfg = transformers.GemmaConfig(
         num_hidden_layers=1,

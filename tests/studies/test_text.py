@@ -1,3 +1,4 @@
+import importlib.util
 import math
 
 import numpy as np
@@ -129,7 +130,9 @@ def test_to_dict_is_strict_json():
 # Small GPT-2-style models on the language (isotorch.studies._lm)
 # ---------------------------------------------------------------------------------------------------------------
 
-transformers = pytest.importorskip("transformers")
+needs_hf = pytest.mark.skipif(
+    importlib.util.find_spec("transformers") is None, reason="the GPT-2 builder needs transformers (the hf extra)"
+)
 
 
 def _tiny(**kwargs):
@@ -139,18 +142,22 @@ def _tiny(**kwargs):
     return gpt2(8, **kwargs)
 
 
+@needs_hf
 def test_gpt2_is_seeded_and_leaves_the_global_rng_alone():
     state = torch.random.get_rng_state()
     a, b, c = _tiny(seed=1), _tiny(seed=1), _tiny(seed=2)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert torch.equal(a.transformer.wte.weight, b.transformer.wte.weight)
     assert not torch.equal(a.transformer.wte.weight, c.transformer.wte.weight)
+    import transformers
+
     assert isinstance(a, transformers.GPT2LMHeadModel)
     assert a.lm_head.weight is a.transformer.wte.weight
     assert _tiny(tie_word_embeddings=False).lm_head.weight is not _tiny().transformer.wte.weight
     assert _tiny(dtype=torch.float64).transformer.wte.weight.dtype == torch.float64
 
 
+@needs_hf
 def test_isotropic_family_swaps_only_the_mlp_activation():
     """The MLP computes c_proj(iso_tanh(c_fc(x))) (isotorch.functional), every weight as in the GELU model."""
     from isotorch.functional import iso_tanh
@@ -166,6 +173,7 @@ def test_isotropic_family_swaps_only_the_mlp_activation():
     torch.testing.assert_close(mlp(x), expected, rtol=1e-12, atol=1e-12)
 
 
+@needs_hf
 def test_lm_loss_matches_a_numpy_transcription():
     from isotorch.studies._lm import evaluate_lm, lm_loss
 
@@ -180,6 +188,7 @@ def test_lm_loss_matches_a_numpy_transcription():
     assert per_seq.shape == (3,) and float(per_seq.mean()) == pytest.approx(ref, rel=1e-12)
 
 
+@needs_hf
 def test_trained_model_learns_but_never_beats_the_source_entropy():
     from isotorch.studies._lm import evaluate_lm, train_lm
 
@@ -200,6 +209,7 @@ def test_trained_model_learns_but_never_beats_the_source_entropy():
     assert json.loads(json.dumps(result.to_dict(), allow_nan=False))["steps"] == 60
 
 
+@needs_hf
 def test_lm_bad_arguments():
     from isotorch.studies._lm import gpt2, lm_loss, train_lm
 
