@@ -185,7 +185,9 @@ def index_heads(x: Heads, index: tuple, out_ndim: int) -> Any:
             continue
         if isinstance(i, int):
             return None  # an integer index drops an axis; not used by attention code
-        if i != slice(None):
+        if i != slice(None) and pos not in (x.dim_axis, x.head_axis, x.rep_axis) and isinstance(i, slice):
+            pass  # a slice of tokens or batch (a sliding-window cache) keeps heads and head features
+        elif i != slice(None):
             if pos != x.dim_axis or not isinstance(i, slice) or i.step not in (None, 1):
                 return None
             h = x.dh // 2
