@@ -399,3 +399,19 @@ def test_torch_transformer_encoder_stack():
     syms = check_every_site(model, x, torch.randn(3, 4, 6, generator=gen, dtype=torch.float64))
     assert syms["0"].group == "permutation" and len(syms["0"].norms) == 5  # 2 × (norm1, norm2) + the final norm
     assert {s.name for s in syms if s.kind == "heads"} == {"1.layers.0.self_attn.heads", "1.layers.1.self_attn.heads"}
+
+
+@pytest.mark.parametrize("family", ["Qwen2", "Mistral", "OPT"])
+def test_more_decoder_families(family):
+    """Qwen2 (q/k/v biases), Mistral (sliding-window cache), OPT (learned positions, ReLU): every free site checked;
+    tolerance 1e-6 because their RMSNorms compute in float32 even in float64 models."""
+    torch.manual_seed(0)
+    common = {"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 4, "vocab_size": 50}
+    if family == "OPT":
+        cfg = transformers.OPTConfig(ffn_dim=48, word_embed_proj_dim=32, **common)
+    else:
+        cfg = getattr(transformers, f"{family}Config")(intermediate_size=48, num_key_value_heads=2, **common)
+    model = getattr(transformers, f"{family}ForCausalLM")(cfg).double().eval()
+    syms = check_every_site(model, _tokens(50, (2, 7), 0), _tokens(50, (3, 9), 1), tol=1e-6)
+    assert syms.free and len(syms.free) == len(syms)
+    assert any(s.kind == "heads" for s in syms) and any(s.kind == "residual" for s in syms)
