@@ -58,6 +58,11 @@ class IsotropicActivation(nn.Module):
     Squashes the length of each feature vector and keeps its direction, so f(Rx) = Rf(x) for every orthogonal R.
     See :func:`isotorch.functional.iso_activation` for the numerics.
 
+    The profile acts on the radius ‖x‖ itself (tanh saturates beyond ‖x‖ ≈ 2.6), so what reaches it at
+    initialisation matters: the isotropic normalisers (:class:`IsoBatchNorm`, :class:`ChiNorm`) hand it vectors
+    of mean norm about 1 at any width, whereas a per-feature variance of 1 would give ‖x‖ ≈ √n and saturate it
+    (docs/isotropic_training.md).
+
     Args:
         profile: a name in :data:`isotorch.functional.PROFILES` (``"tanh"``, ``"log1p"``, ``"softsign"``,
             ``"relu"``), a :class:`~isotorch.functional.Profile`, or a callable σ. Default ``"tanh"``.
