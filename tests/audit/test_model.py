@@ -462,3 +462,17 @@ def test_a_functional_per_feature_gain_is_a_row_and_g1_does_not_overclaim(dtype)
     (chain,) = report.chains
     assert chain.groups == {"permutation"} and chain.verified
     assert chain.control[0] == "signed_permutation" and chain.control[1] > 10 * chain.tolerance  # sign flips break it
+
+
+def test_g2_checks_each_site_on_its_own_when_the_joint_element_changes_the_output(monkeypatch):
+    import isotorch.audit._model as m
+    from isotorch import groups
+
+    def rotation(site, gen):  # not in a tanh site's group: the joint check fails, each site is then checked alone
+        return groups.get("orthogonal").sample(site.size, generator=gen, dtype=torch.float64)
+
+    monkeypatch.setattr(m, "_element", rotation)
+    report = audit_model(_mlp(torch.float64), _x(4, 6), trials=2, lie=False)
+    for chain in report.chains:
+        assert "all free sites at once" not in chain.changes and set(chain.changes) == set(chain.groups)
+        assert chain.verified and all(v <= 1e-9 for v in chain.changes.values())

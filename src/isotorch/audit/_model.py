@@ -909,6 +909,24 @@ def _applied(private: nn.Module, syms, live: dict, original: dict, matrices: dic
                 live[key].copy_(original[key])
 
 
+def _change_with(private, syms, live, original, matrices, x, reference) -> float:
+    with _applied(private, syms, live, original, matrices):
+        return _change(private, x, reference)
+
+
+def _element(site, gen: torch.Generator) -> torch.Tensor:
+    """A random element of a free site's group: the product of one sample of each maximal group (a random
+    orthogonal matrix times a positive diagonal for GL(n)); a permutation alone as its index vector."""
+    n = site.size
+    keys = ["orthogonal", "positive_scaling"] if site.general_linear else sort_groups(site.maximal)
+    if keys == ["permutation"]:
+        return _as_index(_groups.get("permutation").sample(n, generator=gen, dtype=torch.float64))
+    g = torch.eye(n, dtype=torch.float64)
+    for key in keys:
+        g = g @ _groups.get(key).sample(n, generator=gen, dtype=torch.float64)
+    return g
+
+
 def _as_index(g: torch.Tensor) -> torch.Tensor:
     """A permutation matrix as its index vector (g = I[perm]), which the site graph applies without a matmul."""
     return g.argmax(dim=1)
@@ -938,6 +956,12 @@ def _g2(model, syms, uses, x, gen, max_samples) -> list[ChainAudit]:
         for name in names:
             joint[name] = names
     joint_changes: dict[str, float] = {}
+    # one random element at every free site at once: one forward pass verifies them all; only if the output
+    # changes is each site verified on its own, to say which
+    free = [site for site in syms if site.free]
+    together = math.nan
+    if free:
+        together = _change_with(private, syms, live, original, {s.name: _element(s, gen) for s in free}, x, reference)
     chains = []
     for site in syms:
         n = site.size
@@ -975,7 +999,9 @@ def _g2(model, syms, uses, x, gen, max_samples) -> list[ChainAudit]:
         changes: dict[str, float] = {}
         control = None
         group = joint.get(site.name)
-        if group is not None:  # the per-head maps of one attention: one element at each, verified together
+        if together <= tol:
+            changes["all free sites at once"] = together
+        elif group is not None:  # the per-head maps of one attention: one element at each, verified together
             if group[0] not in joint_changes:
                 matrices = {}
                 for name in group:
@@ -994,6 +1020,7 @@ def _g2(model, syms, uses, x, gen, max_samples) -> list[ChainAudit]:
             for key in sort_groups(site.maximal):
                 g = _groups.get(key).sample(n, generator=gen, dtype=torch.float64)
                 changes[key] = change(_as_index(g) if _groups.get(key).name == "permutation" else g)
+        if not site.general_linear:  # the negative control: an element of a larger group must change the output
             candidates = [
                 c.key for key in sort_groups(site.maximal) for c in _groups.covers(key, n) if c.key not in site.groups
             ]
@@ -1009,6 +1036,10 @@ def _g2(model, syms, uses, x, gen, max_samples) -> list[ChainAudit]:
             note = "the output changed under an element of the site's group"
         elif not control_ok:
             note = f"the control {control[0]} did not change the output: the site is more symmetric than the graph says"
+        elif together <= tol:
+            note = f"verified with one random element at each of the {len(free)} free sites at once"
+            if site.general_linear:
+                note += "; GL(n): no larger group to use as a control"
         elif group is not None:
             note = f"GL(n), verified with one element at each of the {len(group)} {site.kind} maps of {first} at once"
         elif control is None:
