@@ -91,7 +91,7 @@ class QuantisationConfig:
     data_root: str | None = None
     bottleneck: int = 16
     hidden: tuple[int, ...] = (128,)
-    epochs: int = 60
+    epochs: int = 40
     batch_size: int = 24
     lr: float = 1e-2
     probe_samples: int = 2000
