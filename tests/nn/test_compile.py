@@ -37,6 +37,11 @@ def _mlp() -> nn.Sequential:
         inn.BlockIsotropicActivation(2),
         inn.DirectionActivation(it.directions.thomson(10, 8, seed=0)),
         inn.IsoRMSNorm(),
+        nn.Linear(8, 16),
+        inn.IsoGate(),
+        nn.Linear(8, 16),
+        inn.IsoGate(mode="inner"),
+        inn.IsoDropout(0.3),  # checked in evaluation here (the identity); training below
         nn.Linear(8, 2),
     )
 
@@ -60,6 +65,10 @@ def _check_against_eager(build, shape, *, backend, fullgraph, batches, dtype=tor
     model = build().to(dtype)
     reference = build().to(dtype)
     reference.load_state_dict(model.state_dict())
+    for m in (model, reference):  # dropout in evaluation (its randomness is not shared by compiled and eager code)
+        for module in m.modules():
+            if isinstance(module, inn.IsoDropout):
+                module.eval()
     torch._dynamo.reset()
     compiled = torch.compile(model, dynamic=True, backend=backend, fullgraph=fullgraph)
     generator = torch.Generator().manual_seed(1)
@@ -91,6 +100,25 @@ def test_dynamic_fullgraph_stacks_match_eager(build, shape):
 def test_dynamic_inductor_cnn_without_fullgraph():
     """Inductor itself: the pooled map feeding a convolution once had a stride order it could not decide."""
     _check_against_eager(_cnn, (3, 8, 8), backend="inductor", fullgraph=False, batches=(4, 6))
+
+
+@pytest.mark.filterwarnings(DYNAMO_CTX_WARNING)
+@pytest.mark.parametrize("mode", ["vector", "gaussian", "projection"])
+def test_dynamic_dropout_in_training(mode):
+    """Dropout draws its own randomness, so compiled and eager outputs differ; check what must hold instead: the
+    output has the input's shape at every batch size, and in vector mode each vector is dropped or scaled by 1/(1 − p).
+    """
+    drop = inn.IsoDropout(0.25, mode=mode).train()
+    torch._dynamo.reset()
+    compiled = torch.compile(drop, dynamic=True, backend="eager", fullgraph=True)
+    for batch in (4, 7, 5):
+        x = torch.randn(batch, 6, dtype=torch.float64, requires_grad=True)
+        y = compiled(x)
+        y.sum().backward()
+        assert y.shape == x.shape and torch.isfinite(x.grad).all()
+        if mode == "vector":
+            kept = y.detach().norm(dim=-1) > 0
+            torch.testing.assert_close(y.detach()[kept], x.detach()[kept] / 0.75)
 
 
 def test_stacks_hold_several_isotropic_activations():

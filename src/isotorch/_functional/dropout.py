@@ -46,6 +46,14 @@ def _projection_rank(n: int, p: float) -> int:
     return min(n, max(1, math.floor((1.0 - p) * n + 0.5)))
 
 
+def _randn(shape, generator, dtype, device) -> torch.Tensor:
+    """``torch.randn``; without a generator the keyword is left out, because its overload with ``generator`` does not
+    take symbolic sizes (``torch.compile(dynamic=True)`` fails on it even for ``generator=None``)."""
+    if generator is None:
+        return torch.randn(shape, dtype=dtype, device=device)
+    return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+
+
 def iso_dropout(
     x: torch.Tensor,
     p: float = 0.5,
@@ -112,7 +120,7 @@ def iso_dropout(
         keep = torch.empty(shape, dtype=ct, device=x.device).bernoulli_(1.0 - p, generator=generator)
         out = h * (keep / (1.0 - p))
     elif mode == "gaussian":
-        xi = torch.randn(h.shape, generator=generator, dtype=ct, device=x.device)
+        xi = _randn(h.shape, generator, ct, x.device)
         out = h + _vector_norm(h, d) * xi * math.sqrt(p / ((1.0 - p) * n))
     else:
         k = _projection_rank(n, p)
@@ -121,7 +129,7 @@ def iso_dropout(
         r = min(k, n - k)
         v = h.movedim(d, -1)
         flat = v.reshape(-1, n)
-        basis = torch.randn(flat.shape[0], n, r, generator=generator, dtype=ct, device=x.device)
+        basis = _randn((flat.shape[0], n, r), generator, ct, x.device)
         q = torch.linalg.qr(basis).Q  # (vectors, n, r): an orthonormal basis of a Haar-random r-dim subspace
         proj = (q @ (q.transpose(-1, -2) @ flat.unsqueeze(-1))).squeeze(-1)
         kept = proj if k == r else flat - proj
