@@ -243,7 +243,9 @@ def draw(kind, n, dim, gen):
 
 def coverage(score, kind, repeats, n=100, dim=4):
     g = torch.Generator().manual_seed(123)
-    population = score(draw(kind, 50_000, dim, g), n_bootstrap=2, n_null=0, generator=0).value
+    # isotropic data: both scores are exactly 0 in the population; otherwise a 50,000-row estimate (its error is
+    # ~1/20 of one interval's half-width)
+    population = 0.0 if kind == "isotropic" else score(draw(kind, 50_000, dim, g), n_bootstrap=2, n_null=0).value
     hits = 0
     for r in range(repeats):
         res = score(draw(kind, n, dim, g), n_bootstrap=400, n_null=0, generator=r)
@@ -253,8 +255,9 @@ def coverage(score, kind, repeats, n=100, dim=4):
 
 @pytest.mark.parametrize("kind", ["aligned", "isotropic", "tanh"])
 def test_alignment_intervals_cover(kind):
-    # REFERENCE §9: ≥ 90% of nominal-95% intervals cover the population value (n = 100 rows per interval)
-    assert coverage(alignment_score, kind, 100) >= 0.9
+    # REFERENCE §9: ≥ 90% of nominal-95% intervals cover the population value (n = 200 rows per interval;
+    # studentised bootstrap: 400 isotropic repeats gave 0.94)
+    assert coverage(alignment_score, kind, 100, n=200) >= 0.9
 
 
 @pytest.mark.parametrize("kind", ["aligned", "isotropic", "tanh"])

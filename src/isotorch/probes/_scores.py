@@ -31,7 +31,8 @@ of (A + B cos 2φ)⁻²). Q = 0 for any Gaussian whatever its covariance (a line
 is a degenerate Gaussian) and ⌊L/m⌋/L for m ≥ 3 equal, equally spaced clusters around the mean in every plane (1/4
 for one-hot codes, 5/16 for three clusters at 120°, at L = 16).
 
-**Intervals**: BCa bootstrap over samples (``_bootstrap``); alignment uses per-sample terms with the first-order
+**Intervals**: bootstrap over samples (``_bootstrap``): studentised (bootstrap-t with delta-method standard errors of
+the ratios) for alignment, BCa for quantisation; alignment uses per-sample terms with the first-order
 effect of estimating the mean added (influence functions), so skewed data are covered too. **Null**: the same
 statistic in ``n_null`` Haar-random rotations of the privileged set; ``excess`` = value − null mean and ``p_value``
 is the Monte-Carlo p-value (two-sided |A| for alignment, one-sided for quantisation).
@@ -69,12 +70,13 @@ _PLANE_ELEMENTS = 1 << 21
 
 @dataclass(frozen=True)
 class ScoreResult:
-    """A scalar probe score with its BCa interval over samples and its Haar-random-basis null.
+    """A scalar probe score with its bootstrap interval over samples and its Haar-random-basis null.
 
     Attributes:
         name: ``"alignment"`` or ``"quantisation"``.
         value: the score (``nan`` when it cannot be computed; then ``reason`` says why).
-        ci_low, ci_high: BCa bootstrap interval over samples at ``confidence``.
+        ci_low, ci_high: bootstrap interval over samples at ``confidence`` (studentised for alignment, BCa for
+            quantisation).
         confidence: interval level (0.95 by default).
         n_bootstrap: bootstrap replicates.
         null_mean, null_sd: mean and standard deviation of the score in ``n_null`` Haar-random rotations of the
@@ -294,6 +296,53 @@ def _alignment_stat(means: torch.Tensor, _n: int) -> torch.Tensor:
     return torch.stack([t / d, s / d, (t - s) / d], dim=1)
 
 
+def _ratio_moments(terms: torch.Tensor) -> torch.Tensor:
+    """(N, 9) per-sample t, s, d and their products t², s², ts, td, sd, d², whose means give the ratios and their
+    delta-method standard errors."""
+    t, s, d = terms[:, 0], terms[:, 1], terms[:, 2]
+    return torch.stack([t, s, d, t * t, s * s, t * s, t * d, s * d, d * d], dim=1)
+
+
+def _ratios_and_errors(means: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R, 3) ratios t/d, s/d, (t − s)/d and their delta-method standard errors √(Var(a − R d)/n)/E d."""
+    t, s, d, tt, ss, ts, td, sd, dd = means.unbind(1)
+    h, hh, hd = t - s, tt - 2 * ts + ss, td - sd
+    d_safe = torch.where(d > 0, d, float("nan"))
+    values, errors = [], []
+    for a, aa, ad in ((t, tt, td), (s, ss, sd), (h, hh, hd)):
+        r = a / d_safe
+        var = (aa - 2 * r * ad + r * r * dd) - (a - r * d) ** 2
+        values.append(r)
+        errors.append(torch.sqrt(var.clamp(min=0.0) / n) / d_safe)
+    return torch.stack(values, dim=1), torch.stack(errors, dim=1)
+
+
+def _studentised_bounds(terms: torch.Tensor, stream: ResampleStream, confidence: float):
+    """Bootstrap-t interval of each ratio: R̂ − q*_{1−α/2}·SE, R̂ − q*_{α/2}·SE, with q* the quantiles of the
+    studentised replicates (R* − R̂)/SE*. Fourth-moment ratios have heavy-tailed per-sample terms; studentising
+    keeps the coverage near nominal at a few hundred rows, where the BCa interval under-covered (≈ 0.9)."""
+    n = terms.shape[0]
+    feats = _ratio_moments(terms)
+    value, error = _ratios_and_errors(feats.mean(0, keepdim=True), n)
+    rep_value, rep_error = _ratios_and_errors(stream.means(feats), n)
+    studentised = (rep_value - value) / torch.where(rep_error > 0, rep_error, float("nan"))
+    alpha = (1.0 - confidence) / 2.0
+    low = torch.full((3,), float("nan"), dtype=torch.float64)
+    high = low.clone()
+    for c in range(3):
+        z = studentised[:, c]
+        z = z[torch.isfinite(z)]
+        if not bool(torch.isfinite(value[0, c])) or z.numel() < 2:
+            continue
+        if float(error[0, c]) == 0.0:
+            low[c] = high[c] = value[0, c]
+            continue
+        q = torch.quantile(z, torch.tensor([alpha, 1.0 - alpha], dtype=z.dtype, device=z.device))
+        low[c] = value[0, c] - q[1] * error[0, c]
+        high[c] = value[0, c] - q[0] * error[0, c]
+    return low, high
+
+
 ALIGNMENT_FORMULA = (
     "Σ_planes E[p⁴ − 6p²q² + q⁴] / Σ_planes E[(p² + q²)²] on centred data (+1 axes, −1 diagonals, 0 isotropic); "
     "second_moment = Gaussian with the same covariance, higher_order = the rest"
@@ -318,7 +367,7 @@ def alignment_score(
     basis axes, −1 for mass on the diagonals (saturated elementwise tanh), 0 for any rotation-invariant law, and
     independent of the mean. ``components`` splits it into ``second_moment`` (a Gaussian with the data's covariance:
     axis-aligned variances) and ``higher_order`` (lobes, quantised codes; 0 for every Gaussian). The interval is a
-    BCa bootstrap over samples; ``null_mean``, ``null_sd`` and ``p_value`` come from the same statistic in
+    studentised bootstrap over samples; ``null_mean``, ``null_sd`` and ``p_value`` come from the same statistic in
     ``n_null`` Haar-random rotations of the privileged set.
 
     Args:
@@ -363,9 +412,7 @@ def alignment_score(
         reason = "the centred activations have no variance in the privileged planes (constant features)"
         return _nan_result("alignment", reason, *nan_args)
     stream = ResampleStream(setup.n, n_bootstrap, gen, terms.device)
-    replicates = _alignment_stat(stream.means(terms), setup.n)
-    jack = _alignment_stat(jackknife_means(terms), setup.n - 1)
-    low, high = bca_bounds(estimate.cpu(), replicates.cpu(), jack.cpu(), confidence)
+    low, high = _studentised_bounds(terms, stream, confidence)
 
     nulls = (
         torch.stack(
