@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["layer_features", "select_lr", "unparametrized"]
+__all__ = ["layer_features", "scale_hint", "select_lr", "unparametrized"]
 
 
 def layer_features(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
@@ -120,3 +120,19 @@ def select_lr(
         scores[float(lr)] = float(value) if value is not None else math.inf
     best = min(scores, key=lambda lr: (scores[lr], lr))
     return best, scores
+
+
+def scale_hint(verdict, hint: str):
+    """The verdict with ``hint`` (what scale would decide) added to its note when it is inconclusive.
+
+    Examples:
+        >>> from isotorch.studies._verdicts import Claim, verdict_from_values
+        >>> v = verdict_from_values(Claim("c", "x > 0", "paper", "x"), {0: 0.1, 1: -0.1})
+        >>> scale_hint(v, "more seeds would decide").note.endswith("more seeds would decide")
+        True
+    """
+    import dataclasses
+
+    if verdict.verdict != "inconclusive":
+        return verdict
+    return dataclasses.replace(verdict, note=f"{verdict.note}; {hint}" if verdict.note else hint)

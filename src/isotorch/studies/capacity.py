@@ -42,7 +42,6 @@ number of distinct neurons and the weight rank saturate as width grows (space qu
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +52,7 @@ import torch
 from torch import nn
 
 from isotorch.studies._data import load_dataset
-from isotorch.studies._models import select_lr
+from isotorch.studies._models import scale_hint, select_lr
 from isotorch.studies._registry import Study, register_study
 from isotorch.studies._stats import Figure, Findings, mean_ci
 from isotorch.studies._verdicts import Claim, Verdict, inconclusive, paired_verdict
@@ -391,13 +390,8 @@ class Capacity(Study):
                 out.append(inconclusive(claim, "needs at least two depths", seeds=data.seeds))
             else:
                 verdict = paired_verdict(claim, drop(iso), drop(elem), note=note)
-                if verdict.verdict == "inconclusive":
-                    verdict = dataclasses.replace(
-                        verdict,
-                        note=f"{verdict.note}; more seeds, or depths beyond {deep} (where the drops are larger), "
-                        "would decide",
-                    )
-                out.append(verdict)
+                hint = f"more seeds, or depths beyond {deep} (where the drops are larger), would decide"
+                out.append(scale_hint(verdict, hint))
         return out
 
     def summarise(self, data) -> list[Findings]:

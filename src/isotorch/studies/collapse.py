@@ -55,7 +55,7 @@ import torch
 from torch import nn
 
 from isotorch.studies._data import load_dataset
-from isotorch.studies._models import layer_features, unparametrized
+from isotorch.studies._models import layer_features, scale_hint, unparametrized
 from isotorch.studies._registry import Study, register_study
 from isotorch.studies._stats import Figure, Findings
 from isotorch.studies._verdicts import Claim, Verdict, inconclusive, paired_verdict, verdict_from_values
@@ -368,7 +368,8 @@ class Collapse(Study):
             depth_v = inconclusive(self.claims[2], "needs at least two hidden layers (depth >= 2)", seeds=data.seeds)
         else:
             depth_v = paired_verdict(self.claims[2], end, per_seed(plain, "nc1_0"), note=setting)
-        return [syre_v, terminal, depth_v, cost_v]
+        hint = "more seeds, or a longer terminal phase (more epochs), would decide"
+        return [scale_hint(v, hint) for v in (syre_v, terminal, depth_v, cost_v)]
 
     def summarise(self, data) -> list[Findings]:
         config: CollapseConfig = data.config

@@ -57,7 +57,7 @@ import torch
 from torch import nn
 
 from isotorch.studies._data import load_dataset
-from isotorch.studies._models import layer_features, select_lr, unparametrized
+from isotorch.studies._models import layer_features, scale_hint, select_lr, unparametrized
 from isotorch.studies._registry import Study, register_study
 from isotorch.studies._stats import Figure, Findings
 from isotorch.studies._verdicts import Claim, Verdict, inconclusive, paired_verdict
@@ -473,7 +473,8 @@ class Lmc(Study):
                 out.append(paired_verdict(claim, cka, base, note=f"linear CKA on {config.cka_samples} test inputs"))
             else:
                 out.append(paired_verdict(claim, per_seed(*pair[0]), per_seed(*pair[1]), note=setting))
-        return out
+        hint = "more seeds, or Lim et al.'s scale (3×512 MLPs on MNIST for 25 epochs: the `paper` preset), would decide"
+        return [scale_hint(v, hint) for v in out]
 
     @staticmethod
     def lim_ordering(verdicts: list[Verdict]) -> str:

@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from isotorch.studies._data import teacher_student
+from isotorch.studies._models import scale_hint
 from isotorch.studies._registry import Study, register_study
 from isotorch.studies._stats import Figure, Findings
 from isotorch.studies._verdicts import Claim, Verdict, inconclusive, paired_verdict, verdict_from_values
@@ -458,7 +459,11 @@ class Plateaus(Study):
                 fractions,
                 note=f"a jump is matched when a layer-0 event lies within {config.match_window:g}x of its step",
             )
-        return [escape, general, matching]
+        return [
+            scale_hint(escape, "more seeds, or more steps so that every run escapes, would decide"),
+            scale_hint(general, "more seeds, or more steps so that both scales converge, would decide"),
+            scale_hint(matching, "more seeds, or more jumps (smaller scales, more steps), would decide"),
+        ]
 
     def summarise(self, data) -> list[Findings]:
         config: PlateausConfig = data.config

@@ -60,7 +60,7 @@ import torch
 from torch import nn
 
 from isotorch.studies._data import load_dataset
-from isotorch.studies._models import select_lr
+from isotorch.studies._models import scale_hint, select_lr
 from isotorch.studies._registry import Study, register_study
 from isotorch.studies._stats import Figure, Findings
 from isotorch.studies._verdicts import Claim, Verdict, inconclusive, paired_verdict, verdict_from_values
@@ -458,7 +458,7 @@ class Topology(Study):
             out.append(inconclusive(self.claims[2], "needs the 'elementwise' arm", seeds=data.seeds))
         else:
             out.append(paired_verdict(self.claims[2], per_seed("elementwise", "prune_max_acc_drop"), drops, note=extra))
-        return out
+        return [scale_hint(v, "more seeds, or a longer run with more surgeries, would decide") for v in out]
 
     def summarise(self, data) -> list[Findings]:
         config: TopologyConfig = data.config
