@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/params.py
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/sweep.py
+	$(BIN)/python benchmarks/fold.py
 
 # docs/audit.md is generated from the measured audit table (a test fails when it is stale)
 audit-docs: $(STAMP)

@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import platform
 import resource
-import sys
 import time
 
 import torch
@@ -81,17 +79,11 @@ def peak_memory_mb() -> float:
 
 def gpt2_small() -> None:
     """symmetries + transform of GPT-2 small, against the model's forward time."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    saved = list(sys.path)
-    # run as a script, benchmarks/ is sys.path[0]: a sibling file must not shadow the transformers package
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
     try:
         import transformers
     except ImportError as err:
         print(f"transformers is not importable ({err}); the GPT-2 part is skipped (pip install 'isotorch[hf]')")
         return
-    finally:
-        sys.path[:] = saved
     torch.manual_seed(0)
     config = transformers.GPT2Config(n_layer=12, n_embd=768, n_head=12)  # GPT-2 small, random weights
     model = transformers.GPT2LMHeadModel(config).eval()

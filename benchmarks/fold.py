@@ -12,23 +12,16 @@ Each step is printed with its time and its ratio to one forward pass, and the ou
 compared with the original's. Target (issue 10): fold + rotate under 10 s on 2 CPU threads.
 
 Usage:
-    python benchmarks/transformers.py [--threads 2] [--tokens 32] [--layers 12]
+    python benchmarks/fold.py [--threads 2] [--tokens 32] [--layers 12]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import platform
-import sys
 import time
 
-# this file is named like the ``transformers`` package: keep its folder off the import path so that
-# ``import transformers`` finds the package, not this script
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
-import torch  # noqa: E402
+import torch
 
 
 def main() -> None:
