@@ -14,20 +14,7 @@ from isotorch import groups
 from isotorch.studies._config import ConfigError, make_config
 from isotorch.studies._runner import run_study
 from isotorch.studies.capacity import Capacity, CapacityConfig, build_mlp, capacity_measures, gradient_norms
-
-
-def _check_verdicts(out, claims, seeds):
-    """verdicts.json has one valid entry per declared claim, in order."""
-    entries = json.loads((out / "verdicts.json").read_text())
-    assert [e["claim"] for e in entries] == [c.name for c in claims]
-    for e in entries:
-        assert e["verdict"] in ("supported", "contradicted", "inconclusive")
-        assert e["text"] and e["source"] and e["statistic"] and e["direction"] in (1, -1)
-        assert set(e["seeds"]) <= set(seeds)
-        lo, hi = e["ci95"]
-        if e["verdict"] != "inconclusive":
-            assert e["estimate"] is not None and lo is not None and lo <= e["estimate"] <= hi
-            assert e["n"] == len(e["seeds"]) >= 2
+from tests.studies.verdict_checks import check_verdicts
 
 
 def _rotate_hidden(model, q):
@@ -145,7 +132,7 @@ def test_tiny_end_to_end(tmp_path):
     assert {f["path"] for f in json.loads((out / "figures.json").read_text())} >= {"gradient_norms.png"}
     html = (out / "report.html").read_text()
     assert html.count("data:image/png") >= 3
-    _check_verdicts(out, Capacity.claims, (0, 1))
+    check_verdicts(out, Capacity.claims, (0, 1))
     drop = {
         s: [finals[s][f"{v} w=16 d=2/test_acc"] - finals[s][f"{v} w=16 d=1/test_acc"] for v in ("iso", "tanh")]
         for s in (0, 1)

@@ -14,20 +14,7 @@ from isotorch.studies._config import ConfigError, make_config
 from isotorch.studies._models import layer_features, unparametrized
 from isotorch.studies._runner import run_study
 from isotorch.studies.collapse import Collapse, CollapseConfig, build_classifier
-
-
-def _check_verdicts(out, claims, seeds):
-    """verdicts.json has one valid entry per declared claim, in order."""
-    entries = json.loads((out / "verdicts.json").read_text())
-    assert [e["claim"] for e in entries] == [c.name for c in claims]
-    for e in entries:
-        assert e["verdict"] in ("supported", "contradicted", "inconclusive")
-        assert e["text"] and e["source"] and e["statistic"] and e["direction"] in (1, -1)
-        assert set(e["seeds"]) <= set(seeds)
-        lo, hi = e["ci95"]
-        if e["verdict"] != "inconclusive":
-            assert e["estimate"] is not None and lo is not None and lo <= e["estimate"] <= hi
-            assert e["n"] == len(e["seeds"]) >= 2
+from tests.studies.verdict_checks import check_verdicts
 
 
 def test_config_validation():
@@ -92,7 +79,7 @@ def test_tiny_end_to_end(tmp_path):
         assert any(f["path"] == name for f in figures)
     html = (tmp_path / "c" / "report.html").read_text()
     assert html.count("data:image/png;base64") >= 3
-    _check_verdicts(tmp_path / "c", Collapse.claims, (0, 1))
+    check_verdicts(tmp_path / "c", Collapse.claims, (0, 1))
     verdicts = {v.claim.name: v for v in run.verdicts}
     nc1 = {s: [finals[s][f"{v}/nc1_1"] for v in ("elementwise+syre", "elementwise")] for s in (0, 1)}
     expected = sum(math.log10(a) - math.log10(b) for a, b in nc1.values()) / 2

@@ -14,20 +14,7 @@ from isotorch.params import align, barrier, sample_element, symmetries, transfor
 from isotorch.studies._config import ConfigError, make_config
 from isotorch.studies._runner import run_study
 from isotorch.studies.lmc import Lmc, LmcConfig, build_mlp, plain_copy
-
-
-def _check_verdicts(out, claims, seeds):
-    """verdicts.json has one valid entry per declared claim, in order."""
-    entries = json.loads((out / "verdicts.json").read_text())
-    assert [e["claim"] for e in entries] == [c.name for c in claims]
-    for e in entries:
-        assert e["verdict"] in ("supported", "contradicted", "inconclusive")
-        assert e["text"] and e["source"] and e["statistic"] and e["direction"] in (1, -1)
-        assert set(e["seeds"]) <= set(seeds)
-        lo, hi = e["ci95"]
-        if e["verdict"] != "inconclusive":
-            assert e["estimate"] is not None and lo is not None and lo <= e["estimate"] <= hi
-            assert e["n"] == len(e["seeds"]) >= 2
+from tests.studies.verdict_checks import check_verdicts
 
 
 def test_config_validation():
@@ -165,7 +152,7 @@ def test_tiny_end_to_end(tmp_path):
         assert (tmp_path / "l" / name).stat().st_size > 5_000
         assert any(f["path"] == name for f in figures)
     assert (tmp_path / "l" / "report.html").read_text().count("data:image/png;base64") >= 3
-    _check_verdicts(tmp_path / "l", Lmc.claims, (0, 1))
+    check_verdicts(tmp_path / "l", Lmc.claims, (0, 1))
     sweeps = run.data.select(event="lr_sweep")
     assert len(sweeps) == 2 * len(variants) and all(s["lr"] in (1e-3, 1e-2) for s in sweeps)
     assert "ordering" in run.findings[0].caption  # the report says whether Lim et al.'s ordering was reproduced

@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 from isotorch.studies._config import ConfigError, make_config
 from isotorch.studies._runner import run_study
 from isotorch.studies.plateaus import Plateaus, PlateausConfig, detect_plateaus
-
-
-def _check_verdicts(out, claims, seeds):
-    """verdicts.json has one valid entry per declared claim, in order."""
-    entries = json.loads((out / "verdicts.json").read_text())
-    assert [e["claim"] for e in entries] == [c.name for c in claims]
-    for e in entries:
-        assert e["verdict"] in ("supported", "contradicted", "inconclusive")
-        assert e["text"] and e["source"] and e["statistic"] and e["direction"] in (1, -1)
-        assert set(e["seeds"]) <= set(seeds)
-        lo, hi = e["ci95"]
-        if e["verdict"] != "inconclusive":
-            assert e["estimate"] is not None and lo is not None and lo <= e["estimate"] <= hi
-            assert e["n"] == len(e["seeds"]) >= 2
+from tests.studies.verdict_checks import check_verdicts
 
 
 def _staircase(levels, centres, t):
@@ -83,7 +68,7 @@ def test_tiny_end_to_end(tmp_path):
     jumps = run.data.select(event="jump")
     assert jumps and all(len(j["weight_ranks"]) == 3 for j in jumps)
     assert (tmp_path / "p" / "loss_curves.png").stat().st_size > 10_000
-    _check_verdicts(tmp_path / "p", Plateaus.claims, (0, 1))
+    check_verdicts(tmp_path / "p", Plateaus.claims, (0, 1))
     escape = {v.claim.name: v for v in run.verdicts}["plateaus-lengthen-as-init-shrinks"]
     steps = {s: run.data.finals[s][f"scale={sc}/escape_step"] for s in (0, 1) for sc in ("0.1", "1")}
     assert all(0 < v <= 300 for v in steps.values())  # both scales escape within the tiny budget

@@ -12,20 +12,7 @@ from isotorch.studies._config import ConfigError, make_config
 from isotorch.studies._runner import StudyContext, StudyInterrupted, run_study
 from isotorch.studies.topology import Topology, TopologyConfig, adaptation, build_mlp, prune_by_norm
 from isotorch.testing import relative_error, tolerance
-
-
-def _check_verdicts(out, claims, seeds):
-    """verdicts.json has one valid entry per declared claim, in order."""
-    entries = json.loads((out / "verdicts.json").read_text())
-    assert [e["claim"] for e in entries] == [c.name for c in claims]
-    for e in entries:
-        assert e["verdict"] in ("supported", "contradicted", "inconclusive")
-        assert e["text"] and e["source"] and e["statistic"] and e["direction"] in (1, -1)
-        assert set(e["seeds"]) <= set(seeds)
-        lo, hi = e["ci95"]
-        if e["verdict"] != "inconclusive":
-            assert e["estimate"] is not None and lo is not None and lo <= e["estimate"] <= hi
-            assert e["n"] == len(e["seeds"]) >= 2
+from tests.studies.verdict_checks import check_verdicts
 
 
 def test_adaptation_rule():
@@ -87,7 +74,7 @@ def test_tiny_end_to_end(tmp_path):
     report = (tmp_path / "t" / "report.html").read_text()
     for f in json.loads((tmp_path / "t" / "figures.json").read_text()):
         assert (tmp_path / "t" / f["path"]).stat().st_size > 5_000 and f["caption"][:40] in report
-    _check_verdicts(tmp_path / "t", Topology.claims, (0, 1))
+    check_verdicts(tmp_path / "t", Topology.claims, (0, 1))
     grow_v = {v.claim.name: v for v in run.verdicts}["grow-is-exact"]
     assert grow_v.verdict == "supported"  # every grow changed the logits by far less than 1e-4
     sweeps = run.data.select(event="lr_sweep", seed=0)
