@@ -23,6 +23,7 @@ from isotorch.studies._verdicts import (
     inconclusive,
     paired_verdict,
     read_verdicts,
+    verdict_from_correlations,
     verdict_from_interval,
     verdict_from_values,
     write_verdicts,
@@ -242,3 +243,59 @@ def test_an_inconclusive_verdict_says_how_many_seeds_would_decide():
     mean, sd = np.mean(values), np.std(values, ddof=1)
     assert stats.t.ppf(0.975, m - 1) * sd / np.sqrt(m) < mean <= stats.t.ppf(0.975, m - 2) * sd / np.sqrt(m - 1)
     assert "about zero" in verdict_from_values(UP, [0.1, -0.1, 0.0]).note
+
+
+# ------------------------------------------------------------------------------------------ bounded statistics
+def _spearman_draws(rng, rho, m, seeds, reps):
+    cov = np.array([[1.0, rho], [rho, 1.0]])
+    xy = rng.multivariate_normal([0.0, 0.0], cov, size=(reps, seeds, m))
+    rx, ry = (xy[..., i].argsort(-1).argsort(-1).astype(float) for i in (0, 1))
+    return 1 - 6 * ((rx - ry) ** 2).sum(-1) / (m * (m * m - 1))
+
+
+def test_spearman_draws_match_scipy():
+    rs = _spearman_draws(np.random.default_rng(3), 0.5, 12, 1, 4)
+    xy = np.random.default_rng(3).multivariate_normal([0.0, 0.0], [[1, 0.5], [0.5, 1]], size=(4, 1, 12))
+    for r, pair in zip(rs[:, 0], xy[:, 0], strict=True):
+        assert r == pytest.approx(stats.spearmanr(pair[:, 0], pair[:, 1]).statistic, abs=1e-12)
+
+
+@pytest.mark.parametrize(("m", "rho"), [(5, 0.0), (5, 0.6), (5, 0.9), (10, 0.0), (10, 0.9)])
+def test_fisher_z_interval_covers_and_stays_in_bounds(m, rho):
+    """Coverage of nominal-95% Fisher-z intervals over 3 seeds of per-seed Spearman correlations (bivariate normal
+    pairs, m points each) of the statistic's population mean E[r_s] = 6/(π(m+1))·(asin ρ + (m−2)·asin(ρ/2))
+    (Kendall & Stuart): ≥ 90%, and no end outside [−1, 1] (the plain t-interval leaves it often near |ρ| = 1)."""
+    rng = np.random.default_rng(12 + m)
+    draws = _spearman_draws(rng, rho, m, 3, 300)
+    target = 6 / (math.pi * (m + 1)) * (math.asin(rho) + (m - 2) * math.asin(rho / 2))
+    covered = plain_out = 0
+    for r in draws:
+        v = verdict_from_correlations(UP, list(r), points=m)
+        lo, hi = v.ci95
+        assert -1 < lo <= v.estimate <= hi < 1
+        covered += lo <= target <= hi
+        mean, half = r.mean(), stats.t.ppf(0.975, 2) * r.std(ddof=1) / math.sqrt(3)  # the plain t-interval
+        plain_out += mean + half > 1 or mean - half < -1
+    assert covered / len(draws) >= 0.90
+    if rho >= 0.9:
+        assert plain_out > 0.3 * len(draws)  # the failure the transform fixes
+
+
+def test_fisher_z_handles_perfect_correlations_and_bad_input():
+    down = verdict_from_correlations(DOWN, {0: -1.0, 1: -1.0, 2: -0.9}, points=5)
+    assert down.verdict == "supported" and -1 < down.ci95[0] < down.ci95[1] < 0
+    assert "tenth of a Spearman step" in down.note and down.values == (-1.0, -1.0, -0.9)
+    noise = verdict_from_correlations(UP, {0: 0.5, 1: -0.5, 2: 0.1}, points=5)
+    assert noise.verdict == "inconclusive"
+    assert verdict_from_correlations(UP, {0: 0.3, 1: math.nan}, points=5).verdict == "inconclusive"
+    with pytest.raises(ValueError, match="values must be correlations"):
+        verdict_from_correlations(UP, {0: 1.5, 1: 0.2}, points=5)
+    with pytest.raises(ValueError, match="points must be an int >= 3"):
+        verdict_from_correlations(UP, {0: 0.5, 1: 0.2}, points=2)
+
+
+def test_terminal_table_escapes_markup_in_claims():
+    claim = Claim("b", "the [bold]bracketed[/bold] claim [x] holds", "paper", "stat [red]a[/red] − b", direction=1)
+    text = format_verdicts([paired_verdict(claim, [1.0, 1.2, 1.1], [0.0, 0.1, 0.3])], width=120)
+    assert "[bold]bracketed[/bold] claim [x] holds" in text
+    assert "stat [red]a[/red] − b" in text

@@ -40,6 +40,7 @@ __all__ = [
     "inconclusive",
     "paired_verdict",
     "read_verdicts",
+    "verdict_from_correlations",
     "verdict_from_interval",
     "verdict_from_values",
     "verdict_table",
@@ -271,6 +272,60 @@ def verdict_from_values(
     return Verdict(claim, mean, (lo, hi), seeds, n, word, "; ".join(parts), vals)
 
 
+def verdict_from_correlations(
+    claim: Claim,
+    values: Mapping[int, float] | Sequence[float],
+    *,
+    points: int,
+    note: str = "",
+    min_seeds: int = 2,
+) -> Verdict:
+    """The verdict on one rank correlation per seed (Spearman's ρ over ``points`` pairs), with a Fisher-z interval.
+
+    A correlation is bounded, so a t-interval of the raw values can leave [−1, 1] (three seeds at 0.99, 0.95 and
+    0.6 give an upper end of 1.4). Instead the t-interval over seeds is taken of z = atanh(ρ) and mapped back with
+    tanh, so both ends stay in (−1, 1); the estimate is tanh of the mean z (it lies inside the interval). Spearman's
+    ρ over m points moves in steps of 12/(m(m²−1)); ρ = ±1 (atanh = ±∞) is counted a tenth of a step from the
+    bound, ±(1 − 1.2/(m(m²−1))) (for m = 5: ±0.99). That fraction was chosen by a coverage simulation (bivariate
+    normal pairs, m = 5 and 10, 3 and 5 seeds, population correlation 0 to 0.97): intervals cover the mean of the
+    per-seed statistic in ≥ 90% of runs up to ρ = 0.9 (a half step under-covered at m = 5, ρ = 0.9: 0.86–0.88).
+
+    Args:
+        claim: the claim; its statistic is the per-seed correlation.
+        values: ``{seed: ρ}`` (a plain sequence is taken as seeds 0, 1, …), each in [−1, 1]; non-finite values are
+            left out and counted in the note.
+        points: the number of pairs m behind each correlation (≥ 3).
+        note: added to the verdict's note.
+        min_seeds: fewest finite values for an interval (default 2).
+
+    Examples:
+        >>> c = Claim("falls", "y falls with k", "paper", "Spearman ρ of k with y", direction=-1)
+        >>> v = verdict_from_correlations(c, {0: -1.0, 1: -1.0, 2: -0.9}, points=5)
+        >>> v.verdict, -1 < v.ci95[0] < v.ci95[1] < 0
+        ('supported', True)
+    """
+    if not isinstance(points, int) or isinstance(points, bool) or points < 3:
+        raise ValueError(f"points must be an int >= 3 (pairs behind each correlation), got {points!r}")
+    by_seed = _by_seed(values, "values")
+    bad = {s: v for s, v in by_seed.items() if math.isfinite(v) and not -1.0 <= v <= 1.0}
+    if bad:
+        raise ValueError(f"values must be correlations in [-1, 1], got {bad}")
+    bound = 1.0 - 1.2 / (points * (points * points - 1))
+    z = {s: math.atanh(max(-bound, min(bound, v))) if math.isfinite(v) else v for s, v in by_seed.items()}
+    on_z = verdict_from_values(claim, z, min_seeds=min_seeds)
+    finite = {s: by_seed[s] for s in on_z.seeds}
+    parts = [f"Fisher z: t-interval of atanh ρ over {len(finite)} seed(s), mapped back with tanh"]
+    parts += [p for p in on_z.note.split("; ") if p and not p.startswith("t-interval over")]
+    if any(abs(v) == 1.0 for v in finite.values()):
+        parts.append(f"ρ = ±1 counted as ±{bound:.4g} (a tenth of a Spearman step over {points} points)")
+    if note:
+        parts.insert(1, note)
+    lo, hi = (math.tanh(e) if math.isfinite(e) else e for e in on_z.ci95)
+    estimate = math.tanh(on_z.estimate) if math.isfinite(on_z.estimate) else on_z.estimate
+    word = decide(claim, lo, hi) if on_z.n >= max(2, min_seeds) else "inconclusive"
+    return Verdict(claim, estimate, (lo, hi), on_z.seeds, on_z.n, word, "; ".join(parts), tuple(finite.values()))
+
+
 def _seeds_to_decide(mean: float, sd: float, n: int, threshold: float) -> str:
     """What number of seeds would make the interval exclude ``threshold`` (0 on the contradicted side), if the mean
     and spread stayed as observed."""
@@ -279,9 +334,12 @@ def _seeds_to_decide(mean: float, sd: float, n: int, threshold: float) -> str:
     gap = abs(mean) - threshold
     if sd == 0 or gap <= 0 or gap < 0.05 * sd:
         return "the observed effect is about zero: more seeds would narrow the interval around it, not decide"
-    for m in range(n + 1, 10_001):
-        if float(stats.t.ppf(0.975, m - 1)) * sd / math.sqrt(m) < gap:
-            return f"at the observed mean and spread, about {m} seeds would decide"
+    import numpy as np
+
+    m = np.arange(n + 1, 10_001)
+    decides = np.flatnonzero(stats.t.ppf(0.975, m - 1) * sd / np.sqrt(m) < gap)
+    if len(decides):
+        return f"at the observed mean and spread, about {int(m[decides[0]])} seeds would decide"
     return "at the observed mean and spread, more than 10000 seeds would be needed"
 
 
@@ -359,6 +417,7 @@ def read_verdicts(out: str | Path) -> list[Verdict] | None:
 def verdict_table(verdicts: Sequence[Verdict], *, title: str = "verdicts on the claims this study tests"):
     """A ``rich`` table of the verdicts that reads at 80 columns: claim and statistic, verdict, estimate [95% CI],
     number of seeds (the sources and notes are in ``verdicts.json`` and the report)."""
+    from rich.markup import escape
     from rich.table import Table
 
     styles = {"supported": "green", "contradicted": "red", "inconclusive": "yellow"}
@@ -369,7 +428,7 @@ def verdict_table(verdicts: Sequence[Verdict], *, title: str = "verdicts on the 
     table.add_column("seeds", justify="right", no_wrap=True)
     for v in verdicts:
         table.add_row(
-            f"{v.claim.text}\n[dim]{v.claim.statistic}[/dim]",
+            f"{escape(v.claim.text)}\n[dim]{escape(v.claim.statistic)}[/dim]",
             f"[{styles[v.verdict]}]{v.verdict}[/{styles[v.verdict]}]",
             v.interval_text(),
             str(len(v.seeds)),

@@ -16,8 +16,8 @@ statistics of :mod:`isotorch.probes` (REFERENCE §9):
 - the saturated fraction of the activation's tanh arguments (block norms) and the test reconstruction MSE.
 
 Per seed, the Spearman rank correlation between k and the privilege (and between k and Q) summarises the trend
-in one number; the claims' verdicts use those correlations over seeds (t-interval). The OLS slope against log₂ k is
-reported too.
+in one number; the claims' verdicts use those correlations over seeds (a t-interval of Fisher's z = atanh ρ, mapped
+back, so it stays in [−1, 1]). The OLS slope against log₂ k is reported too.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from torch import nn
 
 from isotorch.studies._registry import Study, register_study
 from isotorch.studies._stats import Figure, Findings
-from isotorch.studies._verdicts import Claim, inconclusive, verdict_from_values
+from isotorch.studies._verdicts import Claim, inconclusive, verdict_from_correlations
 from isotorch.studies.quantisation import _DATASETS, _code, _load, _saturation, _scores, build_autoencoder
 
 __all__ = ["SymmetryOrder", "SymmetryOrderConfig", "divisors", "trend"]
@@ -257,14 +257,16 @@ class SymmetryOrder(Study):
             return [inconclusive(c, "fewer than 3 block sizes: no trend") for c in self.claims]
         note = f"block sizes {list(cfg.sizes)} of a {cfg.bottleneck}-d bottleneck, standard basis"
         return [
-            verdict_from_values(
+            verdict_from_correlations(
                 claims["alignment-falls-with-group"],
                 {s: _num(f.get("privilege/spearman")) for s, f in data.finals.items()},
+                points=len(cfg.sizes),
                 note=note,
             ),
-            verdict_from_values(
+            verdict_from_correlations(
                 claims["quantisation-falls-with-group"],
                 {s: _num(f.get("quant/spearman")) for s, f in data.finals.items()},
+                points=len(cfg.sizes),
                 note=note,
             ),
         ]
