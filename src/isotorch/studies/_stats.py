@@ -65,6 +65,8 @@ def mean_ci(values: Iterable[float]) -> Estimate:
         >>> e = mean_ci([1.0, 2.0, 3.0])
         >>> e.mean, round(e.ci95, 4), e.n
         (2.0, 2.4841, 3)
+        >>> mean_ci([0.003, 0.003, 0.003]).ci95
+        0.0
     """
     raw = tuple(float(v) for v in values)
     finite = [v for v in raw if math.isfinite(v)]
@@ -76,6 +78,8 @@ def mean_ci(values: Iterable[float]) -> Estimate:
         return Estimate(mean, float("nan"), 1, raw)
     from scipy import stats
 
+    if min(finite) == max(finite):  # identical values: exactly no spread (the mean's rounding would show ± 1e-18)
+        return Estimate(finite[0], 0.0, n, raw)
     sd = math.sqrt(math.fsum((v - mean) ** 2 for v in finite) / (n - 1))
     return Estimate(mean, float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n), n, raw)
 
