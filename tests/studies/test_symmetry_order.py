@@ -16,6 +16,7 @@ from isotorch.studies.symmetry_order import SymmetryOrder, SymmetryOrderConfig, 
 def test_sweep_runs_from_elementwise_to_isotropic():
     assert SymmetryOrderConfig().sizes == (1, 2, 4, 8, 16)
     assert SymmetryOrderConfig(bottleneck=12, block_sizes=(6, 1, 3)).sizes == (1, 3, 6)
+    assert SymmetryOrderConfig(thomson=()).thomson == ()  # the Thomson sweep can be switched off
     assert divisors(6) == (1, 2, 3, 6)
 
 
@@ -39,6 +40,9 @@ def test_trend_matches_scipy_and_skips_nan():
         ("bottleneck=3", "fewer than 3 divisors"),
         ("dataset=cifar", "dataset must be"),
         ("epochs=0", "epochs must be"),
+        ("thomson=17,32", "at least 3"),
+        ("thomson=16,32,64", "K > bottleneck=16"),
+        ("thomson=17,17,32", "at least 3 distinct"),
     ],
 )
 def test_bad_config_names_the_key(item, match):
@@ -57,10 +61,17 @@ def test_tiny_end_to_end(tmp_path):
                 abs(finals[f"k={k}/align"] - finals[f"k={k}/align_null"])
             )
         assert -1 <= finals["privilege/spearman"] <= 1
+        for k in (5, 6, 8):  # Thomson direction sets, scored in their own directions
+            assert finals[f"K={k}/test_mse"] > 0 and 0 <= finals[f"K={k}/saturation"] <= 1
+            assert finals[f"K={k}/privilege"] == pytest.approx(
+                abs(finals[f"K={k}/align"] - finals[f"K={k}/align_null"])
+            )
+        assert -1 <= finals["thomson_privilege/spearman"] <= 1
     assert [v.claim.name for v in run.verdicts] == [c.name for c in SymmetryOrder.claims]
     assert all(v.seeds == (0, 1) for v in run.verdicts)
     stored = json.loads((tmp_path / "s" / "verdicts.json").read_text())
-    assert stored[0]["direction"] == -1
+    assert stored[0]["direction"] == -1 and stored[2]["claim"] == "direction-alignment-falls-with-K"
+    assert "Fisher z" in stored[2]["note"] or stored[2]["verdict"] == "inconclusive"
     report = (tmp_path / "s" / "report.html").read_text()
     assert report.index("Verdicts") < report.index("Findings") and "order_sweep.png" in report
     assert (tmp_path / "s" / "order_sweep.png").stat().st_size > 5_000

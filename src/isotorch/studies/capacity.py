@@ -81,7 +81,7 @@ class CapacityConfig:
     variants: tuple[str, ...] = ("tanh", "tanh_ln", "iso", "iso_chi")
     epochs: int = 25
     batch_size: int = 64
-    lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
+    lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
     sweep_epochs: int = 8
     weight_decay: float = 0.1
     grad_batch: int = 256
@@ -482,7 +482,15 @@ class Capacity(Study):
         for ax, w in zip(axes[0], config.widths, strict=True):
             for v in config.variants:
                 mean, ci = band(lambda d, v=v, w=w: _key(v, w, d), "test_acc", config.depths)
-                ax.errorbar(config.depths, mean, yerr=ci, marker="o", capsize=3, color=colours[v], label=VARIANTS[v][2])
+                # accuracy is bounded: the t-interval's ends are clipped to [0, 1] (a 3-seed interval can pass them)
+                yerr = np.stack([np.clip(mean - ci, 0, 1), np.clip(mean + ci, 0, 1)])
+                yerr = np.abs(yerr - mean)
+                ax.errorbar(
+                    config.depths, mean, yerr=yerr, marker="o", capsize=3, color=colours[v], label=VARIANTS[v][2]
+                )
+                for d in config.depths:
+                    seeds = [x for x in self._values(data, _key(v, w, d), "test_acc") if math.isfinite(x)]
+                    ax.plot([d] * len(seeds), seeds, ".", color=colours[v], ms=3, alpha=0.5)
             ax.set_title(f"width {w}", fontsize=9)
             ax.set_xlabel("depth (hidden layers)")
             ax.set_xticks(config.depths)
@@ -504,12 +512,20 @@ class Capacity(Study):
                 later = np.array([r["grad_norms"] for r in rows if r["step"] > 0])
                 layers = np.arange(deep + 1)
                 if len(init):
-                    ax.semilogy(layers, np.exp(np.log(init).mean(0)), "o-", color=colour, label=f"w={w} init")
+                    ax.semilogy(layers, np.exp(np.log(init).mean(0)), "o-", color=colour, label=f"w={w} at init")
                 if len(later):
-                    ax.semilogy(layers, np.exp(np.log(later).mean(0)), "s--", color=colour, alpha=0.7, lw=1)
+                    ax.semilogy(
+                        layers,
+                        np.exp(np.log(later).mean(0)),
+                        "s--",
+                        color=colour,
+                        alpha=0.7,
+                        lw=1,
+                        label=f"w={w} during training",
+                    )
             ax.set_title(VARIANTS[v][2], fontsize=9)
             ax.set_xlabel("layer l (0 = input layer)")
-            ax.set_xticks(np.arange(deep + 1))
+            ax.set_xticks(np.arange(0, deep + 1, max(1, (deep + 1) // 9)))
             ax.grid(alpha=0.3, which="both")
         axes[0][0].set_ylabel("‖∂L/∂W_l‖_F")
         axes[0][0].legend(fontsize=7)
@@ -522,29 +538,55 @@ class Capacity(Study):
             ("effective_rank", "effective rank"),
             ("distinct_units", "distinct units"),
         ]
+        # against width (at the deepest depth) when several widths ran; with one width, against depth instead (a
+        # single point per variant would show nothing)
+        by_width = len(config.widths) > 1
+        width = config.widths[0]
+        xs = config.widths if by_width else config.depths
         fig, axes = plt.subplots(1, 3, figsize=(10, 3.4), dpi=110, squeeze=False)
         for ax, (name, label) in zip(axes[0], panels, strict=True):
             for v in config.variants:
-                mean, ci = band(lambda w, v=v: _key(v, w, deep), name, config.widths)
+                if by_width:
+                    mean, ci = band(lambda w, v=v: _key(v, w, deep), name, xs)
+                else:
+                    mean, ci = band(lambda d, v=v: _key(v, width, d), name, xs)
                 if np.isfinite(mean).any():
-                    ax.errorbar(
-                        config.widths, mean, yerr=ci, marker="o", capsize=3, color=colours[v], label=VARIANTS[v][2]
-                    )
-            ax.plot(config.widths, config.widths, "k:", lw=0.8, label="= width")
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log", base=2)
-            ax.set_xlabel("width")
+                    ax.errorbar(xs, mean, yerr=ci, marker="o", capsize=3, color=colours[v], label=VARIANTS[v][2])
+            if by_width:
+                ax.plot(xs, xs, "k:", lw=0.8, label="= width")
+                ax.set_xscale("log", base=2)
+                ax.set_yscale("log", base=2)
+                ax.set_xlabel("width")
+            else:
+                ax.axhline(width, color="k", ls=":", lw=0.8, label=f"= width ({width})")
+                ax.set_xticks(xs)
+                ax.set_xlabel("depth (hidden layers)")
             ax.set_ylabel(label)
             ax.grid(alpha=0.3, which="both")
         axes[0][0].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / "capacity_vs_width.png")
         plt.close(fig)
+        if by_width:
+            capacity_caption = (
+                f"Depth {deep}, end of training: numerical and effective rank of the hidden→hidden weights, and "
+                "distinct units (neuron clusters for elementwise variants, rank of [W_l|b_l|W_{l+1}ᵀ] for isotropic "
+                "ones) against width (log-log; dotted: equal to width). Saturation = the curve flattening below the "
+                "dotted line. Error bars: 95% CI over seeds."
+            )
+        else:
+            capacity_caption = (
+                f"Width {width} (the run has one width), end of training: numerical and effective rank of the "
+                "hidden→hidden weights (mean over layers), and distinct units (neuron clusters for elementwise "
+                "variants, rank of [W_l|b_l|W_{l+1}ᵀ] for isotropic ones) against depth; dotted: the width. Run "
+                "several widths (--set widths=16,32,64) to see whether they saturate with width. Error bars: 95% CI "
+                "over seeds."
+            )
         return [
             Figure(
                 "accuracy_vs_depth.png",
-                "Test accuracy against depth (hidden layers), one panel per width, one line per variant; error bars: "
-                "95% CI over seeds.",
+                "Test accuracy against depth (hidden layers), one panel per width, one line per variant (the mean); "
+                "dots: the seeds; error bars: 95% CI over seeds, clipped to [0, 1].",
             ),
             Figure(
                 "gradient_norms.png",
@@ -552,11 +594,5 @@ class Capacity(Study):
                 "per variant, one colour per width; circles: at initialisation, squares (dashed): during training "
                 "(geometric mean over the logged points).",
             ),
-            Figure(
-                "capacity_vs_width.png",
-                f"Depth {deep}, end of training: numerical and effective rank of the hidden→hidden weights, and "
-                "distinct units (neuron clusters for elementwise variants, rank of [W_l|b_l|W_{l+1}ᵀ] for isotropic "
-                "ones) against width (log-log; dotted: equal to width). Saturation = the curve flattening below the "
-                "dotted line. Error bars: 95% CI over seeds.",
-            ),
+            Figure("capacity_vs_width.png", capacity_caption),
         ]

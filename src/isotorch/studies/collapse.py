@@ -483,7 +483,8 @@ class Collapse(Study):
                 label = variant if s == data.seeds[0] else None
                 ax.plot(range(len(prof["layers"])), prof["numerical_rank"], "o-", label=label, **kw)
                 ax.plot(range(len(prof["layers"])), prof["effective_rank"], "s--", **kw)
-        ax.set_xlabel("hidden layer (depth)")
+        ax.set_xticks(range(self._n_layers(data)))
+        ax.set_xlabel("hidden layer (0 = first)")
         ax.set_ylabel("rank of centred features")
         ax.set_title(f"rank through depth (o numerical τ={config.rank_tol:g}, □ effective)")
         ax.grid(alpha=0.3)

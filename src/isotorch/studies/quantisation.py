@@ -190,14 +190,19 @@ def _code(model: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 
 def _scores(acts: torch.Tensor, basis, seed: int, n_bootstrap: int, n_null: int) -> dict[str, Any]:
     """Alignment A (with its second-moment and higher-order parts) and quantisation Q, each with its BCa interval
-    over samples and its Haar-random-basis null (mean, p-value); ``nan`` (with the reason logged) when undefined."""
+    over samples and its Haar-random-basis null (mean, p-value); ``nan`` (with the reason logged) when undefined.
+
+    For a direction set of K > n directions, Q uses a seeded random subset of n(n − 1)/2 of its K(K − 1)/2 planes
+    (as many as the standard basis has; its cost grows with the planes), A uses them all."""
     from isotorch.probes import alignment_score, quantisation_score
 
     kw = {"n_bootstrap": n_bootstrap, "n_null": n_null, "generator": seed, "nan_policy": "omit"}
+    n = acts.shape[1]
+    many = torch.is_tensor(basis) and len(basis) > n
     out: dict[str, Any] = {}
     for prefix, result in (
         ("align", alignment_score(acts, basis, **kw)),
-        ("quant", quantisation_score(acts, basis, **kw)),
+        ("quant", quantisation_score(acts, basis, max_planes=n * (n - 1) // 2 if many else None, **kw)),
     ):
         out[prefix] = result.value
         out[f"{prefix}_lo"] = result.ci_low

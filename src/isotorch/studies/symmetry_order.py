@@ -15,6 +15,13 @@ statistics of :mod:`isotorch.probes` (REFERENCE §9):
 - the quantisation Q (angular concentration beyond a Gaussian of the same covariance, 0 for any Gaussian);
 - the saturated fraction of the activation's tanh arguments (block norms) and the test reconstruction MSE.
 
+**Thomson direction sets** (``thomson``, default K = 17, 24, 32, 48, 64 for n = 16): the bottleneck
+φ(z) = Σ_k tanh(z·v_k)·v_k over K > n Thomson points v_k (:func:`isotorch.directions.thomson`, family
+``direction:K``), scored in that direction set (its privileged set). This is a second axis, not a bigger group: a
+generic K has a trivial exact group, and the special ones are the simplex (K = n + 1, S_{n+1}) and the cross-polytope
+(K = 2n, ±e_i in a rotated frame: elementwise tanh again, B_n); "more directions" means closer to isotropic in
+distribution (REFERENCE §2.2). Its claim is that alignment to the direction set falls as K grows.
+
 Per seed, the Spearman rank correlation between k and the privilege (and between k and Q) summarises the trend
 in one number; the claims' verdicts use those correlations over seeds (a t-interval of Fisher's z = atanh ρ, mapped
 back, so it stays in [−1, 1]). The OLS slope against log₂ k is reported too.
@@ -34,7 +41,15 @@ from torch import nn
 from isotorch.studies._registry import Study, register_study
 from isotorch.studies._stats import Figure, Findings
 from isotorch.studies._verdicts import Claim, inconclusive, verdict_from_correlations
-from isotorch.studies.quantisation import _DATASETS, _code, _load, _saturation, _scores, build_autoencoder
+from isotorch.studies.quantisation import (
+    _DATASETS,
+    _code,
+    _load,
+    _privileged,
+    _saturation,
+    _scores,
+    build_autoencoder,
+)
 
 __all__ = ["SymmetryOrder", "SymmetryOrderConfig", "divisors", "trend"]
 
@@ -75,6 +90,7 @@ class SymmetryOrderConfig:
     """Settings of the ``symmetry_order`` study (see the module docstring)."""
 
     block_sizes: tuple[int, ...] | None = None
+    thomson: tuple[int, ...] = (17, 24, 32, 48, 64)
     dataset: str = "digits"
     data_root: str | None = None
     bottleneck: int = 16
@@ -97,6 +113,15 @@ class SymmetryOrderConfig:
                 raise ValueError(f"block_sizes must divide bottleneck={self.bottleneck}, got {bad}")
         elif len(divisors(self.bottleneck)) < 3:
             raise ValueError(f"bottleneck={self.bottleneck} has fewer than 3 divisors: nothing to sweep")
+        if self.thomson and (
+            len(self.thomson) < 3
+            or len(set(self.thomson)) != len(self.thomson)
+            or any(not isinstance(k, int) or k <= self.bottleneck for k in self.thomson)
+        ):
+            raise ValueError(
+                f"thomson must be empty or name at least 3 distinct numbers of directions K > bottleneck="
+                f"{self.bottleneck}, got {self.thomson!r}"
+            )
         if self.dataset not in _DATASETS:
             raise ValueError(f"dataset must be one of {', '.join(_DATASETS)}, got {self.dataset!r}")
         if any(h < 1 for h in self.hidden):
@@ -129,6 +154,7 @@ class SymmetryOrder(Study):
             "probe_samples": 400,
             "n_bootstrap": 20,
             "n_null": 5,
+            "thomson": (5, 6, 8),
         },
         # the quantisation study's paper scale (REFERENCE §6.1: MNIST, 16-d bottleneck, batch 24, 100 epochs)
         "paper": {
@@ -141,6 +167,7 @@ class SymmetryOrder(Study):
             "probe_samples": 5000,
             "n_bootstrap": 1000,
             "n_null": 39,
+            "thomson": (17, 32, 64),
         },
     }
     claims = (
@@ -158,6 +185,13 @@ class SymmetryOrder(Study):
             "per-seed Spearman correlation of k with the quantisation Q",
             direction=-1,
         ),
+        Claim(
+            "direction-alignment-falls-with-K",
+            "With more Thomson directions K the code is less organised by its direction set (closer to isotropic)",
+            "REFERENCE §2.2 (derived); Bird et al. used K = 17, 32, 64 Thomson directions (arXiv 2507.12070)",
+            "per-seed Spearman correlation of K with |A − Haar-null mean| measured in the K directions",
+            direction=-1,
+        ),
     )
 
     def run(self, ctx) -> dict[str, Any]:
@@ -168,8 +202,8 @@ class SymmetryOrder(Study):
         n, per_epoch = len(x_train), math.ceil(len(x_train) / cfg.batch_size)
         steps = cfg.epochs * per_epoch
         finals: dict[str, Any] = {}
-        for k in cfg.sizes:
-            variant = f"block:{k}"
+        runs = [(f"k={k}", f"block:{k}") for k in cfg.sizes] + [(f"K={k}", f"direction:{k}") for k in cfg.thomson]
+        for key, variant in runs:
             model = build_autoencoder(
                 x_train.shape[1], cfg.hidden, cfg.bottleneck, variant, generator=torch.Generator().manual_seed(ctx.seed)
             ).to(ctx.device)
@@ -186,14 +220,13 @@ class SymmetryOrder(Study):
             def evaluate(t, model=model):
                 return {"epoch": t / per_epoch, "test_mse": nn.functional.mse_loss(model(x_test), x_test)}
 
-            key = f"k={k}"
             result = ctx.train(
                 key, step, steps, state={"model": model, "opt": opt}, evaluate=evaluate, log_every=per_epoch
             )
             model.eval()
             with torch.no_grad():
                 code = _code(model, probe).double()
-            scores = _scores(code, "standard", ctx.seed, cfg.n_bootstrap, cfg.n_null)
+            scores = _scores(code, _privileged(model, variant), ctx.seed, cfg.n_bootstrap, cfg.n_null)
             align, null = scores["align"], scores.get("align_null")
             privilege = abs(align - null) if null is not None and math.isfinite(align) else math.nan
             saturation = _saturation(model, variant, probe)
@@ -208,6 +241,11 @@ class SymmetryOrder(Study):
             t = trend(list(cfg.sizes), [finals[f"k={k}/{metric}"] for k in cfg.sizes])
             finals[f"{metric}/spearman"] = t["spearman"]
             finals[f"{metric}/slope"] = t["slope"]
+            if cfg.thomson:
+                ks = sorted(cfg.thomson)
+                t = trend(ks, [finals[f"K={k}/{metric}"] for k in ks])
+                finals[f"thomson_{metric}/spearman"] = t["spearman"]
+                finals[f"thomson_{metric}/slope"] = t["slope"]
         return finals
 
     # ------------------------------------------------------------------------------------------- over seeds
@@ -228,33 +266,58 @@ class SymmetryOrder(Study):
                 label: [_num(f.get(f"k={k}/{metric}")) for f in data.finals.values()]
                 for metric, label in labels.items()
             }
+        for k in sorted(cfg.thomson):
+            rows[f"K={k} Thomson directions"] = {
+                label: [_num(f.get(f"K={k}/{metric}")) for f in data.finals.values()]
+                for metric, label in labels.items()
+            }
         trends = {
-            metric: {
+            labels[metric]: {
                 "Spearman ρ with k": [_num(f.get(f"{metric}/spearman")) for f in data.finals.values()],
                 "slope per doubling of k": [_num(f.get(f"{metric}/slope")) for f in data.finals.values()],
             }
             for metric in ("privilege", "quant")
         }
+        for metric in ("privilege", "quant") if cfg.thomson else ():
+            trends[f"{labels[metric]}, Thomson K"] = {
+                "Spearman ρ with k": [_num(f.get(f"thomson_{metric}/spearman")) for f in data.finals.values()],
+                "slope per doubling of k": [_num(f.get(f"thomson_{metric}/slope")) for f in data.finals.values()],
+            }
         caption = (
             f"{cfg.dataset} autoencoders, hidden {list(cfg.hidden)}, {n}-d bottleneck of isotropic tanh in blocks of k "
             f"(k = 1: elementwise tanh; k = {n}: isotropic), Adam lr {cfg.lr:g} for every k, batch {cfg.batch_size}, "
             f"{cfg.epochs} epochs; scores of the code on {cfg.probe_samples} inputs (max), in the standard basis. "
-            "Group dim: n(k − 1)/2, the dimension of O(k)^{n/k}. Mean ± 95% CI over seeds."
+            "Group dim: n(k − 1)/2, the dimension of O(k)^{n/k}. K Thomson directions: tanh over K > n directions, "
+            "scored in those directions (the quantisation Q on a random n(n − 1)/2 of their planes). Mean ± 95% CI "
+            "over seeds."
         )
         return [
             Findings.from_values("basis alignment and quantisation by block size", rows, caption=caption),
             Findings.from_values(
-                "trend with the block size, per seed",
-                {labels[m]: v for m, v in trends.items()},
-                caption="Spearman rank correlation with k and OLS slope against log₂ k, per seed; mean ± 95% CI.",
+                "trend with the block size (and with K), per seed",
+                trends,
+                caption="Spearman rank correlation with k (or K) and OLS slope against log₂ k (or log₂ K), per seed; "
+                "mean ± 95% CI.",
             ),
         ]
 
     def verdicts(self, data) -> list:
         cfg: SymmetryOrderConfig = data.config
         claims = {c.name: c for c in self.claims}
+        if cfg.thomson:
+            thomson = verdict_from_correlations(
+                claims["direction-alignment-falls-with-K"],
+                {s: _num(f.get("thomson_privilege/spearman")) for s, f in data.finals.items()},
+                points=len(cfg.thomson),
+                note=f"K = {sorted(cfg.thomson)} Thomson directions in {cfg.bottleneck} dimensions, each set its own "
+                "basis",
+            )
+        else:
+            thomson = inconclusive(
+                claims["direction-alignment-falls-with-K"], "the run swept no Thomson K (thomson=())", seeds=data.seeds
+            )
         if len(cfg.sizes) < 3:
-            return [inconclusive(c, "fewer than 3 block sizes: no trend") for c in self.claims]
+            return [inconclusive(c, "fewer than 3 block sizes: no trend") for c in self.claims[:2]] + [thomson]
         note = f"block sizes {list(cfg.sizes)} of a {cfg.bottleneck}-d bottleneck, standard basis"
         return [
             verdict_from_correlations(
@@ -269,6 +332,7 @@ class SymmetryOrder(Study):
                 points=len(cfg.sizes),
                 note=note,
             ),
+            thomson,
         ]
 
     def figures(self, data, out: Path) -> list[Figure]:
@@ -278,34 +342,46 @@ class SymmetryOrder(Study):
         import matplotlib.pyplot as plt
 
         cfg: SymmetryOrderConfig = data.config
-        ks = np.array(cfg.sizes)
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=110)
+        series = [("k", np.array(cfg.sizes), "block size k (1: elementwise … n: isotropic)", "tab:blue")]
+        if cfg.thomson:
+            series.append(("K", np.array(sorted(cfg.thomson)), "K Thomson directions (scored in them)", "tab:orange"))
+        fig, axes = plt.subplots(len(series), 3, figsize=(13, 3.8 * len(series)), dpi=110, squeeze=False)
         panels = (("privilege", "basis privilege |A − null|"), ("quant", "quantisation Q"), ("test_mse", "test MSE"))
-        for ax, (metric, label) in zip(axes, panels, strict=True):
-            per_seed = np.array([[_num(f.get(f"k={k}/{metric}")) for k in ks] for f in data.finals.values()])
-            for row in per_seed:
-                ax.plot(ks, row, color="0.6", lw=0.8, marker="o", ms=3)
-            if len(per_seed):
-                ax.plot(ks, np.nanmean(per_seed, 0), color="tab:blue", lw=2, marker="o", label="mean over seeds")
-            if metric == "privilege":
-                nulls = np.array([[_num(f.get(f"k={k}/align_null")) for k in ks] for f in data.finals.values()])
-                if len(nulls):
-                    ax.plot(ks, np.abs(np.nanmean(nulls, 0)), "k:", lw=1, label="|null mean| (Haar bases)")
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(ks, [str(k) for k in ks])
-            ax.set_xlabel("block size k (1: elementwise … n: isotropic)")
-            ax.set_ylabel(label)
-            ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=8)
+        for row_axes, (prefix, ks, xlabel, colour) in zip(axes, series, strict=True):
+            for ax, (metric, label) in zip(row_axes, panels, strict=True):
+                per_seed = np.array([[_num(f.get(f"{prefix}={k}/{metric}")) for k in ks] for f in data.finals.values()])
+                for row in per_seed:
+                    ax.plot(ks, row, color="0.6", lw=0.8, marker="o", ms=3)
+                if len(per_seed):
+                    ax.plot(ks, np.nanmean(per_seed, 0), color=colour, lw=2, marker="o", label="mean over seeds")
+                if metric == "privilege":
+                    nulls = np.array(
+                        [[_num(f.get(f"{prefix}={k}/align_null")) for k in ks] for f in data.finals.values()]
+                    )
+                    if len(nulls):
+                        ax.plot(ks, np.abs(np.nanmean(nulls, 0)), "k:", lw=1, label="|null mean| (Haar bases)")
+                ax.set_xscale("log", base=2)
+                ax.set_xticks(ks, [str(k) for k in ks])
+                ax.minorticks_off()
+                ax.set_xlabel(xlabel)
+                ax.set_ylabel(label)
+                ax.grid(alpha=0.3)
+            row_axes[0].legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / "order_sweep.png")
         plt.close(fig)
+        thomson = (
+            " Bottom row: the same against the number K of Thomson directions of a direction-set bottleneck, scored "
+            "in its own directions (K = 2n is the cross-polytope: elementwise tanh in a rotated frame)."
+            if cfg.thomson
+            else ""
+        )
         return [
             Figure(
                 "order_sweep.png",
                 "Basis privilege |A − null mean| (left), quantisation Q (middle) and test reconstruction MSE (right) "
                 "of the bottleneck code against the block size k of its isotropic-tanh blocks (log scale): grey one "
-                "line per seed, blue the mean; dotted: the alignment's Haar-random-basis null.",
+                "line per seed, coloured the mean; dotted: the alignment's Haar-random-basis null." + thomson,
             )
         ]
 

@@ -82,7 +82,7 @@ class TopologyConfig:
     steps: int = 4000
     surgery_every: int = 250
     batch_size: int = 32
-    lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+    lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2)
     sweep_steps: int = 1000
     weight_decay: float = 0.1
     threshold: float = 0.1
@@ -525,7 +525,7 @@ class Topology(Study):
                         [r[f"width{p}"] for r in rs],
                         where="post",
                         ls=("-", "--", ":", "-.")[j % 4],
-                        label=f"{arm} (site {p})" if s == seed else None,
+                        label=f"{arm} (hidden layer {j + 1})" if s == seed else None,
                         **kw,
                     )
                 ax_a.plot(t, [r["test_acc"] for r in rs], label=arm if s == seed else None, **kw)
@@ -559,7 +559,7 @@ class Topology(Study):
                     ax.plot([r["global_step"]] * len(sv), sv, ".", color=colours[arm], ms=2, alpha=0.6)
                 ax.axhline(config.threshold, color="k", ls=":", lw=0.8)
                 ax.set_yscale("log")
-                ax.set_title(f"{arm}, site {p}", fontsize=9)
+                ax.set_title(f"{arm}, hidden layer {j + 1}", fontsize=9)
                 ax.set_xlabel("step")
                 ax.grid(alpha=0.3)
             axes[j][0].set_ylabel("singular values of W (floored at 1e-4)")
@@ -569,14 +569,14 @@ class Topology(Study):
         return [
             Figure(
                 "width_accuracy.png",
-                f"Left: width of each hidden site against step (solid: first site, dashed: second), one colour per "
+                f"Left: width of each hidden layer against step (solid: first, dashed: second), one colour per "
                 f"arm (seed {seed} bold, other seeds thin; the elementwise control has the adaptive arm's widths). "
                 "Right: test accuracy against step; triangles: accuracy right after a prune (for the elementwise "
                 "control the drop is not prevented by the surgery).",
             ),
             Figure(
                 "singular_values.png",
-                f"Seed {seed}: singular values of each hidden site's producer W_l over training (one dot per unit and "
+                f"Seed {seed}: singular values of each hidden layer's producer W_l over training (one dot per unit and "
                 f"log step); dotted: the scaffold threshold {config.threshold:g}. Units at the bottom (floored at "
                 "1e-4) are freshly grown or unused.",
             ),
