@@ -525,7 +525,7 @@ class Capacity(Study):
                     )
             ax.set_title(VARIANTS[v][2], fontsize=9)
             ax.set_xlabel("layer l (0 = input layer)")
-            ax.set_xticks(np.arange(0, deep + 1, max(1, (deep + 1) // 9)))
+            ax.set_xticks(np.arange(0, deep + 1, max(1, math.ceil((deep + 1) / 9))))
             ax.grid(alpha=0.3, which="both")
         axes[0][0].set_ylabel("‖∂L/∂W_l‖_F")
         axes[0][0].legend(fontsize=7)
