@@ -170,3 +170,93 @@ def test_monomial_inverse_transpose_is_exact():
     gen = torch.Generator().manual_seed(0)
     g = torch.diag(torch.randn(7, generator=gen, dtype=torch.float64))[torch.randperm(7, generator=gen)]
     torch.testing.assert_close(_inverse_transpose(g), torch.linalg.inv(g).mT, rtol=1e-15, atol=0)
+
+
+def _hadamard_like(n, kind, dtype, gen):
+    from isotorch.params import hadamard, random_hadamard
+
+    if kind == "plain":
+        return hadamard(n, dtype=dtype)
+    if kind == "signed":  # rows and columns with random signs, transposed, scaled: still α·D_r·Hᵀ·D_c
+        r = torch.randint(0, 2, (n,), generator=gen).to(dtype) * 2 - 1
+        return (3.0 * r[:, None] * random_hadamard(n, generator=gen, dtype=dtype).T).to(dtype)
+    return random_hadamard(n, generator=gen, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    ("n", "kind", "inner", "axis", "sliced"),
+    [
+        (16, "plain", 1, 0, False),
+        (12, "random", 1, 1, False),  # Paley core (not symmetric)
+        (12, "signed", 2, 0, False),
+        (20, "signed", 1, 1, True),
+        (24, "random", 3, 0, True),
+    ],
+)
+def test_hadamard_elements_use_the_fast_transform_and_match_the_dense_product(n, kind, inner, axis, sliced, dtype):
+    """A (signed, scaled, transposed) Hadamard element is applied by the fast transform, equal to the dense
+    product to round-off; a matrix one entry away from it is not taken for one (negative control)."""
+    from isotorch.params import _transform
+    from isotorch.params._sites import Action
+
+    gen = torch.Generator().manual_seed(n)
+    g = _hadamard_like(n, kind, dtype, gen)
+    assert _transform._plan_of(g).kind == "hadamard"
+    shape = [7, 5]
+    shape[axis] = n * inner + (5 if sliced else 0)
+    t = torch.randn(*shape, generator=gen, dtype=dtype)
+    action = Action("w", axis, "out", inner, axis, 2, 2 + n * inner) if sliced else Action("w", axis, "out", inner)
+    fast = _transform.act(t, g, action)
+    dense = _transform.act(t, g, action, _transform._Plan("dense"))
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(fast, dense, rtol=0, atol=50 * eps * float(dense.abs().max()))
+    # the dense path computes the same as an explicit einsum (reference written without act)
+    seg = t.narrow(axis, 2, n * inner) if sliced else t
+    moved = seg.movedim(axis, 0).reshape(n, inner, -1)
+    ref = torch.einsum("ij,jkr->ikr", g, moved).reshape(seg.movedim(axis, 0).shape).movedim(0, axis)
+    got = fast.narrow(axis, 2, n * inner) if sliced else fast
+    torch.testing.assert_close(got, ref, rtol=0, atol=50 * eps * float(ref.abs().max()))
+    if sliced:
+        assert torch.equal(fast.narrow(axis, 0, 2), t.narrow(axis, 0, 2))
+    near = g.clone()
+    near[1, 2] *= 1 + 1e-3
+    assert _transform._plan_of(near).kind == "dense"
+    assert _transform._plan_of(g * torch.tensor([1.0, 2.0] * (n // 2), dtype=dtype)).kind == "dense"
+
+
+def test_hadamard_inverse_transpose_and_no_dense_matmul_in_transform(monkeypatch):
+    """g⁻ᵀ of α·D·H·D' is g/(α²n) (no inverse); transform of a folded stream by hadamard(n) never calls einsum."""
+    from isotorch.params import _transform, fold_norms, hadamard
+
+    g = 2.0 * hadamard(12)
+    torch.testing.assert_close(_transform._inverse_transpose(g), torch.linalg.inv(g).mT, rtol=0, atol=1e-15)
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.norm, self.norm_f, self.up, self.down, self.head = (
+                nn.Linear(5, 16),
+                nn.LayerNorm(16),
+                nn.LayerNorm(16),
+                nn.Linear(16, 32),
+                nn.Linear(32, 16),
+                nn.Linear(16, 3),
+            )
+
+        def forward(self, x):
+            h = self.emb(x)
+            h = h + self.down(torch.relu(self.up(self.norm(h))))
+            return self.head(self.norm_f(h))
+
+    torch.manual_seed(0)
+    model = Block().double()
+    x = torch.randn(6, 5, dtype=torch.float64)
+    folded = fold_norms(model, x)
+    syms = symmetries(folded, x)
+    calls = []
+    real = torch.einsum
+    monkeypatch.setattr(torch, "einsum", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    rotated = transform(folded, Element(syms, {"emb": hadamard(16)}))  # verified inside transform
+    assert calls == []
+    torch.testing.assert_close(rotated(x), model(x), rtol=0, atol=1e-12)

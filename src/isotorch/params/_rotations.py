@@ -126,7 +126,7 @@ def hadamard_transform(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     Equal to ``torch.movedim(torch.movedim(x, dim, -1) @ hadamard(n), -1, dim)`` (up to round-off) for every n that
     :func:`hadamard` supports: H = H₂ ⊗ … ⊗ H₂ ⊗ C with C the Paley core (size 1 for a power of two) is applied as
     small matmuls, one per Kronecker factor (C, and Sylvester blocks of at most 64): O(n·(m + 64·⌈k/6⌉)) per vector
-    instead of O(n²).
+    instead of O(n²), on a contiguous (before, n, after) view (no transposes of x).
 
     Examples:
         >>> x = torch.randn(5, 12, dtype=torch.float64)
@@ -138,19 +138,43 @@ def hadamard_transform(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     if isinstance(dim, bool) or not isinstance(dim, int) or not (-x.ndim <= dim < x.ndim):
         raise ValueError(f"dim must be an int in [{-x.ndim}, {x.ndim}) for a {x.ndim}-d x, got {dim!r}")
     n = x.shape[dim]
+    return _hadamard_apply(x, dim) / math.sqrt(n)
+
+
+def _hadamard_factors(n: int, transpose: bool) -> list[torch.Tensor]:
+    """The integer Kronecker factors of H_n (or of H_nᵀ), outermost first: Sylvester blocks of at most 64, then C."""
     core = _hadamard_core(n)  # raises naming n when unsupported
-    m = core.shape[0]
-    sizes, rest = [], n // m
+    sizes, rest = [], n // core.shape[0]
     while rest > 1:  # H_{2^k} = H_{2^a} ⊗ H_{2^b}: Sylvester factors of at most 64, each one small matmul
         sizes.append(min(rest, 64))
         rest //= sizes[-1]
-    mats = [_hadamard_int(size) for size in sizes] + [core]
-    y = torch.movedim(x, dim, -1)
-    lead = y.shape[:-1]
-    y = y.reshape(*lead, *sizes, m)
-    for mat in reversed(mats):  # transform the last axis, then rotate it to the front of the block
-        y = (y @ mat.to(dtype=x.dtype, device=x.device)).movedim(-1, len(lead))
-    return torch.movedim(y.reshape(*lead, n) / math.sqrt(n), -1, dim)
+    return [_hadamard_int(size) for size in sizes] + [core.T if transpose else core]  # Sylvester blocks: symmetric
+
+
+def _hadamard_apply(x: torch.Tensor, dim: int, *, transpose: bool = False, inner: int = 1) -> torch.Tensor:
+    """x·H (x·Hᵀ with ``transpose``) along ``dim`` with the integer ±1 Hadamard matrix H of order n, unscaled.
+
+    ``dim`` may hold n·inner entries: then H acts on blocks of ``inner`` consecutive entries (entry i·inner + k is
+    feature i). x·(A ⊗ B) on x viewed as (…, a, b) is A applied on the a-axis and B on the b-axis, so each Kronecker
+    factor is one batched matmul of a contiguous (before, f, after) view.
+    """
+    dim = dim % x.ndim
+    total = x.shape[dim]
+    n = total // inner
+    pre = math.prod(x.shape[:dim])
+    post = math.prod(x.shape[dim + 1 :]) * inner
+    y = x.contiguous()
+    before = 1
+    for mat in _hadamard_factors(n, transpose):
+        f = mat.shape[0]
+        after = n // (before * f) * post
+        mat = mat.to(dtype=x.dtype, device=x.device)
+        if after == 1:  # the factor acts on the last axis: y·M
+            y = y.reshape(-1, f) @ mat
+        else:  # (M ᵀ y)[j] = Σ_i M[i, j] y[i] on the middle axis of (pre·before, f, after)
+            y = torch.matmul(mat.T, y.reshape(pre * before, f, after))
+        before *= f
+    return y.reshape(x.shape)
 
 
 def random_hadamard(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -27,6 +28,7 @@ from torch import nn
 from isotorch import testing as _testing
 from isotorch.params._element import Element, _is_perm, check_membership
 from isotorch.params._errors import SymmetryError
+from isotorch.params._rotations import _hadamard_apply, _hadamard_int
 from isotorch.params._sites import Action, Symmetries
 from isotorch.params._trace import evaluation
 
@@ -46,12 +48,16 @@ def _signed_permutation(m: torch.Tensor) -> bool:
     return bool((nonzero.sum(1) == 1).all() and torch.allclose(m.abs().sum(1), torch.ones_like(m[:, 0])))
 
 
-def act(t: torch.Tensor, g: torch.Tensor, action: Action) -> torch.Tensor:
+def act(t: torch.Tensor, g: torch.Tensor, action: Action, plan: _Plan | None = None) -> torch.Tensor:
     """Multiply the features of ``t`` along ``action.axis`` (in the range of ``action.slice_axis``) by ``g``.
 
     ``g`` is an (n, n) matrix or a permutation index vector; the result has ``t``'s dtype and is differentiable
-    in both ``t`` and ``g``.
+    in both ``t`` and ``g``. ``plan`` (from :func:`_plan_of`, computed once per element) says how to apply a
+    constant ``g`` cheaply: monomial matrices by ``index_select`` × scale, (signed, scaled) Hadamard matrices by a
+    fast Hadamard transform; without it the plan is worked out here.
     """
+    if plan is None:
+        plan = _plan_of(g)
     sa = action.axis if action.slice_axis is None else action.slice_axis
     size = t.shape[sa]
     stop = size if action.stop is None else action.stop
@@ -67,21 +73,34 @@ def act(t: torch.Tensor, g: torch.Tensor, action: Action) -> torch.Tensor:
         if not sliced:
             return out
         return torch.cat([t.narrow(sa, 0, action.start), out, t.narrow(sa, stop, size - stop)], dim=sa)
-    if not _is_perm(g) and g.ndim == 2 and seg.shape[action.axis] == n * action.inner and not g.requires_grad:
-        monomial = _monomial(g)
-        if monomial is not None:  # one non-zero per row (signed permutations, scalings): O(n·m), exact
-            cols, values = monomial
-            index = cols.to(seg.device)
-            scale = values.to(device=seg.device, dtype=torch.promote_types(values.dtype, seg.dtype))
-            if action.inner != 1:
-                index = (index[:, None] * action.inner + torch.arange(action.inner, device=seg.device)).reshape(-1)
-                scale = scale.repeat_interleave(action.inner)
-            shape = [1] * seg.ndim
-            shape[action.axis] = -1
-            out = (seg.index_select(action.axis, index) * scale.reshape(shape)).to(t.dtype)
-            if not sliced:
-                return out
-            return torch.cat([t.narrow(sa, 0, action.start), out, t.narrow(sa, stop, size - stop)], dim=sa)
+    if plan.kind == "hadamard" and seg.shape[action.axis] == n * action.inner:
+        # g = α·diag(r)·H·diag(c) (H or Hᵀ the integer Hadamard matrix): g·m = α·r ⊙ (H·(c ⊙ m)), O(n log n)-ish
+        alpha, rows, cols, transposed = plan.data
+        dtype = torch.promote_types(g.dtype, seg.dtype)
+        shape = [1] * seg.ndim
+        shape[action.axis] = -1
+        r = rows.to(device=seg.device, dtype=dtype).repeat_interleave(action.inner).reshape(shape)
+        c = cols.to(device=seg.device, dtype=dtype).repeat_interleave(action.inner).reshape(shape)
+        # left multiplication by H along the axis is x·Hᵀ in the transform's row convention
+        out = _hadamard_apply(seg.to(dtype) * c, action.axis, transpose=not transposed, inner=action.inner)
+        out = (out * (r * alpha)).to(t.dtype)
+        if not sliced:
+            return out
+        return torch.cat([t.narrow(sa, 0, action.start), out, t.narrow(sa, stop, size - stop)], dim=sa)
+    if plan.kind == "monomial" and seg.shape[action.axis] == n * action.inner:
+        # one non-zero per row (signed permutations, scalings): O(n·m), exact
+        cols, values = plan.data
+        index = cols.to(seg.device)
+        scale = values.to(device=seg.device, dtype=torch.promote_types(values.dtype, seg.dtype))
+        if action.inner != 1:
+            index = (index[:, None] * action.inner + torch.arange(action.inner, device=seg.device)).reshape(-1)
+            scale = scale.repeat_interleave(action.inner)
+        shape = [1] * seg.ndim
+        shape[action.axis] = -1
+        out = (seg.index_select(action.axis, index) * scale.reshape(shape)).to(t.dtype)
+        if not sliced:
+            return out
+        return torch.cat([t.narrow(sa, 0, action.start), out, t.narrow(sa, stop, size - stop)], dim=sa)
     moved = seg.movedim(action.axis, 0)
     if moved.shape[0] != n * action.inner:
         raise SymmetryError(
@@ -100,6 +119,53 @@ def act(t: torch.Tensor, g: torch.Tensor, action: Action) -> torch.Tensor:
     return torch.cat([t.narrow(sa, 0, action.start), out, t.narrow(sa, stop, size - stop)], dim=sa)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """How to apply one element matrix: ``kind`` "perm" (index vector or permutation), "monomial" (data: columns,
+    values), "hadamard" (data: α, row signs, column signs, whether H is transposed) or "dense"."""
+
+    kind: str
+    data: tuple = ()
+
+
+def _plan_of(g: torch.Tensor) -> _Plan:
+    """The cheapest exact way to apply ``g`` (an O(n²) look at its entries; a matrix with a gradient is dense)."""
+    if _is_perm(g):
+        return _Plan("perm")
+    if g.ndim != 2 or g.requires_grad:
+        return _Plan("dense")
+    monomial = _monomial(g)
+    if monomial is not None:
+        return _Plan("monomial", monomial)
+    form = _hadamard_form(g)
+    if form is not None:
+        return _Plan("hadamard", form)
+    return _Plan("dense")
+
+
+def _hadamard_form(g: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor, bool] | None:
+    """(α, r, c, transposed) with g = α·diag(r)·H·diag(c) exactly (r, c signs; H the integer Hadamard matrix of
+    :func:`hadamard`, or its transpose), or ``None``. Every entry of such a g is ±α, so the test is exact: all
+    |g_ij| equal to |g_00| (to one ulp) and the sign pattern of g·H (elementwise) of rank one."""
+    n = g.shape[0]
+    if n < 4 or g.shape != (n, n) or not g.is_floating_point():
+        return None
+    alpha = float(g[0, 0].abs())
+    if alpha == 0.0 or not bool(((g.abs() - alpha).abs() <= 2 * torch.finfo(g.dtype).eps * alpha).all()):
+        return None
+    try:
+        h = _hadamard_int(n).to(g.device)
+    except ValueError:  # no Hadamard matrix of this order here
+        return None
+    signs = torch.where(g > 0, 1, -1).to(torch.int64)
+    for transposed, mat in ((False, h), (True, h.T)):
+        pattern = signs * mat  # = r_i c_j for g = α·diag(r)·H·diag(c)
+        rows, cols = pattern[:, 0], pattern[0, :] * pattern[0, 0]
+        if torch.equal(pattern, rows[:, None] * cols[None, :]):
+            return alpha, rows, cols, transposed
+    return None
+
+
 def _monomial(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(column of the non-zero entry of each row, its value) if ``g`` has exactly one non-zero per row and per
     column, else ``None``."""
@@ -113,13 +179,14 @@ def _monomial(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
 def _inverse_transpose(g: torch.Tensor) -> torch.Tensor:
     if _is_perm(g):
         return g  # a permutation matrix is orthogonal: g⁻ᵀ = g
-    if not g.requires_grad:
-        monomial = _monomial(g)
-        if monomial is not None:  # g[i, c_i] = v_i  ⇒  g⁻ᵀ[i, c_i] = 1/v_i: no O(n³) inverse
-            cols, values = monomial
-            out = torch.zeros_like(g)
-            out[torch.arange(g.shape[0], device=g.device), cols] = 1 / values
-            return out
+    plan = _plan_of(g)
+    if plan.kind == "monomial":  # g[i, c_i] = v_i  ⇒  g⁻ᵀ[i, c_i] = 1/v_i: no O(n³) inverse
+        cols, values = plan.data
+        out = torch.zeros_like(g)
+        out[torch.arange(g.shape[0], device=g.device), cols] = 1 / values
+        return out
+    if plan.kind == "hadamard":  # g = α·D_r·H·D_c, HHᵀ = nI  ⇒  g⁻ᵀ = g/(α²n)
+        return g / (plan.data[0] ** 2 * g.shape[0])
     return torch.linalg.inv(g).mT
 
 
@@ -130,6 +197,7 @@ def apply_element(
     *,
     mode: str = "parameter",
     skip_missing: bool = False,
+    inplace: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Apply site matrices to a dict of named tensors (differentiable); returns the changed entries.
 
@@ -140,12 +208,16 @@ def apply_element(
         mode: ``"parameter"`` (the action on parameters), ``"gradient"`` (its inverse transpose, for gradients and
             first moments) or ``"square"`` (the elementwise square of the gradient action, for second moments;
             monomial elements only).
+        skip_missing: ignore actions on tensors that are not in ``tensors``.
+        inplace: write into ``tensors`` themselves (no copies; not differentiable), e.g. the state of a fresh
+            copy of the model.
     """
     out: dict[str, torch.Tensor] = {}
     owned: set[str] = set()
     for name, g in matrices.items():
         site = syms[name]
         g_inv_t = _inverse_transpose(g)
+        plans = {id(g): _plan_of(g), id(g_inv_t): _plan_of(g_inv_t)}  # once per element, not per action
         for a in site.actions:
             if a.param not in tensors:
                 if skip_missing:
@@ -165,28 +237,31 @@ def apply_element(
                             f"site {name!r} (an adaptive optimiser is not equivariant to it)"
                         )
                     mat = mat * mat
+            plan = plans.get(id(mat)) if mode != "square" else None
             current = out.get(a.param)
             if current is None:
                 current = tensors[a.param]
-                if not torch.is_grad_enabled() or not (current.requires_grad or mat.requires_grad):
+                if inplace:
+                    owned.add(a.param)
+                elif not torch.is_grad_enabled() or not (current.requires_grad or mat.requires_grad):
                     current = current.clone()  # owned: sliced actions then write their slice in place
                     owned.add(a.param)
             if a.param in owned and not (torch.is_grad_enabled() and mat.requires_grad):
-                _act_slice_inplace(current, mat, a)
+                _act_slice_inplace(current, mat, a, plan)
                 out[a.param] = current
             else:
-                out[a.param] = act(current, mat, a)
+                out[a.param] = act(current, mat, a, plan)
     return out
 
 
-def _act_slice_inplace(t: torch.Tensor, g: torch.Tensor, action: Action) -> None:
+def _act_slice_inplace(t: torch.Tensor, g: torch.Tensor, action: Action, plan: _Plan | None = None) -> None:
     """:func:`act` written into ``t`` (a tensor this module owns): only the touched slice is rewritten, instead of
     concatenating a new copy of the whole parameter for every head of a packed projection."""
     sa = action.axis if action.slice_axis is None else action.slice_axis
     size = t.shape[sa]
     stop = size if action.stop is None else action.stop
     seg = t.narrow(sa, action.start, stop - action.start)
-    new = act(seg, g, Action(action.param, action.axis, action.kind, action.inner))
+    new = act(seg, g, Action(action.param, action.axis, action.kind, action.inner), plan)
     with torch.no_grad():
         seg.copy_(new)
 
@@ -334,9 +409,8 @@ def transform(
             if not syms[name].free:
                 raise SymmetryError(f"site {name!r} is {syms[name].status}: {syms[name].reason}")
     new = copy.deepcopy(model)
-    tensors = {k: v.detach() for k, v in model.state_dict().items()}
-    changes = apply_element(tensors, syms, element.matrices)
-    load_changes(new, changes)
+    with torch.no_grad():  # written straight into the copy's parameters and buffers
+        apply_element(_state_tensors(new), syms, element.matrices, inplace=True)
     if check:
         verify(model, new, syms, tol, "the transform")
     if optimizer is not None:
