@@ -265,8 +265,13 @@ def test_vit_fold_and_rotate():
 
 def test_unknown_norm_class_names_the_module():
     model = _prenorm(norm=MaxNorm)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modules = [type(m) for m in model.modules()]
     with pytest.raises(SymmetryError, match=r"does not know the norm .* module 'norm1' \(MaxNorm"):
         fold_norms(model, torch.randn(6, 5, dtype=torch.float64))
+    # nothing half-folded: the model the caller holds is exactly as it was (the fold works on a copy)
+    assert [type(m) for m in model.modules()] == modules
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_functional_norm_names_the_call():
