@@ -140,14 +140,20 @@ def _op_name(node) -> str:
     return getattr(target, "__name__", str(target))
 
 
-def _is_post_norm(graph, norm_name: str) -> bool:
-    """Whether the norm's output reaches an addition through pass-through ops (its output is the stream)."""
-    starts = [n for n in graph.nodes if n.op == "module" and (n.qualname == norm_name or n.name == norm_name)]
-    starts += [n for n in graph.nodes if n.op == "call_module" and n.target == norm_name]
+def _users(graph) -> dict[int, list]:
+    """id(node) → the nodes that take it as an argument."""
     users: dict[int, list] = {}
     for node in graph.nodes:
         for arg in _flat(node.args) + _flat(list(node.kwargs.values())):
             users.setdefault(id(arg), []).append(node)
+    return users
+
+
+def _is_post_norm(graph, norm_name: str, users: dict[int, list] | None = None) -> bool:
+    """Whether the norm's output reaches an addition through pass-through ops (its output is the stream)."""
+    starts = [n for n in graph.nodes if n.op == "module" and (n.qualname == norm_name or n.name == norm_name)]
+    starts += [n for n in graph.nodes if n.op == "call_module" and n.target == norm_name]
+    users = _users(graph) if users is None else users
     seen, todo = set(), list(starts)
     while todo:
         node = todo.pop()
@@ -239,8 +245,10 @@ def _where(graph, name: str | None, path: str | None, model: nn.Module) -> str:
 
 
 def _check_post_norm(site: Site, graph, model: nn.Module) -> None:
+    modules = dict(model.named_modules())
+    users = _users(graph) if site.norms else {}
     for norm in site.norms:
-        if norm.name in dict(model.named_modules()) and _is_post_norm(graph, norm.name):
+        if norm.name in modules and _is_post_norm(graph, norm.name, users):
             raise SymmetryError(
                 f"norm {norm.name!r} ({type(model.get_submodule(norm.name)).__name__}) is post-LN: its output is the "
                 "residual stream itself (read by the skip connection), so its gain cannot be folded into readers "
