@@ -106,11 +106,19 @@ def test_tiny_end_to_end(tmp_path):
             assert len(first["srm_random_mean"]) == 100
             final = run.data.select(seed=seed, run=key, event="final")[0]
             assert final["align_null"] is not None and 0 < final["align_p"] <= 1
+            # each variant trains at the rate its own sweep chose (lowest held-out reconstruction MSE)
+            sweep = {
+                float(r["run"].split("lr=")[1]): r["val_loss"]
+                for r in run.data.select(seed=seed)
+                if str(r.get("run", "")).startswith(f"sweep/{variant}/") and "val_loss" in r
+            }
+            assert set(sweep) == {3e-3, 3e-2} and finals[f"{key}/lr"] == min(sweep, key=sweep.get)
         assert abs(finals["gaussian/quant"]) < 0.05 and abs(finals["gaussian/align"]) < 0.1  # the null reads ~0
     verdicts = {v.claim.name: v for v in run.verdicts}
     assert list(verdicts) == [c.name for c in Quantisation.claims]
     assert all(v.seeds == (0, 1) for v in verdicts.values())
     assert "saturated fraction" in verdicts["elementwise-more-quantised"].note
+    assert "own learning rate" in verdicts["quantisation-costs-reconstruction"].note
     report = (tmp_path / "q" / "report.html").read_text()
     assert report.index("Verdicts") < report.index("Findings")
     figures = json.loads((tmp_path / "q" / "figures.json").read_text())

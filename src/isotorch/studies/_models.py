@@ -69,15 +69,17 @@ def select_lr(
     batch_size: int,
     weight_decay: float = 0.0,
     val_fraction: float = 0.2,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[float, dict[float, float]]:
-    """The learning rate, among ``lrs``, with the lowest validation cross-entropy after ``steps`` AdamW updates.
+    """The learning rate, among ``lrs``, with the lowest validation loss after ``steps`` AdamW updates.
 
     A per-family sweep at an equal budget, so that families are compared each at its own best learning rate. The
     validation set is a seeded ``val_fraction`` of (x, y) (the same for every learning rate; never the test set);
     the model is trained on the rest. Every learning rate starts from ``build()`` (which must return the same
     initial weights each time) and is its own ``ctx.train`` loop ``f"{key}/lr={lr:g}"`` (checkpointed, resumed),
     logging ``val_loss`` at the end. A learning rate whose loss becomes non-finite stops updating and scores +inf
-    (a diverged run loses the sweep instead of stopping the study).
+    (a diverged run loses the sweep instead of stopping the study). The loss is ``loss_fn(model(x), y)``, by
+    default the cross-entropy (pass ``nn.functional.mse_loss`` and ``y = x`` for an autoencoder).
 
     Returns:
         The best learning rate and ``{lr: validation loss}``.
@@ -90,6 +92,7 @@ def select_lr(
     n_val = max(1, round(val_fraction * len(x)))
     val, train = order[:n_val].to(x.device), order[n_val:].to(x.device)
     xt, yt, xv, yv = x[train], y[train], x[val], y[val]
+    loss_fn = nn.functional.cross_entropy if loss_fn is None else loss_fn
     scores: dict[float, float] = {}
     for lr in lrs:
         model = build()
@@ -100,7 +103,7 @@ def select_lr(
             if diverged[0]:
                 return 0.0
             idx = ctx.batch_indices(t, len(xt), batch_size, key=key)
-            loss = nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+            loss = loss_fn(model(xt[idx]), yt[idx])
             if not torch.isfinite(loss):
                 diverged[0] = True
                 return 0.0
@@ -110,7 +113,7 @@ def select_lr(
             return loss.detach()
 
         def evaluate(count, model=model, diverged=diverged):
-            loss = float(nn.functional.cross_entropy(model(xv), yv))
+            loss = float(loss_fn(model(xv), yv))
             return {"val_loss": loss if (math.isfinite(loss) and not diverged[0]) else None}
 
         result = ctx.train(
