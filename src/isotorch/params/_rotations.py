@@ -364,7 +364,8 @@ def learn_rotation(
             if err < best:
                 best_q, best = q.clone(), err
             if (step + 1) % rebase == 0:
-                q0 = torch.linalg.qr(q)[0] * torch.sign(torch.diagonal(torch.linalg.qr(q)[1]))
+                qq, rr = torch.linalg.qr(q)  # re-orthonormalise the base (round-off only): Q₀ ← Q, A ← 0
+                q0 = qq * torch.sign(torch.diagonal(rr))
                 param.zero_()
                 opt = torch.optim.Adam([param], lr=lr)
     if best_q is not q0:
