@@ -538,8 +538,9 @@ class Quantisation(Study):
                 "srm_final.png",
                 f"Seed {seed}: plane-averaged SRM curve of the bottleneck code after {config.epochs} epochs, per "
                 "variant, in its privileged set (solid), in a Haar-random frame (dashed, the control) and at "
-                "initialisation (dotted); red: the isotropic baseline. Peaks at kπ/2 mean axis-aligned codes, "
-                "at π/4 + kπ/2 diagonal ones; a flat curve at the baseline means isotropy.",
+                "initialisation (dotted); red: the isotropic baseline (it differs between panels: without "
+                "--set epsilon=... each code gets its own data-adaptive spotlight width ε). Peaks at kπ/2 mean "
+                "axis-aligned codes, at π/4 + kπ/2 diagonal ones; a flat curve at the baseline means isotropy.",
             )
         )
 
@@ -657,7 +658,8 @@ class Quantisation(Study):
         return figures
 
 
-def _lr_text(config: QuantisationConfig) -> str:
+def _lr_text(config: Any) -> str:
+    """How the learning rates were chosen (a QuantisationConfig or SymmetryOrderConfig: lr, lrs, sweep_epochs)."""
     if not config.lrs:
         return f"Adam lr {config.lr:g} (the same for every variant)"
     return (

@@ -5,7 +5,8 @@ bottleneck of n features, where φ is isotropic tanh within blocks of k features
 :class:`isotorch.nn.BlockIsotropicActivation`), swept over the block sizes k that divide n, from k = 1 (elementwise
 tanh, group B_n of signed permutations) to k = n (isotropic tanh, O(n)). The bottleneck's group O(k)^{n/k} ⋊ S_{n/k}
 grows continuously with k: its dimension n(k − 1)/2 runs from 0 to n(n − 1)/2. Every k of a seed starts from the same
-weights and sees the same minibatches.
+weights and sees the same minibatches; each trains with Adam at its own learning rate from a per-seed sweep over
+``lrs`` (reconstruction MSE of a held-out 20% of the training set; ``lrs=()``: ``lr`` for all).
 
 Measured on the trained bottleneck code z (up to ``probe_samples`` inputs), in the standard basis, with the fixed
 statistics of :mod:`isotorch.probes` (REFERENCE §9):
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from isotorch.studies._models import scale_hint
+from isotorch.studies._models import scale_hint, select_lr
 from isotorch.studies._registry import Study, register_study
 from isotorch.studies._stats import Figure, Findings
 from isotorch.studies._verdicts import Claim, inconclusive, verdict_from_correlations
@@ -46,6 +47,7 @@ from isotorch.studies.quantisation import (
     _DATASETS,
     _code,
     _load,
+    _lr_text,
     _privileged,
     _saturation,
     _scores,
@@ -99,6 +101,8 @@ class SymmetryOrderConfig:
     epochs: int = 30
     batch_size: int = 24
     lr: float = 1e-2
+    lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
+    sweep_epochs: int = 5
     probe_samples: int = 2000
     n_bootstrap: int = 200
     n_null: int = 19
@@ -134,6 +138,10 @@ class SymmetryOrderConfig:
             raise ValueError(f"n_null must be a non-negative int, got {self.n_null!r}")
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise ValueError(f"lr must be a positive finite float, got {self.lr!r}")
+        if any(not (lr > 0 and math.isfinite(lr)) for lr in self.lrs) or len(set(self.lrs)) != len(self.lrs):
+            raise ValueError(f"lrs must be distinct positive finite floats (or empty: lr for all), got {self.lrs!r}")
+        if self.sweep_epochs < 1:
+            raise ValueError(f"sweep_epochs must be a positive int, got {self.sweep_epochs!r}")
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -156,6 +164,8 @@ class SymmetryOrder(Study):
             "n_bootstrap": 20,
             "n_null": 5,
             "thomson": (5, 6, 8),
+            "lrs": (3e-3, 3e-2),
+            "sweep_epochs": 1,
         },
         # the quantisation study's paper scale (REFERENCE §6.1: MNIST, 16-d bottleneck, batch 24, 100 epochs)
         "paper": {
@@ -165,6 +175,7 @@ class SymmetryOrder(Study):
             "epochs": 100,
             "batch_size": 24,
             "lr": 1e-3,
+            "lrs": (3e-4, 1e-3, 3e-3, 1e-2),
             "probe_samples": 5000,
             "n_bootstrap": 1000,
             "n_null": 39,
@@ -205,10 +216,28 @@ class SymmetryOrder(Study):
         finals: dict[str, Any] = {}
         runs = [(f"k={k}", f"block:{k}") for k in cfg.sizes] + [(f"K={k}", f"direction:{k}") for k in cfg.thomson]
         for key, variant in runs:
-            model = build_autoencoder(
-                x_train.shape[1], cfg.hidden, cfg.bottleneck, variant, generator=torch.Generator().manual_seed(ctx.seed)
-            ).to(ctx.device)
-            opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+
+            def build(variant=variant):
+                gen = torch.Generator().manual_seed(ctx.seed)
+                return build_autoencoder(x_train.shape[1], cfg.hidden, cfg.bottleneck, variant, generator=gen).to(
+                    ctx.device
+                )
+
+            lr = cfg.lr
+            if cfg.lrs:  # each variant at its own learning rate (validation reconstruction MSE, training set only)
+                lr, _ = select_lr(
+                    ctx,
+                    f"sweep/{key}",
+                    build,
+                    cfg.lrs,
+                    x_train,
+                    x_train,
+                    steps=cfg.sweep_epochs * math.ceil(0.8 * n / cfg.batch_size),
+                    batch_size=cfg.batch_size,
+                    loss_fn=nn.functional.mse_loss,
+                )
+            model = build()
+            opt = torch.optim.Adam(model.parameters(), lr=lr)
 
             def step(t, model=model, opt=opt):
                 idx = ctx.batch_indices(t, n, cfg.batch_size)
@@ -233,6 +262,7 @@ class SymmetryOrder(Study):
             saturation = _saturation(model, variant, probe)
             ctx.log(steps, run=key, event="final", privilege=privilege, saturation=saturation, **scores)
             finals[f"{key}/test_mse"] = result.last["test_mse"]
+            finals[f"{key}/lr"] = lr
             finals[f"{key}/align"] = align
             finals[f"{key}/align_null"] = null
             finals[f"{key}/privilege"] = privilege
@@ -258,6 +288,7 @@ class SymmetryOrder(Study):
             "quant": "quantisation Q",
             "saturation": "saturated fraction",
             "test_mse": "test MSE",
+            "lr": "learning rate (sweep)",
         }
         rows = {}
         n = cfg.bottleneck
@@ -286,7 +317,7 @@ class SymmetryOrder(Study):
             }
         caption = (
             f"{cfg.dataset} autoencoders, hidden {list(cfg.hidden)}, {n}-d bottleneck of isotropic tanh in blocks of k "
-            f"(k = 1: elementwise tanh; k = {n}: isotropic), Adam lr {cfg.lr:g} for every k, batch {cfg.batch_size}, "
+            f"(k = 1: elementwise tanh; k = {n}: isotropic), {_lr_text(cfg)}, batch {cfg.batch_size}, "
             f"{cfg.epochs} epochs; scores of the code on {cfg.probe_samples} inputs (max), in the standard basis. "
             "Group dim: n(k − 1)/2, the dimension of O(k)^{n/k}. K Thomson directions: tanh over K > n directions, "
             "scored in those directions (the quantisation Q on a random n(n − 1)/2 of their planes). Mean ± 95% CI "
@@ -319,7 +350,7 @@ class SymmetryOrder(Study):
             )
         if len(cfg.sizes) < 3:
             return [inconclusive(c, "fewer than 3 block sizes: no trend") for c in self.claims[:2]] + [thomson]
-        note = f"block sizes {list(cfg.sizes)} of a {cfg.bottleneck}-d bottleneck, standard basis"
+        note = f"block sizes {list(cfg.sizes)} of a {cfg.bottleneck}-d bottleneck, standard basis; {_lr_text(cfg)}"
         hint = (
             "more seeds (--seeds 0,1,2,3,4,5) would decide at this scale; the paper preset (MNIST, 100 epochs, "
             "--set data_root=...) trains the codes to the paper's regime"
