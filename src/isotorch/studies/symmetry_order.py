@@ -5,8 +5,9 @@ bottleneck of n features, where φ is isotropic tanh within blocks of k features
 :class:`isotorch.nn.BlockIsotropicActivation`), swept over the block sizes k that divide n, from k = 1 (elementwise
 tanh, group B_n of signed permutations) to k = n (isotropic tanh, O(n)). The bottleneck's group O(k)^{n/k} ⋊ S_{n/k}
 grows continuously with k: its dimension n(k − 1)/2 runs from 0 to n(n − 1)/2. Every k of a seed starts from the same
-weights and sees the same minibatches; each trains with Adam at its own learning rate from a per-seed sweep over
-``lrs`` (reconstruction MSE of a held-out 20% of the training set; ``lrs=()``: ``lr`` for all).
+weights and sees the same minibatches, with Adam at one shared rate ``lr`` (the quantisation study's: the regime of
+saturated codes); with ``lrs`` set, each instead trains at the rate a per-seed sweep picks (reconstruction MSE of a
+held-out 20% of the training set).
 
 Measured on the trained bottleneck code z (up to ``probe_samples`` inputs), in the standard basis, with the fixed
 statistics of :mod:`isotorch.probes` (REFERENCE §9):
@@ -101,7 +102,7 @@ class SymmetryOrderConfig:
     epochs: int = 30
     batch_size: int = 24
     lr: float = 1e-2
-    lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
+    lrs: tuple[float, ...] = ()
     sweep_epochs: int = 5
     probe_samples: int = 2000
     n_bootstrap: int = 200
@@ -175,7 +176,6 @@ class SymmetryOrder(Study):
             "epochs": 100,
             "batch_size": 24,
             "lr": 1e-3,
-            "lrs": (3e-4, 1e-3, 3e-3, 1e-2),
             "probe_samples": 5000,
             "n_bootstrap": 1000,
             "n_null": 39,
