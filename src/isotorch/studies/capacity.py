@@ -81,7 +81,7 @@ class CapacityConfig:
     variants: tuple[str, ...] = ("tanh", "tanh_ln", "iso", "iso_chi")
     epochs: int = 25
     batch_size: int = 64
-    lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+    lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
     sweep_epochs: int = 8
     weight_decay: float = 0.1
     grad_batch: int = 256

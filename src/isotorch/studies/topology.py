@@ -82,7 +82,7 @@ class TopologyConfig:
     steps: int = 4000
     surgery_every: int = 250
     batch_size: int = 32
-    lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2)
+    lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
     sweep_steps: int = 1000
     weight_decay: float = 0.1
     threshold: float = 0.1
