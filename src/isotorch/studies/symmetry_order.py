@@ -353,7 +353,7 @@ class SymmetryOrder(Study):
         note = f"block sizes {list(cfg.sizes)} of a {cfg.bottleneck}-d bottleneck, standard basis; {_lr_text(cfg)}"
         hint = (
             "more seeds (--seeds 0,1,2,3,4,5) would decide at this scale; the paper preset (MNIST, 100 epochs, "
-            "--set data_root=...) trains the codes to the paper's regime"
+            "--set data_root=...) is the quantisation paper's setting"
         )
         verdicts = [
             verdict_from_correlations(
