@@ -20,8 +20,19 @@ than from the identity. Orthogonal sites start from the eigenbases of their Gram
 copy). Positive scalings of ReLU sites are not matched; bring both networks to
 ``canonicalize(..., scaling="balanced")`` first if they may differ by rescaling.
 
+*Attention* (REFERENCE §8.3): the head permutation of an attention and its per-head query–key and value–output maps
+are one wreath product, O(d_h) ≀ S_H (or GL(d_h) ≀ S_H), and are solved together as one unit: with the other sites
+fixed, head i of A and head j of B score the best objective any per-head map reaches between them (the nuclear norm
+‖C_ij‖_* of their d_h × d_h cost for orthogonal maps, Σ_planes |·| for RoPE's plane rotations, or the inner product
+of the map-invariant products W_Q·W_Kᵀ and W_V·W_O for invertible maps); a linear assignment on these scores picks
+the head permutation, then each assigned pair gets its map (Procrustes, plane rotations, or the least-squares
+Sylvester solution for ``group="general_linear"``). Choosing the per-head maps before the heads, as independent
+sites, locks onto wrong heads. With grouped-query attention the unit permutes K/V groups with their query heads, and
+the query heads within a group are separate permutation sites of the descent.
+
 *Activation matching* solves each site independently with C_s = Z_Aᵀ Z_B, the correlation of the features the
-site's consumers read, over ``data``.
+site's consumers read, over ``data``. Attention-internal sites (heads, query groups, per-head maps) have no such
+features; they are then matched by weights as above, given the activation-matched sites.
 
 Examples:
     >>> import torch
@@ -50,13 +61,15 @@ from isotorch.params._element import Element
 from isotorch.params._errors import SymmetryError
 from isotorch.params._sites import Action, Site, Symmetries, symmetries
 from isotorch.params._trace import evaluation
-from isotorch.params._transform import act, transform
+from isotorch.params._transform import _inverse_transpose, act, apply_element, transform
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["AlignResult", "align"]
 
 METHODS = ("weights", "activations")
+PER_HEAD = ("query_key", "value_output")
+ATTENTION = ("heads", "query_group", *PER_HEAD)
 
 
 @dataclass(frozen=True)
@@ -106,6 +119,15 @@ def _site_group(site: Site, group: str | dict | None) -> tuple[str | None, str |
     if not site.free:
         return None, f"{site.status}: {site.reason}"
     requested = group.get(site.name) if isinstance(group, dict) else group
+    if requested is None and site.structure in _solvers.STRUCTURED:
+        return site.structure, None
+    if requested == "general_linear":
+        if site.kind in PER_HEAD and site.general_linear:
+            return "general_linear", None
+        why = f"general_linear is aligned only at per-head attention maps; {site.name!r} is {site.kind} ({site.group})"
+        if isinstance(group, dict):
+            raise ValueError(why)
+        return None, why
     if requested is None:
         key = _solvers.best_compact(site.groups, site.maximal, site.general_linear)
         if key is None:
@@ -113,7 +135,7 @@ def _site_group(site: Site, group: str | dict | None) -> tuple[str | None, str |
         return key, None
     key = _groups.get(requested).key
     if _groups.get(key).name not in _solvers.MATCHABLE:
-        raise ValueError(f"group must be one of {', '.join(_solvers.MATCHABLE)}, got {requested!r}")
+        raise ValueError(f"group must be one of {', '.join(_solvers.MATCHABLE)} or general_linear, got {requested!r}")
     if key not in site.groups and not site.general_linear:
         if isinstance(group, dict):
             raise ValueError(f"the requested group {key} is not a symmetry of site {site.name!r} ({site.group})")
@@ -149,6 +171,30 @@ class _WeightMatcher:
         }
         self.solved_at: dict[str, tuple] = {}
         self.terms: dict[tuple, tuple] = {}
+        self.inverse_t: dict[str, tuple[int, torch.Tensor]] = {}
+        self.units = _head_units(syms, sites)
+        self.unit_of = {m: uid for uid, unit in self.units.items() for m in unit.sites}
+        for uid, unit in self.units.items():
+            self.neighbours[uid] = sorted({o for m in unit.sites for o in self.neighbours[m] if o not in unit.sites})
+
+    def _mat(self, name: str, action: Action) -> torch.Tensor:
+        """The current element of a site as it acts on ``action``'s parameter: g, or g⁻ᵀ on consumer and dual
+        actions (equal to g for the orthogonal groups; invertible per-head maps need the inverse)."""
+        g = self.current[name]
+        if action.kind in ("out", "passenger") or self.sites[name] != "general_linear":
+            return g
+        cached = self.inverse_t.get(name)
+        if cached is None or cached[0] != self.version[name]:
+            cached = (self.version[name], _inverse_transpose(g))
+            self.inverse_t[name] = cached
+        return cached[1]
+
+    def _compact(self, name: str) -> bool:
+        key = self.sites[name]
+        return key not in ("general_linear", *_solvers.STRUCTURED) and _groups.get(key).name in (
+            "orthogonal",
+            "special_orthogonal",
+        )
 
     def forward_init(self) -> None:
         """Start the permutation sites with a greedy pass in graph order that matches each site's producer rows
@@ -156,7 +202,7 @@ class _WeightMatcher:
         there reaches better optima than from the identity, where the consumer terms of unmatched later layers are
         noise."""
         for name, key in self.sites.items():
-            if key not in ("permutation", "signed_permutation"):
+            if key not in ("permutation", "signed_permutation") or name in self.unit_of:
                 continue
             c = self.cost(name, kinds=("out", "passenger"))
             if c is None:
@@ -183,8 +229,7 @@ class _WeightMatcher:
             else:
                 tb = self.b[a.param]
                 for other, other_action in others:
-                    # every matchable group is orthogonal, so g⁻ᵀ = g for consumer and dual actions too
-                    tb = act(tb, self.current[other], other_action)
+                    tb = act(tb, self._mat(other, other_action), other_action)
                 c = _moved(self.a[a.param], a, n) @ _moved(tb, a, n).mT
                 self.terms[(name, a)] = (key, c)  # a term changes only when a site sharing its parameter does
             total = c if total is None else total + c
@@ -200,20 +245,26 @@ class _WeightMatcher:
         descent from there only has to polish; from the identity it gets stuck in reflected local optima.
         """
         done: set[str] = set()
-        fixed = {o for o in self.sites if _groups.get(self.sites[o]).name not in ("orthogonal", "special_orthogonal")}
+        fixed = {o for o in self.sites if not self._compact(o) and o not in self.unit_of}
         for name, key in self.sites.items():
-            if name in fixed:
+            if name in fixed or name in self.unit_of:
                 continue
             site = self.syms[name]
             sa = sb = None
-            for a in site.actions:
+            # invertible per-head maps change M·Mᵀ of the projections they act on: leave those out when others remain
+            gl = {a.param for o, k in self.sites.items() if k == "general_linear" for a in self.syms[o].actions}
+            actions = [a for a in site.actions if a.param not in gl] or list(site.actions)
+            for a in actions:
                 ma = _moved(self.a[a.param], a, site.size).double()
                 mb = _moved(self.b[a.param], a, site.size).double()
                 sa = ma @ ma.mT if sa is None else sa + ma @ ma.mT
                 sb = mb @ mb.mT if sb is None else sb + mb @ mb.mT
             va = torch.linalg.eigh(sa).eigenvectors
             vb = torch.linalg.eigh(sb).eigenvectors
-            c = self.cost(name, known=done | fixed)
+            # signs from the terms no unsolved site touches (embeddings, a head), else from those of fixed sites
+            c = self.cost(name, known=done)
+            if c is None:
+                c = self.cost(name, known=done | fixed)
             if c is None:
                 c = self.cost(name)
             overlap = torch.diagonal(va.mT @ c.double() @ vb)
@@ -227,8 +278,96 @@ class _WeightMatcher:
             self.version[name] += 1
             done.add(name)
 
+    def solve_unit(self, uid: str, tol: float) -> bool:
+        """Solve one attention's heads, query groups and per-head maps jointly (module docstring); whether the
+        objective improved."""
+        unit = self.units[uid]
+        members = set(unit.sites)
+        touched = {a.param for kind in unit.kinds for name in kind for a in self.syms[name].actions}
+        others = {
+            o: self.current[o]
+            for o in self.sites
+            if o in self.current and o not in members and any(a.param in touched for a in self.syms[o].actions)
+        }
+        tb = {p: self.b[p] for p in touched}
+        tb.update(apply_element(tb, self.syms, others, skip_missing=True))  # B with every other site applied
+        n_heads, rep = len(unit.kinds[0]), unit.rep
+        kinds = []
+        inner = torch.zeros(n_heads, n_heads, rep, rep, dtype=torch.float64)
+        for names, key in zip(unit.kinds, unit.keys, strict=True):
+            pa, sa = _head_slices(self.syms, names, self.a, rep)
+            pb, sb = _head_slices(self.syms, names, tb, rep)
+            pp = torch.einsum("irdx,jsex->ijrsde", pa, pb)  # per query head: (q or o) of A · of Bᵀ
+            ss = torch.einsum("idx,jex->ijde", sa, sb)  # per K/V head: (k or v) of A · of Bᵀ
+            if rep > 1:  # per query-head pair: the query heads' own best objective (with the K/V heads' for GL)
+                inner += _score(pp, ss[:, :, None, None], key) if key == "general_linear" else _score(pp, 0, key)
+            kinds.append((names, key, pp, ss, pa, pb, sa, sb))
+        sigma = torch.zeros(n_heads, n_heads, rep, dtype=torch.long)
+        if rep > 1:  # which query head of B's group j goes with query head r of A's group i
+            for i in range(n_heads):
+                for j in range(n_heads):
+                    sigma[i, j] = _solvers.assignment(inner[i, j])
+        scores = torch.zeros(n_heads, n_heads, dtype=torch.float64)
+        terms = []
+        for names, key, pp, ss, pa, pb, sa, sb in kinds:
+            per_query = torch.stack(
+                [
+                    torch.stack([pp[i, j, torch.arange(rep), sigma[i, j]].sum(0) for j in range(n_heads)])
+                    for i in range(n_heads)
+                ]
+            )
+            # query heads are the "out" side of a query–key map (keys are "dual"); output columns are the "in"
+            # side of a value–output map (values are "out")
+            if names[0] in unit.query_key:
+                cx, cy = per_query, ss
+                x_b, y_a = torch.einsum("jrdx,jrex->jde", pb, pb), torch.einsum("idx,iex->ide", sa, sa)
+                y_b = torch.einsum("jdx,jex->jde", sb, sb)
+            else:
+                cx, cy = ss, per_query
+                x_b, y_a = torch.einsum("jdx,jex->jde", sb, sb), torch.einsum("irdx,irex->ide", pa, pa)
+                y_b = torch.einsum("jrdx,jrex->jde", pb, pb)
+            scores += _score(cx, cy, key)
+            terms.append((names, key, cx, cy, y_a, x_b, y_b))
+        if unit.heads is not None:
+            perm = _solvers.assignment(scores)
+            old_perm = _index(self.current.get(unit.heads), n_heads)
+        else:
+            perm = old_perm = torch.arange(n_heads)
+        new: dict[str, torch.Tensor] = {}
+        new_value = old_value = 0.0
+        stale = False  # the current query order of a group is none of the candidates scored: take the new solution
+        for i in range(n_heads):
+            j, j_old = int(perm[i]), int(old_perm[i])
+            if rep > 1:
+                new[unit.groups[i]] = sigma[i, j]
+                # the old value: B's group at i under the query-head order the current element gives it
+                old_sigma = _index(self.current.get(unit.groups[i]), rep)
+            for names, key, cx, cy, y_a, x_b, y_b in terms:
+                if key is None:
+                    g = None
+                elif key == "general_linear":
+                    g = _solvers.general_linear(cx[i, j] + cy[i, j], y_a[i], x_b[j])
+                else:
+                    g = _solvers.solve(cx[i, j] + cy[i, j], key)
+                if g is not None:
+                    new[names[i]] = g
+                new_value += _pair_value(g, cx[i, j], cy[i, j], x_b[j], y_b[j])
+                if rep > 1 and not torch.equal(old_sigma, sigma[i, j_old]):
+                    stale = True
+                    continue
+                old_g = self.current.get(names[i]) if key is not None else None
+                old_value += _pair_value(old_g, cx[i, j_old], cy[i, j_old], x_b[j_old], y_b[j_old])
+        if not stale and new_value <= old_value + max(tol, 1e-9) * max(1.0, abs(old_value)):
+            return False
+        if unit.heads is not None:
+            new[unit.heads] = perm
+        for name, g in new.items():
+            self.current[name] = g
+            self.version[name] += 1
+        return True
+
     def run(self, max_iter: int, tol: float) -> int:
-        names = list(self.sites)
+        names = [n for n in self.sites if n not in self.unit_of] + list(self.units)
         rounds = 0
         for rounds in range(1, max_iter + 1):  # noqa: B007 - the count is returned
             progress = False
@@ -237,6 +376,10 @@ class _WeightMatcher:
                 name = names[i]
                 key = tuple(self.version[o] for o in self.neighbours[name])
                 if self.solved_at.get(name) == key:
+                    continue
+                if name in self.units:
+                    self.solved_at[name] = key
+                    progress |= self.solve_unit(name, tol)
                     continue
                 c = self.cost(name)
                 g_new = _solvers.solve(c, self.sites[name])
@@ -253,6 +396,106 @@ class _WeightMatcher:
             if not progress:
                 break
         return rounds
+
+
+@dataclass
+class _HeadUnit:
+    """One attention's sites aligned jointly: the head site (``None`` when it is not aligned), the query-group
+    sites by position (grouped-query attention, ``rep`` query heads per K/V head), and the per-head sites by
+    position: ``kinds`` is [[qk0, qk1, …], [vo0, vo1, …]], ``keys`` the group each kind is aligned over (``None``:
+    kept at the identity)."""
+
+    heads: str | None
+    groups: list[str]
+    rep: int
+    kinds: list[list[str]]
+    keys: list[str | None]
+    query_key: frozenset[str]
+
+    @property
+    def sites(self) -> list[str]:
+        chosen = [n for names, key in zip(self.kinds, self.keys, strict=True) if key is not None for n in names]
+        return ([self.heads] if self.heads is not None else []) + self.groups + chosen
+
+
+def _head_units(syms: Symmetries, sites: dict[str, str]) -> dict[str, _HeadUnit]:
+    """One unit per attention whose head site or per-head sites are aligned."""
+
+    def position(name: str) -> int:
+        return int(name.rpartition(".")[2].lstrip("qkvogrup"))
+
+    prefixes: dict[str, dict[str, list[str]]] = {}
+    for site in syms:
+        if site.kind in (*PER_HEAD, "query_group"):
+            prefixes.setdefault(site.name.rpartition(".")[0], {}).setdefault(site.kind, []).append(site.name)
+    units = {}
+    for prefix, by_kind in prefixes.items():
+        heads = f"{prefix}.heads" if f"{prefix}.heads" in sites else None
+        names = [sorted(by_kind[k], key=position) for k in PER_HEAD if k in by_kind]
+        groups = sorted(by_kind.get("query_group", []), key=position)
+        keys = []
+        for v in names:
+            chosen = {sites.get(n) for n in v}
+            if len(chosen) > 1:
+                raise ValueError(f"the per-head sites of {prefix} must all be aligned over one group (or none)")
+            keys.append(chosen.pop())
+        if groups and not all(g in sites for g in groups):
+            groups = []  # query heads kept in place: a unit still aligns heads and maps
+        if heads is None and all(k is None for k in keys):
+            continue
+        rep = syms[groups[0]].size if groups else 1  # without group sites a K/V head's query heads stay together
+        units[heads or f"{prefix}.per_head"] = _HeadUnit(
+            heads, groups, rep, names, keys, frozenset(by_kind.get("query_key", []))
+        )
+    return units
+
+
+def _head_slices(syms: Symmetries, names: list[str], params: dict, rep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per position: the slices of its query heads (query rows of a query–key map, output columns of a
+    value–output map) as (H, rep, d_h, ·), and of its K/V head (key rows; value rows) as (H, d_h, ·), features
+    first. A query head's actions are consecutive in the site's actions (``rep`` equal chunks)."""
+    per_query, shared = [], []
+    for name in names:
+        site = syms[name]
+        query_side = ("out", "passenger") if site.kind == "query_key" else ("in",)
+        q = [_moved(params[a.param], a, site.size).double() for a in site.actions if a.kind in query_side]
+        k = [_moved(params[a.param], a, site.size).double() for a in site.actions if a.kind not in query_side]
+        chunk = len(q) // rep
+        per_query.append(torch.stack([torch.cat(q[r * chunk : (r + 1) * chunk], 1) for r in range(rep)]))
+        shared.append(torch.cat(k, 1) if k else torch.zeros(site.size, 0, dtype=torch.float64))
+    return torch.stack(per_query), torch.stack(shared)
+
+
+def _score(cx: torch.Tensor, cy: torch.Tensor | float, key: str | None) -> torch.Tensor:
+    """The best objective a per-head map in ``key`` reaches between two heads with costs C_x, C_y (the last two
+    axes): the nuclear norm of C_x + C_y (orthogonal maps), Σ_planes |·| (RoPE's plane rotations), the trace
+    (no map), or for invertible maps the inner product ⟨C_x, C_y⟩ of the map-invariant products."""
+    if key == "general_linear":
+        return (cx * cy).sum((-2, -1))
+    c = cx + cy
+    if key is None:
+        return torch.diagonal(c, dim1=-2, dim2=-1).sum(-1)
+    if key == "rotary_planes":
+        return _solvers.rotary_value(c)
+    return torch.linalg.svdvals(c).sum(-1)
+
+
+def _index(g: torch.Tensor | None, n: int) -> torch.Tensor:
+    """A permutation site's current element as an index vector (the identity when unset)."""
+    if g is None:
+        return torch.arange(n)
+    return g if g.ndim == 1 else g.abs().argmax(1)
+
+
+def _pair_value(g, cx, cy, s_out_b, s_in_b) -> float:
+    """−½‖A − g·B‖² of one head pair up to a constant: ⟨g, C_x⟩ + ⟨g⁻ᵀ, C_y⟩ − ½(‖g·X_B‖² + ‖g⁻ᵀ·Y_B‖²)."""
+    if g is None:
+        return float(torch.diagonal(cx + cy).sum() - 0.5 * (torch.trace(s_out_b) + torch.trace(s_in_b)))
+    g = torch.eye(len(g), dtype=torch.float64)[g] if g.ndim == 1 else g.to(torch.float64)
+    g_inv_t = torch.linalg.inv(g).mT
+    return float(
+        (g * cx).sum() + (g_inv_t * cy).sum() - 0.5 * ((g @ s_out_b * g).sum() + (g_inv_t @ s_in_b * g_inv_t).sum())
+    )
 
 
 def _float_params(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -339,7 +582,10 @@ def align(
             ``data``).
         group: the group to align every site over (e.g. ``"permutation"``), or a dict site → group; it must be a
             symmetry of the site. Default: each site's largest compact group (orthogonal for isotropic and
-            linear sites, signed permutation for odd elementwise activations, permutation for ReLU/GELU).
+            linear sites and per-head attention maps, signed permutation for odd elementwise activations,
+            permutation for ReLU/GELU, one rotation per frequency plane for RoPE query–key maps).
+            ``"general_linear"`` fits invertible per-head query–key and value–output maps by least squares (only
+            those sites take it).
         max_iter: the most coordinate-descent rounds (weight matching).
         tol: a round that improves no site by more than ``tol``·max(1, |objective|) ends the descent.
         generator: a ``torch.Generator`` or int seed for the random site order.
@@ -375,8 +621,6 @@ def align(
         key, reason = _site_group(site, group)
         if key is None:
             skipped[site.name] = reason
-        elif method == "activations" and site.kind in ("heads", "query_key", "value_output"):
-            skipped[site.name] = "activation matching needs the features a layer reads; attention-internal site"
         else:
             chosen[site.name] = key
 
@@ -394,11 +638,14 @@ def align(
         matcher = _WeightMatcher(syms, pa, pb, chosen, generator)
         matcher.spectral_init()
         matcher.forward_init()
+        for uid in matcher.units:  # heads before the descent: its first stream polish would otherwise fit them
+            matcher.solve_unit(uid, tol)
         iterations = matcher.run(max_iter, tol)
         matrices = dict(matcher.current)
         objective_before = _inner(pa, pb, touched)
     else:
-        costs = _activation_costs(model_a, model_b, syms, list(chosen), data)
+        features = [n for n in chosen if syms[n].kind not in ATTENTION]
+        costs = _activation_costs(model_a, model_b, syms, features, data)
         matrices = {}
         objective_before = 0.0
         for name, c in costs.items():
@@ -406,6 +653,12 @@ def align(
             objective_before += float(torch.diagonal(c).sum())
             if _solvers.value(g, c) > float(torch.diagonal(c).sum()) + tol * max(1.0, abs(float(c.trace()))):
                 matrices[name] = g
+        # attention-internal sites have no features a layer reads: match them by weights, given the matched stream
+        matcher = _WeightMatcher(syms, pa, pb, chosen, generator)
+        matcher.current.update(matrices)
+        for uid in matcher.units:
+            matcher.solve_unit(uid, tol)
+        matrices.update({n: matcher.current[n] for n in chosen if syms[n].kind in ATTENTION and n in matcher.current})
     element = Element(syms, matrices)
     try:
         aligned = transform(model_b, element)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import torch
 
@@ -36,6 +37,11 @@ def _is_perm(t: torch.Tensor) -> bool:
 @dataclass(frozen=True)
 class Element:
     """A group element: one matrix (or permutation index vector) per site of ``symmetries``.
+
+    Sites act in the order of ``symmetries`` (the order of ``matrices`` does not matter). Most sites commute, but
+    an attention's head permutation π and its per-position sites (query–key and value–output maps, the query heads
+    within a K/V group) form a wreath product: the per-position element at position p acts on the head that π
+    moved there (position p ← M_p · head π_p), so :meth:`inverse` and composition carry them along with π.
 
     Args:
         symmetries: the :class:`~isotorch.params.Symmetries` whose sites the element acts on.
@@ -69,7 +75,8 @@ class Element:
                     f"vector of length {n}, got {g.dtype} of shape {tuple(g.shape)}"
                 )
             checked[name] = g.detach()
-        object.__setattr__(self, "matrices", MappingProxyType(checked))
+        ordered = {site.name: checked[site.name] for site in self.symmetries if site.name in checked}
+        object.__setattr__(self, "matrices", MappingProxyType(ordered))
 
     def matrix(self, name: str, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """The element at site ``name`` as an (n, n) matrix (the identity for sites not in the element)."""
@@ -83,29 +90,78 @@ class Element:
 
     def inverse(self) -> Element:
         """The inverse element (applying it undoes :func:`~isotorch.params.transform` with this one)."""
+        positions = _positions(self.symmetries)
         out = {}
         for name, g in self.matrices.items():
-            out[name] = torch.argsort(g) if _is_perm(g) else torch.linalg.inv(g.to(torch.float64)).to(g.dtype)
+            if name not in positions:
+                out[name] = _invert(g)
+        for name, (heads, index) in positions.items():
+            # (π, M)⁻¹ = (π⁻¹, p ↦ M_{π⁻¹(p)}⁻¹)
+            source = name
+            if heads in self.matrices:
+                source = index[int(torch.argsort(_as_index(self.matrices[heads]))[index[name]])]
+            if source in self.matrices:
+                out[name] = _invert(self.matrices[source])
         return Element(self.symmetries, out)
 
     def __matmul__(self, other: Element) -> Element:
-        """The composition ``self ∘ other`` (apply ``other`` first), site by site."""
+        """The composition ``self ∘ other`` (apply ``other`` first), site by site; a per-position site composes
+        with ``other``'s element at the position ``self``'s head permutation takes it from."""
         if not isinstance(other, Element):
             return NotImplemented
+        positions = _positions(self.symmetries)
         out = {}
-        for name in dict.fromkeys([*self.matrices, *other.matrices]):
-            a, b = self.matrices.get(name), other.matrices.get(name)
+        for name in dict.fromkeys([*self.matrices, *other.matrices, *positions]):
+            a = self.matrices.get(name)
+            source = name
+            if name in positions and positions[name][0] in self.matrices:
+                heads, index = positions[name]
+                source = index[int(_as_index(self.matrices[heads])[index[name]])]
+            b = other.matrices.get(source)
+            if a is None and b is None:
+                continue
             if a is None or b is None:
                 out[name] = a if b is None else b
             elif _is_perm(a) and _is_perm(b):
                 out[name] = b[a]
             else:
-                out[name] = self.matrix(name) @ other.matrix(name)
+                out[name] = self.matrix(name) @ other.matrix(source)
         return Element(self.symmetries, out)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict: site → nested list (matrix) or list of ints (permutation)."""
         return {name: {"permutation" if _is_perm(g) else "matrix": g.tolist()} for name, g in self.matrices.items()}
+
+
+def _invert(g: torch.Tensor) -> torch.Tensor:
+    return torch.argsort(g) if _is_perm(g) else torch.linalg.inv(g.to(torch.float64)).to(g.dtype)
+
+
+def _as_index(g: torch.Tensor) -> torch.Tensor:
+    """A permutation as an index vector (g = I[perm]), from an index vector or a permutation matrix."""
+    return g if _is_perm(g) else g.abs().argmax(1)
+
+
+_PER_POSITION = {"query_key": "qk", "value_output": "vo", "query_group": "group"}
+
+
+def _positions(symmetries: Symmetries) -> dict[str, tuple[str, Any]]:
+    """Per-position attention sites → (their head site, a two-way index: site name ↔ position)."""
+    by_kind: dict[tuple[str, str], dict] = {}
+    for site in symmetries:
+        stem = _PER_POSITION.get(site.kind)
+        prefix, _, last = site.name.rpartition(".")
+        if stem is None or not last.startswith(stem) or f"{prefix}.heads" not in symmetries:
+            continue
+        index = by_kind.setdefault((prefix, stem), {})
+        position = int(last[len(stem) :])
+        index[site.name], index[position] = position, site.name
+    return {
+        name: (f"{prefix}.heads", index)
+        for (prefix, _), index in by_kind.items()
+        for name in index
+        if isinstance(name, str)
+    }
 
 
 def _in_structure(structure: str, g: torch.Tensor, atol: float) -> bool:

@@ -8,7 +8,12 @@ mapped by g, and returns the maximiser: a permutation index vector (g = I[perm])
 * orthogonal O(n): R = UVᵀ for C = UΣVᵀ (Procrustes); SO(n): Kabsch's determinant fix;
 * mean-orthogonal O(n)_𝟙: Procrustes in the complement of 𝟙;
 * block-orthogonal O(k)≀S_{n/k}: assignment of blocks by the nuclear norm of each k×k block of C, then
-  Procrustes per assigned pair. All of these are exact maximisers.
+  Procrustes per assigned pair;
+* rotary planes (RoPE query–key maps, compact part): one 2-D rotation per plane (i, i + n/2), angle
+  atan2(C[i+h, i] − C[i, i+h], C[i, i] + C[i+h, i+h]). All of these are exact maximisers.
+
+:func:`general_linear` is the one solver that does not maximise ⟨g, C⟩: for invertible per-head maps it solves a
+least-squares problem (a Sylvester equation), see there.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ MATCHABLE = (
     "signed_permutation",
     "permutation",
 )
+STRUCTURED = ("rotary_planes",)  # site structures (Site.structure) with a compact part to match over
 
 
 def assignment(cost: torch.Tensor) -> torch.Tensor:
@@ -73,8 +79,54 @@ def block_orthogonal(cost: torch.Tensor, k: int) -> torch.Tensor:
     return g
 
 
+def rotary_planes(cost: torch.Tensor) -> torch.Tensor:
+    """argmax of tr(gᵀC) over g = one rotation per plane (i, i + n/2) (n even): the RoPE query–key maps of unit
+    scale."""
+    c = cost.detach().to(torch.float64)
+    h = c.shape[0] // 2
+    idx = torch.arange(h, device=c.device)
+    cos_part = c[idx, idx] + c[idx + h, idx + h]
+    sin_part = c[idx + h, idx] - c[idx, idx + h]
+    angle = torch.atan2(sin_part, cos_part)
+    g = torch.zeros_like(c)
+    g[idx, idx] = g[idx + h, idx + h] = torch.cos(angle)
+    g[idx + h, idx] = torch.sin(angle)
+    g[idx, idx + h] = -torch.sin(angle)
+    return g
+
+
+def rotary_value(cost: torch.Tensor) -> torch.Tensor:
+    """max over :func:`rotary_planes` of tr(gᵀC): Σ_planes |(C[i,i] + C[i+h,i+h], C[i+h,i] − C[i,i+h])|."""
+    h = cost.shape[-1] // 2
+    idx = torch.arange(h, device=cost.device)
+    cos_part = cost[..., idx, idx] + cost[..., idx + h, idx + h]
+    sin_part = cost[..., idx + h, idx] - cost[..., idx, idx + h]
+    return torch.hypot(cos_part, sin_part).sum(-1)
+
+
+def general_linear(cost: torch.Tensor, s_in_a: torch.Tensor, s_out_b: torch.Tensor) -> torch.Tensor:
+    """The invertible g minimising ‖g·X_B − X_A‖² + ‖gᵀ·Y_A − Y_B‖² (the least-squares fit of a per-head map).
+
+    X are the slices g acts on directly ("out": query or value rows), Y those it acts on by g⁻ᵀ ("dual"/"in": key
+    rows, output-projection columns), features first. Asking B's keys to equal gᵀ times A's keys instead of A's
+    keys to equal g⁻ᵀ times B's keys keeps the problem linear; both are exact when B is a transformed copy of A.
+    Setting the gradient to zero gives the Sylvester equation S_in,A·g + g·S_out,B = C with C = X_A·X_Bᵀ +
+    Y_A·Y_Bᵀ (the weight-matching cost), S_in,A = Y_A·Y_Aᵀ, S_out,B = X_B·X_Bᵀ. Raises ``ValueError`` if the
+    solution is singular (the heads carry too little to fix an invertible map).
+    """
+    from scipy.linalg import solve_sylvester
+
+    a, b, q = (t.detach().to(torch.float64).cpu().numpy() for t in (s_in_a, s_out_b, cost))
+    g = torch.from_numpy(solve_sylvester(a, b, q)).to(cost.device)
+    if not torch.isfinite(g).all() or torch.linalg.matrix_rank(g) < g.shape[0]:
+        raise ValueError("the least-squares per-head map is singular; align this site over 'orthogonal' instead")
+    return g
+
+
 def solve(cost: torch.Tensor, key: str) -> torch.Tensor:
-    """The maximiser of ⟨g, C⟩ over the group ``key`` (one of :data:`MATCHABLE`)."""
+    """The maximiser of ⟨g, C⟩ over the group ``key`` (one of :data:`MATCHABLE` or :data:`STRUCTURED`)."""
+    if key == "rotary_planes":
+        return rotary_planes(cost)
     group = _groups.get(key)
     if group.name == "permutation":
         return assignment(cost)
