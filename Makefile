@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/sweep.py
 	$(BIN)/python benchmarks/fold.py
+	$(BIN)/python benchmarks/align.py
 
 # docs/audit.md is generated from the measured audit table (a test fails when it is stale)
 audit-docs: $(STAMP)

@@ -518,8 +518,11 @@ def _consumer_features(model: nn.Module, syms: Symmetries, names: list[str]) -> 
         site = syms[name]
         for consumer in site.consumers:
             act_ = next(
-                a for a in site.actions if a.kind == "in" and a.param.rsplit(".", 1)[0] in (consumer, f"{consumer}.")
+                (a for a in site.actions if a.kind == "in" and a.param.rsplit(".", 1)[0] in (consumer, f"{consumer}.")),
+                None,
             )
+            if act_ is None:  # a tied reader (an LM head sharing the embedding) is acted on through its twin
+                continue
 
             def hook(module, args, kwargs, _name=name, _act=act_, _site=site):
                 x = args[0] if args else next(iter(kwargs.values()))
