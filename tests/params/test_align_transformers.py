@@ -280,3 +280,13 @@ def test_hf_models_planted_elements_are_recovered(family, exact_llama_norm):
         result = align(model, b, x=x)
         assert _max_diff(model, result.model) < 1e-10, seed
         assert function_error(b, result.model, (_tokens(1, (3, 9), 50),))[0] < 1e-9
+
+
+def test_models_with_other_heads_but_equal_shapes_are_refused():
+    """Splitting the same projections into 4 or 2 heads gives equal state-dict shapes; the error names the module
+    and the setting (negative control: equal settings align)."""
+    x = _tokens()
+    a, b = _encoder(heads=4), _encoder(heads=2)
+    with pytest.raises(ValueError, match=r"module enc\.layers\.0\.self_attn has num_heads=4 in model_a but 2"):
+        align(a, b, x=x)
+    assert align(a, _encoder(seed=1), x=x).distance_after >= 0

@@ -8,10 +8,23 @@ import torch
 from torch import nn
 
 
+def _settings(module: nn.Module) -> dict:
+    """A module's scalar settings (ints, floats, strings, bools and tuples of them), without the training flag."""
+    scalar = (int, float, str, bool, type(None))
+    return {
+        k: v
+        for k, v in vars(module).items()
+        if not k.startswith("_")
+        and k != "training"
+        and (isinstance(v, scalar) or (isinstance(v, tuple) and all(isinstance(i, scalar) for i in v)))
+    }
+
+
 def check_same_architecture(model_a: nn.Module, model_b: nn.Module, names: tuple[str, str] = ("a", "b")) -> None:
     """Raise ``ValueError`` naming what differs if the two models do not share an architecture and state dict.
 
-    Compared: the module types at each path, the state-dict keys, and each entry's shape and dtype.
+    Compared: the module types at each path, their scalar settings (e.g. ``num_heads``, ``eps``: parameters of the
+    same shapes can still be split into different heads), the state-dict keys, and each entry's shape and dtype.
     """
     for m, label in zip((model_a, model_b), names, strict=True):
         if not isinstance(m, nn.Module):
@@ -20,9 +33,17 @@ def check_same_architecture(model_a: nn.Module, model_b: nn.Module, names: tuple
     types_a = {k: type(v).__name__ for k, v in model_a.named_modules()}
     types_b = {k: type(v).__name__ for k, v in model_b.named_modules()}
     diffs = []
-    for k in types_a:
-        if k in types_b and types_a[k] != types_b[k]:
+    modules_b = dict(model_b.named_modules())
+    for k, module in model_a.named_modules():
+        if k not in types_b:
+            continue
+        if types_a[k] != types_b[k]:
             diffs.append(f"module {k or '(root)'} is {types_a[k]} in model_{na} but {types_b[k]} in model_{nb}")
+            continue
+        for attr, value in _settings(module).items():
+            other = _settings(modules_b[k]).get(attr)
+            if other != value:
+                diffs.append(f"module {k or '(root)'} has {attr}={value!r} in model_{na} but {other!r} in model_{nb}")
     sa, sb = model_a.state_dict(), model_b.state_dict()
     only_a = sorted(set(sa) - set(sb))
     only_b = sorted(set(sb) - set(sa))
