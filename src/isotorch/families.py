@@ -480,21 +480,24 @@ def _graph_calls(model: nn.Module, x) -> tuple[dict[str, _Call], list[Conversion
             value = getattr(arg, "value", None)
             if not isinstance(value, torch.Tensor):
                 continue
+            assert node.qualname is not None  # set on every "module" node
             call = calls.setdefault(node.qualname, _Call(value))
             use = use_of.get(node.name)
+            arg_name: str = getattr(arg, "name", "")  # "" names no node
+            axis: int | None
             if use is not None:
                 axis = use.axis
             elif type(node.target).__module__.startswith("torch.nn"):
                 axis = _own_axis(node, value.ndim)
-                axis = axes.get(getattr(arg, "name", None)) if axis is None else axis
+                axis = axes.get(arg_name) if axis is None else axis
             else:
-                axis = axes.get(getattr(arg, "name", None))
+                axis = axes.get(arg_name)
             if axis is not None:
                 axis = _readable(axis, value.ndim)
                 call.axes.add(axis)
                 call.axis = axis if call.axis is None else call.axis
             call.gate |= any(_is_mul_with_tensor(c, node) for c in consumers.get(id(node), []))
-        elif getattr(node, "scope", None):
+        elif node.scope:
             scopes.setdefault(node.scope, []).append(node)
     for path, nodes in scopes.items():  # modules the trace went through: their input comes from outside
         if path in calls:
@@ -795,6 +798,8 @@ class Symmetrized(nn.Module):
     """
 
     role = "activation"
+    elements: torch.Tensor
+    inverses: torch.Tensor
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], elements: torch.Tensor, dim: int = -1):
         super().__init__()

@@ -141,10 +141,16 @@ class Group:
     def __str__(self) -> str:
         return self.key
 
+    def _block_size(self) -> int:
+        """The block size k of ``block_orthogonal`` (always set by :func:`get`)."""
+        if self.block is None:
+            raise ValueError("block_orthogonal needs a block size: use groups.get('block_orthogonal', block=k)")
+        return self.block
+
     def check(self, n: int) -> int:
         """Raise ``ValueError`` if the group cannot act on a feature axis of size ``n``; return ``n``."""
         n = _check_n(n)
-        if self.name == "block_orthogonal" and n % self.block != 0:
+        if self.name == "block_orthogonal" and n % self._block_size() != 0:
             raise ValueError(
                 f"block_orthogonal with block={self.block} needs a feature size divisible by {self.block}, got {n}"
             )
@@ -189,7 +195,7 @@ class Group:
                 inner[1:, 1:] = _haar_orthogonal(n - 1, generator, dev)
             g = b @ inner @ b.T
         elif name == "block_orthogonal":
-            k = self.block
+            k = self._block_size()
             m = n // k
             blocks = [_haar_orthogonal(k, generator, dev) for _ in range(m)]
             perm = torch.randperm(m, generator=generator, device=dev).tolist()
@@ -206,7 +212,7 @@ class Group:
             raise ValueError(f"matrix must be a square 2-D tensor, got {getattr(matrix, 'shape', type(matrix))}")
         g = matrix.detach().to(torch.float64)
         n = g.shape[0]
-        if self.name == "block_orthogonal" and n % self.block != 0:
+        if self.name == "block_orthogonal" and n % self._block_size() != 0:
             return False
         eye = torch.eye(n, dtype=torch.float64, device=g.device)
 
@@ -237,7 +243,7 @@ class Group:
             ones = torch.ones(n, dtype=torch.float64, device=g.device)
             return orthogonal and close(g @ ones, ones)
         if name == "block_orthogonal":
-            k = self.block
+            k = self._block_size()
             norms = g.reshape(n // k, k, n // k, k).pow(2).sum(dim=(1, 3)).sqrt()  # Frobenius norm per block
             pattern = norms > atol
             monomial = bool((pattern.sum(0) == 1).all() and (pattern.sum(1) == 1).all())
@@ -274,7 +280,7 @@ class Group:
                 inner[:, 1:, 1:] = so(n - 1)
             out = b @ inner @ b.T
         elif name == "block_orthogonal":
-            k = self.block
+            k = self._block_size()
             per = so(k)
             parts = []
             for start in range(0, n, k):
@@ -445,7 +451,7 @@ def generate(generators: torch.Tensor, *, max_order: int = 10_000, atol: float =
     frontier = eye[None]
     while len(frontier):
         candidates = (gens[:, None] @ frontier[None]).reshape(-1, n, n)
-        new = []
+        new: list[torch.Tensor] = []
         for c in candidates:
             known = torch.cat([elements, *[m[None] for m in new]]) if new else elements
             if (known - c).abs().amax(dim=(1, 2)).min() > atol:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 import torch
 
@@ -144,8 +144,15 @@ class IsoAdam(torch.optim.Optimizer):
         group = self.param_groups[-1]
         _check_hyperparameters(group["lr"], group["betas"], group["eps"], group["weight_decay"], group["second_moment"])
 
+    # the overloads of torch.optim.Optimizer.step (whose stubs type the closure's loss as a float)
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Perform one optimisation step; ``closure`` re-evaluates the model and returns the loss."""
         loss = None
         if closure is not None:

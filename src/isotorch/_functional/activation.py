@@ -59,7 +59,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -126,8 +126,15 @@ class Profile:
     derivative: Callable[[torch.Tensor], torch.Tensor]
     taylor: tuple[float, ...]
     validity: float = math.inf
+    # derived in __post_init__ (not arguments, not compared)
+    _cutoffs: tuple[float, float] = field(init=False, repr=False, compare=False)
+    _slope_taylor: tuple[float, ...] = field(init=False, repr=False, compare=False)
+    _series_matrix: tuple[tuple[float, float], ...] = field(init=False, repr=False, compare=False)
+    _constants: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = field(
+        init=False, repr=False, compare=False
+    )
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not callable(self.sigma) or not callable(self.derivative):
             raise TypeError("sigma and derivative must be callables mapping a tensor of radii to a tensor")
         taylor = tuple(float(a) for a in self.taylor)
@@ -138,12 +145,12 @@ class Profile:
         object.__setattr__(self, "taylor", taylor)
         # precomputed here so that the traced forward reads plain floats (torch.compile friendly)
         last = max([k for k, a in enumerate(taylor) if k > 0 and a != 0.0], default=0)
-        cutoffs = []
+        cutoffs: list[float] = []
         for dtype in (torch.float32, torch.float64):
             eps = torch.finfo(dtype).eps
             accurate = math.inf if last == 0 else (eps / abs(taylor[last])) ** (1.0 / last)
             cutoffs.append(min(accurate, float(self.validity)))
-        object.__setattr__(self, "_cutoffs", tuple(cutoffs))
+        object.__setattr__(self, "_cutoffs", (cutoffs[0], cutoffs[1]))
         object.__setattr__(self, "_slope_taylor", tuple(k * a for k, a in enumerate(taylor))[1:] or (0.0,))
         slope_padded = (*(k * a for k, a in enumerate(taylor) if k > 0), 0.0)
         object.__setattr__(self, "_series_matrix", tuple(zip(taylor, slope_padded, strict=True)))

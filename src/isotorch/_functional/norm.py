@@ -34,7 +34,7 @@ def _check_momentum(momentum: object) -> float:
     return _check_real(momentum, "momentum", 0.0, 1.0, low_open=False, high_open=False)
 
 
-def _check_scalar(t: object, name: str, why: str) -> None:
+def _check_scalar(t: torch.Tensor, name: str, why: str) -> None:
     _check_floating(t, name)
     if t.ndim != 0:
         raise ValueError(f"{name} must be a 0-d tensor ({why}), got shape {tuple(t.shape)}")
@@ -367,7 +367,8 @@ def iso_batch_norm(
                 f"{tuple(x.shape)} ({count} vector(s) along dim={dim})"
             )
         others = tuple(i for i in range(x.ndim) if i != d)
-        out = var = None
+        out: torch.Tensor | None = None
+        var: torch.Tensor | None = None
         if center and h.device.type == "cpu" and _plain_eager():
             # eager CPU fast path with a hand-written backward; the host check falls back to the scale-safe path
             # when the sum of squares overflowed or the batch holds NaN
@@ -391,6 +392,7 @@ def iso_batch_norm(
         if running_mean is not None:
             _update_running(running_mean, mu, momentum)
         if running_var is not None:
+            assert var is not None  # set by either path above
             _update_running(running_var, var * count / (count - 1) if center else var, momentum)
     else:
         if running_var is None or (center and running_mean is None):
@@ -398,7 +400,8 @@ def iso_batch_norm(
                 "running_var (and running_mean when center=True) are required when training=False "
                 "(there are no batch statistics in eval)"
             )
-        c = h - running_mean.to(h.dtype).reshape(feature_shape) if center else h
+        # running_mean is set exactly when center=True (both checked above)
+        c = h - running_mean.to(h.dtype).reshape(feature_shape) if running_mean is not None else h
         out = c * torch.rsqrt(running_var.to(h.dtype) + eps)
     if weight is not None:
         out = out * weight.to(out.dtype)

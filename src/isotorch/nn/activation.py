@@ -91,6 +91,8 @@ class IsotropicActivation(nn.Module):
     """
 
     role = "activation"
+    fixed_length: torch.Tensor | None
+    initial_length: float | None
 
     def __init__(
         self,
@@ -138,6 +140,7 @@ class IsotropicActivation(nn.Module):
     def reset_parameters(self) -> None:
         """Reset the learned length to its initial value (no-op without ``learn_length``)."""
         if self.learn_length:
+            assert self.initial_length is not None  # a learned length always has an initial value
             with torch.no_grad():
                 self.log_length.fill_(math.log(self.initial_length))
 
@@ -254,6 +257,7 @@ class DirectionActivation(nn.Module):
     """
 
     role = "activation"
+    directions: torch.Tensor
 
     def __init__(
         self,

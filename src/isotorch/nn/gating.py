@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -48,7 +50,7 @@ class IsoGate(nn.Module):
     def __init__(
         self,
         dim: int = -1,
-        profile: str | object = "sigmoid",
+        profile: str | Callable[[torch.Tensor], torch.Tensor] = "sigmoid",
         mode: str = "norm",
         offset: float | None = None,
     ) -> None:

@@ -133,6 +133,7 @@ class ChiNorm(nn.Module):
     """
 
     role = "norm"
+    running_norm: torch.Tensor
 
     def __init__(
         self,
@@ -215,6 +216,9 @@ class IsoBatchNorm(nn.Module):
     """
 
     role = "norm"
+    weight: torch.Tensor | None
+    running_mean: torch.Tensor | None
+    running_var: torch.Tensor
 
     def __init__(
         self,
