@@ -98,7 +98,7 @@ def run_command(
         raise _exit(exc, 130) from None
     except KeyboardInterrupt:
         raise _exit(
-            f"stopped at once (second Ctrl-C); each seed keeps its last checkpoint in {out / 'checkpoints'}. "
+            f"stopped at once (second Ctrl-C); each unit keeps its last checkpoint in {out / 'checkpoints'}. "
             "Resume with --resume.",
             130,
         ) from None

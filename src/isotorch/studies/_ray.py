@@ -1,13 +1,17 @@
-"""Run a study's units (one per seed) as Ray tasks: ``run_study(..., executor="ray")``, from ``isotorch[distributed]``.
+"""Run a study's units as Ray tasks: ``run_study(..., executor="ray")``, from ``isotorch[distributed]``.
+
+A unit is a seed, or a (seed, configuration) pair for a study that declares its independent configurations
+(:meth:`~isotorch.studies.Study.configurations`, e.g. capacity's variant × width × depth): 3 seeds of a study with
+24 configurations are 72 tasks, so a run keeps every CPU of a cluster busy instead of ⌈seeds / CPUs⌉ rounds.
 
 The driver (the process that called :func:`~isotorch.studies._runner.run_study`) keeps the run folder's bookkeeping;
-each task runs one seed with :func:`~isotorch.studies._runner.run_unit` and writes that seed's metrics file and
+each task runs one unit with :func:`~isotorch.studies._runner.run_unit` and writes that unit's metrics file and
 checkpoints straight into the run folder, so on a cluster the folder must be on storage that every node sees. Each
-task asks for one CPU and pins torch to one intra-op thread, so a seed computes the same numbers wherever it runs
+task asks for one CPU and pins torch to one intra-op thread, so a unit computes the same numbers wherever it runs
 (and the same as the serial executor up to floating-point summation order).
 
 Ctrl-C cancels the running tasks (Ray raises it in each task, which saves a checkpoint at its next update) and drops
-the pending ones; finished seeds are kept and ``--resume`` continues. A second Ctrl-C kills the tasks at once.
+the pending ones; finished units are kept and ``--resume`` continues. A second Ctrl-C kills the tasks at once.
 
 ``ray.init()`` starts a local cluster when no address is given (and is shut down at the end); a process that has
 already called ``ray.init`` (a test fixture, a notebook) has its session reused. Ray's usage statistics are off.
@@ -121,7 +125,7 @@ def session(address: str | None) -> Iterator[Any]:
 
 
 def _task(unit) -> str:
-    """One seed inside a Ray worker: its own Ctrl-C handling (Ray's cancel raises SIGINT's handler in the task)."""
+    """One unit inside a Ray worker: its own Ctrl-C handling (Ray's cancel raises SIGINT's handler in the task)."""
     from isotorch.studies._runner import StudyInterrupted, _sigint, run_unit
 
     interrupted = threading.Event()
@@ -138,10 +142,10 @@ def run_units(
     *,
     progress: bool,
     interrupted: threading.Event,
-    on_done: Callable[[], Any],
+    on_done: Callable[[Any], Any],
     cpus_per_task: int = 1,
 ) -> None:
-    """Run every unit as a Ray task (inside :func:`session`), calling ``on_done()`` after each one that finishes.
+    """Run every unit as a Ray task (inside :func:`session`), calling ``on_done(unit)`` after each one that finishes.
 
     Raises:
         StudyInterrupted: after Ctrl-C, once the cancelled tasks saved their checkpoints.
@@ -157,22 +161,22 @@ def run_units(
     remote = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus, max_retries=0)(_task)
     units = [_pinned(u, cpus_per_task) for u in units]
     with (
-        _sigint(interrupted, message="cancelling the running seeds (they save checkpoints)"),
+        _sigint(interrupted, message="cancelling the running units (they save checkpoints)"),
         _progress_bar(progress) as bar,
     ):
-        task = bar.add_task("seeds (Ray tasks)", total=len(units)) if bar is not None else None
-        refs = {remote.remote(u): u.seed for u in units}
+        task = bar.add_task("units (Ray tasks)", total=len(units)) if bar is not None else None
+        refs = {remote.remote(u): u for u in units}
         try:
             while refs:
                 if interrupted.is_set():
-                    _cancel(ray, refs, on_done)
+                    left = len(refs) - _cancel(ray, refs, on_done)
                     raise StudyInterrupted(
-                        f"interrupted: the finished seeds are kept and the running ones saved checkpoints; "
-                        f"{len(refs)} seed(s) left. Resume with --resume."
+                        f"interrupted: the finished units are kept and the running ones saved checkpoints; "
+                        f"{left} unit(s) left. Resume with --resume."
                     )
                 ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.2)
                 for ref in ready:
-                    seed = refs.pop(ref)
+                    unit = refs.pop(ref)
                     try:
                         status = ray.get(ref)
                     except ray.exceptions.TaskCancelledError:
@@ -185,13 +189,13 @@ def run_units(
                         _cancel(ray, refs, on_done)
                         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                         raise ExecutorError(
-                            f"the Ray task of seed {seed} failed ({type(exc).__name__}: {first}); its last checkpoint "
+                            f"the Ray task of {unit.label} failed ({type(exc).__name__}: {first}); its last checkpoint "
                             "is kept: resume with --resume"
                         ) from None
                     if status == "interrupted":  # Ctrl-C reached the worker itself: stop like the driver's
                         interrupted.set()
                         continue
-                    on_done()
+                    on_done(unit)
                     if task is not None:
                         bar.update(task, advance=1)
         except StudyInterrupted:
@@ -208,12 +212,26 @@ def _pinned(unit, threads: int):
     return dataclasses.replace(unit, threads=threads)
 
 
-def _cancel(ray, refs: dict, on_done: Callable[[], Any]) -> None:
-    """Cancel the remaining tasks gracefully and wait (bounded) until they saved their checkpoints."""
+def _cancel(ray, refs: dict, on_done: Callable[[Any], Any]) -> int:
+    """Cancel the remaining tasks gracefully, wait (bounded) until they saved their checkpoints; how many finished.
+
+    A task that finished its unit before the cancel reached it is booked (``on_done``) like any finished one.
+    """
     for ref in refs:
         ray.cancel(ref, force=False)
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     pending = list(refs)
     while pending and time.monotonic() < deadline:
         _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
-    on_done()
+    finished = 0
+    for ref, unit in refs.items():
+        if ref in pending:
+            continue
+        try:
+            status = ray.get(ref, timeout=0)
+        except Exception:  # cancelled, failed or died: its checkpoint (if any) is what resume continues from
+            continue
+        if status == "done":
+            on_done(unit)
+            finished += 1
+    return finished

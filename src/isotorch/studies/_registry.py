@@ -4,12 +4,18 @@ A study is a class with a frozen dataclass ``Config`` (every field has a default
 dicts of overrides; ``"tiny"`` is the size the test suite runs), ``run(ctx)`` called once per seed, and
 ``summarise``/``figures``/``verdicts`` called once over all seeds (see ``docs/studies.md``). A study declares the
 claims it tests in ``claims`` and gives one :class:`~isotorch.studies._verdicts.Verdict` per claim in ``verdicts``.
+
+A study whose seed trains independent configurations (families, depths, widths) names them in
+``configurations(config)``; the runner then calls ``run(ctx)`` once per (seed, configuration), each a unit of its
+own (its own metrics file and checkpoint, a Ray task of its own), with ``ctx.configuration`` saying which one to
+run, and joins a seed's results with ``combine`` once all its configurations have finished.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -50,8 +56,45 @@ class Study:
     claims: ClassVar[tuple[Claim, ...]] = ()
 
     def run(self, ctx: StudyContext) -> Mapping[str, Any] | None:
-        """Train and measure for one seed (``ctx.seed``); return final scalar results (JSON-ready) or None."""
+        """Train and measure for one seed (``ctx.seed``); return final scalar results (JSON-ready) or None.
+
+        When the study declares :meth:`configurations`, ``run`` is called once per (seed, configuration) and runs only
+        ``ctx.configuration``; its results are joined by :meth:`combine`.
+        """
         raise NotImplementedError
+
+    def configurations(self, config: Any) -> Sequence[str]:
+        """The independent configurations of a seed under ``config``, in the order their records are reported.
+
+        Each (seed, configuration) is then a unit of its own: a separate call of :meth:`run` (with the global RNGs
+        and ``ctx.generator`` seeded with the seed, as for a whole seed), with its own metrics file and checkpoint,
+        run in parallel by the Ray executor. Configurations must not depend on each other's training (a
+        configuration sees only its own records in ``ctx.records``). Names are distinct non-empty strings whose file
+        names (characters other than letters, digits and ``._=+,-`` become ``_``) are distinct too.
+
+        Default: none (``()``): the whole seed is one unit and ``ctx.configuration`` is None.
+        """
+        return ()
+
+    def combine(self, config: Any, seed: int, finals: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        """One seed's final results from its configurations' (``{configuration: results}``, in declared order).
+
+        Called by the driver once every configuration of ``seed`` has finished; what it returns is the seed's entry
+        of ``results.json`` (what :meth:`summarise`, :meth:`figures` and :meth:`verdicts` read). Default: the union
+        of the dicts; a key returned by two configurations with different values is an error. Override to add
+        results across configurations (e.g. a trend over them).
+        """
+        out: dict[str, Any] = {}
+        owner: dict[str, str] = {}
+        for name, values in finals.items():
+            for key, value in values.items():
+                if key in out and json.dumps(out[key], sort_keys=True) != json.dumps(value, sort_keys=True):
+                    raise ValueError(
+                        f"study {self.name!r}, seed {seed}: result {key!r} is returned by configurations "
+                        f"{owner[key]!r} and {name!r} with different values; give each configuration its own keys"
+                    )
+                out[key], owner[key] = value, name
+        return out
 
     def summarise(self, data: RunData) -> list[Findings]:
         """Findings tables over seeds (default: mean ± 95% CI of every numeric final result)."""

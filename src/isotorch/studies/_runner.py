@@ -2,31 +2,36 @@
 
 Run folder layout (``out/``)::
 
-    config.json            study, preset, config, seeds, runner settings and the environment
-    metrics/seedS.jsonl    the live log of seed S: one JSON record per logged step {"seed", "run", "step", ...}
-    metrics.jsonl          the records of every finished seed, in the order of the run's seeds
-    results.json           {seed: final results returned by Study.run} of the finished seeds
-    checkpoints/seedS.pt   one atomic, checksummed checkpoint per seed (the interrupted loop's state; an index of
-                           the finished loops; at the end the seed's final results)
-    checkpoints/seedS-loopK.pt  the end state of the seed's K-th finished training loop (written once)
+    config.json            study, preset, config, seeds, the study's configurations, the folder layout version,
+                           runner settings and the environment
+    metrics/U.jsonl        the live log of unit U: one JSON record per logged step {"seed", "run", "step", ...}
+    metrics.jsonl          the records of every finished seed, in the order of the run's seeds (and configurations)
+    results.json           {seed: final results} of the finished seeds (Study.run's, joined by Study.combine)
+    checkpoints/U.pt       one atomic, checksummed checkpoint per unit (the interrupted loop's state; an index of
+                           the finished loops; at the end the unit's final results)
+    checkpoints/U-loopK.pt the end state of the unit's K-th finished training loop (written once)
     models/                models saved with ctx.save_model (audited by the report)
     findings.json          the study's findings tables; figures.json: its figures and captions
     verdicts.json          one verdict per claim the study tests (supported/contradicted/inconclusive, estimate, ci95)
     *.png, report.html     figures and the report
 
-**Units.** Each seed is an independent unit: it writes only its own metrics file and checkpoints, so units run one
-after another in this process (``executor="serial"``) or as Ray tasks (``executor="ray"``, see
-:mod:`isotorch.studies._ray`) with the same results. The driver keeps the bookkeeping: after each finished unit it
-rewrites ``results.json`` and ``metrics.jsonl`` from the finished seeds' files.
+**Units.** A unit is a seed (file stem ``U = seedS``) or, for a study that declares its independent configurations
+(:meth:`~isotorch.studies.Study.configurations`), a (seed, configuration) pair (``U = seedS-C``, C the
+configuration's file name): ``Study.run(ctx)`` is called once per unit with ``ctx.configuration`` set. A unit
+writes only its own metrics file and checkpoints, so units run one after another in this process
+(``executor="serial"``) or as Ray tasks (``executor="ray"``, see :mod:`isotorch.studies._ray`) with the same
+results. The driver keeps the bookkeeping: once every unit of a seed has finished it joins their results
+(``Study.combine``) and rewrites ``results.json`` and ``metrics.jsonl`` from the finished seeds' files. A folder
+written before configurations were units (no ``layout`` in ``config.json``) cannot be resumed (a one-line error).
 
-**Resume.** ``Study.run(ctx)`` is called again from the top for an unfinished seed, with every RNG reseeded. Each
+**Resume.** ``Study.run(ctx)`` is called again from the top for an unfinished unit, with every RNG reseeded. Each
 ``ctx.train(key, ...)`` that had finished restores its end state (the objects in ``state``, every RNG, the log
 count) instead of training; the one that was interrupted restores its last checkpoint and continues from its step.
 ``ctx.log`` calls that replay records already in the seed's metrics file are dropped, after the file is truncated
 back to the checkpoint's offset. So a run killed at any moment (even by SIGKILL) and resumed writes exactly the
 records, and ends with exactly the models, of an uninterrupted run — provided that ``run`` is deterministic given
 the seed and that every stateful object of a training loop (models, optimisers, schedulers, scalers) is passed in
-``state``. Resuming with more seeds adds them and keeps the finished ones.
+``state``. Resuming with more seeds adds them and keeps the finished ones (and their finished units).
 
 **Checkpoints** are verified by their SHA-256 before loading (a corrupted file is refused, named and kept). A
 checkpoint of a loop's state is written only once the loss *at that state* has been computed and is finite, so
@@ -45,6 +50,7 @@ import operator
 import os
 import platform
 import random
+import re
 import signal
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -196,10 +202,12 @@ class _Metrics:
 
 
 class StudyContext:
-    """Everything a study's ``run`` gets for one seed.
+    """Everything a study's ``run`` gets for one unit (a seed, or a seed and one of the study's configurations).
 
     Attributes:
         seed: the seed (python, numpy and torch's global RNGs are seeded with it before ``run``).
+        configuration: the configuration to run (one of ``Study.configurations(config)``), or None when the study
+            declares none (run the whole seed).
         config: the study's frozen config.
         generator: a ``torch.Generator`` seeded with ``seed``; checkpointed and restored with the rest.
         out: the run folder (figures go here; ``models/`` holds saved models).
@@ -218,13 +226,17 @@ class StudyContext:
         resume_state: Mapping[str, Any] | None,
         progress: Any,
         interrupted: threading.Event,
+        configuration: str | None = None,
+        stem: str | None = None,
     ):
         self.seed = seed
+        self.configuration = configuration
         self.config = config
         self.out = out
         self.device = device
         self.generator = torch.Generator().manual_seed(seed)
-        self.checkpoint_path = out / "checkpoints" / f"seed{seed}.pt"
+        self._stem = stem or f"seed{seed}"
+        self.checkpoint_path = out / "checkpoints" / f"{self._stem}.pt"
         self._metrics = metrics
         self._checkpoint_every = checkpoint_every
         self._progress = progress
@@ -237,6 +249,9 @@ class StudyContext:
         self._run: str | None = None
         self._keys: set[str] = set()
         self._last_good: int | None = None  # count of the current loop's last checkpoint on disk
+
+    def _label(self) -> str:
+        return f"seed {self.seed}" + (f" (configuration {self.configuration!r})" if self.configuration else "")
 
     # ----------------------------------------------------------------------------------------------- logging
     def log(self, step: int, **values: Any) -> None:
@@ -254,7 +269,10 @@ class StudyContext:
         self._logged += 1
 
     def records(self, **match: Any) -> list[dict[str, Any]]:
-        """This seed's records written so far (also those of a run before a resume) whose fields equal ``match``."""
+        """This unit's records written so far (also those before a resume) whose fields equal ``match``.
+
+        A unit sees only its own records: with configurations as units, not those of the seed's other ones.
+        """
         self._metrics.handle.flush()
         out = []
         with self._metrics.path.open() as handle:
@@ -302,7 +320,7 @@ class StudyContext:
         if not isinstance(key, str) or not key:
             raise ValueError(f"key must be a non-empty string, got {key!r}")
         if key in self._keys:
-            raise ValueError(f"train key {key!r} was already used for seed {self.seed}; keys must be unique")
+            raise ValueError(f"train key {key!r} was already used for {self._label()}; keys must be unique")
         if not isinstance(steps, int) or steps < 0:
             raise ValueError(f"steps must be a non-negative int, got {steps!r}")
         for name, obj in state.items():
@@ -428,7 +446,7 @@ class StudyContext:
 
     def _finish(self, key: str, steps: int, state: Mapping[str, Any], last: Mapping[str, Any]) -> None:
         """Store the end state of a finished loop in its own file, then the index (which no longer re-saves it)."""
-        name = f"seed{self.seed}-loop{len(self._completed)}.pt"
+        name = f"{self._stem}-loop{len(self._completed)}.pt"
         end = {
             "format": _FORMAT,
             "key": key,
@@ -658,9 +676,32 @@ def _check_seeds(seeds: Sequence[int] | None) -> tuple[int, ...] | None:
     return values
 
 
+_LAYOUT = 2  # config.json "layout": 2 = a unit per (seed, configuration); absent = one unit per seed (refused)
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=+,-]")
+
+
+def file_name(configuration: str) -> str:
+    """The file-name part of a configuration: characters other than letters, digits and ``._=+,-`` become ``_``."""
+    return _UNSAFE.sub("_", configuration)
+
+
+def _configurations(study: Study, config: Any) -> tuple[str, ...]:
+    """The study's checked configurations for ``config`` (``()``: whole seeds are the units)."""
+    names = study.configurations(config)
+    if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+        raise TypeError(f"study {study.name!r}: configurations() must return non-empty strings, got {names!r}")
+    names = tuple(names)
+    if len(set(names)) != len(names):
+        raise ValueError(f"study {study.name!r}: configurations() returned duplicates: {list(names)}")
+    files = [file_name(n) for n in names]
+    if len(set(files)) != len(files):
+        raise ValueError(f"study {study.name!r}: configurations {list(names)} give clashing file names {files}")
+    return names
+
+
 @dataclass(frozen=True)
 class Unit:
-    """One independent unit of a run (a seed), with everything a worker needs to run it into the run folder."""
+    """One independent unit of a run (a seed, or a seed and a configuration), with what a worker needs to run it."""
 
     study: Study
     seed: int
@@ -671,20 +712,44 @@ class Unit:
     autocast: bool
     tensorboard: bool
     threads: int | None = None  # pin torch's intra-op threads (Ray tasks); None: leave as is
+    configuration: str | None = None
+
+    @property
+    def stem(self) -> str:
+        """The unit's file stem: ``seedS`` or ``seedS-C`` (C the configuration's :func:`file_name`)."""
+        return f"seed{self.seed}" if self.configuration is None else f"seed{self.seed}-{file_name(self.configuration)}"
+
+    @property
+    def label(self) -> str:
+        """``seed S`` or ``seed S · configuration``, for messages and progress bars."""
+        return f"seed {self.seed}" if self.configuration is None else f"seed {self.seed} · {self.configuration}"
+
+
+def _load_unit_checkpoint(unit: Unit) -> dict[str, Any] | None:
+    path = unit.out / "checkpoints" / f"{unit.stem}.pt"
+    if not path.exists():
+        return None
+    state = load_checkpoint(path)
+    if state.get("configuration") != unit.configuration:
+        raise CheckpointError(
+            f"{path} holds configuration {state.get('configuration')!r}, not {unit.configuration!r}; it was left "
+            "in place"
+        )
+    return state
 
 
 def run_unit(unit: Unit, *, progress: Any = None, interrupted: threading.Event | None = None) -> dict[str, Any]:
-    """Run (or resume) one seed in this process; returns its final results (also stored in its checkpoint).
+    """Run (or resume) one unit in this process; returns its final results (also stored in its checkpoint).
 
     Raises:
         NonFiniteLossError, StudyInterrupted, CheckpointError.
     """
     out = unit.out
-    checkpoint = out / "checkpoints" / f"seed{unit.seed}.pt"
-    state = load_checkpoint(checkpoint) if checkpoint.exists() else None
+    checkpoint = out / "checkpoints" / f"{unit.stem}.pt"
+    state = _load_unit_checkpoint(unit)
     if state is not None and state["done"]:
         return state["final"]
-    metrics_path = out / "metrics" / f"seed{unit.seed}.jsonl"
+    metrics_path = out / "metrics" / f"{unit.stem}.jsonl"
     offset = int(state["offset"]) if state is not None else 0
     if metrics_path.exists():
         size = metrics_path.stat().st_size
@@ -709,35 +774,79 @@ def run_unit(unit: Unit, *, progress: Any = None, interrupted: threading.Event |
             resume_state=state,
             progress=progress,
             interrupted=interrupted if interrupted is not None else threading.Event(),
+            configuration=unit.configuration,
+            stem=unit.stem,
         )
         autocast = torch.autocast(device.type, dtype=torch.bfloat16) if unit.autocast else contextlib.nullcontext()
         with autocast:
             final = _plain(dict(unit.study.run(ctx) or {}))
         done = {"format": _FORMAT, "seed": unit.seed, "done": True, "offset": metrics.sync(), "final": final}
         done["log_count"] = ctx._logged
+        done["configuration"] = unit.configuration
         save_checkpoint(done, checkpoint)
     finally:
         metrics.close()
     return final
 
 
-def _bookkeep(out: Path, seeds: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """Rewrite results.json and metrics.jsonl from the finished seeds' checkpoints and metrics files."""
-    finals: dict[int, dict[str, Any]] = {}
-    lines = bytearray()
-    for seed in seeds:
-        path = out / "checkpoints" / f"seed{seed}.pt"
-        if not path.exists():
-            continue
-        state = load_checkpoint(path)
-        if not state["done"]:
-            continue
-        finals[seed] = state["final"]
-        with (out / "metrics" / f"seed{seed}.jsonl").open("rb") as handle:
-            lines += handle.read(int(state["offset"]))
-    write_text_atomic(out / "results.json", json.dumps({str(k): v for k, v in finals.items()}, indent=2) + "\n")
-    write_bytes_atomic(out / "metrics.jsonl", bytes(lines))
-    return finals
+class _Ledger:
+    """The driver's bookkeeping: the finished units, and results.json / metrics.jsonl of the finished seeds.
+
+    A seed is finished when all its units are; its results are ``Study.combine`` of its configurations' results
+    (a whole-seed unit's results as they are), its records its units' metrics files up to their final offsets, in
+    the order of the configurations.
+    """
+
+    def __init__(self, study: Study, config: Any, out: Path, units: Sequence[Unit]):
+        self.study, self.config, self.out = study, config, out
+        self.by_seed: dict[int, list[Unit]] = {}
+        for unit in units:
+            self.by_seed.setdefault(unit.seed, []).append(unit)
+        self.done: dict[str, tuple[dict[str, Any], int]] = {}  # stem -> (final results, metrics offset)
+        self.finals: dict[int, dict[str, Any]] = {}
+        self.written: tuple[int, ...] | None = None
+
+    def scan(self) -> None:
+        """Read the checkpoints already in the folder (a resumed run's finished units)."""
+        for units in self.by_seed.values():
+            for unit in units:
+                self.add(unit)
+
+    def add(self, unit: Unit) -> None:
+        """Record ``unit`` as finished if its checkpoint says so."""
+        if unit.stem in self.done:
+            return
+        state = _load_unit_checkpoint(unit)
+        if state is not None and state["done"]:
+            self.done[unit.stem] = (state["final"], int(state["offset"]))
+
+    def finished(self, unit: Unit) -> bool:
+        return unit.stem in self.done
+
+    def write(self) -> dict[int, dict[str, Any]]:
+        """Rewrite results.json and metrics.jsonl if the set of finished seeds changed (or was never written)."""
+        complete = tuple(s for s, units in self.by_seed.items() if all(u.stem in self.done for u in units))
+        for seed in complete:
+            if seed not in self.finals:
+                units = self.by_seed[seed]
+                if units[0].configuration is None:
+                    self.finals[seed] = self.done[units[0].stem][0]
+                else:
+                    parts = {u.configuration: self.done[u.stem][0] for u in units}
+                    self.finals[seed] = _plain(dict(self.study.combine(self.config, seed, parts)))
+        if complete == self.written:
+            return {s: self.finals[s] for s in complete}
+        lines = bytearray()
+        for seed in complete:
+            for unit in self.by_seed[seed]:
+                with (self.out / "metrics" / f"{unit.stem}.jsonl").open("rb") as handle:
+                    lines += handle.read(self.done[unit.stem][1])
+        finals = {s: self.finals[s] for s in complete}
+        text = json.dumps({str(k): v for k, v in finals.items()}, indent=2) + "\n"
+        write_text_atomic(self.out / "results.json", text)
+        write_bytes_atomic(self.out / "metrics.jsonl", bytes(lines))
+        self.written = complete
+        return finals
 
 
 _EXECUTORS = ("serial", "ray")
@@ -778,9 +887,10 @@ def run_study(
         checkpoint_every: updates between checkpoints of a training loop (positive). Default: 500.
         tensorboard: also write TensorBoard scalars to ``out/tensorboard`` (needs the ``tensorboard`` package).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when available). Default: CPU.
-        autocast: run each seed under ``torch.autocast("cuda", dtype=torch.bfloat16)``; needs a CUDA device.
-        executor: ``"serial"`` (one seed after another in this process) or ``"ray"`` (each seed a Ray task; needs
-            ``isotorch[distributed]``). Default: ``"serial"``.
+        autocast: run each unit under ``torch.autocast("cuda", dtype=torch.bfloat16)``; needs a CUDA device.
+        executor: ``"serial"`` (one unit after another in this process) or ``"ray"`` (each unit a Ray task; needs
+            ``isotorch[distributed]``). A unit is a seed, or a (seed, configuration) pair for a study that declares
+            its configurations. Default: ``"serial"``.
         ray_address: the Ray cluster to join (``ray.init(address=...)``); default: a local cluster on this machine
             (or the Ray session this process has already started).
         report: write ``report.html`` at the end. Default: True.
@@ -818,6 +928,11 @@ def run_study(
         meta = _read_json(out / "config.json")
         if meta.get("study") != name:
             raise RunFolderError(f"{out} holds a run of study {meta.get('study')!r}, not {name!r}")
+        if meta.get("layout") != _LAYOUT:
+            raise RunFolderError(
+                f"cannot resume {out}: it was written by an older isotorch (one unit per seed; this version runs a "
+                "unit per seed and configuration). Rerun it into a new folder"
+            )
         config = config_from_dict(study.Config, meta["config"])
         if preset is not None or overrides:
             asked = _resolve(study, preset, overrides)
@@ -830,6 +945,12 @@ def run_study(
         added = tuple(s for s in (seeds or ()) if s not in stored)
         seeds = stored + added
     _check_data(config)
+    configurations = _configurations(study, config)
+    if resume and list(configurations) != meta.get("configurations"):
+        raise RunFolderError(
+            f"cannot resume {out}: study {name!r} now has configurations {list(configurations)}, the run has "
+            f"{meta.get('configurations')} (was the study changed?); start a new folder"
+        )
 
     with contextlib.ExitStack() as stack:
         if executor == "ray":
@@ -848,6 +969,8 @@ def run_study(
                 "preset": preset,
                 "config": config_to_dict(config),
                 "seeds": list(seeds),
+                "configurations": list(configurations),
+                "layout": _LAYOUT,
                 "runner": {
                     "checkpoint_every": checkpoint_every,
                     "device": str(torch_device),
@@ -859,20 +982,40 @@ def run_study(
             write_text_atomic(out / "config.json", json.dumps(meta, indent=2) + "\n")
 
         units = [
-            Unit(study, seed, config, out, checkpoint_every, str(torch_device), autocast, tensorboard) for seed in seeds
+            Unit(
+                study,
+                seed,
+                config,
+                out,
+                checkpoint_every,
+                str(torch_device),
+                autocast,
+                tensorboard,
+                configuration=configuration,
+            )
+            for seed in seeds
+            for configuration in configurations or (None,)
         ]
+        ledger = _Ledger(study, config, out, units)
+        ledger.scan()
+        pending = [u for u in units if not ledger.finished(u)]
+
+        def on_done(unit: Unit) -> None:
+            ledger.add(unit)
+            ledger.write()
+
         interrupted = threading.Event()
         try:
             if executor == "ray":
-                _ray.run_units(units, progress=progress, interrupted=interrupted, on_done=lambda: _bookkeep(out, seeds))
+                _ray.run_units(pending, progress=progress, interrupted=interrupted, on_done=on_done)
             else:
                 with _sigint(interrupted), _progress_bar(progress) as bar:
-                    for unit in units:
+                    for unit in pending:
                         run_unit(unit, progress=bar, interrupted=interrupted)
-                        _bookkeep(out, seeds)
+                        on_done(unit)
         finally:
             with contextlib.suppress(CheckpointError, OSError):
-                _bookkeep(out, seeds)
+                ledger.write()
 
     data = RunData.load(out)
     findings = tuple(study.summarise(data))

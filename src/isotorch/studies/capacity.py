@@ -282,6 +282,10 @@ class Capacity(Study):
         ),
     )
 
+    def configurations(self, config: CapacityConfig) -> list[str]:
+        """Every (variant, width, depth) trains on its own: a unit per seed and configuration (a Ray task each)."""
+        return [_key(v, w, d) for d in config.depths for w in config.widths for v in config.variants]
+
     def run(self, ctx) -> dict[str, Any]:
         config: CapacityConfig = ctx.config
         x, y, x_test, y_test = (t.to(ctx.device) for t in _load(config))
@@ -294,6 +298,9 @@ class Capacity(Study):
         for depth in config.depths:
             for width in config.widths:
                 for variant in config.variants:
+                    key = _key(variant, width, depth)
+                    if ctx.configuration is not None and key != ctx.configuration:
+                        continue
 
                     def make(variant=variant, width=width, depth=depth):
                         # one draw of weights per (seed, width, depth), shared by every variant: matched pairs
@@ -301,7 +308,6 @@ class Capacity(Study):
                             torch.manual_seed(1_000_003 * ctx.seed + 1_009 * width + depth)
                             return build_mlp(x.shape[1], width, depth, n_classes, variant).to(ctx.device)
 
-                    key = _key(variant, width, depth)
                     lr, scores = config.lrs[0], {}
                     if len(config.lrs) > 1:
                         lr, scores = select_lr(

@@ -150,6 +150,26 @@ class SymmetryOrderConfig:
         return tuple(sorted(self.block_sizes)) if self.block_sizes is not None else divisors(self.bottleneck)
 
 
+def _runs(cfg: SymmetryOrderConfig) -> list[tuple[str, str]]:
+    """(key, family) of every block size k and Thomson set K, in the order they are reported."""
+    return [(f"k={k}", f"block:{k}") for k in cfg.sizes] + [(f"K={k}", f"direction:{k}") for k in cfg.thomson]
+
+
+def _trends(cfg: SymmetryOrderConfig, finals: dict[str, Any]) -> dict[str, Any]:
+    """A seed's Spearman correlations and slopes of privilege and Q against k (and K), from its per-k results."""
+    out: dict[str, Any] = {}
+    for metric in ("privilege", "quant"):
+        t = trend(list(cfg.sizes), [finals[f"k={k}/{metric}"] for k in cfg.sizes])
+        out[f"{metric}/spearman"] = t["spearman"]
+        out[f"{metric}/slope"] = t["slope"]
+        if cfg.thomson:
+            ks = sorted(cfg.thomson)
+            t = trend(ks, [finals[f"K={k}/{metric}"] for k in ks])
+            out[f"thomson_{metric}/spearman"] = t["spearman"]
+            out[f"thomson_{metric}/slope"] = t["slope"]
+    return out
+
+
 @register_study("symmetry_order")
 class SymmetryOrder(Study):
     """Bottleneck block size k from 1 (elementwise) to n (isotropic): basis alignment against the group's size."""
@@ -206,6 +226,16 @@ class SymmetryOrder(Study):
         ),
     )
 
+    def configurations(self, config: SymmetryOrderConfig) -> list[str]:
+        """Every block size k and Thomson set K trains on its own: a unit per seed and configuration."""
+        return [key for key, _ in _runs(config)]
+
+    def combine(self, config: SymmetryOrderConfig, seed: int, finals) -> dict[str, Any]:
+        """The union of the configurations' results, plus the per-seed trends over k (and K)."""
+        out = super().combine(config, seed, finals)
+        out.update(_trends(config, out))
+        return out
+
     def run(self, ctx) -> dict[str, Any]:
         cfg: SymmetryOrderConfig = ctx.config
         x_train, x_test = _load(cfg)
@@ -214,8 +244,9 @@ class SymmetryOrder(Study):
         n, per_epoch = len(x_train), math.ceil(len(x_train) / cfg.batch_size)
         steps = cfg.epochs * per_epoch
         finals: dict[str, Any] = {}
-        runs = [(f"k={k}", f"block:{k}") for k in cfg.sizes] + [(f"K={k}", f"direction:{k}") for k in cfg.thomson]
-        for key, variant in runs:
+        for key, variant in _runs(cfg):
+            if ctx.configuration is not None and key != ctx.configuration:
+                continue
 
             def build(variant=variant):
                 gen = torch.Generator().manual_seed(ctx.seed)
@@ -268,15 +299,8 @@ class SymmetryOrder(Study):
             finals[f"{key}/privilege"] = privilege
             finals[f"{key}/quant"] = scores["quant"]
             finals[f"{key}/saturation"] = saturation
-        for metric in ("privilege", "quant"):
-            t = trend(list(cfg.sizes), [finals[f"k={k}/{metric}"] for k in cfg.sizes])
-            finals[f"{metric}/spearman"] = t["spearman"]
-            finals[f"{metric}/slope"] = t["slope"]
-            if cfg.thomson:
-                ks = sorted(cfg.thomson)
-                t = trend(ks, [finals[f"K={k}/{metric}"] for k in ks])
-                finals[f"thomson_{metric}/spearman"] = t["spearman"]
-                finals[f"thomson_{metric}/slope"] = t["slope"]
+        if ctx.configuration is None:  # the whole seed in one call
+            finals.update(_trends(cfg, finals))
         return finals
 
     # ------------------------------------------------------------------------------------------- over seeds
