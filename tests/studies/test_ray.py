@@ -34,9 +34,12 @@ class SlowToyConfig:
 
 @register_study("ray-toy-test")
 class SlowToy(Study):
-    """Two small regressions per seed, optionally slowed down so that a run can be interrupted mid-way."""
+    """Two small regressions per seed (a unit each), optionally slowed down so that a run can be interrupted."""
 
     Config = SlowToyConfig
+
+    def configurations(self, config):
+        return [f"w{width}" for width in config.widths]
 
     def run(self, ctx):
         cfg = ctx.config
@@ -44,6 +47,8 @@ class SlowToy(Study):
         y = torch.sin(x).sum(1, keepdim=True)
         finals = {}
         for width in cfg.widths:
+            if f"w{width}" != ctx.configuration:
+                continue
             model = torch.nn.Sequential(torch.nn.Linear(5, width), torch.nn.Tanh(), torch.nn.Linear(width, 1))
             opt = torch.optim.Adam(model.parameters(), lr=0.05)
 
@@ -90,11 +95,14 @@ def test_ray_equals_serial_and_extends_a_run(tmp_path):
     serial = run_study("ray-toy-test", tmp_path / "serial", seeds=(0, 1, 2), progress=False, report=False)
     first = run_study("ray-toy-test", tmp_path / "ray", seeds=(0, 1), executor="ray", progress=False, report=False)
     assert set(first.data.finals) == {0, 1}
-    stamp = (tmp_path / "ray" / "checkpoints" / "seed0.pt").stat().st_mtime_ns
+    assert sorted(p.name for p in (tmp_path / "ray" / "metrics").iterdir()) == [
+        f"seed{s}-w{w}.jsonl" for s in (0, 1) for w in (3, 4)
+    ], "a unit per (seed, configuration)"
+    stamp = (tmp_path / "ray" / "checkpoints" / "seed0-w3.pt").stat().st_mtime_ns
     extended = run_study(
         "ray-toy-test", tmp_path / "ray", seeds=(0, 1, 2), resume=True, executor="ray", progress=False, report=False
     )
-    assert (tmp_path / "ray" / "checkpoints" / "seed0.pt").stat().st_mtime_ns == stamp, "seed 0 was not rerun"
+    assert (tmp_path / "ray" / "checkpoints" / "seed0-w3.pt").stat().st_mtime_ns == stamp, "seed 0 was not rerun"
     assert json.loads((tmp_path / "ray" / "config.json").read_text())["seeds"] == [0, 1, 2]
     _close(extended.data.finals, serial.data.finals)
     ours, theirs = _records(tmp_path / "ray"), _records(tmp_path / "serial")
@@ -125,9 +133,9 @@ def test_ray_ctrl_c_keeps_finished_work_and_resume_completes(tmp_path):
             "ray-toy-test", out, seeds=(0, 1, 2), overrides=overrides, executor="ray", progress=False, report=False
         )
     watcher.join()
-    states = [load_checkpoint(p) for p in sorted((out / "checkpoints").glob("seed?.pt"))]
+    states = [load_checkpoint(p) for p in sorted((out / "checkpoints").glob("seed?-w?.pt"))]
     assert states, "the cancelled tasks saved checkpoints"
-    assert not all(s["done"] for s in states) or len(states) < 3
+    assert not all(s["done"] for s in states) or len(states) < 6
     done = run_study(
         "ray-toy-test", out, resume=True, executor="ray", overrides=overrides, progress=False, report=False
     )
@@ -140,7 +148,7 @@ def test_a_dead_worker_is_one_error_and_resume_completes(tmp_path):
     flag.write_text("")
     overrides = {"die_file": str(flag)}
     out = tmp_path / "run"
-    with pytest.raises(ExecutorError, match=r"the Ray task of seed 1 failed .*resume with --resume"):
+    with pytest.raises(ExecutorError, match=r"the Ray task of seed 1 · w[34] failed .*resume with --resume"):
         run_study("ray-toy-test", out, seeds=(0, 1), overrides=overrides, executor="ray", progress=False, report=False)
     assert not flag.exists()
     done = run_study("ray-toy-test", out, resume=True, executor="ray", progress=False, report=False)

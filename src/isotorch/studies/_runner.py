@@ -425,6 +425,7 @@ class StudyContext:
         return {
             "format": _FORMAT,
             "seed": self.seed,
+            "configuration": self.configuration,
             "done": False,
             "offset": self._metrics.sync(),
             "log_count": self._logged,
