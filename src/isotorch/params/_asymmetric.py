@@ -70,6 +70,12 @@ class _WAsymmetric(nn.Module):
     """What W-asymmetric layers share: a 0/1 ``mask`` of free entries and the ``fixed`` entries (1 − M) ⊙ κF."""
 
     _kind, _unit = "layer", "row"
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    mask: torch.Tensor
+    fixed: torch.Tensor
+    n_fix: int
+    kappa: float
 
     @property
     def n_free(self) -> int:
@@ -265,6 +271,7 @@ class FiGLU(nn.Module):
     """
 
     role = "activation"
+    weight: torch.Tensor
 
     def __init__(
         self, features: int, dim: int = -1, *, generator: torch.Generator | None = None, device=None, dtype=None

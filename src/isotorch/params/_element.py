@@ -110,7 +110,7 @@ class Element:
         if not isinstance(other, Element):
             return NotImplemented
         positions = _positions(self.symmetries)
-        out = {}
+        out: dict[str, torch.Tensor] = {}
         for name in dict.fromkeys([*self.matrices, *other.matrices, *positions]):
             a = self.matrices.get(name)
             source = name
@@ -118,10 +118,10 @@ class Element:
                 heads, index = positions[name]
                 source = index[int(_as_index(self.matrices[heads])[index[name]])]
             b = other.matrices.get(source)
-            if a is None and b is None:
-                continue
-            if a is None or b is None:
-                out[name] = a if b is None else b
+            if a is None or b is None:  # one side only, or neither (then the site is left out)
+                one = b if a is None else a
+                if one is not None:
+                    out[name] = one
             elif _is_perm(a) and _is_perm(b):
                 out[name] = b[a]
             else:

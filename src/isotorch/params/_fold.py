@@ -377,8 +377,8 @@ def fold_norms(
                 f"model has no residual stream (site kinds found: {', '.join(kinds)}; graph method {syms.method!r}), "
                 "so there are no stream norms to fold"
             )
-        notes = tuple(f"stream {s.name!r} has no norm with a gain to fold" for s in residual)
-        report = FoldReport((), (), (), (), (), {s.name: s.group for s in residual}, notes, 0.0)
+        unfolded = tuple(f"stream {s.name!r} has no norm with a gain to fold" for s in residual)
+        report = FoldReport((), (), (), (), (), {s.name: s.group for s in residual}, unfolded, 0.0)
         new = copy.deepcopy(model)
         return (new, report) if return_report else new
     for site in streams:
@@ -445,7 +445,7 @@ def fold_norms(
                 why = f"consumers {raw} read the stream without a norm" if raw else "it mixes LayerNorm and RMSNorm"
                 notes.append(f"stream {site.name!r} kept its mean ({why}): its group is mean_orthogonal")
             if centre:
-                current = dict(new.named_parameters(remove_duplicate=False))
+                current: dict[str, torch.Tensor] = dict(new.named_parameters(remove_duplicate=False))
                 current.update(dict(new.named_buffers()))
                 for a in site.actions:
                     if a.kind != "out":
@@ -460,14 +460,17 @@ def fold_norms(
             for norm in site.norms:
                 old = new.get_submodule(norm.name)
                 ref = next(iter(old.parameters()), None)
-                kw = {
-                    "dtype": ref.dtype if ref is not None else None,
-                    "device": ref.device if ref is not None else None,
-                }
+                ref_dtype = ref.dtype if ref is not None else None
+                ref_device = ref.device if ref is not None else None
+                fresh: nn.Module
                 if norm.kind == "rms" or centre:
-                    fresh = nn.RMSNorm(site.size, eps=norm.eps, elementwise_affine=False, **kw)
+                    fresh = nn.RMSNorm(
+                        site.size, eps=norm.eps, elementwise_affine=False, dtype=ref_dtype, device=ref_device
+                    )
                 else:
-                    fresh = nn.LayerNorm(site.size, eps=norm.eps or 1e-5, elementwise_affine=False, **kw)
+                    fresh = nn.LayerNorm(
+                        site.size, eps=norm.eps or 1e-5, elementwise_affine=False, dtype=ref_dtype, device=ref_device
+                    )
                 _set_module(new, norm.name, fresh)
                 replaced.append((norm.name, type(old).__name__, type(fresh).__name__))
             groups[site.name] = "mean_orthogonal" if layer and not centre else "orthogonal"
@@ -475,8 +478,9 @@ def fold_norms(
         if type(module) is nn.TransformerEncoderLayer and not isinstance(module.norm1, nn.LayerNorm):
             module.__class__ = _FoldedEncoderLayer  # norm_first (post-LN was refused above)
             notes.append(f"{path}: nn.TransformerEncoderLayer runs its unfused path (its fused kernel needs LayerNorm)")
-    if untied and getattr(getattr(new, "config", None), "tie_word_embeddings", False):
-        new.config.tie_word_embeddings = False
+    config = getattr(new, "config", None)
+    if untied and config is not None and getattr(config, "tie_word_embeddings", False):
+        config.tie_word_embeddings = False
     err, dtype = _output_error(model, graph, new, syms.example_input)
     limit = tol if tol is not None else _testing.tolerance(torch.float32 if loose else dtype)
     if not err <= limit:

@@ -117,8 +117,8 @@ def transposed(x: Heads, order: list[int]) -> Heads:
     """``x`` with its axes reordered by ``order`` (new axis i is old axis order[i])."""
     return Heads(
         x.space,
-        _moved(order, x.head_axis),
-        _moved(order, x.dim_axis),
+        order.index(x.head_axis),
+        order.index(x.dim_axis),
         x.ndim,
         x.heads,
         x.dh,
@@ -225,8 +225,8 @@ def rope_consistent(cos: torch.Tensor, sin: torch.Tensor, x: Heads, shape: tuple
     return bool(torch.equal(c[..., :h], c[..., h:]) and torch.equal(s[..., :h], s[..., h:]))
 
 
-def varies_over_heads(t: torch.Tensor, head_axis: int, ndim: int) -> bool:
-    """Whether a tensor added to scores (a mask or a position bias) differs between heads."""
+def varies_over_heads(t: torch.Tensor | None, head_axis: int, ndim: int) -> bool:
+    """Whether a tensor added to scores (a mask or a position bias) differs between heads (``None``: no tensor)."""
     if not isinstance(t, torch.Tensor) or t.ndim < ndim - head_axis:
         return False
     ax = head_axis - (ndim - t.ndim)

@@ -184,7 +184,8 @@ def barrier(
         alphas_eval = sorted([*alphas, 0.5])
     else:
         alphas_eval = alphas
-    losses, accs = {}, {}
+    losses: dict[float, float] = {}
+    accs: dict[float, float | None] = {}
     for alpha in alphas_eval:
         model = interpolate(model_a, model_b, alpha)
         if recalibrate_bn and _has_batchnorm(model):
@@ -195,11 +196,11 @@ def barrier(
     b_max = max(curve) - 0.5 * (la + lb)
     b_lin = max(losses[a] - ((1 - a) * la + a * lb) for a in alphas)
     mid = losses[0.5] - 0.5 * (la + lb)
-    classify = all(accs[a] is not None for a in alphas)
-    acc_curve = tuple(accs[a] for a in alphas) if classify else None
+    acc_known = [acc for a in alphas if (acc := accs[a]) is not None]
+    acc_curve = tuple(acc_known) if len(acc_known) == len(alphas) else None  # None unless every λ classifies
     acc_barrier = None
-    if classify:
-        best = max(accs[0.0], accs[1.0])
+    if acc_curve is not None:
+        best = max(acc_curve[0], acc_curve[-1])  # the end points λ = 0 and λ = 1
         acc_barrier = (min(acc_curve) - best) / best * 100 if best > 0 else 0.0
     return BarrierResult(
         alphas=tuple(alphas),

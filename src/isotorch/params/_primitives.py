@@ -130,7 +130,7 @@ _SPATIAL_FUNCTION_TABLE: dict[object, tuple[str, ...]] = {
     F.adaptive_avg_pool3d: LINEAR,
 }
 for _f in list(_SPATIAL_FUNCTION_TABLE):  # F.max_pool2d is a wrapper; fx and the recorder may see either name
-    _inner = getattr(torch, _f.__name__, None)
+    _inner = getattr(torch, getattr(_f, "__name__", ""), None)  # every key is a named function
     if _inner is not None and callable(_inner):
         _SPATIAL_FUNCTION_TABLE.setdefault(_inner, _SPATIAL_FUNCTION_TABLE[_f])
 
@@ -183,20 +183,20 @@ def module_groups(module: nn.Module, n: int, axis: int, ndim: int) -> tuple[tupl
         if kind in SPATIAL and axis != 1:
             return None, f"{kind.__name__} pools over the axes after dim 1, but the features are on axis {axis}"
         return _MODULE_TABLE[kind], None
-    if kind is nn.Hardtanh:
+    if type(module) is nn.Hardtanh:
         if module.min_val == -module.max_val:
             return _ODD, None
         return _ELEMENTWISE, None
-    if kind is nn.PReLU:
+    if type(module) is nn.PReLU:
         if module.weight.numel() == 1:
             return _RELU, None
         return None, "PReLU with one slope per channel (per-feature parameters) is not supported"
-    if kind in (nn.Softmax, nn.LogSoftmax, nn.Softmin):
+    if type(module) is nn.Softmax or type(module) is nn.LogSoftmax or type(module) is nn.Softmin:
         d = module.dim if module.dim is not None else -1
         if d % ndim != axis:
             return None, f"{kind.__name__} normalises along dim {module.dim}, not the feature axis {axis}"
         return _ELEMENTWISE, None
-    if kind in (nn.LayerNorm, nn.RMSNorm):
+    if type(module) is nn.LayerNorm or type(module) is nn.RMSNorm:
         shape = tuple(module.normalized_shape)
         if shape != (n,) or axis != ndim - 1:
             return None, f"{kind.__name__}{shape} normalises over more than the feature axis (size {n})"
@@ -238,7 +238,7 @@ def closure(keys: frozenset[str], n: int) -> frozenset[str]:
             declared = _groups.get(key)
         except (KeyError, ValueError):  # not a canonical key: claims nothing we can act with
             continue
-        if declared.name == "block_orthogonal" and n % declared.block != 0:
+        if declared.name == "block_orthogonal" and n % declared._block_size() != 0:
             continue
         for g in lattice:
             if _groups.is_subgroup(g, declared, n):

@@ -427,6 +427,13 @@ def _flat(obj: Any) -> list:
     return [obj]
 
 
+def _parametrized(module: nn.Module) -> list[str]:
+    """The names of the tensors torch's ``parametrize`` registered on ``module`` (its ``parametrizations``)."""
+    registered = module.parametrizations
+    assert isinstance(registered, nn.ModuleDict)
+    return list(registered)
+
+
 def _linear_layer(module: nn.Module) -> str | None:
     """``"linear"``, ``"conv"`` or ``"embedding"`` for the layers that produce and consume features."""
     kind = getattr(type(module), "_isotorch_params_layer", None)
@@ -565,6 +572,7 @@ class _Analysis:
         names: list[str] = []
         if node.op == "module":
             prefix = node.qualname
+            assert prefix is not None  # set on every module node
             names = [self.param_name(prefix, n) for n, _ in node.target.named_parameters()]
         elif node.op in ("function", "method"):
             stack = list(node.args) + list(node.kwargs.values())
@@ -611,6 +619,7 @@ class _Analysis:
 
     def visit_module(self, node: Node) -> Any:
         module, qual = node.target, node.qualname
+        assert qual is not None  # set on every module node
         if isinstance(module, nn.MultiheadAttention):
             self.understood.add(id(node))
             return self.visit_attention(node)
@@ -642,7 +651,7 @@ class _Analysis:
         name = type(module).__name__
         broken = getattr(module, "_isotorch_params_broken", None)
         if broken is None and parametrize.is_parametrized(module):
-            broken = f"{qual} is reparametrised ({', '.join(module.parametrizations)}): syre or a constraint"
+            broken = f"{qual} is reparametrised ({', '.join(_parametrized(module))}): syre or a constraint"
         weight_name = "weight"
         grouped = layer == "conv" and getattr(module, "groups", 1) != 1
         in_axis = 0 if layer == "conv1d" else 1
@@ -668,6 +677,7 @@ class _Analysis:
         if not isinstance(value, torch.Tensor):
             return _UNKNOWN
         if layer == "embedding":
+            assert isinstance(module, nn.Embedding)  # the only layer _linear_layer calls "embedding"
             axis, n = value.ndim - 1, module.embedding_dim
             actions = [Action(self.param_name(qual, weight_name), 1, "out")]
         else:
@@ -688,6 +698,7 @@ class _Analysis:
     def visit_attention(self, node: Node) -> Any:
         module: nn.MultiheadAttention = node.target
         qual = node.qualname
+        assert qual is not None  # set on every module node
         args = list(node.args) + [None] * 3
         kw = node.kwargs
         q = self.classify(kw.get("query", args[0]))
@@ -705,7 +716,7 @@ class _Analysis:
         if other:
             self.freeze(other, f"{qual} receives features in a mask or extra argument")
         if unsupported is None and parametrize.is_parametrized(module):
-            unsupported = f"{qual} is reparametrised ({', '.join(module.parametrizations)}): syre or a constraint"
+            unsupported = f"{qual} is reparametrised ({', '.join(_parametrized(module))}): syre or a constraint"
         w = self.param_name(qual, "in_proj_weight")
         b = self.param_name(qual, "in_proj_bias") if module.in_proj_bias is not None else None
         # the stream (consumer) side: query, key and value rows of in_proj read their inputs
@@ -792,7 +803,8 @@ class _Analysis:
         if isinstance(module, nn.Flatten):
             return self.reshape(arg, node.args[0].value, node.value, f"{qual} (Flatten)")
         if P.is_isotorch_primitive(module):
-            dim = int(module.dim)
+            declared: Any = module  # its dim and groups are plain attributes, which nn.Module does not type
+            dim = int(declared.dim)
             if dim % arg.ndim != arg.axis:
                 self.freeze([arg], f"{qual} ({name}) acts along dim {module.dim}, but the features are on {arg.axis}")
                 return _UNKNOWN
@@ -803,9 +815,9 @@ class _Analysis:
             if not isinstance(value, torch.Tensor) or value.ndim != arg.ndim or value.shape[arg.axis] != n:
                 self.freeze([arg], f"{qual} ({name}) changes the size of the feature axis (e.g. a gate)")
                 return _UNKNOWN
-            keys = tuple(module.groups)
-            self.add_primitive(space, f"{qual}: {name}", keys)
-            for local, ax in P.passenger_names(module, n) if set(keys) != {"trivial"} else ():
+            own = tuple(declared.groups)
+            self.add_primitive(space, f"{qual}: {name}", own)
+            for local, ax in P.passenger_names(module, n) if set(own) != {"trivial"} else ():
                 space.actions.append(Action(self.param_name(qual, local), ax, "passenger"))
             return self.same(arg, node.value)
         keys, reason = P.module_groups(module, n, arg.axis, arg.ndim)
@@ -1251,7 +1263,7 @@ class _Analysis:
         names = ("query", "key", "value", "attn_mask")
         got = [args[i] if len(args) > i else kwargs.get(k) for i, k in enumerate(names)]
         q, k, v, mask = got
-        if not all(isinstance(t, H.Heads) for t in (q, k, v)):
+        if not (isinstance(q, H.Heads) and isinstance(k, H.Heads) and isinstance(v, H.Heads)):
             return self.fail(feats, "scaled_dot_product_attention of tensors that are not split into heads")
         nd = q.ndim
         ok = all(

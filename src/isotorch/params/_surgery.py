@@ -111,6 +111,13 @@ def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+def _linear_at(model: nn.Module, name: str) -> nn.Linear:
+    """The ``nn.Linear`` at ``name``: a producer or consumer of a site that :func:`_check_growable` accepted."""
+    module = model.get_submodule(name)
+    assert isinstance(module, nn.Linear), name
+    return module
+
+
 def _resized_linear(old: nn.Linear, out_extra: int = 0, in_extra: int = 0) -> nn.Linear:
     new = nn.Linear(
         old.in_features + in_extra,
@@ -182,9 +189,9 @@ def grow(
     _check_growable(model, s)
     new = copy.deepcopy(model)
     for name in s.producers:
-        _replace_module(new, name, _resized_linear(model.get_submodule(name), out_extra=k))
+        _replace_module(new, name, _resized_linear(_linear_at(model, name), out_extra=k))
     for name in s.consumers:
-        old = new.get_submodule(name)
+        old = _linear_at(new, name)
         grown = _resized_linear(old, in_extra=k)
         with torch.no_grad():
             cols = torch.randn(grown.out_features, k, generator=generator, dtype=torch.float64) * scale
@@ -283,7 +290,7 @@ def prune(
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < s.size:
         raise ValueError(f"k must be an int in [1, {s.size - 1}], got {k!r}")
     diag = svd_diagonalize(model, s, syms=syms)
-    producer = diag.get_submodule(s.producers[0])
+    producer = _linear_at(diag, s.producers[0])
     sv = producer.weight.detach().to(torch.float64).norm(dim=1)
     keep = s.size - k
     removed = sv[keep:]
@@ -295,7 +302,7 @@ def prune(
     )
     inputs = syms.example_input
     # the producer's input and the mean radial factor σ(ρ)/ρ at the site on the example input
-    captured = {}
+    captured: dict[str, torch.Tensor] = {}
     hooks = [producer.register_forward_hook(lambda m, a, o: captured.update(inp=a[0].detach(), z=o.detach()))]
     acts = _activation_module(diag, s)
     if acts:
@@ -324,13 +331,13 @@ def prune(
         length_update = 0.0
     consumer_cols = []
     for name in s.consumers:
-        old = diag.get_submodule(name)
+        old = _linear_at(diag, name)
         w_star = old.weight.detach()[:, keep:].to(torch.float64)
         consumer_cols.append((name, old, w_star))
         shrunk = _shrunk(old, in_keep=keep)
-        if shrunk.bias is not None:
+        if isinstance(shrunk.bias, torch.Tensor):  # a Parameter, or None without a bias
             with torch.no_grad():
-                shrunk.bias += (w_star @ b_star * factor).to(shrunk.bias)
+                shrunk.bias.add_((w_star @ b_star * factor).to(shrunk.bias))
         _replace_module(new, name, shrunk)
     # the bound and the measured change of each consumer's pre-activation
     x_norm = float(captured["inp"].to(torch.float64).reshape(-1, producer.in_features).norm(dim=1).max())

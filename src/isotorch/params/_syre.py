@@ -40,6 +40,9 @@ class SyreOffset(nn.Module):
         - Input: θ, the shape of ``offset``. Output: W, the same shape.
     """
 
+    offset: torch.Tensor
+    scale: torch.Tensor | None
+
     def __init__(self, offset: torch.Tensor, scale: torch.Tensor | None = None) -> None:
         super().__init__()
         self.register_buffer("offset", offset.detach().clone())

@@ -89,7 +89,7 @@ def _algebra(site: Site) -> str | None:
         return "orthogonal"
     if "positive_scaling" in site.groups:
         return "positive_scaling"
-    blocks = [k for k in site.maximal if _groups.get(k).name == "block_orthogonal" and _groups.get(k).block > 1]
+    blocks = [k for k in site.maximal if _groups.get(k).name == "block_orthogonal" and _groups.get(k)._block_size() > 1]
     if blocks:
         return blocks[0]
     return None
@@ -102,7 +102,7 @@ def _exp(kind: str, xi: torch.Tensor, n: int) -> torch.Tensor:
         return torch.linalg.matrix_exp(xi)
     if kind == "orthogonal":
         return torch.linalg.matrix_exp(xi - xi.mT)
-    k = _groups.get(kind).block
+    k = _groups.get(kind)._block_size()
     blocks = xi.reshape(n // k, k, k)
     return torch.block_diag(*torch.linalg.matrix_exp(blocks - blocks.mT))
 
@@ -111,7 +111,7 @@ def _zeros(kind: str, n: int, dtype) -> torch.Tensor:
     if kind == "positive_scaling":
         return torch.zeros(n, dtype=dtype, requires_grad=True)
     if kind.startswith("block_orthogonal"):
-        k = _groups.get(kind).block
+        k = _groups.get(kind)._block_size()
         return torch.zeros(n // k * k * k, dtype=dtype, requires_grad=True)
     return torch.zeros(n, n, dtype=dtype, requires_grad=True)
 

@@ -147,8 +147,10 @@ def _run_fx(gm: fx.GraphModule, model: nn.Module, inputs: tuple) -> Graph:
     mapping: dict[fx.Node, Node] = {}
     nodes = []
     for n in gm.graph.nodes:
-        args = fx.node.map_arg(n.args, lambda a: mapping[a])
-        kwargs = fx.node.map_arg(n.kwargs, lambda a: mapping[a])
+        # map_arg rebuilds the argument structure with our Nodes in place of fx's; its stubs type the result as fx
+        # arguments only
+        args = fx.node.map_arg(n.args, lambda a: mapping[a])  # type: ignore[arg-type,return-value]
+        kwargs = fx.node.map_arg(n.kwargs, lambda a: mapping[a])  # type: ignore[arg-type,return-value]
         if n.op == "placeholder":
             node = Node(n.name, "input", value=values.get(n))
         elif n.op == "get_attr":
