@@ -98,7 +98,7 @@ class Moments:
             m = b.shape[0]
             mean_b = b.mean(dim=0)
             scatter_b = _scatter(b - mean_b, self.matmul_dtype)
-            if self.count == 0:
+            if self.mean is None or self.scatter is None:  # the first rows (count is 0)
                 self.count, self.mean, self.scatter = m, mean_b, scatter_b
                 continue
             total = self.count + m
@@ -115,9 +115,9 @@ class Moments:
 
     def merge(self, other: Moments) -> Moments:
         """Combine with another accumulator over disjoint rows, in place; returns ``self``."""
-        if other.count == 0:
+        if other.mean is None or other.scatter is None:  # other.count is 0
             return self
-        if self.count == 0:
+        if self.mean is None or self.scatter is None:  # self.count is 0
             self.count, self.mean, self.scatter = other.count, other.mean.clone(), other.scatter.clone()
             return self
         _check_dim(self.dim, other.mean[None], "Moments")
@@ -134,14 +134,15 @@ class Moments:
         out = cls()
         if classes.count == 0:
             return out
-        present = classes.counts > 0
-        n_c = classes.counts[present].to(torch.float64)
-        means = classes.means[present]
+        counts, class_means, within_scatter, _ = classes._stats()
+        present = counts > 0
+        n_c = counts[present].to(torch.float64)
+        means = class_means[present]
         mean = (n_c[:, None] * means).sum(dim=0) / n_c.sum()
         centred = means - mean
         out.count = classes.count
         out.mean = mean
-        out.scatter = classes.within_scatter + (centred * n_c[:, None]).T @ centred
+        out.scatter = within_scatter + (centred * n_c[:, None]).T @ centred
         return out
 
     def __repr__(self) -> str:
@@ -194,22 +195,29 @@ class ClassMoments:
     def dim(self) -> int | None:
         return None if self.means is None else self.means.shape[1]
 
+    def _stats(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(counts, means, within_scatter, class_traces): allocated together by the first rows."""
+        if self.counts is None or self.means is None or self.within_scatter is None or self.class_traces is None:
+            raise ValueError("ClassMoments has no rows yet")
+        return self.counts, self.means, self.within_scatter, self.class_traces
+
     def _grow(self, size: int, d: int, device) -> None:
         if self.counts is None:
-            f64 = dict(dtype=torch.float64, device=device)
+            f64 = torch.float64
             self.counts = torch.zeros(size, dtype=torch.long, device=device)
-            self.means = torch.zeros(size, d, **f64)
-            self.within_scatter = torch.zeros(d, d, **f64)
-            self.class_traces = torch.zeros(size, **f64)
+            self.means = torch.zeros(size, d, dtype=f64, device=device)
+            self.within_scatter = torch.zeros(d, d, dtype=f64, device=device)
+            self.class_traces = torch.zeros(size, dtype=f64, device=device)
             if self.keep_class_scatter:
-                self.class_scatter = torch.zeros(size, d, d, **f64)
+                self.class_scatter = torch.zeros(size, d, d, dtype=f64, device=device)
             return
-        extra = size - self.counts.shape[0]
+        counts, means, _, class_traces = self._stats()
+        extra = size - counts.shape[0]
         if extra <= 0:
             return
-        self.counts = torch.cat([self.counts, self.counts.new_zeros(extra)])
-        self.means = torch.cat([self.means, self.means.new_zeros(extra, d)])
-        self.class_traces = torch.cat([self.class_traces, self.class_traces.new_zeros(extra)])
+        self.counts = torch.cat([counts, counts.new_zeros(extra)])
+        self.means = torch.cat([means, means.new_zeros(extra, d)])
+        self.class_traces = torch.cat([class_traces, class_traces.new_zeros(extra)])
         if self.class_scatter is not None:
             self.class_scatter = torch.cat([self.class_scatter, self.class_scatter.new_zeros(extra, d, d)])
 
@@ -236,7 +244,8 @@ class ClassMoments:
             self._update_block(xb.to(torch.float64), yb)
 
     def _update_block(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        size, d = self.means.shape
+        counts, means, within_scatter, class_traces = self._stats()
+        size, d = means.shape
         m_c = torch.bincount(y, minlength=size)
         sums = torch.zeros(size, d, dtype=torch.float64, device=x.device).index_add_(0, y, x)
         present = m_c > 0
@@ -244,18 +253,18 @@ class ClassMoments:
         centred = x - mean_b[y]
         scatter_b = _scatter(centred, self.matmul_dtype)
         trace_b = torch.zeros(size, dtype=torch.float64, device=x.device).index_add_(0, y, (centred * centred).sum(1))
-        n_old = self.counts.to(torch.float64)
+        n_old = counts.to(torch.float64)
         n_new = n_old + m_c
         weight = torch.where(present, n_old * m_c / n_new.clamp(min=1), 0.0)
-        delta = torch.where(present[:, None], mean_b - self.means, 0.0)
-        self.means = self.means + delta * torch.where(present, m_c / n_new.clamp(min=1), 0.0)[:, None]
-        self.within_scatter = self.within_scatter + scatter_b + (delta * weight[:, None]).T @ delta
-        self.class_traces = self.class_traces + trace_b + weight * (delta * delta).sum(1)
+        delta = torch.where(present[:, None], mean_b - means, 0.0)
+        self.means = means + delta * torch.where(present, m_c / n_new.clamp(min=1), 0.0)[:, None]
+        self.within_scatter = within_scatter + scatter_b + (delta * weight[:, None]).T @ delta
+        self.class_traces = class_traces + trace_b + weight * (delta * delta).sum(1)
         if self.class_scatter is not None:
             for c in torch.nonzero(present).flatten().tolist():
                 rows = centred[y == c]
                 self.class_scatter[c] += rows.T @ rows + torch.outer(delta[c], delta[c]) * weight[c]
-        self.counts = self.counts + m_c
+        self.counts = counts + m_c
         self.count += x.shape[0]
 
     @property
@@ -263,14 +272,15 @@ class ClassMoments:
         """(d,) global mean μ_G = Σ_c n_c μ_c / N."""
         if self.count == 0:
             raise ValueError("ClassMoments has no rows yet")
-        n_c = self.counts.to(torch.float64)
-        return (n_c[:, None] * self.means).sum(dim=0) / n_c.sum()
+        counts, means, _, _ = self._stats()
+        n_c = counts.to(torch.float64)
+        return (n_c[:, None] * means).sum(dim=0) / n_c.sum()
 
     def within_covariance(self) -> torch.Tensor:
         """Σ_W = S_W / N (Papyan et al.)."""
         if self.count == 0:
             raise ValueError("ClassMoments has no rows yet")
-        return self.within_scatter / self.count
+        return self._stats()[2] / self.count
 
     def __repr__(self) -> str:
         size = 0 if self.counts is None else self.counts.shape[0]
@@ -327,6 +337,7 @@ class Reservoir:
             self._indices = torch.full((cap,), -1, dtype=torch.long, device=x.device)
             if y is not None:
                 self._labels = torch.full((cap,), -1, dtype=torch.long, device=x.device)
+        assert self._keys is not None and self._indices is not None  # allocated with _values
         if (y is None) != (self._labels is None):
             raise ValueError("Reservoir: give labels y with every batch or with none")
         # Empty slots carry key 2 (above any uniform key), so filling and replacing are the same selection.
@@ -341,10 +352,12 @@ class Reservoir:
         self._keys[slots] = keys[entering]
         self._values[slots] = x[entering]
         self._indices[slots] = index[entering]
-        if self._labels is not None:
+        if self._labels is not None and y is not None:  # both or neither (checked above)
             self._labels[slots] = y.to(device=x.device, dtype=torch.long)[entering]
 
     def _order(self) -> torch.Tensor:
+        if self._indices is None:
+            raise ValueError("Reservoir is empty")
         filled = torch.nonzero(self._indices >= 0).flatten()
         return filled[torch.argsort(self._indices[filled])]
 
@@ -403,6 +416,8 @@ class NearestCentreAgreement:
         if not isinstance(means, torch.Tensor) or not means.is_floating_point() or means.ndim != 2:
             raise ValueError(f"means must be a (C, d) floating-point tensor, got {getattr(means, 'shape', means)}")
         self.means = means.detach().to(torch.float64)
+        self.weight: torch.Tensor | None
+        self.bias: torch.Tensor | None
         self.weight, self.bias = (None, None) if classifier is None else classifier_parameters(classifier, means.shape)
         self.count = 0
         self.disagreements = 0

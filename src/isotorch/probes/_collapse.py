@@ -256,7 +256,7 @@ def neural_collapse(
     stats.update(features, labels)
     nc4 = None
     if classifier is not None:
-        nc4 = NearestCentreAgreement(stats.means, classifier)
+        nc4 = NearestCentreAgreement(stats._stats()[1], classifier)
         nc4.update(features, labels)
     return neural_collapse_from_stats(stats, classifier, nc4=nc4, excluded_nonfinite=n_bad, centre=centre)
 
@@ -304,15 +304,14 @@ def neural_collapse_from_stats(
         raise TypeError(f"stats must be a ClassMoments accumulator, got {type(stats).__name__}")
     if stats.count == 0:
         raise ValueError("stats holds no samples")
-    c = stats.counts.shape[0]
+    counts, means, within_scatter, class_traces = stats._stats()
+    c = counts.shape[0]
     if c < 2:
         raise ValueError("stats hold a single class; neural collapse needs at least 2 classes")
-    empty = torch.nonzero(stats.counts == 0).flatten().tolist()
+    empty = torch.nonzero(counts == 0).flatten().tolist()
     if empty:
         raise ValueError(f"stats: class(es) {empty[:10]} have no samples; every class needs at least one")
-    values = _collapse_from_moments(
-        stats.counts, stats.means, stats.within_scatter, stats.class_traces, classifier, centre
-    )
+    values = _collapse_from_moments(counts, means, within_scatter, class_traces, classifier, centre)
     ncc_error = None
     if isinstance(nc4, NearestCentreAgreement):
         ncc_error = nc4.ncc_error

@@ -212,8 +212,8 @@ def model_device(model: torch.nn.Module, device: torch.device | str | None) -> t
         return torch.device(device)
     for t in model.parameters():
         return t.device
-    for t in model.buffers():
-        return t.device
+    for b in model.buffers():
+        return b.device
     return torch.device("cpu")
 
 
@@ -373,6 +373,8 @@ class _LayerState:
             labels = None if labels is None else labels[finite]
         self.rows += rows.shape[0]
         if self.classes is not None:
+            if labels is None:
+                raise ValueError(f"layer {self.name!r}: the 'classes' probe needs labels with every batch")
             self.classes.update(rows, labels)
         elif self.moments is not None:
             self.moments.update(rows)

@@ -138,8 +138,9 @@ def quantisation_error(x: torch.Tensor, bits: int, *, dim: int | None = -1, clip
     return float(err / total) if float(total) > 0 else 0.0
 
 
-def max_rms_ratio(h: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """max|h|/rms(h) along ``dim``: one value per token (``dim=-1`` of (N, d)) or per channel (``dim=0``).
+def max_rms_ratio(h: torch.Tensor, dim: int | None = -1) -> torch.Tensor:
+    """max|h|/rms(h) along ``dim``: one value per token (``dim=-1`` of (N, d)) or per channel (``dim=0``); one
+    value over all entries for ``dim=None``.
 
     In [1, √n] for n entries along ``dim``; 1 for ±c vectors, √n for a one-hot; ≈ √(2 ln n) for Gaussian rows.
     An all-zero slice gives NaN (no magnitude to compare with). Computed in float64.
@@ -153,7 +154,8 @@ def max_rms_ratio(h: torch.Tensor, dim: int = -1) -> torch.Tensor:
     d = _check_dim(h, dim)
     h64 = h.detach().double()
     rms = h64.pow(2).mean(dim=d).sqrt()
-    return h64.abs().amax(dim=d) / rms
+    peak = h64.abs().amax() if d is None else h64.abs().amax(dim=d)
+    return peak / rms
 
 
 def channel_kurtosis(h: torch.Tensor) -> torch.Tensor:

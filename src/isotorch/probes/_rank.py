@@ -267,20 +267,25 @@ def rank_profile(
     dims, counts, num, eff, stab, limited, methods = [], [], [], [], [], [], []
     for name in result.layers:
         stats = result[name].moments
+        assert stats is not None  # requested from collect above
         if stats.count < 2:
             raise ValueError(f"layer {name!r} produced {stats.count} row(s); ranks of centred features need >= 2")
-        if tol < covariance_floor(stats.dim):
-            n, e, s = ranks_from_rows(result[name].samples.values, tol)
+        dim = stats.dim
+        assert dim is not None  # two or more rows seen
+        if tol < covariance_floor(dim):
+            samples = result[name].samples
+            assert samples is not None  # requested from collect above whenever the floor can bind
+            n, e, s = ranks_from_rows(samples.values, tol)
             methods.append("svd")
         else:
             n, e, s = ranks_from_covariance(stats.covariance(correction=0), tol)
             methods.append("covariance")
-        dims.append(stats.dim)
+        dims.append(dim)
         counts.append(stats.count)
         num.append(n)
         eff.append(e)
         stab.append(s)
-        limited.append(stats.count - 1 < stats.dim)
+        limited.append(stats.count - 1 < dim)
     return RankProfile(
         layers=tuple(result.layers),
         dims=tuple(dims),

@@ -591,7 +591,7 @@ def quantisation_score(
             size = total[:, 0] ** 2 / torch.where(total[:, 1] > 0, total[:, 1], float("nan")) * setup.n
             est.append(u_hat)
             ess.append(size)
-            if jackknife:
+            if jack is not None:  # jackknife
                 # a resample's U-statistic is centred on the plug-in (V) value of the data, not on its U value:
                 # the bootstrap replicates are shifted by that known bias so that they centre on the estimate
                 shifts.append(_quant_plane_stat(total[None], setup.n, harmonics, unbiased=False)[0] - u_hat)
