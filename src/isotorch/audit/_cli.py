@@ -3,6 +3,7 @@ transformers config (random weights, nothing downloaded)."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
@@ -89,11 +90,13 @@ def build_hf_model(name: str, *, layers: int, width: int, input_shape: tuple[int
         ) from None
     heads = next(h for h in (width // 64, 4, 2, 1) if h >= 1 and width % h == 0)
     vocab, positions = 1000, max(128, input_shape[1])
+    config: transformers.PretrainedConfig
+    build: Callable[[], nn.Module]  # the model class applied to config
     if name == "gpt2":
         config = transformers.GPT2Config(
             n_layer=layers, n_embd=width, n_head=heads, n_positions=positions, vocab_size=vocab
         )
-        cls = transformers.GPT2Model
+        build = functools.partial(transformers.GPT2Model, config)
     elif name == "bert":
         config = transformers.BertConfig(
             num_hidden_layers=layers,
@@ -103,7 +106,7 @@ def build_hf_model(name: str, *, layers: int, width: int, input_shape: tuple[int
             max_position_embeddings=positions,
             vocab_size=vocab,
         )
-        cls = transformers.BertModel
+        build = functools.partial(transformers.BertModel, config)
     else:
         config = transformers.LlamaConfig(
             num_hidden_layers=layers,
@@ -114,10 +117,10 @@ def build_hf_model(name: str, *, layers: int, width: int, input_shape: tuple[int
             max_position_embeddings=positions,
             vocab_size=vocab,
         )
-        cls = transformers.LlamaModel
+        build = functools.partial(transformers.LlamaModel, config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = cls(config).eval()
+        model = build().eval()
     ids = torch.randint(0, vocab, input_shape, generator=torch.Generator().manual_seed(0))
     return model, ids
 

@@ -116,7 +116,7 @@ class _Target:
         z = z.clone()
         if self.reseed is not None:
             torch.manual_seed(self.reseed)
-        if element is not None and self.aligned and element.is_permutation:
+        if element is not None and self.aligned and self.module is not None and element.is_permutation:
             moved = {k: element.act(t.detach(), 0).to(t.dtype) for k, t in self.aligned.items()}
             return torch.func.functional_call(self.module, moved, (z,))
         return self.fn(z)
@@ -226,7 +226,8 @@ def _lie_errors(target: _Target, group, tested, dim, ydim, trials, gen, lie_inpu
                 with warnings.catch_warnings():
                     # torch loads its forward-AD decompositions on first use through the deprecated torch.jit.script
                     warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
-                    out, jvp = torch.func.jvp(target.pure, (z,), (tangent,))
+                    # (output, jvp): torch's annotation also allows the has_aux triple
+                    out, jvp = torch.func.jvp(target.pure, (z,), (tangent,))[:2]
             except Exception as exc:
                 raise _LieUnavailable(_describe(exc)) from None
             # normalised by ‖A‖ rms f(x), with ‖A‖ measured where it acts: rms(Ax) / rms(x)
@@ -402,7 +403,7 @@ def _run(
                             eq.add(math.nan)
                         inv.add(math.nan)
                         continue
-                    if not eq_done:
+                    if not eq_done and eq is not None and ydim is not None:  # eq is None exactly when ydim is
                         eq.add(relative_error(fgz, element.act(fz, ydim)))
                     if not inv_done:
                         inv.add(relative_error(fgz, fz))

@@ -294,11 +294,11 @@ class ModelAudit:
     def common(self) -> frozenset[str]:
         """The maximal groups that every primitive holds (its feature size aside); empty when a primitive holds
         none, or when the model is not :attr:`complete` (G1 never claims more than it saw)."""
-        prims = [r for r in self.rows if r.role == "primitive" and r.n]
+        prims = [(r.held, r.n) for r in self.rows if r.role == "primitive" and r.n]
         if not prims or not self.complete:
             return frozenset()
-        n = min(r.n for r in prims)
-        common = frozenset.intersection(*[_at_size(r.held, n) for r in prims])
+        n = min(size for _, size in prims)
+        common = frozenset.intersection(*[_at_size(held, n) for held, _ in prims])
         return maximal_groups(common, n)
 
     def summary(self) -> dict[str, Any]:
@@ -364,7 +364,7 @@ def _at_size(held: frozenset[str], n: int) -> frozenset[str]:
     out = set()
     for key in held:
         g = _groups.get(key)
-        if g.name == "block_orthogonal" and n % g.block:
+        if g.name == "block_orthogonal" and n % g._block_size():
             continue
         out.add(key)
     return frozenset(out)
@@ -389,7 +389,8 @@ def _shrink(x: torch.Tensor, dim: int, max_elements: int) -> tuple[torch.Tensor,
 
 def _declared_note(module: nn.Module, result: AuditResult) -> str:
     try:
-        declared = tuple(module.groups)
+        claimed: Any = module.groups  # a primitive's group keys (nn.Module types attributes as tensors or modules)
+        declared = tuple(claimed)
     except Exception:
         return "declares groups, but reading .groups raised"
     missing = [g for g in declared if g not in result.errors or g not in result.equivariant]
@@ -466,10 +467,11 @@ def _site_groups(groups, module: nn.Module | None, n: int):
     blocks = []
     if module is not None and _is_isotorch_primitive(module):
         try:
-            for key in module.groups:
+            claimed: Any = module.groups  # a primitive's group keys (nn.Module types attributes as tensors or modules)
+            for key in claimed:
                 g = _groups.get(key)
-                if g.name == "block_orthogonal" and n % g.block == 0:
-                    blocks.append(g.block)
+                if g.name == "block_orthogonal" and n % g._block_size() == 0:
+                    blocks.append(g._block_size())
         except Exception:
             pass
     return _groups.lattice(n, blocks=tuple(blocks))
@@ -1034,7 +1036,7 @@ def _g2(model, syms, uses, x, gen, max_samples) -> list[ChainAudit]:
         note = ""
         if not held_ok:
             note = "the output changed under an element of the site's group"
-        elif not control_ok:
+        elif not control_ok and control is not None:  # (a failed control is always set)
             note = f"the control {control[0]} did not change the output: the site is more symmetric than the graph says"
         elif together <= tol:
             note = f"verified with one random element at each of the {len(free)} free sites at once"

@@ -76,7 +76,7 @@ def model_renderable(report: ModelAudit):
         else:
             style = "dim" if r.role in ("absorbed", "structural", "attention") else "yellow"
             rows.add_row(r.path or "(model)", r.type, "", "", "", "", Text(r.note, style=style))
-    parts = [rows]
+    parts: list[Table | Text] = [rows]
     if report.chains:
         chains = Table(title="G2: parameter symmetries of the sites (W₁→gW₁, b₁→gb₁, W₂→W₂g⁻¹)")
         for column in ("site", "kind", "layers", "width", "group", "output change", "control", "verified"):

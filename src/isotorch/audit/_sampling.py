@@ -90,7 +90,7 @@ class Element:
         x = x.to(torch.float64)
         if self.dense is not None:
             return _groups.act(self.dense.to(x.device), x, dim)
-        if self.perm is not None:
+        if self.perm is not None and self.scale is not None:  # set together
             shape = [1] * x.ndim
             shape[dim] = -1
             return x.index_select(dim, self.perm.to(x.device)) * self.scale.to(x.device).view(shape)
@@ -102,6 +102,7 @@ class Element:
             u, w = (t.to(x.device) for t in self.low_rank)
             y = (y @ w) @ u.T - (y @ u) @ w.T
         else:
+            assert self.blocks is not None  # exactly one representation is set
             blocks = self.blocks.to(x.device)
             count, k, _ = blocks.shape
             y = torch.einsum("bij,...bj->...bi", blocks, y.reshape(*y.shape[:-1], count, k)).reshape(y.shape)
@@ -109,7 +110,7 @@ class Element:
 
     def inverse(self) -> Element:
         """g⁻¹ (exact for monomial and reflection elements)."""
-        if self.perm is not None:
+        if self.perm is not None and self.scale is not None:  # set together
             perm = torch.empty_like(self.perm)
             perm[self.perm] = torch.arange(self.n, device=self.perm.device)
             return Element(self.n, perm=perm, scale=1.0 / self.scale[perm])
@@ -119,7 +120,7 @@ class Element:
 
     def contragredient(self) -> Element:
         """g⁻ᵀ, how a gradient transforms when the parameter transforms by g (g itself when g is orthogonal)."""
-        if self.perm is not None:
+        if self.perm is not None and self.scale is not None:  # set together
             return Element(self.n, perm=self.perm, scale=1.0 / self.scale)
         if self.reflections is not None:
             return self
@@ -193,7 +194,7 @@ def random_generator(group: _groups.Group, n: int, generator: torch.Generator) -
         d = torch.randn(n, generator=generator, dtype=torch.float64)
         return Element(n, perm=torch.arange(n), scale=d * (math.sqrt(n) / d.norm()))
     if name == "block_orthogonal":
-        k = group.block
+        k = group._block_size()
         if k < 2:
             return None
         m = torch.randn(n // k, k, k, generator=generator, dtype=torch.float64)

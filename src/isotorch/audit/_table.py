@@ -293,9 +293,11 @@ def _torch_rows() -> list[tuple[str, str, Callable, str]]:
 
 
 def _fill_running(module: nn.Module, gen: torch.Generator) -> nn.Module:
+    mean, var = module.running_mean, module.running_var
+    assert isinstance(mean, torch.Tensor) and isinstance(var, torch.Tensor)  # a BatchNorm tracking statistics
     with torch.no_grad():
-        module.running_mean.copy_(0.5 * _randn(gen, N))
-        module.running_var.copy_(torch.rand(N, generator=gen) + 0.5)
+        mean.copy_(0.5 * _randn(gen, N))
+        var.copy_(torch.rand(N, generator=gen) + 0.5)
     return module
 
 
@@ -323,7 +325,7 @@ def _registry(module_name: str, attribute: str) -> dict:
 
 
 def _training_rows() -> list[tuple[str, str, str, Callable, tuple[str, ...] | None, str]]:
-    rows = []
+    rows: list[tuple[str, str, str, Callable, tuple[str, ...] | None, str]] = []
     optimizers = _registry("isotorch.optim", "OPTIMIZERS")
     if optimizers:
         for name, (factory, declared) in optimizers.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any, overload
 
 import torch
 
@@ -117,6 +118,14 @@ def check_labels(labels: object, n: int, num_classes: int | None, name: str = "l
             f"range(num_classes={num_classes}) needs at least one (relabel, or pass the right num_classes)"
         )
     return labels, num_classes
+
+
+@overload
+def json_safe(value: dict[str, Any]) -> dict[str, Any]: ...
+
+
+@overload
+def json_safe(value: object) -> object: ...
 
 
 def json_safe(value: object) -> object:
