@@ -6,15 +6,15 @@ overrides are given: 4 variants × 2 widths × 2 depths = 16 configurations per 
 (with ``--serial-threads`` torch threads, default 1, like each Ray task), then ``executor="ray"`` on a local cluster
 started with ``ray.init(num_cpus=--cpus)`` (default 2; one CPU and one torch thread per task). Before the Ray run is
 timed, the cluster is started and one warm-up task per CPU imports isotorch in its worker (the serial run's process
-has imported it too); both start-up times are printed, and the speed-up with them included. Prints both wall
-times, the speed-up serial / Ray (goal ≥ 1.6×) and the largest relative difference between the two runs' per-seed
-results and logged values (must be ≤ 1e-6).
+has imported it too, and runs one untimed seed of the preset first); both start-up times are printed, and the
+speed-up with them included. Prints both wall times, the speed-up serial / Ray (goal ≥ 1.6×) and the largest
+relative difference between the two runs' per-seed results and logged values (must be ≤ 1e-6).
 
 A unit is a (seed, configuration) pair for a study that declares its configurations (capacity, quantisation,
-symmetry_order) and a whole seed otherwise. With whole seeds as units, k seeds on c CPUs take ⌈k/c⌉ rounds, so 3 seeds
-on 2 CPUs can be at most 1.5× faster than a one-thread serial run (``--study plateaus --set steps=1500`` shows it);
-with 48 configuration units the bound is close to c×, less the imbalance of the last round and Ray's per-task
-overhead. CPU timings on a shared machine are noisy: note the load average printed at the start.
+symmetry_order, collapse) and a whole seed otherwise. With whole seeds as units, k seeds on c CPUs take ⌈k/c⌉
+rounds, so 3 seeds on 2 CPUs can be at most 1.5× faster than a one-thread serial run (``--study plateaus --set
+steps=1500`` shows it); with 48 configuration units the bound is close to c×, less the imbalance of the last round
+and Ray's per-task overhead. CPU timings on a shared machine are noisy: note the load average printed at the start.
 
 Run ``python benchmarks/sweep.py`` (``--study``, ``--preset``, ``--set k=v``, ``--seeds``, ``--cpus``,
 ``--serial-threads``). Needs ``isotorch[distributed]``.
@@ -106,6 +106,11 @@ def main() -> None:
     common = {"seeds": seeds, "preset": args.preset, "overrides": args.overrides, "progress": False, "report": False}
     with tempfile.TemporaryDirectory() as tmp:
         serial_out, ray_out = Path(tmp) / "serial", Path(tmp) / "ray"
+        # untimed: one seed of the preset in this process, so that the timed serial run (like the Ray workers after
+        # their warm-up) does not pay for first imports (matplotlib, scipy, the dataset loaders) and caches
+        start = time.perf_counter()
+        run_study(args.study, Path(tmp) / "warm", **{**common, "seeds": seeds[:1], "overrides": []})
+        driver_warm = time.perf_counter() - start
         start = time.perf_counter()
         run_study(args.study, serial_out, **common)
         serial = time.perf_counter() - start
@@ -131,7 +136,7 @@ def main() -> None:
     study = get(args.study)
     units = len(seeds) * max(1, len(_configurations(study, _resolve(study, args.preset, args.overrides))))
     rounds = math.ceil(units / args.cpus)
-    print(f"serial            {serial:8.1f} s")
+    print(f"serial            {serial:8.1f} s   (after an untimed {driver_warm:.1f} s warm-up run of one seed)")
     print(
         f"ray ({args.cpus} CPUs)      {parallel:8.1f} s   (+ {startup:.1f} s cluster start-up, {warm:.1f} s importing "
         f"isotorch in {len(workers)} worker(s))"

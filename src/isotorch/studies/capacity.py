@@ -37,6 +37,9 @@ largest):
 
 Expectations (literature, qualitative, REFERENCE 6.2/6.5): isotropic nets degrade more slowly with depth; the
 number of distinct neurons and the weight rank saturate as width grows (space quantisation) under weight decay.
+
+**Units.** Every (variant, width, depth) of a seed is a unit of its own (``Capacity.configurations``): its own
+checkpoint and metrics file, a Ray task with ``--executor ray``.
 """
 
 from __future__ import annotations

@@ -41,6 +41,9 @@ learning-rate sweep is made.
 
 Expectation (literature, qualitative; never a target): in plain training NC1 falls steadily on a log scale and
 reaches ~0 in the last layers; with syre it does not.
+
+**Units.** Every variant of a seed is a unit of its own (``Collapse.configurations``): its own checkpoint and
+metrics file, a Ray task with ``--executor ray``.
 """
 
 from __future__ import annotations
@@ -205,6 +208,10 @@ class Collapse(Study):
         ),
     )
 
+    def configurations(self, config: CollapseConfig) -> list[str]:
+        """Every variant starts from its own reseeded weights: a unit per seed and variant (a Ray task each)."""
+        return list(config.variants)
+
     def run(self, ctx) -> dict[str, Any]:
         config: CollapseConfig = ctx.config
         split = load_dataset(config.dataset, root=config.data_root, flatten=config.model == "mlp")
@@ -218,6 +225,8 @@ class Collapse(Study):
         nc_epochs = set(_log_epochs(config.epochs, config.log_points))
         finals: dict[str, Any] = {}
         for variant in config.variants:
+            if ctx.configuration is not None and variant != ctx.configuration:
+                continue
             family = variant.split("+")[0]
             torch.manual_seed(ctx.seed)  # the same initial weights for every variant of a seed
             net, names = build_classifier(

@@ -43,6 +43,9 @@ Learning rates: each variant is trained at its own best learning rate among ``lr
 
 Expected ordering from the literature (Lim et al. 2024, qualitative, not a target): W-Asym unaligned < standard +
 weight matching < σ-Asym < standard unaligned.
+
+**Units.** Every variant of a seed is a unit of its own (``Lmc.configurations``): its own checkpoint and metrics
+file, a Ray task with ``--executor ray``.
 """
 
 from __future__ import annotations
@@ -304,6 +307,10 @@ class Lmc(Study):
         ),
     )
 
+    def configurations(self, config: LmcConfig) -> list[str]:
+        """Every variant draws its architecture and weights from its own seeds: a unit per seed and variant."""
+        return list(config.variants)
+
     def run(self, ctx) -> dict[str, Any]:
         config: LmcConfig = ctx.config
         x, y, x_test, y_test = load_dataset(config.dataset, root=config.data_root, flatten=True)
@@ -325,6 +332,8 @@ class Lmc(Study):
         log_steps = [int(s) for s in log_steps]
         finals: dict[str, Any] = {}
         for v_index, variant in enumerate(config.variants):
+            if ctx.configuration is not None and variant != ctx.configuration:
+                continue
 
             def make(m_index, variant=variant, v_index=v_index):
                 net, names = build_mlp(

@@ -34,6 +34,9 @@ directions, Σ_k tanh(z·v_k) v_k).
 The test reconstruction MSE is logged at every snapshot. The claims (verdicts paired by seed, elementwise against
 isotropic): elementwise bottlenecks are more quantised (Q), more basis-aligned beyond the Haar null (|A − null|), and
 reconstruct worse (the paper ties quantisation to a higher reconstruction error).
+
+**Units.** The Gaussian reference and every variant of a seed are units of their own
+(``Quantisation.configurations``): their own checkpoints and metrics files, a Ray task each with ``--executor ray``.
 """
 
 from __future__ import annotations

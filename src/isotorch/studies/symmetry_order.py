@@ -27,6 +27,9 @@ distribution (REFERENCE §2.2). Its claim is that alignment to the direction set
 Per seed, the Spearman rank correlation between k and the privilege (and between k and Q) summarises the trend
 in one number; the claims' verdicts use those correlations over seeds (a t-interval of Fisher's z = atanh ρ, mapped
 back, so it stays in [−1, 1]). The OLS slope against log₂ k is reported too.
+
+**Units.** Every k and K of a seed is a unit of its own (``SymmetryOrder.configurations``); the per-seed trends are
+computed once all of a seed's units have finished (``SymmetryOrder.combine``).
 """
 
 from __future__ import annotations
