@@ -16,8 +16,11 @@ rounds, so 3 seeds on 2 CPUs can be at most 1.5× faster than a one-thread seria
 steps=1500`` shows it); with 48 configuration units the bound is close to c×, less the imbalance of the last round
 and Ray's per-task overhead. CPU timings on a shared machine are noisy: note the load average printed at the start.
 
+The serial and Ray runs alternate ``--repeats`` times (default 3) and the median speed-up is reported: on a shared
+(virtual) machine single timings vary by ±50% from run to run.
+
 Run ``python benchmarks/sweep.py`` (``--study``, ``--preset``, ``--set k=v``, ``--seeds``, ``--cpus``,
-``--serial-threads``). Needs ``isotorch[distributed]``.
+``--repeats``, ``--serial-threads``). Needs ``isotorch[distributed]``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -86,6 +90,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config key=value")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="serial/Ray pairs; the median speed-up is reported")
     parser.add_argument("--serial-threads", type=int, default=1, help="torch threads of the serial run (0: default)")
     args = parser.parse_args()
     if not args.overrides and args.preset == "tiny":
@@ -104,16 +109,13 @@ def main() -> None:
         f"load average {load:.1f}; serial uses {torch.get_num_threads()} torch thread(s), Ray {args.cpus} CPUs × 1"
     )
     common = {"seeds": seeds, "preset": args.preset, "overrides": args.overrides, "progress": False, "report": False}
+    serial_times, ray_times, differences = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        serial_out, ray_out = Path(tmp) / "serial", Path(tmp) / "ray"
-        # untimed: one seed of the preset in this process, so that the timed serial run (like the Ray workers after
-        # their warm-up) does not pay for first imports (matplotlib, scipy, the dataset loaders) and caches
+        # untimed: one seed of the preset in this process, so that the timed serial runs (like the Ray workers after
+        # their warm-up) do not pay for first imports (matplotlib, scipy, the dataset loaders) and caches
         start = time.perf_counter()
         run_study(args.study, Path(tmp) / "warm", **{**common, "seeds": seeds[:1], "overrides": []})
         driver_warm = time.perf_counter() - start
-        start = time.perf_counter()
-        run_study(args.study, serial_out, **common)
-        serial = time.perf_counter() - start
 
         start = time.perf_counter()
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
@@ -122,30 +124,42 @@ def main() -> None:
         workers = set(ray.get([warm_up.remote(args.study) for _ in range(args.cpus)]))
         warm = time.perf_counter() - start
         try:
-            start = time.perf_counter()
-            run_study(args.study, ray_out, executor="ray", **common)
-            parallel = time.perf_counter() - start
+            for repeat in range(args.repeats):  # serial and Ray alternate, so that a slow spell hits both
+                serial_out, ray_out = Path(tmp) / f"serial{repeat}", Path(tmp) / f"ray{repeat}"
+                start = time.perf_counter()
+                run_study(args.study, serial_out, **common)
+                serial_times.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                run_study(args.study, ray_out, executor="ray", **common)
+                ray_times.append(time.perf_counter() - start)
+                differences.append(_max_relative_difference(serial_out, ray_out))
+                print(
+                    f"  repeat {repeat + 1}: serial {serial_times[-1]:6.1f} s, ray {ray_times[-1]:6.1f} s, "
+                    f"speed-up {serial_times[-1] / ray_times[-1]:.2f}×",
+                    flush=True,
+                )
         finally:
             ray.shutdown()
-        difference = _max_relative_difference(serial_out, ray_out)
 
-    speedup = serial / parallel
     from isotorch.studies._registry import get
     from isotorch.studies._runner import _configurations, _resolve
 
     study = get(args.study)
     units = len(seeds) * max(1, len(_configurations(study, _resolve(study, args.preset, args.overrides))))
     rounds = math.ceil(units / args.cpus)
-    print(f"serial            {serial:8.1f} s   (after an untimed {driver_warm:.1f} s warm-up run of one seed)")
+    serial, parallel = statistics.median(serial_times), statistics.median(ray_times)
+    speedup = statistics.median(a / b for a, b in zip(serial_times, ray_times, strict=True))
+    print(f"serial            {serial:8.1f} s   (median; after an untimed {driver_warm:.1f} s warm-up run of one seed)")
     print(
-        f"ray ({args.cpus} CPUs)      {parallel:8.1f} s   (+ {startup:.1f} s cluster start-up, {warm:.1f} s importing "
-        f"isotorch in {len(workers)} worker(s))"
+        f"ray ({args.cpus} CPUs)      {parallel:8.1f} s   (median; + {startup:.1f} s cluster start-up once, "
+        f"{warm:.1f} s importing isotorch in {len(workers)} worker(s))"
     )
     print(
-        f"speed-up serial/ray: {speedup:.2f}× over {units} units (goal ≥ {GOAL}×; equal units would bound it by "
-        f"{units}/{rounds} = {units / rounds:.2f}× against a one-core serial run); "
-        f"with start-ups: {serial / (parallel + startup + warm):.2f}×"
+        f"speed-up serial/ray: {speedup:.2f}× (median of {args.repeats}) over {units} units (goal ≥ {GOAL}×; equal "
+        f"units would bound it by {units}/{rounds} = {units / rounds:.2f}× against a one-core serial run); "
+        f"with the start-ups in one run: {serial / (parallel + startup + warm):.2f}×"
     )
+    difference = max(differences)
     verdict = "same results" if difference <= TOLERANCE else "RESULTS DIFFER"
     print(f"max relative difference of results and logged values: {difference:.2e} ({verdict}, tolerance {TOLERANCE})")
 
