@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import operator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from torch import nn
@@ -312,6 +312,24 @@ def _output_error(model: nn.Module, graph, new: nn.Module, inputs: tuple) -> tup
     ]
     worst = float("nan") if any(e != e for e in errors) else max(errors)
     return worst, out_a[0].dtype
+
+
+@overload
+def fold_norms(
+    model: nn.Module, x=None, *, return_report: Literal[False] = False, tol: float | None = None
+) -> nn.Module: ...
+
+
+@overload
+def fold_norms(
+    model: nn.Module, x=None, *, return_report: Literal[True], tol: float | None = None
+) -> tuple[nn.Module, FoldReport]: ...
+
+
+@overload
+def fold_norms(
+    model: nn.Module, x=None, *, return_report: bool = False, tol: float | None = None
+) -> nn.Module | tuple[nn.Module, FoldReport]: ...
 
 
 def fold_norms(
