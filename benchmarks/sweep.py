@@ -11,7 +11,7 @@ speed-up with them included. Prints both wall times, the speed-up serial / Ray (
 relative difference between the two runs' per-seed results and logged values (must be ≤ 1e-6).
 
 A unit is a (seed, configuration) pair for a study that declares its configurations (capacity, quantisation,
-symmetry_order, collapse) and a whole seed otherwise. With whole seeds as units, k seeds on c CPUs take ⌈k/c⌉
+symmetry_order, collapse, lmc) and a whole seed otherwise. With whole seeds as units, k seeds on c CPUs take ⌈k/c⌉
 rounds, so 3 seeds on 2 CPUs can be at most 1.5× faster than a one-thread serial run (``--study plateaus --set
 steps=1500`` shows it); with 48 configuration units the bound is close to c×, less the imbalance of the last round
 and Ray's per-task overhead. CPU timings on a shared machine are noisy: note the load average printed at the start.
