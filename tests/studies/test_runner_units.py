@@ -193,3 +193,48 @@ def test_combine_refuses_a_key_with_two_values_and_bad_names_write_nothing(tmp_p
         _run("units-bad-test", tmp_path / "bad", seeds=(0,))
     assert not (tmp_path / "bad").exists()
     assert file_name("variant=block:4") == "variant=block_4" and file_name("tanh w=8 d=1") == "tanh_w=8_d=1"
+
+
+@pytest.mark.slow
+def test_sigkill_mid_unit_then_resume_equals_uninterrupted(tmp_path):
+    """A real SIGKILL of `study run capacity` while one (seed, configuration) unit is half-way (its learning-rate
+    sweep finished, its main loop not), resumed with --resume: the same records, results and models."""
+    import subprocess
+    import sys
+    import time
+
+    args = ["capacity", "--preset", "tiny", "--seeds", "0", "--set", "depths=1", "--checkpoint-every", "2"]
+    cmd = [sys.executable, "-m", "isotorch.studies._cli", "run", *args, "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ref, out = tmp_path / "ref", tmp_path / "killed"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocesses (OMP_NUM_THREADS=1)
+    try:
+        run_study("capacity", ref, seeds=(0,), preset="tiny", overrides={"depths": (1,)}, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+    proc = subprocess.Popen([*cmd, "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    unit = out / "checkpoints" / "seed0-tanh_ln_w=16_d=1.pt"  # the 6th of its 8 units
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        state = load_checkpoint(unit) if unit.exists() else None  # replaced atomically: never torn
+        if state is not None and not state["done"] and state.get("current") and state.get("completed"):
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run finished before it could be killed mid-unit"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not load_checkpoint(unit)["done"]
+    assert not (out / "results.json").exists() or json.loads((out / "results.json").read_text()) == {}
+
+    done = subprocess.run(
+        [*cmd[:5], "--out", str(out), "--resume", "--no-progress"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert (out / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()
+    assert json.loads((out / "results.json").read_text()) == json.loads((ref / "results.json").read_text())
+    for model in (ref / "models").iterdir():
+        a = torch.load(model, weights_only=False)["model"].state_dict()
+        b = torch.load(out / "models" / model.name, weights_only=False)["model"].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)

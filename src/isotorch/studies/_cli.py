@@ -58,7 +58,7 @@ def run_command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue (or extend) the run stored in --out.")] = False,
     checkpoint_every: Annotated[int, typer.Option(help="Updates between checkpoints (positive).")] = 500,
     executor: Annotated[
-        str, typer.Option(help="serial (one seed after another) or ray (each seed a Ray task).")
+        str, typer.Option(help="serial (one unit after another) or ray (each unit, seed × configuration, a Ray task).")
     ] = "serial",
     ray_address: Annotated[
         str | None, typer.Option(help="Ray cluster HOST:PORT to join (default: a local cluster).")
