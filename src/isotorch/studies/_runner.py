@@ -833,7 +833,7 @@ class _Ledger:
                 if units[0].configuration is None:
                     self.finals[seed] = self.done[units[0].stem][0]
                 else:
-                    parts = {u.configuration: self.done[u.stem][0] for u in units}
+                    parts = {u.configuration: self.done[u.stem][0] for u in units if u.configuration is not None}
                     self.finals[seed] = _plain(dict(self.study.combine(self.config, seed, parts)))
         if complete == self.written:
             return {s: self.finals[s] for s in complete}
