@@ -397,7 +397,7 @@ class TransformerLMC(Study):
         colours = {m: plt.get_cmap("tab10")(i) for i, m in enumerate(METHODS)}
         lambdas = np.linspace(0.0, 1.0, config.alphas)
 
-        # 1. the loss along λ per method: mean over seed pairs, band = min..max over pairs
+        # 1. the excess loss along λ per method (above the line between the end points): mean and range over pairs
         fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=110)
         for m in methods:
             curves = []
@@ -408,10 +408,12 @@ class TransformerLMC(Study):
             if not curves:
                 continue
             c = np.asarray(curves, dtype=float)
+            c = c - ((1 - lambdas) * c[:, :1] + lambdas * c[:, -1:])
             ax.plot(lambdas, c.mean(0), color=colours[m], marker=".", lw=1.5, label=m)
-            ax.fill_between(lambdas, c.min(0), c.max(0), color=colours[m], alpha=0.15, lw=0)
+            ax.fill_between(lambdas, c.min(0), c.max(0), color=colours[m], alpha=0.12, lw=0)
+        ax.axhline(0.0, color="0.3", lw=0.8)
         ax.set_xlabel("λ  (θ = (1 − λ)·θ_A + λ·θ_B')")
-        ax.set_ylabel("held-out LM loss (nats)")
+        ax.set_ylabel("L(λ) − ((1−λ)L_A + λL_B)  (nats)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
@@ -437,8 +439,9 @@ class TransformerLMC(Study):
         return [
             Figure(
                 "barrier_curves.png",
-                f"Held-out LM loss along the linear path from model A (λ = 0) to model B' (λ = 1) per alignment "
-                f"method; line: mean over {n} seed pairs, band: their range. naive: B as trained; permutation: B "
+                f"Held-out LM loss along the linear path from model A (λ = 0) to model B' (λ = 1) above the straight "
+                f"line between the end points (its maximum is the barrier), per alignment method; line: mean over "
+                f"{n} seed pairs, band: their range. naive: B as trained; permutation: B "
                 "aligned over permutations; folded: both norm-folded, not aligned; stream, stream+mlp, "
                 "stream+mlp+heads: the full solution applied class by class; full: orthogonal stream, MLP "
                 "permutations, heads with orthogonal per-head maps.",
