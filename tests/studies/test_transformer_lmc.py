@@ -54,6 +54,7 @@ def test_planted_symmetry_is_undone_by_full_alignment_and_not_by_none():
     # full alignment recovers the planted element: the path is A itself
     assert abs(res["full"]["barrier"]) < 1e-9 and res["full"]["distance"] < 1e-8
     assert abs(res["full_activations"]["barrier"]) < 1e-6
+    assert res["full_gl"]["distance"] < 1e-8  # invertible per-head maps fit orthogonal ones exactly
     # permutations alone cannot undo the orthogonal per-head maps
     assert res["permutation"]["distance"] > 100 * res["full"]["distance"]
     for values in res.values():

@@ -21,7 +21,9 @@ linear connectivity even when L_A ≠ L_B); the max convention max_λ L(λ) − 
 - ``folded``: both models folded (:func:`isotorch.params.fold_norms`: gains and biases into the readers, a mean-free
   stream, gain-free norms: the stream's group is O(d)), not aligned: what the fold alone does to the path;
 - ``full``: both folded, then B aligned to A with the default groups: an orthogonal map of the residual stream, MLP
-  permutations, head permutations solved jointly with orthogonal per-head query–key and value–output maps.
+  permutations, head permutations solved jointly with orthogonal per-head query–key and value–output maps;
+- ``full_gl``: as ``full`` but with invertible (general linear) per-head maps, fitted by least squares on the
+  weights (Theus et al.'s per-head maps are invertible; weight matching can only fit them by a regression).
 
 What each symmetry class contributes: the full alignment's element applied class by class, cumulatively, to folded
 B: ``stream`` (the stream rotation alone), ``stream+mlp`` (and the MLP permutations), ``stream+mlp+heads`` (and the
@@ -60,7 +62,7 @@ CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("stream+mlp+heads", ("heads", "query_group")),
 )
 #: the interpolation methods, in the order they are reported
-METHODS = ("naive", "permutation", "folded", *(name for name, _ in CLASSES), "full", "full_activations")
+METHODS = ("naive", "permutation", "folded", *(name for name, _ in CLASSES), "full", "full_gl", "full_activations")
 _DESCRIPTIONS = {
     "naive": "no alignment",
     "permutation": "permutations at every site",
@@ -69,6 +71,7 @@ _DESCRIPTIONS = {
     "stream+mlp": "folded; stream + MLP permutations",
     "stream+mlp+heads": "folded; stream + MLP + head permutations",
     "full": "folded; stream + MLP + heads + per-head maps",
+    "full_gl": "folded; full with invertible per-head maps",
     "full_activations": "folded; full, activation matching",
 }
 
@@ -170,8 +173,8 @@ def pair_barriers(
     Returns:
         ``{method: {"barrier", "barrier_max", "midpoint", "distance", "losses"}}`` (barrier: the linear
         convention, barrier_max: max_λ L(λ) − ½(L_A + L_B), midpoint: L(½) − ½(L_A + L_B)) in the order of
-        :data:`METHODS` (``full_activations`` only with ``activation_tokens``); ``"distance"`` is ‖θ_A − θ_B'‖ and
-        ``"losses"`` the loss at each λ.
+        :data:`METHODS` (``full_gl`` where the model has per-head maps, ``full_activations`` only with
+        ``activation_tokens``); ``"distance"`` is ‖θ_A − θ_B'‖ and ``"losses"`` the loss at each λ.
     """
     from isotorch.params import Element, align, fold_norms, symmetries, transform
 
@@ -193,6 +196,10 @@ def pair_barriers(
         out[name] = _barrier(fa, transform(fb, Element(syms, part)), tokens, alphas)
     out["full"] = _barrier(fa, full.model, tokens, alphas)
     out["full"]["groups"] = sorted(set(full.groups.values()))
+    per_head = {s.name: "general_linear" for s in syms if s.kind in ("query_key", "value_output") and s.free}
+    if per_head:
+        gl = align(fa, fb, x=x, syms=syms, group=per_head, max_iter=max_iter)
+        out["full_gl"] = _barrier(fa, gl.model, tokens, alphas)
     if activation_tokens is not None:
         act = align(fa, fb, method="activations", data=activation_tokens, x=x, syms=syms)
         out["full_activations"] = _barrier(fa, act.model, tokens, alphas)
