@@ -267,6 +267,7 @@ class _WeightMatcher:
                 c = self.cost(name, known=done | fixed)
             if c is None:
                 c = self.cost(name)
+            assert c is not None  # a site has actions
             overlap = torch.diagonal(va.mT @ c.double() @ vb)
             d = torch.where(overlap < 0, -1.0, 1.0).to(torch.float64)
             if (
@@ -382,6 +383,7 @@ class _WeightMatcher:
                     progress |= self.solve_unit(name, tol)
                     continue
                 c = self.cost(name)
+                assert c is not None  # a site has actions
                 g_new = _solvers.solve(c, self.sites[name])
                 self.solved_at[name] = key
                 old = self.current.get(name)
@@ -512,7 +514,8 @@ def _distance(a: dict, b: dict) -> float:
 
 def _consumer_features(model: nn.Module, syms: Symmetries, names: list[str]) -> tuple[list, dict]:
     """Hooks that capture the features each site's consumers read, as per-site lists of (N·inner, n) blocks."""
-    hooks, captured = [], {name: [] for name in names}
+    hooks: list = []
+    captured: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     modules = dict(model.named_modules())
     for name in names:
         site = syms[name]
@@ -623,7 +626,7 @@ def align(
     for site in syms:
         key, reason = _site_group(site, group)
         if key is None:
-            skipped[site.name] = reason
+            skipped[site.name] = reason or "not aligned"
         else:
             chosen[site.name] = key
 

@@ -120,6 +120,8 @@ def _evaluate(model: nn.Module, loss_fn: Callable, data: list[tuple]) -> tuple[f
                 raise ValueError("barrier needs data batches of (inputs, targets)")
             inputs, targets = batch[0], batch[1]
             out = run_checked(model, inputs)
+            if not isinstance(out, torch.Tensor) and isinstance(getattr(out, "logits", None), torch.Tensor):
+                out = out.logits  # a Hugging Face model output: the loss reads its logits
             try:
                 loss = loss_fn(out, targets)
             except (RuntimeError, ValueError, IndexError, TypeError) as err:

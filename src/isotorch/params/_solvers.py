@@ -142,7 +142,7 @@ def solve(cost: torch.Tensor, key: str) -> torch.Tensor:
     if group.name == "mean_orthogonal":
         return mean_orthogonal(cost)
     if group.name == "block_orthogonal":
-        return block_orthogonal(cost, group.block)
+        return block_orthogonal(cost, group._block_size())
     raise ValueError(f"cannot match over the group {key!r}; matchable groups: {', '.join(MATCHABLE)}")
 
 
