@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -179,16 +180,47 @@ def _check_claims(name: str, cls: type[Study]) -> None:
         raise TypeError(f"study {name!r} declares claims but does not implement verdicts(data)")
 
 
+ENTRY_POINT_GROUP = "isotorch.studies"
+_PLUGINS: dict[str, str] = {}  # entry-point name -> why it could not be loaded
+_plugins_loaded = False
+
+
 def _load_builtin() -> None:
-    """Import every public module of ``isotorch.studies``, so that a new study file registers itself."""
+    """Import every public module of ``isotorch.studies`` (so that a new study file registers itself) and every
+    study installed under the entry-point group ``isotorch.studies`` (once per process).
+
+    A user's package registers a study with, in its ``pyproject.toml``::
+
+        [project.entry-points."isotorch.studies"]
+        my_study = "my_package.my_module:MyStudy"
+
+    The entry point may name a :class:`Study` subclass (registered under the entry point's name unless
+    ``@register_study`` already registered it) or a module whose import registers its studies. One that fails to
+    load is left out of :func:`names`, and :func:`get` of its name says why.
+    """
     import importlib
+    import importlib.metadata
     import pkgutil
 
     import isotorch.studies as package
 
+    global _plugins_loaded
     for info in pkgutil.iter_modules(package.__path__):
         if not info.name.startswith("_") and info.name not in _SKIP:
             importlib.import_module(f"isotorch.studies.{info.name}")
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:  # a broken plugin must not break the built-in studies: get(name) says what went wrong
+            loaded = entry.load()
+            if isinstance(loaded, type) and issubclass(loaded, Study):
+                if loaded not in _REGISTRY.values():
+                    register_study(entry.name)(loaded)
+            elif not isinstance(loaded, types.ModuleType):
+                raise TypeError("it is neither a Study subclass nor a module")
+        except Exception as err:
+            _PLUGINS[entry.name] = f"entry point {entry.value!r} failed to load: {type(err).__name__}: {err}"
 
 
 def names() -> list[str]:
@@ -204,6 +236,8 @@ def get(name: str) -> Study:
         UnknownStudyError: unknown name (a ``KeyError``; the message lists the registered ones).
     """
     _load_builtin()
+    if name not in _REGISTRY and name in _PLUGINS:
+        raise UnknownStudyError(f"study {name!r} is installed but not usable: {_PLUGINS[name]}")
     if name not in _REGISTRY:
         raise UnknownStudyError(f"unknown study {name!r}; registered studies: {', '.join(sorted(_REGISTRY)) or 'none'}")
     return _REGISTRY[name]()
