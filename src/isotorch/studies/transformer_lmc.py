@@ -332,7 +332,7 @@ class TransformerLMC(Study):
     # ------------------------------------------------------------------------------------------------------------
 
     def _methods(self, data) -> list[str]:
-        first = next(iter(data.finals.values()), {})
+        first: dict[str, Any] = next(iter(data.finals.values()), {})
         return [m for m in METHODS if f"{m}/barrier" in first]
 
     def summarise(self, data) -> list[Findings]:
