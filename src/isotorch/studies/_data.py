@@ -89,7 +89,7 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Split:
     test, train = order[:n_test], order[n_test:]
     x = (x - x[train].mean(0)) / (x[train].std(0) + 1e-6)
 
-    def tensors(idx):
+    def tensors(idx) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.tensor(x[idx], dtype=torch.float32), torch.tensor(y[idx], dtype=torch.int64)
 
     return Split(*tensors(train), *tensors(test), name="digits")
@@ -321,10 +321,11 @@ def load_vision(name: str, root: str | Path, *, flatten: bool = False, test_only
     if name == "cifar10":
         names = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
         for split in splits:
-            paths = [_find(root, folder, f) for f in names[split]]
-            missing = [f for f, p in zip(names[split], paths, strict=True) if p is None]
+            found = [_find(root, folder, f) for f in names[split]]
+            missing = [f for f, p in zip(names[split], found, strict=True) if p is None]
             if missing:
                 raise _missing(name, root, missing)
+            paths = [p for p in found if p is not None]  # all of them
             xs, ys = [], []
             for p in paths:
                 with open(p, "rb") as handle:
@@ -338,12 +339,13 @@ def load_vision(name: str, root: str | Path, *, flatten: bool = False, test_only
             missing = [f for f, p in zip(_IDX[split], found, strict=True) if p is None]
             if missing:
                 raise _missing(name, root, missing)
-            images, labels = read_idx(found[0]), read_idx(found[1])
+            image_path, label_path = (p for p in found if p is not None)  # both of them
+            images, labels = read_idx(image_path), read_idx(label_path)
             if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
                 raise ValueError(f"{found[0]} and {found[1]} do not hold matching images (N, H, W) and labels (N,)")
             arrays[split] = (images[:, None], labels.astype(np.int64))
 
-    def tensors(split):
+    def tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
         if split not in arrays:
             shape = (0, 3, 32, 32) if name == "cifar10" else (0, 1, 28, 28)
             return torch.zeros(shape), torch.zeros(0, dtype=torch.int64)
@@ -400,7 +402,7 @@ def check_dataset(name: str, root: str | Path | None = None) -> None:
         missing = [f for f, p in zip(files, found, strict=True) if p is None]
         if missing:
             raise _missing(name, root, missing)
-        for path in found:
+        for path in (p for p in found if p is not None):  # all of them
             with open(path, "rb") as handle:
                 if handle.read(1) != b"\x80":
                     raise ValueError(f"{path} is not a CIFAR-10 python pickle batch; is it the right file?")
@@ -410,7 +412,8 @@ def check_dataset(name: str, root: str | Path | None = None) -> None:
         missing = [f for f, p in zip(_IDX[split], found, strict=True) if p is None]
         if missing:
             raise _missing(name, root, missing)
-        images, labels = _check_idx(found[0], 3), _check_idx(found[1], 1)
+        image_path, label_path = (p for p in found if p is not None)  # both of them
+        images, labels = _check_idx(image_path, 3), _check_idx(label_path, 1)
         if images != labels:
             raise ValueError(f"{found[0]} holds {images} images but {found[1]} holds {labels} labels")
 

@@ -68,7 +68,7 @@ def gpt2(
     _check_int(n_positions, "n_positions", 2)
     if n_embd % n_head:
         raise ValueError(f"n_embd must be divisible by n_head, got n_embd={n_embd}, n_head={n_head}")
-    config = GPT2Config(
+    config = GPT2Config(  # type: ignore[call-arg]  # attn_implementation goes through PretrainedConfig's kwargs
         vocab_size=vocab_size,
         n_positions=n_positions,
         n_embd=n_embd,
@@ -90,8 +90,10 @@ def gpt2(
 
         fam = get(family)
         for block in model.transformer.h:
-            block.mlp.act = fam.activation(4 * n_embd, -1)
-    return model.to(dtype).eval()
+            mlp = block.mlp
+            assert isinstance(mlp, nn.Module)
+            mlp.act = fam.activation(4 * n_embd, -1)
+    return model.to(dtype).eval()  # type: ignore[arg-type]  # transformers' wrapper of .to hides its signature
 
 
 def _logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,9 @@ def unparametrized(model: nn.Module) -> nn.Module:
     new = copy.deepcopy(model)
     for module in new.modules():
         if parametrize.is_parametrized(module):
-            values = {name: getattr(module, name).detach().clone() for name in module.parametrizations}
+            registered = module.parametrizations
+            assert isinstance(registered, nn.ModuleDict)  # torch.nn.utils.parametrize's container
+            values = {name: getattr(module, name).detach().clone() for name in registered}
             module.__class__ = parametrize.type_before_parametrizations(module)
             del module._modules["parametrizations"]
             for name, value in values.items():

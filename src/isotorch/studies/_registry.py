@@ -148,7 +148,7 @@ def register_study(name: str) -> Callable[[type[Study]], type[Study]]:
         config = getattr(cls, "Config", None)
         if not (isinstance(config, type) and dataclasses.is_dataclass(config)):
             raise TypeError(f"study {name!r} needs a dataclass Config, got {config!r}")
-        if not config.__dataclass_params__.frozen:
+        if not config.__dataclass_params__.frozen:  # type: ignore[attr-defined]  # typeshed omits it
             raise TypeError(f"study {name!r}: Config {config.__name__} must be a frozen dataclass")
         try:
             config()

@@ -183,6 +183,7 @@ class _Metrics:
         from torch.utils.tensorboard import SummaryWriter
 
         seed = record["seed"]
+        assert self.tensorboard_dir is not None  # called only when TensorBoard logging is on
         if seed not in self.writers:
             self.writers[seed] = SummaryWriter(log_dir=str(self.tensorboard_dir / f"seed{seed}"))
         prefix = f"{record['run']}/" if record.get("run") else ""
@@ -960,6 +961,7 @@ def run_study(
             stack.enter_context(_ray.session(ray_address))  # connects (or fails) before anything is written
         _check_folder(out, resume)
         if resume:
+            assert seeds is not None  # the stored seeds and any added ones
             if added:
                 meta["seeds"] = list(seeds)
                 write_text_atomic(out / "config.json", json.dumps(meta, indent=2) + "\n")

@@ -23,6 +23,7 @@ Examples:
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -440,17 +441,9 @@ def format_verdicts(verdicts: Sequence[Verdict], *, width: int = 80) -> str:
     """The verdict table as plain text of at most ``width`` columns (for logs and tests), notes underneath."""
     from rich.console import Console
 
-    console = Console(width=width, record=True, file=_Null(), color_system=None)
+    console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
     console.print(verdict_table(verdicts))
     for v in verdicts:
         if v.note:
             console.print(f"{v.claim.name}: {v.note}", overflow="fold", markup=False, highlight=False)
     return console.export_text()
-
-
-class _Null:
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass

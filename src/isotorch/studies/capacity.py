@@ -178,7 +178,12 @@ def gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[f
         p.grad = None
     with torch.enable_grad():
         nn.functional.cross_entropy(clone(x), y).backward()
-    return [float(lin.weight.grad.norm()) for lin in _linears(clone)]
+    norms = []
+    for lin in _linears(clone):
+        grad = lin.weight.grad
+        assert grad is not None  # every layer is on the loss's path
+        norms.append(float(grad.norm()))
+    return norms
 
 
 def capacity_measures(model: nn.Module, *, rank_tol: float = 0.01, neuron_tol: float = 0.05) -> dict[str, float]:
@@ -311,7 +316,8 @@ class Capacity(Study):
                             torch.manual_seed(1_000_003 * ctx.seed + 1_009 * width + depth)
                             return build_mlp(x.shape[1], width, depth, n_classes, variant).to(ctx.device)
 
-                    lr, scores = config.lrs[0], {}
+                    scores: dict[float, float] = {}
+                    lr = config.lrs[0]
                     if len(config.lrs) > 1:
                         lr, scores = select_lr(
                             ctx,

@@ -229,6 +229,7 @@ class Collapse(Study):
                 continue
             family = variant.split("+")[0]
             torch.manual_seed(ctx.seed)  # the same initial weights for every variant of a seed
+            net: nn.Module
             net, names = build_classifier(
                 tuple(x.shape[1:]), num_classes, model=config.model, width=config.width, depth=config.depth
             )
@@ -242,6 +243,7 @@ class Collapse(Study):
                 offsets = torch.Generator().manual_seed(50_000 + ctx.seed)
                 net = syre(net, config.syre_sigma0, "offset", generator=offsets)
             net = net.to(ctx.device)
+            assert isinstance(net, nn.Sequential)  # convert and syre keep the container
             head = net[len(net) - 1]
             opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
@@ -488,9 +490,9 @@ class Collapse(Study):
                 if not rows:
                     continue
                 prof = rows[-1]
-                kw = {"color": f"C{i}", "lw": 1.5 if s == data.seeds[0] else 0.6}
-                label = variant if s == data.seeds[0] else None
-                ax.plot(range(len(prof["layers"])), prof["numerical_rank"], "o-", label=label, **kw)
+                kw: dict[str, Any] = {"color": f"C{i}", "lw": 1.5 if s == data.seeds[0] else 0.6}
+                legend = variant if s == data.seeds[0] else None
+                ax.plot(range(len(prof["layers"])), prof["numerical_rank"], "o-", label=legend, **kw)
                 ax.plot(range(len(prof["layers"])), prof["effective_rank"], "s--", **kw)
         ax.set_xticks(range(self._n_layers(data)))
         ax.set_xlabel("hidden layer (0 = first)")

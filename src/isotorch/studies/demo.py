@@ -182,7 +182,7 @@ class Demo(Study):
         log_steps = [e * per_epoch for e in range(cfg.epochs + 1)]
         bases = {"a": base_model(cfg.width), "b": base_model(cfg.width)}  # the runner seeded the global RNG
         finals: dict[str, Any] = {}
-        trained: dict[str, dict[str, nn.Module]] = {}
+        trained: dict[str, dict[str, nn.Sequential]] = {}
         for family in FAMILIES:
             trained[family] = {}
 

@@ -171,16 +171,19 @@ def build_mlp(
     layers: list[nn.Module] = []
     for i in range(depth + 1):
         fan_in, fan_out = dims[i], dims[i + 1]
+        linear: AsymLinear | nn.Linear
         if variant == "w_asym":
             n_fix = min(max(1, round(n_fix_fraction * fan_in)), fan_in - 1)
             linear = AsymLinear(fan_in, fan_out, n_fix=n_fix, kappa=kappa / math.sqrt(fan_in), generator=arch)
         else:
             linear = nn.Linear(fan_in, fan_out)
         bound = 1 / math.sqrt(fan_in)
+        bias = linear.bias
+        assert isinstance(bias, torch.Tensor)  # both layer kinds are built with a bias
         with torch.no_grad():
             linear.weight.copy_((torch.rand(fan_out, fan_in, generator=init) * 2 - 1) * bound)
-            linear.bias.copy_((torch.rand(fan_out, generator=init) * 2 - 1) * bound)
-            if variant == "w_asym":
+            bias.copy_((torch.rand(fan_out, generator=init) * 2 - 1) * bound)
+            if isinstance(linear, AsymLinear):  # variant "w_asym"
                 linear.weight.mul_(linear.mask)
         layers.append(linear)
         if i < depth:
@@ -191,7 +194,7 @@ def build_mlp(
                 layers.append(act)
             else:
                 layers.append(nn.Tanh())
-    net = nn.Sequential(*layers)
+    net: nn.Module = nn.Sequential(*layers)
     if variant == "isotropic":
         from isotorch import convert
 
@@ -200,6 +203,7 @@ def build_mlp(
         from isotorch.params import syre
 
         net = syre(net, syre_sigma0, "offset", generator=arch)
+    assert isinstance(net, nn.Sequential)  # convert and syre keep the container
     return net, [str(2 * i + 1) for i in range(depth)]
 
 
@@ -335,7 +339,7 @@ class Lmc(Study):
             if ctx.configuration is not None and variant != ctx.configuration:
                 continue
 
-            def make(m_index, variant=variant, v_index=v_index):
+            def make(m_index: int, variant: str = variant, v_index: int = v_index) -> tuple[nn.Module, list[str]]:
                 net, names = build_mlp(
                     variant,
                     d,
@@ -352,12 +356,17 @@ class Lmc(Study):
                 return net.to(ctx.device), names
 
             wd = config.syre_weight_decay if variant == "syre" else config.weight_decay
-            lr, scores = config.lrs[0], {}
+            scores: dict[float, float] = {}
+            lr = config.lrs[0]
+
+            def first_model(make=make) -> nn.Module:
+                return make(0)[0]
+
             if len(config.lrs) > 1:
                 lr, scores = select_lr(
                     ctx,
                     f"sweep/{variant}",
-                    lambda make=make: make(0)[0],
+                    first_model,
                     config.lrs,
                     x,
                     y,
@@ -367,7 +376,9 @@ class Lmc(Study):
                 )
             finals[f"{variant}/lr"] = lr
             ctx.log(0, run=variant, event="lr_sweep", lr=lr, scores={f"{k:g}": v for k, v in scores.items()})
-            nets, opts, names = {}, {}, []
+            nets: dict[str, nn.Module] = {}
+            opts: dict[str, torch.optim.Optimizer] = {}
+            names: list[str] = []
             for m_index, m in enumerate(MODELS):
                 nets[m], names = make(m_index)
                 opts[m] = torch.optim.AdamW(nets[m].parameters(), lr=lr, weight_decay=wd)

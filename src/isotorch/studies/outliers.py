@@ -148,10 +148,11 @@ def build_model(config: OutliersConfig, variant: str, seed: int) -> nn.Module:
     )
     if norm == "rms_norm":
         d = config.n_embd
-        for block in model.transformer.h:
+        stack: Any = model.transformer  # transformers' GPT-2 stack: blocks h with ln_1 and ln_2, then ln_f
+        for block in stack.h:
             block.ln_1 = nn.RMSNorm(d, eps=block.ln_1.eps, elementwise_affine=False)
             block.ln_2 = nn.RMSNorm(d, eps=block.ln_2.eps, elementwise_affine=False)
-        model.transformer.ln_f = nn.RMSNorm(d, eps=model.transformer.ln_f.eps, elementwise_affine=False)
+        stack.ln_f = nn.RMSNorm(d, eps=stack.ln_f.eps, elementwise_affine=False)
     return model
 
 
@@ -323,13 +324,16 @@ def analyse_model(
     # 1. outliers and alignment of the trained model's stream
     stats = [outliers(streams[n], threshold=outlier_threshold) for n in norms]
     kurt = [k for s in stats for k in s.channel_kurtosis if k is not None]
+    max_kurt = [k for s in stats if (k := s.max_kurtosis) is not None]
+    if len(max_kurt) != len(stats):
+        raise RuntimeError("a norm of the trained model reads a stream whose channels are all constant")
     final = streams[norms[-1]]
     rows = torch.randperm(final.shape[0], generator=gen)[:align_samples]
     align = alignment_score(final[rows], n_bootstrap=n_bootstrap, n_null=n_null, generator=seed)
     out_stats = {
         "token_max_rms": float(np.mean([s.token_max_rms_mean for s in stats])),
-        "max_kurtosis": float(np.mean([s.max_kurtosis for s in stats])),
-        "log10_max_kurtosis": float(np.mean([math.log10(s.max_kurtosis) for s in stats])),
+        "max_kurtosis": float(np.mean(max_kurt)),
+        "log10_max_kurtosis": float(np.mean([math.log10(k) for k in max_kurt])),
         "outlier_fraction": float(np.mean([len(s.outlier_channels) / d for s in stats])),
         "kurtosis": kurt,
         "align": align.value,
@@ -347,10 +351,12 @@ def analyse_model(
         rotations["hadamard"] = random_hadamard(d, generator=gen)
     except ValueError:
         rotations["hadamard"] = None  # no Hadamard matrix of this size
-    rotations["haar"] = groups.get("orthogonal").sample(d, generator=gen, dtype=torch.float64)
+    haar = groups.get("orthogonal").sample(d, generator=gen, dtype=torch.float64)
+    rotations["haar"] = haar
     _, _, calib_acts = _capture(folded, calib_tokens, norms)
     calib = torch.cat(list(calib_acts.values()))
-    init = rotations["hadamard"] if rotations["hadamard"] is not None else rotations["haar"]
+    hadamard = rotations["hadamard"]
+    init = hadamard if hadamard is not None else haar
     learned = learn_rotation(calib, bits=4, init=init, steps=learn_steps, lr=learn_lr, generator=gen)
     rotations["learned"] = learned.matrix
 
@@ -697,8 +703,8 @@ class Outliers(Study):
                 row = condition(variant, cond)
                 if row is None:
                     continue
-                values = np.asarray(row["channel_absmax"], dtype=float)
-                ax.plot(np.arange(len(values)), values, style, color=colours[cond], lw=1, marker=".", ms=3, label=cond)
+                absmax = np.asarray(row["channel_absmax"], dtype=float)
+                ax.plot(np.arange(len(absmax)), absmax, style, color=colours[cond], lw=1, marker=".", ms=3, label=cond)
             ax.set_title(f"{variant} ({_DESCRIPTIONS[variant]}), seed {seed}", fontsize=9)
             ax.set_ylabel("max|h_j| / rms(h)")
             ax.grid(alpha=0.3)
@@ -774,8 +780,8 @@ class Outliers(Study):
                 lo = min(v.min() for v in pooled.values())
                 hi = max(v.max() for v in pooled.values())
                 bins = np.linspace(lo, hi + 1e-9, 30)
-                for cond, values in pooled.items():
-                    ax.hist(values, bins=bins, histtype="step", lw=1.5, color=colours[cond], label=cond)
+                for cond, logs in pooled.items():
+                    ax.hist(logs, bins=bins, histtype="step", lw=1.5, color=colours[cond], label=cond)
             ax.axvline(math.log10(3.0), color="0.3", ls=":", lw=1, label="Gaussian (3)")
             ax.set_title(f"{variant}", fontsize=9)
             ax.set_xlabel("log10 channel kurtosis of the stream")

@@ -342,6 +342,7 @@ class Plateaus(Study):
         finals: dict[str, Any] = {}
         for scale in config.scales:
             model = _student(config, scale).to(ctx.device)
+            opt: torch.optim.Optimizer
             if config.optimizer == "gd":
                 opt = torch.optim.SGD(model.parameters(), lr=config.lr)
             else:

@@ -45,7 +45,7 @@ import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -56,6 +56,9 @@ from isotorch.studies._models import scale_hint, select_lr
 from isotorch.studies._registry import Study, register_study
 from isotorch.studies._stats import Figure, Findings
 from isotorch.studies._verdicts import Claim, inconclusive, paired_verdict
+
+if TYPE_CHECKING:
+    from isotorch.studies.symmetry_order import SymmetryOrderConfig
 
 __all__ = ["Quantisation", "QuantisationConfig", "build_autoencoder", "snapshot_epochs"]
 
@@ -182,7 +185,7 @@ def build_autoencoder(
     return model
 
 
-def _load(config: QuantisationConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def _load(config: QuantisationConfig | SymmetryOrderConfig) -> tuple[torch.Tensor, torch.Tensor]:
     split = load_dataset(config.dataset, root=config.data_root, flatten=True)
     return split.x_train, split.x_test
 
@@ -190,7 +193,9 @@ def _load(config: QuantisationConfig) -> tuple[torch.Tensor, torch.Tensor]:
 def _privileged(model: nn.Sequential, variant: str) -> torch.Tensor | str:
     act = model[_code_index(model)]
     if variant.startswith("direction:"):
-        return act.directions.detach().to(torch.float64)
+        directions = act.directions  # a DirectionActivation's buffer
+        assert isinstance(directions, torch.Tensor)
+        return directions.detach().to(torch.float64)
     return "standard"
 
 
@@ -211,7 +216,7 @@ def _scores(acts: torch.Tensor, basis, seed: int, n_bootstrap: int, n_null: int)
     (as many as the standard basis has; its cost grows with the planes), A uses them all."""
     from isotorch.probes import alignment_score, quantisation_score
 
-    kw = {"n_bootstrap": n_bootstrap, "n_null": n_null, "generator": seed, "nan_policy": "omit"}
+    kw: dict[str, Any] = {"n_bootstrap": n_bootstrap, "n_null": n_null, "generator": seed, "nan_policy": "omit"}
     n = acts.shape[1]
     many = torch.is_tensor(basis) and len(basis) > n
     out: dict[str, Any] = {}
@@ -246,7 +251,9 @@ def _saturation(model: nn.Sequential, variant: str, x: torch.Tensor) -> float:
         k = int(variant.split(":")[1])
         radial = pre.reshape(len(pre), -1, k).norm(dim=2)
     elif variant.startswith("direction:"):
-        radial = (pre @ model[index].directions.detach().double().T).abs()
+        directions = model[index].directions  # a DirectionActivation's buffer
+        assert isinstance(directions, torch.Tensor)
+        radial = (pre @ directions.detach().double().T).abs()
     else:
         return math.nan
     return float((torch.tanh(radial) > 0.9).double().mean())

@@ -197,8 +197,11 @@ def prune_by_norm(model: nn.Sequential, producer: int, k: int) -> tuple[nn.Seque
     import copy
 
     first, second = model[producer], model[producer + 2]
+    assert isinstance(first, nn.Linear) and isinstance(second, nn.Linear)  # the unit's producer and consumer
+    first_bias, second_bias = first.bias, second.bias
+    assert isinstance(first_bias, torch.Tensor) and isinstance(second_bias, torch.Tensor)  # build_mlp's biases
     norms = (
-        first.weight.detach().pow(2).sum(1) + first.bias.detach().pow(2) + second.weight.detach().pow(2).sum(0)
+        first.weight.detach().pow(2).sum(1) + first_bias.detach().pow(2) + second.weight.detach().pow(2).sum(0)
     ).sqrt()
     order = torch.argsort(norms, stable=True)
     keep = torch.sort(order[k:]).values
@@ -207,9 +210,9 @@ def prune_by_norm(model: nn.Sequential, producer: int, k: int) -> tuple[nn.Seque
     b = nn.Linear(len(keep), second.out_features, dtype=second.weight.dtype)
     with torch.no_grad():
         a.weight.copy_(first.weight[keep])
-        a.bias.copy_(first.bias[keep])
+        a.bias.copy_(first_bias[keep])
         b.weight.copy_(second.weight[:, keep])
-        b.bias.copy_(second.bias)
+        b.bias.copy_(second_bias)
     new[producer], new[producer + 2] = a, b
     return new, [float(v) for v in norms[order[:k]]]
 
@@ -224,7 +227,9 @@ def _producers(model: nn.Sequential) -> list[int]:
 
 
 def _singular_values(model: nn.Sequential, producer: int) -> list[float]:
-    w = model[producer].weight.detach().to(torch.float64)
+    layer = model[producer]
+    assert isinstance(layer, nn.Linear)  # see _producers
+    w = layer.weight.detach().to(torch.float64)
     s = torch.linalg.svdvals(w)
     pad = w.shape[0] - len(s)  # more units than inputs: the extra singular values are 0
     return [*s.tolist(), *([0.0] * pad)]
@@ -300,7 +305,8 @@ class Topology(Study):
                 )
 
             if isotropic not in chosen:
-                lr, scores = config.lrs[0], {}
+                scores: dict[float, float] = {}
+                lr = config.lrs[0]
                 if len(config.lrs) > 1:
                     family = "isotropic" if isotropic else "elementwise"
                     lr, scores = select_lr(
