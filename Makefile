@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
+DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: run test bench lint format audit-docs install clean
+.PHONY: run test bench docs lint format audit-docs install clean
 
 install: $(STAMP)
 
@@ -27,7 +29,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+# the peers the benchmarks compare against (the bench extra) install here only, not for run/test
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/primitives.py
 	$(BIN)/python benchmarks/audit.py
 	$(BIN)/python benchmarks/probes.py
@@ -41,6 +48,14 @@ bench: $(STAMP)
 audit-docs: $(STAMP)
 	$(BIN)/python -m isotorch.audit --markdown docs/audit.md
 
+# API reference (mkdocs + mkdocstrings) and guides into site/; --strict makes every warning an error
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(BIN)/mkdocs build --strict
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
@@ -51,4 +66,4 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis runs
+	rm -rf $(VENV) .pytest_cache .hypothesis runs site
