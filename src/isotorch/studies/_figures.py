@@ -2,8 +2,8 @@
 
 A study's :meth:`~isotorch.studies.Study.figures` opens each figure with :func:`subplots` (matplotlib's
 non-interactive backend, the studies' default size and resolution), draws on the axes it gets back, and hands the
-figure to :func:`save`, which lays it out, writes the PNG into the run folder atomically (a temporary file renamed
-into place, so a killed run never leaves half an image), closes it and returns the
+figure to :func:`save_figure`, which lays it out, writes the PNG into the run folder atomically (a temporary file
+renamed into place, so a killed run never leaves half an image), closes it and returns the
 :class:`~isotorch.studies._stats.Figure` record (file name and caption) that the report shows.
 """
 
@@ -19,23 +19,23 @@ import numpy as np
 
 from isotorch.studies._stats import Figure, mean_ci
 
-__all__ = ["band", "cmap", "save", "subplots"]
+__all__ = ["ci_band", "cmap", "save_figure", "subplots"]
 
 
 def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], dpi: int = 110, **kwargs: Any):
-    """A new matplotlib figure and its axes on the Agg backend (``plt.subplots``; always a 2-D axes array).
+    """A new matplotlib figure and its axes on the Agg backend (``plt.subplots`` with the studies' resolution).
 
     Args:
         nrows, ncols: the grid of axes (e.g. one column per family, one row per seed).
         figsize: the figure size in inches.
         dpi: the resolution (default 110, the studies' figures).
-        **kwargs: passed to ``plt.subplots`` (``sharey``, ``height_ratios``, ``layout`` ...).
+        **kwargs: passed to ``plt.subplots`` (``squeeze=False`` for a 2-D array of axes, ``sharey``, ...).
 
     Returns:
-        ``(figure, axes)`` with ``axes[row][column]``.
+        ``(figure, axes)`` as ``plt.subplots`` returns them.
 
     Examples:
-        >>> fig, axes = subplots(1, 2, figsize=(4, 2))
+        >>> fig, axes = subplots(1, 2, figsize=(4, 2), squeeze=False)
         >>> axes.shape
         (1, 2)
         >>> import matplotlib.pyplot as plt; plt.close(fig)
@@ -45,7 +45,6 @@ def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], dp
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    kwargs.setdefault("squeeze", False)
     return plt.subplots(nrows, ncols, figsize=figsize, dpi=dpi, **kwargs)
 
 
@@ -61,15 +60,15 @@ def cmap(name: str, n: int) -> np.ndarray:
     return np.array([plt.get_cmap(name)(i) for i in range(n)])
 
 
-def save(fig, out: str | Path, name: str, caption: str, *, tight: bool = True) -> Figure:
+def save_figure(fig, out: str | Path, name: str, caption: str, *, tight: bool = True) -> Figure:
     """Lay out ``fig`` (unless ``tight=False``), write it to ``out/name`` atomically, close it; the report's record.
 
     Examples:
         >>> import tempfile
-        >>> fig, axes = subplots(figsize=(2, 2))
-        >>> _ = axes[0][0].plot([0, 1], [1, 0])
+        >>> fig, ax = subplots(figsize=(2, 2))
+        >>> _ = ax.plot([0, 1], [1, 0])
         >>> with tempfile.TemporaryDirectory() as folder:
-        ...     record = save(fig, folder, "line.png", "a falling line")
+        ...     record = save_figure(fig, folder, "line.png", "a falling line")
         ...     size = (Path(folder) / "line.png").stat().st_size
         ...     leftovers = [p.name for p in Path(folder).iterdir() if p.name != "line.png"]
         >>> record.path, size > 1000, leftovers
@@ -92,7 +91,7 @@ def save(fig, out: str | Path, name: str, caption: str, *, tight: bool = True) -
     return Figure(name, caption)
 
 
-def band(
+def ci_band(
     ax,
     xs: Sequence[float],
     values: Iterable[Iterable[float]],
@@ -118,8 +117,8 @@ def band(
         The means and the CI half-widths (0 where one seed leaves it undefined).
 
     Examples:
-        >>> fig, axes = subplots(figsize=(2, 2))
-        >>> mean, ci = band(axes[0][0], [1, 2], [[1.0, 3.0], [2.0, 2.0]])
+        >>> fig, ax = subplots(figsize=(2, 2))
+        >>> mean, ci = ci_band(ax, [1, 2], [[1.0, 3.0], [2.0, 2.0]])
         >>> mean.tolist(), round(float(ci[0]), 2), float(ci[1])
         ([2.0, 2.0], 12.71, 0.0)
         >>> import matplotlib.pyplot as plt; plt.close(fig)
