@@ -83,12 +83,12 @@ def worker(task: str, n_rows: int, dim: int, extra: dict) -> dict:
         out["mean_range"] = [float(r.mean.min()), float(r.mean.max())]
     elif task == "baselines":
         subset = extra["planes"]
-        ours = srm(x, max_planes=subset, generator=0)
+        ours = srm(x, max_planes=subset, generator=torch.Generator().manual_seed(0))
         start = time.perf_counter()
-        ours = srm(x, max_planes=subset, generator=0)
+        ours = srm(x, max_planes=subset, generator=torch.Generator().manual_seed(0))
         out["ours_subset_seconds"] = time.perf_counter() - start
         start = time.perf_counter()
-        dense = srm(x, max_planes=subset, generator=0, method="dense")
+        dense = srm(x, max_planes=subset, generator=torch.Generator().manual_seed(0), method="dense")
         out["dense_subset_seconds"] = time.perf_counter() - start
         out["dense_identical"] = bool(torch.equal(ours.curves, dense.curves))
         loop_planes = ours.planes[: extra["loop_planes"]]
@@ -104,7 +104,7 @@ def worker(task: str, n_rows: int, dim: int, extra: dict) -> dict:
 
         for name, fn in (("alignment", alignment_score), ("quantisation", quantisation_score)):
             start = time.perf_counter()
-            r = fn(x, generator=0)
+            r = fn(x, generator=torch.Generator().manual_seed(0))
             out[f"{name}_seconds"] = time.perf_counter() - start
             out[name] = [r.value, r.ci_low, r.ci_high, r.p_value]
         out["peak_growth_mb"] = peak_mb() - before

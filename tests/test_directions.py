@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from isotorch import directions, groups
 from isotorch.directions import (
-    NAMES,
     cross_polytope,
     energy,
     get,
+    names,
     random_orthonormal,
     simplex,
     standard_basis,
@@ -144,12 +144,12 @@ def test_thomson_lowers_the_energy_of_random_points(k, n):
     assert float(energy(thomson(k, n, steps=10))) >= float(energy(v)) - 1e-9
 
 
-def test_thomson_is_deterministic_given_the_seed(dtype):
-    a = thomson(9, 4, seed=3, dtype=dtype)
-    b = thomson(9, 4, seed=3, dtype=dtype)
+def test_thomson_is_deterministic_given_the_generator(dtype):
+    a = thomson(9, 4, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    b = thomson(9, 4, generator=torch.Generator().manual_seed(3), dtype=dtype)
     assert a.dtype == dtype
     assert torch.equal(a, b)
-    assert not torch.equal(a, thomson(9, 4, seed=4, dtype=dtype))
+    assert not torch.equal(a, thomson(9, 4, generator=torch.Generator().manual_seed(4), dtype=dtype))
 
 
 @pytest.mark.slow
@@ -193,12 +193,15 @@ def test_get_dispatches_to_the_builders():
     assert torch.equal(get("standard", 3), standard_basis(3))
     assert torch.equal(get("cross_polytope", 3, 6), cross_polytope(3))
     assert torch.equal(get("simplex", 3, 4), simplex(3))
-    assert torch.equal(get("thomson", 3, 7, seed=2), thomson(7, 3, seed=2))
-    rand = get("random", 5, seed=1)
+    assert torch.equal(
+        get("thomson", 3, 7, generator=torch.Generator().manual_seed(2)),
+        thomson(7, 3, generator=torch.Generator().manual_seed(2)),
+    )
+    rand = get("random", 5, generator=torch.Generator().manual_seed(1))
     assert torch.equal(rand, random_orthonormal(5, generator=torch.Generator().manual_seed(1)))
-    assert torch.equal(get("random", 5, 2, seed=1), rand[:2])
+    assert torch.equal(get("random", 5, 2, generator=torch.Generator().manual_seed(1)), rand[:2])
     assert get("simplex", 3, dtype=torch.float32).dtype == torch.float32
-    assert NAMES == ("standard", "random", "cross_polytope", "simplex", "thomson")
+    assert names() == ["standard", "random", "cross_polytope", "simplex", "thomson"]
     assert directions.__all__ and all(hasattr(directions, name) for name in directions.__all__)
 
 
@@ -217,7 +220,7 @@ def test_get_dispatches_to_the_builders():
         (lambda: thomson(True, 2), ValueError, "k must be an int"),
         (lambda: thomson(4, 2.5), ValueError, "n must be an int"),
         (lambda: thomson(3, 1), ValueError, "only k=2 points fit"),
-        (lambda: thomson(4, 3, seed=-1), ValueError, "seed must be"),
+        (lambda: thomson(4, 3, generator=3), TypeError, "generator must be a torch.Generator"),
         (lambda: thomson(4, 3, restarts=0), ValueError, "restarts must be"),
         (lambda: thomson(4, 3, tol=float("nan")), ValueError, "tol must be"),
         (lambda: standard_basis(0), ValueError, "n must be an int >= 1"),
@@ -232,7 +235,7 @@ def test_bad_input_raises_clearly(call, error, match):
 
 
 @given(
-    name=st.sampled_from(NAMES),
+    name=st.sampled_from(names()),
     n=st.integers(1, 6),
     extra=st.integers(0, 4),
     dtype=st.sampled_from([torch.float32, torch.float64]),

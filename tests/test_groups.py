@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from isotorch import groups
-from isotorch.groups import NAMES, Group, act, covers, generate, get, is_subgroup, lattice
+from isotorch.groups import Group, act, covers, generate, get, is_subgroup, lattice, names
 
 N = 8  # lattice(8) has block groups for k = 2 and 4
 
@@ -95,7 +95,7 @@ def test_sample_rejects_integer_dtypes():
 
 @given(
     n=st.integers(1, 10),
-    name=st.sampled_from(NAMES),
+    name=st.sampled_from(names()),
     seed=st.integers(0, 2**31),
     dtype=st.sampled_from([torch.float32, torch.float64]),
 )
@@ -452,7 +452,7 @@ def test_get_by_name_and_short_form():
     assert get("orthogonal").key == "orthogonal"
     g = get("positive_scaling", log_scale_std=0.2)
     assert get(g) is g and g.log_scale_std == 0.2
-    assert set(NAMES) == {g.name for g in lattice(N)}
+    assert set(names()) == {g.name for g in lattice(N)}
     assert groups.__all__ and all(hasattr(groups, name) for name in groups.__all__)
 
 

@@ -15,10 +15,10 @@ from scipy import stats
 from torch import nn
 
 from isotorch import groups
+from isotorch import init as it_init
 from isotorch.init import (
-    INITIALIZERS,
     SCHEMES,
-    InitializerSpec,
+    InitialiserSpec,
     haar_orthogonal_,
     init_model_,
     isotropic_normal_,
@@ -127,7 +127,7 @@ def test_isotropic_normal_bad_input():
 
 
 @given(shape=st.lists(st.integers(0, 5), min_size=2, max_size=4).map(tuple), scheme=st.sampled_from(SCHEMES))
-def test_initializers_fill_any_weight_shape(shape, scheme):
+def test_initialisers_fill_any_weight_shape(shape, scheme):
     """Empty tensors and size-1 axes: the initialisers keep the shape and produce finite values."""
     fill = {"orthogonal": haar_orthogonal_, "normal": isotropic_normal_}[scheme]
     w = torch.full(shape, float("nan"))
@@ -160,21 +160,21 @@ def _element(group: str, n: int, seed: int = 5) -> torch.Tensor:
     return groups.get(group).sample(n, generator=_gen(seed), dtype=torch.float64)
 
 
-@pytest.mark.parametrize("name", sorted(INITIALIZERS))
+@pytest.mark.parametrize("name", sorted(it_init.names()))
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_law_is_invariant_under_the_declared_group(name, side):
-    spec = INITIALIZERS[name]
+    spec = it_init.get(name)
     n = SHAPE[0] if side == "left" else SHAPE[1]
     pvalues = _ks_pvalues(spec.init, _element(spec.group, n), side)
     assert min(pvalues.values()) > 1e-4, pvalues
 
 
-@pytest.mark.parametrize("name", sorted(k for k, s in INITIALIZERS.items() if s.group != "orthogonal"))
+@pytest.mark.parametrize("name", sorted(k for k in it_init.names() if it_init.get(k).group != "orthogonal"))
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_uniform_laws_are_not_rotation_invariant(name, side):
     """Negative control: i.i.d. uniform entries fill a cube; a rotation g·W has entries beyond the cube's face."""
     n = SHAPE[0] if side == "left" else SHAPE[1]
-    spec = INITIALIZERS[name]
+    spec = it_init.get(name)
     assert _ks_pvalues(spec.init, _element("orthogonal", n), side)["max_abs"] < 1e-9
     for cover in groups.covers(spec.group, n):
         assert _ks_pvalues(spec.init, _element(cover.key, n), side)["max_abs"] < 1e-6, cover
@@ -247,9 +247,9 @@ def test_registry_contents():
         "xavier_uniform": "signed_permutation",
         "uniform": "signed_permutation",
     }
-    assert {k: v.group for k, v in INITIALIZERS.items()} == expected
-    for spec in INITIALIZERS.values():
-        assert isinstance(spec, InitializerSpec)
+    assert {k: it_init.get(k).group for k in it_init.names()} == expected
+    for spec in map(it_init.get, it_init.names()):
+        assert isinstance(spec, InitialiserSpec)
         init, group = spec  # unpacks as (callable, declared group)
         groups.get(group)
         a = init(torch.empty(4, 3), generator=_gen(1))

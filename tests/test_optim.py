@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from isotorch import groups
-from isotorch.optim import OPTIMIZERS, SECOND_MOMENTS, IsoAdam, OptimizerSpec
+from isotorch import optim as it_optim
+from isotorch.optim import SECOND_MOMENTS, IsoAdam, OptimiserSpec
 from isotorch.testing import relative_error, tolerance
 
 STEPS = 5
@@ -340,29 +341,29 @@ def test_iso_adam_any_shape_gives_finite_bounded_steps(shape, mode, scale):
 # --- the registry ------------------------------------------------------------------------------------------------
 
 
-def test_registry_covers_the_standard_optimizers():
-    assert {"sgd", "sgd_momentum", "adam", "adamw", "rmsprop", "adagrad", "iso_adam"} <= set(OPTIMIZERS)
-    for name, spec in OPTIMIZERS.items():
-        assert isinstance(spec, OptimizerSpec)
+def test_registry_covers_the_standard_optimisers():
+    assert {"sgd", "sgd_momentum", "adam", "adamw", "rmsprop", "adagrad", "iso_adam"} <= set(it_optim.names())
+    for name, spec in ((n, it_optim.get(n)) for n in it_optim.names()):
+        assert isinstance(spec, OptimiserSpec)
         factory, declared = spec  # unpacks as (factory, declared groups)
         assert isinstance(factory([nn.Parameter(torch.ones(2))]), torch.optim.Optimizer), name
         for group in declared:
             groups.get(group)  # canonical names only
 
 
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("name", sorted(it_optim.names()))
 @pytest.mark.parametrize("dims", [(0,), (1,), (0, 1)], ids=["rows", "columns", "both"])
 def test_registry_claims_hold(name, dims, dtype):
-    spec = OPTIMIZERS[name]
+    spec = it_optim.get(name)
     for group in spec.groups:
         err = _equivariance_error(spec.factory, SHAPE, _action(group, SHAPE, dims), dtype)
         assert err <= tolerance(dtype), (name, group, err)
 
 
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("name", sorted(it_optim.names()))
 def test_registry_claims_are_maximal(name, dtype):
     """Negative control: the optimiser fails every cover of its largest declared group."""
-    spec = OPTIMIZERS[name]
+    spec = it_optim.get(name)
     top = [g for g in spec.groups if not any(h != g and groups.is_subgroup(g, h, SHAPE[0]) for h in spec.groups)]
     assert len(top) == 1, top
     for cover in groups.covers(top[0], SHAPE[0]):

@@ -175,14 +175,21 @@ def test_zero_trials_cannot_pass_vacuously():
 
 def test_generator_seeds_make_errors_reproducible():
     x = _x(torch.float64)
-    a = equivariance_error(torch.tanh, x, "orthogonal", generator=7)
+    a = equivariance_error(torch.tanh, x, "orthogonal", generator=torch.Generator().manual_seed(7))
     torch.manual_seed(123)  # the global RNG does not matter
     b = equivariance_error(torch.tanh, x, "orthogonal", generator=torch.Generator().manual_seed(7))
     assert a == b
-    assert equivariance_error(torch.tanh, x, "orthogonal") == equivariance_error(torch.tanh, x, "orthogonal")
-    assert equivariance_error(torch.tanh, x, "orthogonal", generator=8) != a
+    # generator=None is torch's global RNG: reproducible under torch.manual_seed, a fresh draw otherwise
+    torch.manual_seed(5)
+    c = equivariance_error(torch.tanh, x, "orthogonal")
+    torch.manual_seed(5)
+    assert equivariance_error(torch.tanh, x, "orthogonal") == c
+    assert equivariance_error(torch.tanh, x, "orthogonal") != c
+    with pytest.raises(TypeError, match=r"generator must be a torch\.Generator or None"):
+        equivariance_error(torch.tanh, x, "orthogonal", generator=7)
+    assert equivariance_error(torch.tanh, x, "orthogonal", generator=torch.Generator().manual_seed(8)) != a
     # the error is a maximum over trials: more trials never report less (same generator stream)
-    assert equivariance_error(torch.tanh, x, "orthogonal", trials=8, generator=7) >= a
+    assert equivariance_error(torch.tanh, x, "orthogonal", trials=8, generator=torch.Generator().manual_seed(7)) >= a
 
 
 # --- relative_error ----------------------------------------------------------------------------------------------

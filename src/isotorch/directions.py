@@ -20,7 +20,7 @@ Thomson points minimise the Riesz 1-energy (Coulomb energy)
 
 on the unit sphere. The regular simplex (K = n + 1) and the cross-polytope (K = 2n) are universally optimal
 (Cohn–Kumar 2007), so they are the exact answers for those K; for other K the solver returns a good local
-minimum, deterministic given the seed.
+minimum, deterministic given the generator.
 
 Every function returns a (K, n) tensor with unit rows, float64 unless ``dtype=`` says otherwise.
 
@@ -42,19 +42,30 @@ import math
 import torch
 
 from isotorch import groups as _groups
+from isotorch._util import check_generator
 
 __all__ = [
-    "NAMES",
     "cross_polytope",
     "energy",
     "get",
+    "names",
     "random_orthonormal",
     "simplex",
     "standard_basis",
     "thomson",
 ]
 
-NAMES: tuple[str, ...] = ("standard", "random", "cross_polytope", "simplex", "thomson")
+_NAMES: tuple[str, ...] = ("standard", "random", "cross_polytope", "simplex", "thomson")
+
+
+def names() -> list[str]:
+    """The direction-set names accepted by :func:`get`.
+
+    Examples:
+        >>> names()
+        ['standard', 'random', 'cross_polytope', 'simplex', 'thomson']
+    """
+    return list(_NAMES)
 
 
 def _check_int(value: object, name: str, minimum: int) -> int:
@@ -221,7 +232,7 @@ def thomson(
     k: int,
     n: int,
     *,
-    seed: int = 0,
+    generator: torch.Generator | None = None,
     steps: int = 1000,
     restarts: int = 4,
     tol: float = 1e-7,
@@ -237,7 +248,7 @@ def thomson(
 
     accepted only if it does not raise the energy (then u is projected onto the new tangent spaces and η grows by
     5%); a rejected step resets u = 0 and halves η, so the energy never increases. All ``restarts`` random starts
-    (Gaussian directions drawn from ``seed``) run together, vectorised, until
+    (Gaussian directions drawn from ``generator``) run together, vectorised, until
     max_i ‖F_i‖ ≤ ``tol``·E/K for every start (E/K is the scale of ‖∇_i E‖) or ``steps`` steps; the
     lowest-energy configuration is returned.
 
@@ -248,7 +259,8 @@ def thomson(
     Args:
         k: number of points K (int ≥ 2; for n = 1 only K = 2 is possible).
         n: dimension (int ≥ 1).
-        seed: seed of the random starts (int ≥ 0); the result is deterministic given all arguments.
+        generator: ``torch.Generator`` for the random starts, or ``None`` (torch's global RNG); the result is
+            deterministic given the generator's state and the other arguments.
         steps: maximum number of steps (default 1000: at most about half a second for K = 128, n = 64).
         restarts: number of random starts (default 4).
         tol: relative tangential-force tolerance for early stopping (default 1e-7).
@@ -259,13 +271,13 @@ def thomson(
         Output: (K, n), unit rows.
 
     Examples:
-        >>> v = thomson(4, 3, seed=0)
+        >>> v = thomson(4, 3, generator=torch.Generator().manual_seed(0))
         >>> torch.allclose(v @ v.T, torch.full((4, 4), -1 / 3, dtype=torch.float64).fill_diagonal_(1.0), atol=1e-6)
         True
     """
     k = _check_int(k, "k", 2)
     n = _check_int(n, "n", 1)
-    seed = _check_int(seed, "seed", 0)
+    generator = check_generator(generator)
     steps = _check_int(steps, "steps", 0)
     restarts = _check_int(restarts, "restarts", 1)
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
@@ -276,7 +288,6 @@ def thomson(
             raise ValueError(f"only k=2 points fit on the 0-sphere S^0 = {{-1, 1}} (n=1) without coinciding, got k={k}")
         return torch.tensor([[1.0], [-1.0]], dtype=dtype, device=device)
 
-    generator = torch.Generator().manual_seed(seed)
     x = torch.randn(restarts, k, n, generator=generator, dtype=torch.float64)
     x = x / x.norm(dim=2, keepdim=True)
     e, force = _batched_energy_and_force(x)
@@ -307,18 +318,18 @@ def get(
     n: int,
     k: int | None = None,
     *,
-    seed: int = 0,
+    generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """A direction set by name: one of :data:`NAMES`, as a (K, n) tensor of unit rows.
+    """A direction set by name: one of :func:`names`, as a (K, n) tensor of unit rows.
 
     Args:
-        name: ``"standard"`` (K = n), ``"random"`` (K ≤ n orthonormal rows, default n, Haar-random from ``seed``),
+        name: ``"standard"`` (K = n), ``"random"`` (K ≤ n orthonormal rows, default n, Haar-random from ``generator``),
             ``"cross_polytope"`` (K = 2n), ``"simplex"`` (K = n + 1) or ``"thomson"`` (any K ≥ 2, required).
         n: dimension (int ≥ 1).
         k: number of vectors; ``None`` means the set's natural size. A fixed-size set raises on any other K.
-        seed: seed for ``"random"`` and ``"thomson"``.
+        generator: ``torch.Generator`` for ``"random"`` and ``"thomson"``, or ``None`` (torch's global RNG).
         dtype: floating dtype of the result (default float64).
         device: device of the result.
 
@@ -332,21 +343,20 @@ def get(
         >>> get("thomson", 3, 6).shape
         torch.Size([6, 3])
     """
-    if not isinstance(name, str) or name not in NAMES:
-        raise KeyError(f"unknown direction set {name!r}; valid names: {', '.join(NAMES)}")
+    if not isinstance(name, str) or name not in _NAMES:
+        raise KeyError(f"unknown direction set {name!r}; valid names: {', '.join(_NAMES)}")
     n = _check_int(n, "n", 1)
     if k is not None:
         k = _check_int(k, "k", 1)
     if name == "thomson":
         if k is None:
             raise ValueError("the 'thomson' direction set needs the number of vectors k")
-        return thomson(k, n, seed=seed, dtype=dtype, device=device)
+        return thomson(k, n, generator=generator, dtype=dtype, device=device)
     if name == "random":
         k = n if k is None else k
         if k > n:
             raise ValueError(f"'random' gives at most n={n} orthonormal vectors, got k={k}")
-        seed = _check_int(seed, "seed", 0)
-        v = random_orthonormal(n, generator=torch.Generator().manual_seed(seed), dtype=dtype, device=device)
+        v = random_orthonormal(n, generator=check_generator(generator), dtype=dtype, device=device)
         return v[:k]
     size = {"standard": n, "cross_polytope": 2 * n, "simplex": n + 1}[name]
     if k is not None and k != size:

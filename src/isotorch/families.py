@@ -15,7 +15,7 @@ name               group                        activation
 =================  ===========================  ===============================================================
 
 :func:`convert` swaps the primitives of an existing model for a family's, keeping every weight, and reports what
-it swapped and what it left alone. :func:`symmetrize` is the generating half of the taxonomy: it turns any
+it swapped and what it left alone. :func:`symmetrise` is the generating half of the taxonomy: it turns any
 primitive into a G-equivariant one by averaging over a finite group.
 
 Examples:
@@ -52,14 +52,14 @@ __all__ = [
     "ConversionRow",
     "PrimitiveSet",
     "PrimitiveSpec",
-    "Symmetrized",
+    "Symmetrised",
     "convert",
     "get",
     "names",
     "primitives",
     "register",
     "register_primitive",
-    "symmetrize",
+    "symmetrise",
 ]
 
 logger = logging.getLogger(__name__)
@@ -149,7 +149,9 @@ for _spec in (
     PrimitiveSpec(
         "direction_thomson",
         "activation",
-        lambda n: inn.DirectionActivation(_directions.thomson(n + 4, n, seed=0), "tanh"),
+        lambda n: inn.DirectionActivation(
+            _directions.thomson(n + 4, n, generator=torch.Generator().manual_seed(0)), "tanh"
+        ),
         ("trivial",),
     ),
     PrimitiveSpec("iso_rms_norm", "norm", lambda n: inn.IsoRMSNorm(), _ISO),
@@ -190,8 +192,8 @@ class PrimitiveSet:
         dropout: ``dropout(p, dim)``.
         pool: ``pool(kernel_size, stride, padding)`` for 2-D feature maps (channels at dim 1).
         gate: ``gate(dim)``: input split in two halves along ``dim`` (like ``torch.nn.GLU``).
-        init: a name in :data:`isotorch.init.INITIALIZERS`.
-        optimizer: a name in :data:`isotorch.optim.OPTIMIZERS`.
+        init: a name in :func:`isotorch.init.names`.
+        optimiser: a name in :func:`isotorch.optim.names`.
         description: one line for tables.
     """
 
@@ -203,18 +205,18 @@ class PrimitiveSet:
     pool: Callable[..., nn.Module]
     gate: Callable[[int], nn.Module]
     init: str
-    optimizer: str
+    optimiser: str
     description: str = ""
 
-    def make_optimizer(self, params, **kwargs) -> torch.optim.Optimizer:
+    def make_optimiser(self, params, **kwargs) -> torch.optim.Optimizer:
         """Build the family's optimiser for ``params`` (keyword arguments go to its constructor)."""
-        factory, _ = _optim.OPTIMIZERS[self.optimizer]
+        factory, _ = _optim.get(self.optimiser)
         kwargs.setdefault("weight_decay", 0.0)  # the registry's factories differ here; a matched pair must not
         return factory(params, **kwargs)
 
     def init_(self, model: nn.Module, *, generator: torch.Generator | None = None) -> nn.Module:
         """Re-initialise every Linear/Conv weight of ``model`` in place with the family's initialiser."""
-        fn, _ = _init.INITIALIZERS[self.init]
+        fn, _ = _init.get(self.init)
         for module in model.modules():
             if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
                 with torch.no_grad():
@@ -247,7 +249,7 @@ def _shared(name: str, group: str, activation, description: str, *, elementwise:
             pool=lambda kernel_size, stride=None, padding=0: nn.MaxPool2d(kernel_size, stride, padding),
             gate=lambda dim: nn.GLU(dim),
             init="kaiming_uniform",
-            optimizer="adam",
+            optimiser="adam",
             description=description,
         )
     return PrimitiveSet(
@@ -259,7 +261,7 @@ def _shared(name: str, group: str, activation, description: str, *, elementwise:
         pool=lambda kernel_size, stride=None, padding=0: inn.NormMaxPool2d(kernel_size, stride, padding),
         gate=lambda dim: inn.IsoGate(dim=dim),
         init="orthogonal",
-        optimizer="iso_adam",
+        optimiser="iso_adam",
         description=description,
     )
 
@@ -314,7 +316,9 @@ def _block_family(k: int) -> PrimitiveSet:
 
 def _direction_family(k: int) -> PrimitiveSet:
     def activation(n: int, dim: int) -> nn.Module:
-        return inn.DirectionActivation(_directions.thomson(k, n, seed=0), "tanh", dim=dim)
+        return inn.DirectionActivation(
+            _directions.thomson(k, n, generator=torch.Generator().manual_seed(0)), "tanh", dim=dim
+        )
 
     return _shared(f"direction:{k}", "trivial", activation, f"tanh over {k} Thomson directions")
 
@@ -377,7 +381,7 @@ class ConversionReport:
         family, group: the family converted to and its group.
         swapped: the modules replaced by the family's (or kept because they already are).
         left: the normalisers, activations and other primitives left alone, each with the reason.
-        source: where the feature axes came from (``"example_input"``, a probe input built from the first layer, or
+        source: where the feature axes came from (``"x"``, a probe input built from the first layer, or
             ``None`` when the model could not be run).
     """
 
@@ -596,7 +600,7 @@ def convert(
     model: nn.Module,
     family: str | PrimitiveSet,
     *,
-    example_input: torch.Tensor | None = None,
+    x: torch.Tensor | None = None,
     dims: dict[str, int] | None = None,
     return_report: bool = False,
 ):
@@ -614,16 +618,16 @@ def convert(
     functions called in ``forward`` (``F.relu``) included.
 
     The feature axis of each primitive is read from the site graph of :func:`isotorch.params.symmetries` on
-    ``example_input``: the axis that carries the features where the primitive sits (e.g. the channels of a
+    ``x``: the axis that carries the features where the primitive sits (e.g. the channels of a
     LayerNorm2d that permutes them last, the last axis of ViT tokens), or the axis a torch primitive itself acts on
-    (BatchNorm's channels). Without ``example_input`` a probe input is built from the first layer in registration
+    (BatchNorm's channels). Without ``x`` a probe input is built from the first layer in registration
     order (a Linear's ``in_features``, a Conv's channels); when it does not run, activations are left alone (pass
-    ``example_input``). ``dims={path: dim}`` overrides the axis of any module.
+    ``x``). ``dims={path: dim}`` overrides the axis of any module.
 
     Args:
         model: the model to convert (left unchanged).
         family: a family name (see :func:`get`) or a :class:`PrimitiveSet`.
-        example_input: optional input of one forward pass, from which the feature axes and sizes are read.
+        x: optional input of one forward pass, from which the feature axes and sizes are read.
         dims: optional per-module feature axis overrides.
         return_report: also return a :class:`ConversionReport`.
 
@@ -639,7 +643,7 @@ def convert(
     unknown = set(dims) - known
     if unknown:
         raise KeyError(f"dims names modules that are not in the model: {sorted(unknown)}")
-    calls, source, functions = _read_graph(new_model, example_input)
+    calls, source, functions = _read_graph(new_model, x)
 
     swapped: list[ConversionRow] = []
     left: list[ConversionRow] = []
@@ -647,13 +651,13 @@ def convert(
         if not path:
             continue
         call = calls.get(path)
-        x = call.x if call is not None else None
+        site_x = call.x if call is not None else None
         dim = dims.get(path, call.axis if call is not None else None)
         if call is not None and len(call.axes) > 1 and path not in dims:
             dim = None
         children = any(True for _ in module.children())
         try:
-            new, note, role = _swap(module, fam, x, dim, call, children)
+            new, note, role = _swap(module, fam, site_x, dim, call, children)
             dim = getattr(new, "dim", dim) if isinstance(getattr(new, "dim", None), int) else dim
         except (ValueError, TypeError) as exc:  # e.g. a block size that does not divide the width
             new, note, role = None, f"left alone: {exc}", "primitive"
@@ -676,17 +680,17 @@ def convert(
     return (new_model, report) if return_report else new_model
 
 
-def _read_graph(model: nn.Module, example_input) -> tuple[dict[str, _Call], str | None, list[ConversionRow]]:
+def _read_graph(model: nn.Module, x) -> tuple[dict[str, _Call], str | None, list[ConversionRow]]:
     """The site graph's view of each module, where the input came from, and the functional primitives (which
     convert cannot swap)."""
-    candidates = [(example_input, "example_input")] if example_input is not None else _probe_input(model)
-    for x, source in candidates:
+    candidates = [(x, "x")] if x is not None else _probe_input(model)
+    for candidate, source in candidates:
         try:
-            calls, functions = _graph_calls(model, x)
+            calls, functions = _graph_calls(model, candidate)
         except Exception as exc:
-            if example_input is not None:
+            if x is not None:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                raise ValueError(f"example_input does not fit the model: {type(exc).__name__}: {first}") from exc
+                raise ValueError(f"x does not fit the model: {type(exc).__name__}: {first}") from exc
             continue
         return calls, source, functions
     return {}, None, []
@@ -702,7 +706,7 @@ def _swap(module, fam, x, dim, call, children) -> tuple[nn.Module | None, str, s
         if gate:
             return None, "left alone: its output multiplies another tensor (a gate, e.g. squeeze-excite)", "activation"
         if dim is None or x is None:
-            return None, "left alone: feature size and axis unknown (pass example_input=)", "activation"
+            return None, "left alone: feature size and axis unknown (pass x=)", "activation"
         note = (
             ""
             if isinstance(module, _ACTIVATIONS)
@@ -761,7 +765,7 @@ def _swap_norm(module, fam, kind, recognised, x, dim, children):
         if x is not None and dim is None and isinstance(getattr(module, "weight", None), torch.Tensor):
             dim = _gain_axis(module.weight, x)
         if x is None or dim is None:
-            return None, "left alone: feature axis unknown (pass example_input=)", "norm"
+            return None, "left alone: feature axis unknown (pass x=)", "norm"
         size = x.shape[dim]
         weight = getattr(module, "weight", None)
         if isinstance(weight, torch.Tensor) and weight.shape != (size,):
@@ -782,7 +786,7 @@ def _swap_norm(module, fam, kind, recognised, x, dim, children):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class Symmetrized(nn.Module):
+class Symmetrised(nn.Module):
     """The G-equivariant average of a primitive over a finite group G of n×n matrices.
 
     .. math:: f_G(x) = \\frac{1}{|G|} \\sum_{g \\in G} \\rho(g)^{-1} f(\\rho(g) x)
@@ -840,10 +844,10 @@ class Symmetrized(nn.Module):
         return f"order={self.elements.shape[0]}, n={self.elements.shape[-1]}, dim={self.dim}"
 
 
-def symmetrize(
+def symmetrise(
     fn: Callable[[torch.Tensor], torch.Tensor], group_elements: torch.Tensor, *, dim: int = -1
-) -> Symmetrized:
-    """Build a G-equivariant primitive from any primitive by group averaging (see :class:`Symmetrized`).
+) -> Symmetrised:
+    """Build a G-equivariant primitive from any primitive by group averaging (see :class:`Symmetrised`).
 
     Averaging a single-direction map K·σ(x·v)·v over the symmetry group of a direction set V ∋ v gives exactly
     the direction-set activation Σ_k σ(x·v_k)·v_k (when G acts transitively on V).
@@ -851,9 +855,9 @@ def symmetrize(
     Examples:
         >>> import torch, isotorch as it
         >>> signs = it.groups.generate(torch.diag(torch.tensor([-1.0, 1.0, 1.0]))[None])  # {I, reflection}
-        >>> f = it.families.symmetrize(torch.nn.functional.relu, signs)
+        >>> f = it.families.symmetrise(torch.nn.functional.relu, signs)
         >>> x = torch.tensor([[-2.0, 1.0, -1.0]])
         >>> f(x)  # the x0 coordinate becomes (relu(x0) − relu(−x0))/2 = x0/2: odd in x0
         tensor([[-1.,  1.,  0.]])
     """
-    return Symmetrized(fn, group_elements, dim=dim)
+    return Symmetrised(fn, group_elements, dim=dim)

@@ -10,7 +10,7 @@ Examples:
     >>> w = it.init.haar_orthogonal_(torch.empty(3, 5), generator=torch.Generator().manual_seed(0))
     >>> torch.allclose(w @ w.T, torch.eye(3), atol=1e-6)
     True
-    >>> it.init.INITIALIZERS["kaiming_uniform"].group
+    >>> it.init.get("kaiming_uniform").group
     'signed_permutation'
 """
 
@@ -24,7 +24,15 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-__all__ = ["INITIALIZERS", "SCHEMES", "InitializerSpec", "haar_orthogonal_", "init_model_", "isotropic_normal_"]
+__all__ = [
+    "SCHEMES",
+    "InitialiserSpec",
+    "get",
+    "haar_orthogonal_",
+    "init_model_",
+    "isotropic_normal_",
+    "names",
+]
 
 SCHEMES: tuple[str, ...] = ("orthogonal", "normal")
 _MODES = ("fan_in", "fan_out", "fan_avg")
@@ -186,7 +194,7 @@ def init_model_(
     return model
 
 
-class InitializerSpec(NamedTuple):
+class InitialiserSpec(NamedTuple):
     """A registered initialiser: ``init(tensor, *, generator=None)`` and the group its law is invariant under.
 
     The claim: for g in ``group`` acting on the output axis (W ↦ gW) or on the input axis of the flattened weight
@@ -197,17 +205,39 @@ class InitializerSpec(NamedTuple):
     group: str
 
 
-INITIALIZERS: dict[str, InitializerSpec] = {
-    "orthogonal": InitializerSpec(haar_orthogonal_, "orthogonal"),
-    "normal": InitializerSpec(isotropic_normal_, "orthogonal"),
-    "kaiming_normal": InitializerSpec(nn.init.kaiming_normal_, "orthogonal"),
-    "xavier_normal": InitializerSpec(nn.init.xavier_normal_, "orthogonal"),
-    "kaiming_uniform": InitializerSpec(nn.init.kaiming_uniform_, "signed_permutation"),
-    "xavier_uniform": InitializerSpec(nn.init.xavier_uniform_, "signed_permutation"),
-    "uniform": InitializerSpec(functools.partial(nn.init.uniform_, a=-1.0, b=1.0), "signed_permutation"),
+_INITIALISERS: dict[str, InitialiserSpec] = {
+    "orthogonal": InitialiserSpec(haar_orthogonal_, "orthogonal"),
+    "normal": InitialiserSpec(isotropic_normal_, "orthogonal"),
+    "kaiming_normal": InitialiserSpec(nn.init.kaiming_normal_, "orthogonal"),
+    "xavier_normal": InitialiserSpec(nn.init.xavier_normal_, "orthogonal"),
+    "kaiming_uniform": InitialiserSpec(nn.init.kaiming_uniform_, "signed_permutation"),
+    "xavier_uniform": InitialiserSpec(nn.init.xavier_uniform_, "signed_permutation"),
+    "uniform": InitialiserSpec(functools.partial(nn.init.uniform_, a=-1.0, b=1.0), "signed_permutation"),
 }
-"""Initialisers by name → :class:`InitializerSpec` (init, declared group).
+"""Initialisers by name → :class:`InitialiserSpec` (init, declared group).
 
 ``"uniform"`` is U(−1, 1): the symmetric interval is what makes it B_n-invariant (torch's default U(0, 1) is
 only S_n-invariant, since a sign flip moves its mean).
 """
+
+
+def names() -> list[str]:
+    """The registered initialiser names (see :func:`get`).
+
+    Examples:
+        >>> import isotorch as it
+        >>> it.init.names()[:2]
+        ['orthogonal', 'normal']
+    """
+    return list(_INITIALISERS)
+
+
+def get(name: str) -> InitialiserSpec:
+    """The registered initialiser ``name``: an :class:`InitialiserSpec` (init, declared group).
+
+    Raises:
+        KeyError: unknown name (the message lists the valid names).
+    """
+    if not isinstance(name, str) or name not in _INITIALISERS:
+        raise KeyError(f"unknown initialiser {name!r}; valid names: {', '.join(_INITIALISERS)}")
+    return _INITIALISERS[name]

@@ -17,7 +17,7 @@ Examples:
     >>> opt.step()
     >>> [round(v, 4) for v in w.detach()[0].tolist()]
     [0.9, 0.9]
-    >>> it.optim.OPTIMIZERS["adam"].groups
+    >>> it.optim.get("adam").groups
     ('permutation', 'signed_permutation')
 """
 
@@ -30,7 +30,7 @@ from typing import NamedTuple, overload
 
 import torch
 
-__all__ = ["OPTIMIZERS", "SECOND_MOMENTS", "IsoAdam", "OptimizerSpec"]
+__all__ = ["SECOND_MOMENTS", "IsoAdam", "OptimiserSpec", "get", "names"]
 
 SECOND_MOMENTS: tuple[str, ...] = ("tensor", "row", "column")
 
@@ -196,7 +196,7 @@ class IsoAdam(torch.optim.Optimizer):
         return loss
 
 
-class OptimizerSpec(NamedTuple):
+class OptimiserSpec(NamedTuple):
     """A registered optimiser: ``factory(params, **overrides)`` and the groups its update is equivariant to.
 
     The claim: for g in each group, acting on any one axis of a parameter tensor (or on several axes at once),
@@ -211,21 +211,43 @@ class OptimizerSpec(NamedTuple):
 _ROTATION = ("permutation", "signed_permutation", "mean_orthogonal", "special_orthogonal", "orthogonal")
 _COORDINATE = ("permutation", "signed_permutation")
 
-OPTIMIZERS: dict[str, OptimizerSpec] = {
-    "sgd": OptimizerSpec(functools.partial(torch.optim.SGD, lr=0.1), _ROTATION),
-    "sgd_momentum": OptimizerSpec(
+_OPTIMISERS: dict[str, OptimiserSpec] = {
+    "sgd": OptimiserSpec(functools.partial(torch.optim.SGD, lr=0.1), _ROTATION),
+    "sgd_momentum": OptimiserSpec(
         functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=1e-2), _ROTATION
     ),
-    "sgd_nesterov": OptimizerSpec(functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, nesterov=True), _ROTATION),
-    "adam": OptimizerSpec(functools.partial(torch.optim.Adam, lr=1e-2), _COORDINATE),
-    "adamw": OptimizerSpec(functools.partial(torch.optim.AdamW, lr=1e-2, weight_decay=1e-2), _COORDINATE),
-    "rmsprop": OptimizerSpec(functools.partial(torch.optim.RMSprop, lr=1e-2, momentum=0.5), _COORDINATE),
-    "adagrad": OptimizerSpec(functools.partial(torch.optim.Adagrad, lr=1e-1), _COORDINATE),
-    "iso_adam": OptimizerSpec(functools.partial(IsoAdam, lr=1e-2, weight_decay=1e-2), _ROTATION),
+    "sgd_nesterov": OptimiserSpec(functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, nesterov=True), _ROTATION),
+    "adam": OptimiserSpec(functools.partial(torch.optim.Adam, lr=1e-2), _COORDINATE),
+    "adamw": OptimiserSpec(functools.partial(torch.optim.AdamW, lr=1e-2, weight_decay=1e-2), _COORDINATE),
+    "rmsprop": OptimiserSpec(functools.partial(torch.optim.RMSprop, lr=1e-2, momentum=0.5), _COORDINATE),
+    "adagrad": OptimiserSpec(functools.partial(torch.optim.Adagrad, lr=1e-1), _COORDINATE),
+    "iso_adam": OptimiserSpec(functools.partial(IsoAdam, lr=1e-2, weight_decay=1e-2), _ROTATION),
 }
-"""Optimisers by name → :class:`OptimizerSpec` (factory, declared groups), after REFERENCE 3.1.
+"""Optimisers by name → :class:`OptimiserSpec` (factory, declared groups), after REFERENCE 3.1.
 
 SGD (plain, momentum, Nesterov) and :class:`IsoAdam` (``second_moment="tensor"``) are linear or share their
 normalisation over the whole tensor, so they respect every compact canonical group; Adam, AdamW, RMSprop and
 Adagrad normalise per coordinate and respect only the coordinate groups S_n and B_n.
 """
+
+
+def names() -> list[str]:
+    """The registered optimiser names (see :func:`get`).
+
+    Examples:
+        >>> import isotorch as it
+        >>> "iso_adam" in it.optim.names()
+        True
+    """
+    return list(_OPTIMISERS)
+
+
+def get(name: str) -> OptimiserSpec:
+    """The registered optimiser ``name``: an :class:`OptimiserSpec` (factory, declared groups).
+
+    Raises:
+        KeyError: unknown name (the message lists the valid names).
+    """
+    if not isinstance(name, str) or name not in _OPTIMISERS:
+        raise KeyError(f"unknown optimiser {name!r}; valid names: {', '.join(_OPTIMISERS)}")
+    return _OPTIMISERS[name]

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import torch
 
 from isotorch import groups as _groups
+from isotorch._util import as_generator
 
 __all__ = [
     "VacuousCheckError",
@@ -66,12 +67,6 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(rms(a - b) / torch.clamp(rms(a) + rms(b), min=1e-7))
 
 
-def _as_generator(generator: torch.Generator | int | None) -> torch.Generator:
-    if isinstance(generator, torch.Generator):
-        return generator
-    return torch.Generator().manual_seed(0 if generator is None else int(generator))
-
-
 class VacuousCheckError(AssertionError):
     """The function's output does not depend on its input (zero or constant): no symmetry check can fail."""
 
@@ -98,7 +93,7 @@ def _errors(fn, x, group, dim, trials, generator, equivariant: bool) -> tuple[fl
         raise ValueError(f"dim={dim} is out of range for x with {x.ndim} dimensions")
     g_obj = _groups.get(group)
     n = x.shape[dim]
-    gen = _as_generator(generator)
+    gen = as_generator(generator)
     with torch.no_grad():
         y = fn(x)
         if not isinstance(y, torch.Tensor):
@@ -125,7 +120,7 @@ def equivariance_error(
     *,
     dim: int = -1,
     trials: int = 4,
-    generator: torch.Generator | int | None = None,
+    generator: torch.Generator | None = None,
 ) -> float:
     """Max over ``trials`` random g of rel(f(g·x), g·f(x)), the group acting along ``dim``."""
     return _errors(fn, x, group, dim, trials, generator, equivariant=True)[0]
@@ -138,7 +133,7 @@ def invariance_error(
     *,
     dim: int = -1,
     trials: int = 4,
-    generator: torch.Generator | int | None = None,
+    generator: torch.Generator | None = None,
 ) -> float:
     """Max over ``trials`` random g of rel(f(g·x), f(x)), the group acting along ``dim``."""
     return _errors(fn, x, group, dim, trials, generator, equivariant=False)[0]
@@ -163,7 +158,7 @@ def assert_equivariant(
     *,
     dim: int = -1,
     trials: int = 4,
-    generator: torch.Generator | int | None = None,
+    generator: torch.Generator | None = None,
     tol: float | None = None,
 ) -> None:
     """Assert f(g·x) = g·f(x) for random g in ``group`` acting along ``dim``, within a dtype tolerance.
@@ -174,7 +169,7 @@ def assert_equivariant(
         group: a group name (see :mod:`isotorch.groups`) or :class:`~isotorch.groups.Group`.
         dim: the feature axis the group acts on.
         trials: number of random group elements.
-        generator: a ``torch.Generator`` or an int seed for the group samples.
+        generator: ``torch.Generator`` or ``None`` (torch's global RNG) for the group samples.
         tol: relative-error tolerance; default :func:`tolerance` of the output dtype.
     """
     __tracebackhide__ = True
@@ -188,7 +183,7 @@ def assert_invariant(
     *,
     dim: int = -1,
     trials: int = 4,
-    generator: torch.Generator | int | None = None,
+    generator: torch.Generator | None = None,
     tol: float | None = None,
 ) -> None:
     """Assert f(g·x) = f(x) for random g in ``group`` acting along ``dim``, within a dtype tolerance."""

@@ -11,7 +11,6 @@ from isotorch.audit._sampling import (
     DISTRIBUTIONS,
     Element,
     Sampler,
-    as_generator,
     draw_input,
     random_generator,
     sample,
@@ -72,16 +71,6 @@ def test_draw_input_distributions():
     assert draws["outliers"].abs().max() > 10
     with pytest.raises(ValueError, match="distribution"):
         draw_input("cauchy", like, gen)
-
-
-def test_as_generator():
-    g = torch.Generator()
-    assert as_generator(g) is g
-    assert torch.equal(
-        torch.randn(3, generator=as_generator(5)), torch.randn(3, generator=torch.Generator().manual_seed(5))
-    )
-    with pytest.raises(TypeError, match="generator"):
-        as_generator(1.5)
 
 
 LARGE = DENSE_LIMIT + 8

@@ -74,19 +74,18 @@ def test_the_table_is_deterministic_and_leaves_global_state_alone():
 
 
 def test_training_rows_come_from_the_registries():
-    table = primitive_table(torch_primitives=False, isotorch_primitives=False, kinds=["optimizer", "regularizer"])
+    table = primitive_table(torch_primitives=False, isotorch_primitives=False, kinds=["optimiser", "regulariser"])
     rows = {r.name: r for r in table.rows}
     assert rows["l1"].summary() == "B_n" and rows["l2"].summary() == "O(n)"
-    optimizers = [r for r in table.rows if r.kind == "optimizer"]
-    assert optimizers and all(r.agrees is not False for r in optimizers), [r.remark() for r in optimizers]
+    optimisers = [r for r in table.rows if r.kind == "optimiser"]
+    assert optimisers and all(r.agrees is not False for r in optimisers), [r.remark() for r in optimisers]
 
 
-def test_torch_fallbacks_without_registries(monkeypatch):
-    monkeypatch.setattr(_table, "_registry", lambda module, attribute: {})
+def test_training_rows_come_from_the_optimiser_and_initialiser_registries():
     table = primitive_table(torch_primitives=False, isotorch_primitives=False)
     summary = {r.name: (r.source, r.summary()) for r in table.rows}
-    assert summary["sgd"] == ("torch", "O(n)") and summary["adam"] == ("torch", "B_n")
-    assert summary["orthogonal"] == ("torch", "O(n)") and summary["kaiming_uniform"] == ("torch", "B_n")
+    assert summary["sgd"] == ("isotorch", "O(n)") and summary["adam"] == ("isotorch", "B_n")
+    assert summary["orthogonal"] == ("isotorch", "O(n)") and summary["kaiming_uniform"] == ("isotorch", "B_n")
 
 
 def test_isotorch_rows_compare_declared_and_measured(monkeypatch):

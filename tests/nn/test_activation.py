@@ -593,7 +593,7 @@ def test_thomson_like_set_is_trivial_and_breaks_permutations(generator):
     act = DirectionActivation(v / v.norm(dim=-1, keepdim=True))
     assert act.groups == ("trivial",)
     x = torch.randn(6, 4, generator=generator)
-    assert equivariance_error(act, x, "permutation", generator=1) > 1e-3
+    assert equivariance_error(act, x, "permutation", generator=torch.Generator().manual_seed(1)) > 1e-3
 
 
 # ------------------------------------------------------------------------------------ block-isotropic

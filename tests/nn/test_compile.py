@@ -35,7 +35,7 @@ def _mlp() -> nn.Sequential:
         nn.Linear(8, 8),
         inn.IsotropicActivation("softsign", learn_length=True),
         inn.BlockIsotropicActivation(2),
-        inn.DirectionActivation(it.directions.thomson(10, 8, seed=0)),
+        inn.DirectionActivation(it.directions.thomson(10, 8, generator=torch.Generator().manual_seed(0))),
         inn.IsoRMSNorm(),
         nn.Linear(8, 16),
         inn.IsoGate(),

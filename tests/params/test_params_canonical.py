@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from isotorch.params import canonical_element, canonicalize, sample_element, symmetries, transform
+from isotorch.params import canonical_element, canonicalise, sample_element, symmetries, transform
 from isotorch.testing import relative_error
 from tests.params.params_models import iso_mlp, mlp
 
@@ -33,24 +33,24 @@ def test_canonical_form_is_orbit_invariant(make, scaling):
     syms = symmetries(model, x)
     other = transform(model, sample_element(syms, torch.Generator().manual_seed(1)))
     assert not _close(model, other)  # negative control: the orbit points differ
-    ca = canonicalize(model, x, scaling=scaling)
-    cb = canonicalize(other, x, scaling=scaling)
+    ca = canonicalise(model, x, scaling=scaling)
+    cb = canonicalise(other, x, scaling=scaling)
     assert _close(ca, cb)
     assert relative_error(ca(x), model(x)) < 1e-9
 
 
 def test_canonical_properties():
     x = _x(6, 5)
-    relu = canonicalize(mlp(nn.ReLU), x)
+    relu = canonicalise(mlp(nn.ReLU), x)
     assert torch.allclose(
         torch.cat([relu[0].weight, relu[0].bias[:, None]], 1).norm(dim=1), torch.ones(16, dtype=torch.float64)
     )
-    tanh = canonicalize(mlp(nn.Tanh), x)
+    tanh = canonicalise(mlp(nn.Tanh), x)
     assert (tanh[0].bias >= 0).all() and (tanh[2].bias >= 0).all()
-    balanced = canonicalize(mlp(nn.ReLU), x, scaling="balanced")
+    balanced = canonicalise(mlp(nn.ReLU), x, scaling="balanced")
     prod = torch.cat([balanced[2].weight, balanced[2].bias[:, None]], 1).norm(dim=1)
     assert torch.allclose(prod, balanced[4].weight.norm(dim=0), rtol=1e-9)
-    iso = canonicalize(iso_mlp(widths=(8, 6, 5, 3)), _x(6, 8))
+    iso = canonicalise(iso_mlp(widths=(8, 6, 5, 3)), _x(6, 8))
     gram = iso[0].weight @ iso[0].weight.T + iso[0].bias[:, None] * iso[0].bias[None, :]
     assert gram.shape == (6, 6)
     with pytest.raises(ValueError, match="scaling"):

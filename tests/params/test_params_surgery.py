@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import isotorch as it
-from isotorch.params import SymmetryError, grow, prune, svd_diagonalize
+from isotorch.params import SymmetryError, grow, prune, svd_diagonalise
 from isotorch.testing import relative_error
 from tests.params.params_models import iso_mlp, mlp
 
@@ -14,13 +14,13 @@ def _x(dtype, *shape):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(4), dtype=dtype)
 
 
-def test_svd_diagonalize_left_and_full(dtype):
+def test_svd_diagonalise_left_and_full(dtype):
     model = iso_mlp(widths=(6, 6, 6, 3), dtype=dtype)
     x = _x(dtype, 5, 6)
-    left = svd_diagonalize(model, "2", x=x)
+    left = svd_diagonalise(model, "2", x=x)
     w = left[2].weight.double()
     assert torch.allclose(w @ w.T, torch.diag(torch.diagonal(w @ w.T)), atol=1e-4 if dtype == torch.float32 else 1e-10)
-    full = svd_diagonalize(model, "2", x=x, full=True)
+    full = svd_diagonalise(model, "2", x=x, full=True)
     w = full[2].weight.double()
     assert torch.allclose(w, torch.diag(torch.diagonal(w)), atol=1e-4 if dtype == torch.float32 else 1e-10)
     sv = torch.linalg.svdvals(model[2].weight.double())
@@ -28,14 +28,14 @@ def test_svd_diagonalize_left_and_full(dtype):
     with torch.no_grad():
         assert relative_error(full(x), model(x)) < it.testing.tolerance(dtype)
     with pytest.raises(ValueError, match="model input"):
-        svd_diagonalize(model, "0", x=x, full=True)
+        svd_diagonalise(model, "0", x=x, full=True)
 
 
 def test_surgery_refuses_elementwise_sites():
     model = mlp(nn.ReLU)
     x = _x(torch.float64, 4, 5)
     with pytest.raises(SymmetryError, match="isotropic"):
-        svd_diagonalize(model, "0", x=x)
+        svd_diagonalise(model, "0", x=x)
     with pytest.raises(SymmetryError, match="isotropic"):
         prune(model, "0", 2, x=x)
 

@@ -91,7 +91,7 @@ def _step(model, opt, x):
         (torch.optim.Adam, {"lr": 0.01}, it.nn.IsoTanh, False),
     ],
 )
-def test_optimizer_state_follows_the_transform(opt_cls, kwargs, act, group_ok):
+def test_optimiser_state_follows_the_transform(opt_cls, kwargs, act, group_ok):
     torch.manual_seed(0)
     model = mlp(act)
     twin = mlp(act)
@@ -108,9 +108,9 @@ def test_optimizer_state_follows_the_transform(opt_cls, kwargs, act, group_ok):
         g = sample_element(syms, torch.Generator().manual_seed(1))
     if not group_ok:
         with pytest.raises(SymmetryError, match="second-moment"):
-            transform(model, g, optimizer=opt)
+            transform(model, g, optimiser=opt)
         return
-    new = transform(model, g, optimizer=opt)
+    new = transform(model, g, optimiser=opt)
     assert all(p is q for p, q in zip(opt.param_groups[0]["params"], new.parameters(), strict=True))
     _step(new, opt, x)  # the second step in the transformed coordinates
     _step(twin, twin_opt, x)  # the second step in the original coordinates
@@ -126,14 +126,14 @@ def test_optimizer_state_follows_the_transform(opt_cls, kwargs, act, group_ok):
     assert not torch.allclose(transform(twin, g, check=False)[0].weight, stale[0].weight, atol=1e-6)
 
 
-@pytest.mark.parametrize("optimizer", [torch.optim.Adamax, torch.optim.ASGD, torch.optim.Adadelta])
-def test_optimizer_states_exact_only_under_permutations_refuse_scalings(optimizer):
+@pytest.mark.parametrize("optimiser", [torch.optim.Adamax, torch.optim.ASGD, torch.optim.Adadelta])
+def test_optimiser_states_exact_only_under_permutations_refuse_scalings(optimiser):
     """Adamax's max |g|, ASGD's parameter average and Adadelta's squared updates move like permutations, but not
     like gradients (or their squares) under positive scalings: a scaling raises instead of corrupting them."""
 
     def stepped():
         model = mlp(nn.ReLU, widths=(3, 4, 2))
-        opt = optimizer(model.parameters())
+        opt = optimiser(model.parameters())
         model(x).sum().backward()
         opt.step()
         return model, opt
@@ -142,11 +142,11 @@ def test_optimizer_states_exact_only_under_permutations_refuse_scalings(optimize
     model, opt = stepped()
     syms = symmetries(model, x)
     site = "0"  # the hidden ReLU site, named after its producer
-    transform(model, Element(syms, {site: torch.tensor([1, 0, 3, 2])}), optimizer=opt)
+    transform(model, Element(syms, {site: torch.tensor([1, 0, 3, 2])}), optimiser=opt)
     model, opt = stepped()
     scaling = torch.diag(torch.tensor([2.0, 3.0, 0.5, 4.0], dtype=torch.float64))
     with pytest.raises(SymmetryError, match="permutations"):
-        transform(model, Element(syms, {site: scaling}), optimizer=opt)
+        transform(model, Element(syms, {site: scaling}), optimiser=opt)
 
 
 @pytest.mark.parametrize(("inner", "axis", "sliced"), [(1, 0, False), (3, 1, False), (1, 1, True), (2, 0, True)])

@@ -105,7 +105,7 @@ def test_reservoir_is_uniform_seeded_and_keeps_labels():
     y = torch.arange(10_000) % 7
     hits = torch.zeros(10)
     for seed in range(40):
-        r = Reservoir(500, seed=seed)
+        r = Reservoir(500, generator=torch.Generator().manual_seed(seed))
         for xb, yb in zip(x.split(333), y.split(333), strict=True):
             r.update(xb, yb)
         assert len(r) == 500 and r.seen == 10_000
@@ -114,7 +114,10 @@ def test_reservoir_is_uniform_seeded_and_keeps_labels():
         hits += torch.bincount(r.indices // 1000, minlength=10)
     expected = 40 * 500 / 10
     assert float((hits - expected).abs().max()) < 5 * expected**0.5  # each tenth of the stream equally likely
-    a, b = Reservoir(50, seed=3), Reservoir(50, seed=3)
+    a, b = (
+        Reservoir(50, generator=torch.Generator().manual_seed(3)),
+        Reservoir(50, generator=torch.Generator().manual_seed(3)),
+    )
     for chunk in x.split(64):
         a.update(chunk)
         b.update(chunk * 2)
@@ -122,7 +125,7 @@ def test_reservoir_is_uniform_seeded_and_keeps_labels():
 
 
 def test_reservoir_smaller_stream_keeps_everything_in_order():
-    r = Reservoir(100, seed=0)
+    r = Reservoir(100, generator=torch.Generator().manual_seed(0))
     r.update(torch.randn(30, 2))
     r.update(torch.randn(0, 2))
     r.update(torch.randn(20, 2))

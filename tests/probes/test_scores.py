@@ -61,21 +61,26 @@ def test_alignment_is_zero_for_isotropic_offset_and_rotated_anisotropic_gaussian
         "anisotropic, random axes": (gaussian(n, 8, seed=3) * scale) @ rotation(8, seed=4).T + 3.0,
     }
     for name, x in cases.items():
-        r = alignment_score(x.to(dtype), generator=0, n_bootstrap=300, n_null=40)
+        r = alignment_score(x.to(dtype), generator=torch.Generator().manual_seed(0), n_bootstrap=300, n_null=40)
         # every Gaussian: the higher-order part is 0 within ~3 standard errors at this n
         high = r.components["higher_order"]
         assert abs(high["value"]) < 1.5 * (high["ci_high"] - high["ci_low"]), name
         # and the total is what a random basis gives: no privilege of this basis
         assert abs(r.value - r.null_mean) < 4 * r.null_sd, name
         assert r.p_value > 0.05, name
-    iso = alignment_score(cases["isotropic"].to(dtype), generator=0, n_bootstrap=300, n_null=0)
+    iso = alignment_score(
+        cases["isotropic"].to(dtype), generator=torch.Generator().manual_seed(0), n_bootstrap=300, n_null=0
+    )
     assert abs(iso.value) < 1.5 * half_width(iso) and iso.ci_low < 0 < iso.ci_high
 
 
 def test_alignment_does_not_see_the_mean():
     x = signed_axes(3000, 6, noise=0.2)
     shifted = x + torch.tensor([5.0, -2, 0, 1, 0, 0], dtype=torch.float64)
-    a, b = alignment_score(x, n_null=0, generator=0), alignment_score(shifted, n_null=0, generator=0)
+    a, b = (
+        alignment_score(x, n_null=0, generator=torch.Generator().manual_seed(0)),
+        alignment_score(shifted, n_null=0, generator=torch.Generator().manual_seed(0)),
+    )
     assert b.value == pytest.approx(a.value, abs=1e-9)
 
 
@@ -84,9 +89,13 @@ def test_alignment_does_not_see_the_mean():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_alignment_signs_read_like_the_srm_curve(dtype):
-    axes = alignment_score(signed_axes(3000, 8, dtype=dtype), generator=0, n_null=20)
-    corners = alignment_score(gaussian(3000, 8, seed=1, dtype=dtype).sign(), generator=0, n_null=20)
-    tanh = alignment_score(torch.tanh(3 * gaussian(3000, 8, seed=2, dtype=dtype)), generator=0, n_null=20)
+    axes = alignment_score(signed_axes(3000, 8, dtype=dtype), generator=torch.Generator().manual_seed(0), n_null=20)
+    corners = alignment_score(
+        gaussian(3000, 8, seed=1, dtype=dtype).sign(), generator=torch.Generator().manual_seed(0), n_null=20
+    )
+    tanh = alignment_score(
+        torch.tanh(3 * gaussian(3000, 8, seed=2, dtype=dtype)), generator=torch.Generator().manual_seed(0), n_null=20
+    )
     assert axes.value == pytest.approx(1.0, abs=2e-3)  # mass on the axes: cos 4φ = 1
     assert corners.value == pytest.approx(-1.0, abs=2e-3)  # mass on the diagonals: cos 4φ = −1
     assert -1 < tanh.value < -0.5 and tanh.ci_high < 0
@@ -98,7 +107,7 @@ def test_alignment_signs_read_like_the_srm_curve(dtype):
 def test_second_moment_privilege_is_reported_apart_from_higher_order():
     scale = torch.tensor([3.0, 2.0, 1.5, 1, 1, 1, 0.5, 0.5], dtype=torch.float64)
     x = gaussian(6000, 8, seed=5) * scale  # a Gaussian whose covariance axes are the basis
-    r = alignment_score(x, generator=0, n_bootstrap=300, n_null=40)
+    r = alignment_score(x, generator=torch.Generator().manual_seed(0), n_bootstrap=300, n_null=40)
     second, high = r.components["second_moment"], r.components["higher_order"]
     assert second["ci_low"] > 0.2 and r.p_value <= 1 / 41 + 1e-12
     assert abs(high["value"]) < 1.5 * (high["ci_high"] - high["ci_low"])
@@ -113,20 +122,26 @@ def test_second_moment_privilege_is_reported_apart_from_higher_order():
 def test_alignment_matches_a_numpy_transcription_on_every_path():
     x = signed_axes(700, 5, noise=0.4, seed=3) + 0.3 * gaussian(700, 5, seed=4).relu()
     eye = torch.eye(5, dtype=torch.float64)
-    fast = alignment_score(x, n_null=0, generator=0)  # orthonormal basis, every plane: closed form per sample
+    fast = alignment_score(
+        x, n_null=0, generator=torch.Generator().manual_seed(0)
+    )  # orthonormal basis, every plane: closed form per sample
     assert fast.value == pytest.approx(alignment_reference(x, eye), rel=1e-10)
-    perm = alignment_score(x, planes="perm", n_null=0, generator=0)
+    perm = alignment_score(x, planes="perm", n_null=0, generator=torch.Generator().manual_seed(0))
     assert perm.value == pytest.approx(fast.value, rel=1e-10)
     skew = torch.tensor([[1.0, 0, 0, 0, 0], [0.6, 0.8, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0.3, 0, 1, 0.2]])
-    custom = alignment_score(x, skew.double(), n_null=0, generator=0)  # non-orthogonal set: plane by plane
+    custom = alignment_score(
+        x, skew.double(), n_null=0, generator=torch.Generator().manual_seed(0)
+    )  # non-orthogonal set: plane by plane
     assert custom.value == pytest.approx(alignment_reference(x, skew), rel=1e-10)
     q = rotation(5, seed=9)
-    assert alignment_score(x @ q.T, q.T, n_null=0, generator=0).value == pytest.approx(fast.value, rel=1e-9)
+    assert alignment_score(x @ q.T, q.T, n_null=0, generator=torch.Generator().manual_seed(0)).value == pytest.approx(
+        fast.value, rel=1e-9
+    )
 
 
 def test_alignment_haar_null_has_mean_zero_and_rotated_structure_is_not_privileged():
     x = signed_axes(3000, 6, noise=0.05) @ rotation(6, seed=2).T  # quantised codes in a random frame
-    r = alignment_score(x, generator=0, n_null=60)
+    r = alignment_score(x, generator=torch.Generator().manual_seed(0), n_null=60)
     assert abs(r.value - r.null_mean) < 3 * r.null_sd and r.p_value > 0.05
     assert abs(r.null_mean) < 3 * r.null_sd / math.sqrt(60) + 0.02
 
@@ -163,7 +178,7 @@ def test_quantisation_is_zero_for_every_gaussian(dtype):
         "anisotropic, random axes": (gaussian(4000, 6, seed=4) * scale) @ rotation(6, seed=5).T - 2.0,
     }
     for name, x in cases.items():
-        r = quantisation_score(x.to(dtype), generator=0, n_bootstrap=300, n_null=0)
+        r = quantisation_score(x.to(dtype), generator=torch.Generator().manual_seed(0), n_bootstrap=300, n_null=0)
         assert abs(r.value) < 2e-3, name  # the U-statistic's sd is O(1/N) = O(2.5e-4) per harmonic at N = 4000
         assert r.ci_low <= 2e-4 and r.ci_high >= -2e-4, name
 
@@ -171,10 +186,15 @@ def test_quantisation_is_zero_for_every_gaussian(dtype):
 def test_small_gaussian_samples_are_never_scored_quantised():
     # the old entropy score read a few Gaussian points in 72 bins as strongly quantised; the U-statistic has no such
     # bias, and planes whose weight rests on < 10 effective samples are refused (nan with a reason)
-    tiny = quantisation_score(gaussian(12, 4, seed=0), n_null=0, n_bootstrap=50, generator=0)
+    tiny = quantisation_score(
+        gaussian(12, 4, seed=0), n_null=0, n_bootstrap=50, generator=torch.Generator().manual_seed(0)
+    )
     assert math.isnan(tiny.value) and "effective samples" in tiny.reason
     values = [
-        quantisation_score(gaussian(40, 4, seed=s), n_null=0, n_bootstrap=50, generator=0).value for s in range(30)
+        quantisation_score(
+            gaussian(40, 4, seed=s), n_null=0, n_bootstrap=50, generator=torch.Generator().manual_seed(0)
+        ).value
+        for s in range(30)
     ]
     assert all(math.isfinite(v) for v in values)
     # sd of one value ≈ 0.02 at N = 40: the mean of 30 is within 3 of its standard errors of 0
@@ -183,19 +203,23 @@ def test_small_gaussian_samples_are_never_scored_quantised():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_quantisation_positive_controls(dtype):
-    axes = quantisation_score(signed_axes(4000, 6, dtype=dtype), generator=0, n_null=10)
+    axes = quantisation_score(signed_axes(4000, 6, dtype=dtype), generator=torch.Generator().manual_seed(0), n_null=10)
     assert axes.value == pytest.approx(4 / 16, abs=2e-3)  # four clusters per plane: ⌊16/4⌋/16
     assert axes.p_value == pytest.approx(1 / 11) and axes.excess > 0.05
-    corners = quantisation_score(gaussian(4000, 6, seed=1, dtype=dtype).sign(), generator=0, n_null=0)
+    corners = quantisation_score(
+        gaussian(4000, 6, seed=1, dtype=dtype).sign(), generator=torch.Generator().manual_seed(0), n_null=0
+    )
     assert corners.value == pytest.approx(4 / 16, abs=2e-3)
     angle = 2 * math.pi * torch.arange(3000, dtype=torch.float64) / 3
     three = torch.stack([angle.cos(), angle.sin()], dim=1).to(dtype)  # three clusters at 120° in one plane
-    assert quantisation_score(three, n_null=0, generator=0).value == pytest.approx(5 / 16, abs=2e-3)
+    assert quantisation_score(three, n_null=0, generator=torch.Generator().manual_seed(0)).value == pytest.approx(
+        5 / 16, abs=2e-3
+    )
 
 
 def test_quantised_codes_in_a_rotated_frame_score_but_not_in_excess_of_random_bases():
     x = signed_axes(3000, 5, noise=0.02) @ rotation(5, seed=3).T
-    r = quantisation_score(x, generator=0, n_null=15)
+    r = quantisation_score(x, generator=torch.Generator().manual_seed(0), n_null=15)
     assert r.value > 0.02  # projections of discrete codes are discrete
     assert r.p_value > 0.05 and abs(r.excess) < 4 * r.null_sd
 
@@ -248,7 +272,7 @@ def coverage(score, kind, repeats, n=100, dim=4):
     population = 0.0 if kind == "isotropic" else score(draw(kind, 50_000, dim, g), n_bootstrap=2, n_null=0).value
     hits = 0
     for r in range(repeats):
-        res = score(draw(kind, n, dim, g), n_bootstrap=400, n_null=0, generator=r)
+        res = score(draw(kind, n, dim, g), n_bootstrap=400, n_null=0, generator=torch.Generator().manual_seed(r))
         hits += res.ci_low <= population <= res.ci_high
     return hits / repeats
 
@@ -284,7 +308,7 @@ def test_nan_rows_raise_or_are_counted(fn):
     x[3, 1] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         fn(x)
-    r = fn(x, nan_policy="omit", n_null=2, n_bootstrap=20, generator=0)
+    r = fn(x, nan_policy="omit", n_null=2, n_bootstrap=20, generator=torch.Generator().manual_seed(0))
     assert r.settings["excluded_nonfinite"] == 1 and r.n_samples == 299 and math.isfinite(r.value)
 
 
@@ -314,8 +338,8 @@ def test_bad_activations():
 
 def test_result_is_seeded_and_json_ready():
     x = signed_axes(500, 5, noise=0.3)
-    a = alignment_score(x, generator=4, n_bootstrap=100, n_null=5)
-    b = alignment_score(x, generator=4, n_bootstrap=100, n_null=5)
+    a = alignment_score(x, generator=torch.Generator().manual_seed(4), n_bootstrap=100, n_null=5)
+    b = alignment_score(x, generator=torch.Generator().manual_seed(4), n_bootstrap=100, n_null=5)
     assert (a.ci_low, a.ci_high, a.p_value) == (b.ci_low, b.ci_high, b.p_value)
     assert isinstance(a, ScoreResult) and a.name == "alignment"
     d = json.loads(json.dumps(a.to_dict(), allow_nan=False))

@@ -156,7 +156,7 @@ def test_rotation_loses_the_peaks():
 
 def test_random_basis_equals_rotated_data():
     x = gaussian(500, 6, seed=7)
-    r = srm(x, "random", generator=3)
+    r = srm(x, "random", generator=torch.Generator().manual_seed(3))
     q = it.groups.get("orthogonal").sample(6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     assert r.settings["basis"] == "random"
     assert torch.allclose(r.curves, srm(x @ q.T).curves, atol=2.5 / 500)
@@ -191,7 +191,7 @@ def test_joint_rotation_of_data_and_basis_is_invariant(dtype):
 
 
 def test_result_fields_to_dict_and_plot(tmp_path):
-    r = srm(gaussian(200, 4), max_planes=3, generator=0)
+    r = srm(gaussian(200, 4), max_planes=3, generator=torch.Generator().manual_seed(0))
     assert isinstance(r, SRMResult)
     assert r.curves.shape == (3, 100) and r.planes.shape == (3, 2)
     assert r.angles[1] == pytest.approx(2 * math.pi / 100)
@@ -209,9 +209,9 @@ def test_plane_counts_and_subsampling():
     x = gaussian(50, 5)
     assert srm(x).curves.shape[0] == 10
     assert srm(x, planes="perm").curves.shape[0] == 20
-    sub = srm(x, max_planes=4, generator=1)
+    sub = srm(x, max_planes=4, generator=torch.Generator().manual_seed(1))
     assert sub.curves.shape[0] == 4
-    assert torch.equal(sub.planes, srm(x, max_planes=4, generator=1).planes)
+    assert torch.equal(sub.planes, srm(x, max_planes=4, generator=torch.Generator().manual_seed(1)).planes)
 
 
 def test_scale_invariance_and_huge_norms():

@@ -11,7 +11,7 @@ from torch import nn
 
 from isotorch.params import syre
 from isotorch.studies._config import ConfigError, make_config
-from isotorch.studies._models import layer_features, unparametrized
+from isotorch.studies._models import layer_features, unparametrised
 from isotorch.studies._runner import run_study
 from isotorch.studies.collapse import Collapse, CollapseConfig, build_classifier
 from tests.studies.verdict_checks import check_verdicts
@@ -31,13 +31,13 @@ def test_config_validation():
     assert make_config(CollapseConfig, overrides=["variants=isotropic"]).variants == ("isotropic",)
 
 
-def test_unparametrized_keeps_the_function_and_the_original():
+def test_unparametrised_keeps_the_function_and_the_original():
     net = syre(
         nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)), 0.5, generator=torch.Generator().manual_seed(1)
     )
     x = torch.randn(9, 5)
     before = net(x)
-    plain = unparametrized(net)
+    plain = unparametrised(net)
     assert torch.allclose(plain(x), before, atol=1e-6)
     assert not any("parametrizations" in k for k in plain.state_dict())
     assert torch.equal(net(x), before)  # the original still works (remove_parametrizations would break it)

@@ -71,7 +71,7 @@ def test_asymmetric_layers_are_scaled_to_their_input_width():
 
 def test_select_lr_picks_the_lowest_validation_loss(tmp_path):
     from isotorch.studies._models import select_lr
-    from isotorch.studies._registry import Study, register_study
+    from isotorch.studies._registry import Study, register
 
     @dataclasses.dataclass(frozen=True)
     class SweepConfig:
@@ -79,7 +79,7 @@ def test_select_lr_picks_the_lowest_validation_loss(tmp_path):
 
     chosen = {}
 
-    @register_study("sweep-test")
+    @register("sweep-test")
     class Sweep(Study):
         Config = SweepConfig
 

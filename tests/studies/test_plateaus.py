@@ -45,8 +45,8 @@ def test_detector_negative_controls():
 def test_config_validation():
     with pytest.raises(ConfigError, match="scales must be positive"):
         make_config(PlateausConfig, overrides=["scales=0.1,-1"])
-    with pytest.raises(ConfigError, match="optimizer must be"):
-        make_config(PlateausConfig, overrides=["optimizer=sgd"])
+    with pytest.raises(ConfigError, match="optimiser must be"):
+        make_config(PlateausConfig, overrides=["optimiser=sgd"])
     with pytest.raises(ConfigError, match="escape_pair must be two increasing scales"):
         make_config(PlateausConfig, overrides=["escape_pair=0.1,0.03"])
     with pytest.raises(ConfigError, match="generalisation_pair must be two increasing scales"):

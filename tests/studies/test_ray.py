@@ -20,7 +20,7 @@ ray = pytest.importorskip("ray", reason="the Ray executor needs isotorch[distrib
 from isotorch.studies import _registry  # noqa: E402
 from isotorch.studies._checkpoint import load_checkpoint  # noqa: E402
 from isotorch.studies._ray import ExecutorError, speaks_grpc  # noqa: E402
-from isotorch.studies._registry import Study, register_study  # noqa: E402
+from isotorch.studies._registry import Study, register  # noqa: E402
 from isotorch.studies._runner import StudyInterrupted, run_study  # noqa: E402
 
 
@@ -32,7 +32,7 @@ class SlowToyConfig:
     die_file: str = ""  # seed 1's worker exits abruptly at update 5 once while this file exists (then removes it)
 
 
-@register_study("ray-toy-test")
+@register("ray-toy-test")
 class SlowToy(Study):
     """Two small regressions per seed (a unit each), optionally slowed down so that a run can be interrupted."""
 

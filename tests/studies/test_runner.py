@@ -18,7 +18,7 @@ from isotorch import studies
 from isotorch.studies import _registry
 from isotorch.studies._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from isotorch.studies._config import ConfigError, config_from_dict, config_to_dict, make_config, parse_overrides
-from isotorch.studies._registry import Study, UnknownStudyError, get, names, register_study
+from isotorch.studies._registry import Study, UnknownStudyError, get, names, register
 from isotorch.studies._runner import NonFiniteLossError, RunData, RunFolderError, StudyInterrupted, run_study
 from isotorch.studies._stats import mean_ci
 
@@ -45,7 +45,7 @@ def _unregister_toy_study():
     _registry._REGISTRY.pop("toy-test", None)
 
 
-@register_study("toy-test")
+@register("toy-test")
 class Toy(Study):
     """A tiny regression with minibatches and dropout noise, to test determinism across resume."""
 
@@ -137,7 +137,7 @@ def test_registry():
         get("nope")
     with pytest.raises(TypeError, match="frozen"):
 
-        @register_study("bad-test")
+        @register("bad-test")
         class Bad(Study):
             @dataclass
             class Config:

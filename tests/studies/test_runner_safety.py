@@ -21,7 +21,7 @@ from isotorch.cli import app
 from isotorch.studies import _registry
 from isotorch.studies._checkpoint import CheckpointError, load_checkpoint
 from isotorch.studies._cli import print_findings, study_app
-from isotorch.studies._registry import Study, register_study
+from isotorch.studies._registry import Study, register
 from isotorch.studies._runner import NonFiniteLossError, RunFolderError, StudyInterrupted, run_study
 from isotorch.studies._stats import Findings
 
@@ -35,7 +35,7 @@ class SgdConfig:
     interrupt_at: int | None = None
 
 
-@register_study("sgd-safety-test")
+@register("sgd-safety-test")
 class Sgd(Study):
     """Linear regression by full-batch SGD: a large lr diverges geometrically (to inf, then NaN)."""
 

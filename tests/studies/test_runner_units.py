@@ -13,7 +13,7 @@ import torch
 
 from isotorch.studies import _registry
 from isotorch.studies._checkpoint import load_checkpoint
-from isotorch.studies._registry import Study, register_study
+from isotorch.studies._registry import Study, register
 from isotorch.studies._runner import RunFolderError, StudyInterrupted, file_name, run_study
 
 
@@ -71,12 +71,12 @@ class _Regressions(Study):
         return finals
 
 
-@register_study("units-whole-test")
+@register("units-whole-test")
 class WholeSeeds(_Regressions):
     """The regressions with one unit per seed (no configurations declared)."""
 
 
-@register_study("units-test")
+@register("units-test")
 class Configured(_Regressions):
     """The regressions with a unit per (seed, width)."""
 
@@ -184,7 +184,7 @@ def test_combine_refuses_a_key_with_two_values_and_bad_names_write_nothing(tmp_p
     with pytest.raises(ValueError, match=r"result 'shared' is returned by configurations 'width=3' and 'width=4'"):
         _run("units-test", tmp_path / "clash", seeds=(0,), overrides={"steps": 3, "clash": True})
 
-    @register_study("units-bad-test")
+    @register("units-bad-test")
     class Bad(_Regressions):
         def configurations(self, config):
             return ["a b", "a:b"]

@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from isotorch.studies import _registry
-from isotorch.studies._registry import Study, register_study
+from isotorch.studies._registry import Study, register
 from isotorch.studies._runner import run_study
 from isotorch.studies._verdicts import (
     Claim,
@@ -177,7 +177,7 @@ def _unregister():
         _registry._REGISTRY.pop(name, None)
 
 
-@register_study("coin-test")
+@register("coin-test")
 class Coin(Study):
     """A study whose claim holds by construction: value = effect + small noise per seed."""
 
@@ -222,14 +222,14 @@ def test_a_claim_without_a_verdict_is_an_error(tmp_path):
 def test_registering_claims_without_verdicts_is_refused():
     with pytest.raises(TypeError, match="does not implement verdicts"):
 
-        @register_study("no-verdicts-test")
+        @register("no-verdicts-test")
         class NoVerdicts(Study):
             Config = CoinConfig
             claims = (UP,)
 
     with pytest.raises(TypeError, match="tuple of Claim"):
 
-        @register_study("no-verdicts-test")
+        @register("no-verdicts-test")
         class BadClaims(Study):
             Config = CoinConfig
             claims = ("up",)

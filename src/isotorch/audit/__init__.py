@@ -19,23 +19,23 @@ from isotorch.audit._model import ChainAudit, ModelAudit, SiteRow, audit_model, 
 from isotorch.audit._result import AuditResult, maximal_groups, sort_groups
 from isotorch.audit._sampling import DISTRIBUTIONS
 from isotorch.audit._table import PrimitiveTable, TableRow, primitive_table
-from isotorch.audit._training import InitializerAudit, audit_initializer, audit_optimizer, audit_regularizer
+from isotorch.audit._training import InitialiserAudit, audit_initialiser, audit_optimiser, audit_regulariser
 
 __all__ = [
     "DISTRIBUTIONS",
     "AuditResult",
     "ChainAudit",
-    "InitializerAudit",
+    "InitialiserAudit",
     "ModelAudit",
     "PrimitiveTable",
     "SiteRow",
     "TableRow",
     "audit",
-    "audit_initializer",
+    "audit_initialiser",
     "audit_model",
     "audit_module",
-    "audit_optimizer",
-    "audit_regularizer",
+    "audit_optimiser",
+    "audit_regulariser",
     "default_tolerance",
     "first_tensor",
     "maximal_groups",

@@ -36,8 +36,9 @@ import torch
 from torch import nn
 
 from isotorch import groups as _groups
+from isotorch._util import as_generator
 from isotorch.audit._result import AuditResult, maximal_groups
-from isotorch.audit._sampling import DISTRIBUTIONS, Element, Sampler, as_generator, draw_input, random_generator
+from isotorch.audit._sampling import DISTRIBUTIONS, Element, Sampler, draw_input, random_generator
 from isotorch.testing import relative_error, tolerance
 
 __all__ = ["audit", "audit_module", "default_tolerance"]
@@ -453,7 +454,7 @@ def audit(
     dim: int = -1,
     groups: Iterable[str | _groups.Group] | str | None = None,
     trials: int = 8,
-    generator: torch.Generator | int | None = None,
+    generator: torch.Generator | None = None,
     tol: float | None = None,
     inputs: Sequence[str] | None = None,
     exhaustive: bool = True,
@@ -472,8 +473,9 @@ def audit(
         groups: candidate group names or :class:`~isotorch.groups.Group` objects (default
             :func:`isotorch.groups.lattice` of ``x.shape[dim]``).
         trials: random elements per group (default 8); each is tested on every input.
-        generator: ``torch.Generator`` or int seed for elements and synthetic inputs (default: seed 0, so the
-            audit is reproducible). The global RNG is forked, so auditing never advances it.
+        generator: ``torch.Generator`` for elements and synthetic inputs, or ``None`` (torch's global RNG: one
+            draw seeds the audit's own stream). Pass ``torch.Generator().manual_seed(seed)`` for a reproducible
+            audit. The global RNG is otherwise forked, so the audited function's own randomness never advances it.
         tol: relative-error tolerance (default :func:`default_tolerance` of the output dtype).
         inputs: which inputs to test: ``"given"`` and any of ``"gaussian"``, ``"scaled_up"``, ``"scaled_down"``,
             ``"sparse"``, ``"outliers"`` (default all).
@@ -563,7 +565,7 @@ def audit_module(
     dim: int = -1,
     groups: Iterable[str | _groups.Group] | str | None = None,
     trials: int = 8,
-    generator: torch.Generator | int | None = None,
+    generator: torch.Generator | None = None,
     tol: float | None = None,
     inputs: Sequence[str] | None = None,
     exhaustive: bool = True,

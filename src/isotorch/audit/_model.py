@@ -34,9 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from isotorch import groups as _groups
+from isotorch._util import as_generator
 from isotorch.audit._function import _mode, _name_of, audit, audit_module, default_tolerance
 from isotorch.audit._result import AuditResult, _json_errors, _json_float, maximal_groups, sort_groups
-from isotorch.audit._sampling import Sampler, as_generator
+from isotorch.audit._sampling import Sampler
 from isotorch.testing import relative_error
 
 __all__ = ["ChainAudit", "ModelAudit", "SiteRow", "audit_model"]
@@ -488,7 +489,7 @@ def audit_model(
     *,
     groups: Iterable[str | _groups.Group] | None = None,
     trials: int = 4,
-    generator: torch.Generator | int | None = None,
+    generator: torch.Generator | None = None,
     inputs: tuple[str, ...] = ("given", "gaussian", "outliers"),
     max_elements: int = 16384,
     max_samples: int = 1,
@@ -508,7 +509,7 @@ def audit_model(
         groups: candidate groups for every primitive (default: the lattice without block groups, plus the block
             sizes that isotorch primitives declare).
         trials: random elements per group and primitive (default 4).
-        generator: ``torch.Generator`` or int seed (default seed 0).
+        generator: ``torch.Generator`` or ``None`` (torch's global RNG).
         inputs: inputs per primitive (default ``("given", "gaussian", "outliers")``).
         max_elements: activations larger than this are sliced before auditing (default 16384).
         max_samples: G2 compares the model's outputs on the first ``max_samples`` samples of x (default 1).

@@ -17,7 +17,7 @@ RELATIONS = ("equivariance", "invariance")
 
 def _order(key: str) -> tuple[int, int]:
     group = _groups.get(key)
-    return _groups.NAMES.index(group.name), group.block or 0
+    return _groups.names().index(group.name), group.block or 0
 
 
 def sort_groups(keys: Iterable[str]) -> list[str]:
@@ -43,7 +43,7 @@ class AuditResult:
 
     Attributes:
         name: what was audited (function name, module path, optimiser name).
-        kind: ``"function"``, ``"module"``, ``"optimizer"`` or ``"regularizer"``.
+        kind: ``"function"``, ``"module"``, ``"optimiser"`` or ``"regulariser"``.
         n: size of the feature axis the groups act on.
         dim: the feature axis.
         dtype: dtype of the output (sets the tolerance).

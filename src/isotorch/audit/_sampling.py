@@ -29,17 +29,6 @@ REFLECTIONS = 8
 """Householder reflections per structured orthogonal element."""
 
 
-def as_generator(generator: torch.Generator | int | None) -> torch.Generator:
-    """A CPU ``torch.Generator``: the one given, one seeded with the int given, or one seeded with 0."""
-    if isinstance(generator, torch.Generator):
-        return generator
-    if generator is None:
-        return torch.Generator().manual_seed(0)
-    if isinstance(generator, bool) or not isinstance(generator, int):
-        raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}")
-    return torch.Generator().manual_seed(generator)
-
-
 @dataclass(frozen=True, eq=False)
 class Element:
     """A linear map g on ℝⁿ (a group element or a Lie-algebra generator), stored in the cheapest exact form.

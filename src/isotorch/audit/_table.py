@@ -2,8 +2,8 @@
 
 Each row is measured, not declared: activations, normalisers, pooling and dropout with :func:`audit` at feature size
 n = 8 (``dim`` = the feature axis: the last one, or the channel axis of a feature map), optimisers with
-:func:`audit_optimizer`, initialisers with :func:`audit_initializer` and weight penalties with
-:func:`audit_regularizer`. Every row is seeded, so the table is deterministic; ``docs/audit.md`` is generated from
+:func:`audit_optimiser`, initialisers with :func:`audit_initialiser` and weight penalties with
+:func:`audit_regulariser`. Every row is seeded, so the table is deterministic; ``docs/audit.md`` is generated from
 it (``isotorch audit --primitives --markdown docs/audit.md``, or ``python -m isotorch.audit --markdown
 docs/audit.md``) and a test fails when that file is stale.
 """
@@ -23,24 +23,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from isotorch import groups as _groups
+from isotorch import init as _init
+from isotorch import optim as _optim
 from isotorch.audit._function import _describe, audit, audit_module
 from isotorch.audit._render import _md_escape, groups_text, symbol
 from isotorch.audit._result import AuditResult
-from isotorch.audit._training import InitializerAudit, audit_initializer, audit_optimizer, audit_regularizer
+from isotorch.audit._training import InitialiserAudit, audit_initialiser, audit_optimiser, audit_regulariser
 
 __all__ = ["PrimitiveTable", "TableRow", "primitive_table"]
 
 N = 8
-KINDS = ("activation", "norm", "pool", "dropout", "gate", "optimizer", "initializer", "regularizer")
+KINDS = ("activation", "norm", "pool", "dropout", "gate", "optimiser", "initialiser", "regulariser")
 TITLES = {
     "activation": "Activations",
     "norm": "Normalisers",
     "pool": "Pooling",
     "dropout": "Dropout",
     "gate": "Gating",
-    "optimizer": "Optimisers",
-    "initializer": "Initialisers",
-    "regularizer": "Weight penalties",
+    "optimiser": "Optimisers",
+    "initialiser": "Initialisers",
+    "regulariser": "Weight penalties",
 }
 COLUMNS: tuple[str, ...] = tuple(g.key for g in _groups.lattice(N) if g.name != "trivial")
 
@@ -52,8 +54,8 @@ class TableRow:
     Attributes:
         name: the primitive (``"layer_norm (affine)"``, ``"iso_tanh"``, ``"adam"``).
         source: ``"torch"`` or ``"isotorch"``.
-        kind: activation, norm, pool, dropout, gate, optimizer, initializer or regularizer.
-        result: the :class:`AuditResult` (or :class:`InitializerAudit`).
+        kind: activation, norm, pool, dropout, gate, optimiser, initialiser or regulariser.
+        result: the :class:`AuditResult` (or :class:`InitialiserAudit`).
         declared: the groups the primitive declares (isotorch registries), or None.
         note: what was audited, in words.
     """
@@ -61,7 +63,7 @@ class TableRow:
     name: str
     source: str
     kind: str
-    result: AuditResult | InitializerAudit
+    result: AuditResult | InitialiserAudit
     declared: tuple[str, ...] | None = None
     note: str = ""
 
@@ -89,7 +91,7 @@ class TableRow:
         result = self.result
         if not result.ok:
             return ""
-        tested = result.p_values if isinstance(result, InitializerAudit) else result.errors
+        tested = result.p_values if isinstance(result, InitialiserAudit) else result.errors
         if key not in tested:
             return ""
         marks = [m for m, s in (("E", result.equivariant), ("I", result.invariant)) if key in s]
@@ -301,60 +303,29 @@ def _fill_running(module: nn.Module, gen: torch.Generator) -> nn.Module:
     return module
 
 
-_TORCH_OPTIMIZERS = {
-    "sgd": functools.partial(torch.optim.SGD, lr=0.1),
-    "sgd_momentum": functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9),
-    "adam": functools.partial(torch.optim.Adam, lr=1e-2),
-    "rmsprop": functools.partial(torch.optim.RMSprop, lr=1e-2),
-    "adagrad": functools.partial(torch.optim.Adagrad, lr=1e-1),
-}
-_TORCH_INITIALIZERS = {
-    "normal": nn.init.normal_,
-    "kaiming_uniform": nn.init.kaiming_uniform_,
-    "orthogonal": nn.init.orthogonal_,
-}
-
-
-def _registry(module_name: str, attribute: str) -> dict:
-    import importlib
-
-    try:
-        return dict(getattr(importlib.import_module(module_name), attribute, {}) or {})
-    except ImportError:  # pragma: no cover - the registries are part of isotorch
-        return {}
-
-
 def _training_rows() -> list[tuple[str, str, str, Callable, tuple[str, ...] | None, str]]:
     rows: list[tuple[str, str, str, Callable, tuple[str, ...] | None, str]] = []
-    optimizers = _registry("isotorch.optim", "OPTIMIZERS")
-    if optimizers:
-        for name, (factory, declared) in optimizers.items():
-            rows.append((name, "isotorch", "optimizer", _optimizer_row(factory), tuple(declared), ""))
-    else:
-        for name, factory in _TORCH_OPTIMIZERS.items():
-            rows.append((name, "torch", "optimizer", _optimizer_row(factory), None, ""))
-    initializers = _registry("isotorch.init", "INITIALIZERS")
-    if initializers:
-        for name, (fn, declared) in initializers.items():
-            rows.append((name, "isotorch", "initializer", _initializer_row(fn), (declared,), ""))
-    else:
-        for name, fn in _TORCH_INITIALIZERS.items():
-            rows.append((name, "torch", "initializer", _initializer_row(fn), None, ""))
-    rows.append(("l1", "torch", "regularizer", _regularizer_row(lambda w: w.abs().sum()), None, "Σ|w|"))
-    rows.append(("l2", "torch", "regularizer", _regularizer_row(lambda w: w.pow(2).sum()), None, "Σw²"))
+    for name in _optim.names():
+        factory, declared = _optim.get(name)
+        rows.append((name, "isotorch", "optimiser", _optimiser_row(factory), tuple(declared), ""))
+    for name in _init.names():
+        fn, group = _init.get(name)
+        rows.append((name, "isotorch", "initialiser", _initialiser_row(fn), (group,), ""))
+    rows.append(("l1", "torch", "regulariser", _regulariser_row(lambda w: w.abs().sum()), None, "Σ|w|"))
+    rows.append(("l2", "torch", "regulariser", _regulariser_row(lambda w: w.pow(2).sum()), None, "Σw²"))
     return rows
 
 
-def _optimizer_row(factory):
-    return lambda gen, name: audit_optimizer(factory, n=N, generator=gen, name=name)
+def _optimiser_row(factory):
+    return lambda gen, name: audit_optimiser(factory, n=N, generator=gen, name=name)
 
 
-def _initializer_row(fn):
-    return lambda gen, name: audit_initializer(fn, generator=gen, name=name)
+def _initialiser_row(fn):
+    return lambda gen, name: audit_initialiser(fn, generator=gen, name=name)
 
 
-def _regularizer_row(fn):
-    return lambda gen, name: audit_regularizer(fn, shape=(N, 6), generator=gen, name=name)
+def _regulariser_row(fn):
+    return lambda gen, name: audit_regulariser(fn, shape=(N, 6), generator=gen, name=name)
 
 
 def _isotorch_rows() -> list[tuple[str, str, Callable, tuple[str, ...], str]]:

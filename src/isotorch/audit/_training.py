@@ -26,6 +26,7 @@ import torch
 from scipy import stats
 
 from isotorch import groups as _groups
+from isotorch._util import as_generator
 from isotorch.audit._function import (
     _check_trials,
     _describe,
@@ -36,10 +37,10 @@ from isotorch.audit._function import (
     default_tolerance,
 )
 from isotorch.audit._result import AuditResult, _json_float, maximal_groups, sort_groups
-from isotorch.audit._sampling import Element, Sampler, as_generator
+from isotorch.audit._sampling import Element, Sampler
 from isotorch.testing import relative_error
 
-__all__ = ["InitializerAudit", "audit_initializer", "audit_optimizer", "audit_regularizer"]
+__all__ = ["InitialiserAudit", "audit_initialiser", "audit_optimiser", "audit_regulariser"]
 
 
 def _check_positive(value: object, name: str) -> int:
@@ -48,28 +49,28 @@ def _check_positive(value: object, name: str) -> int:
     return value
 
 
-def _run_optimizer(factory, weight, bias, grads) -> tuple[torch.Tensor, torch.Tensor]:
+def _run_optimiser(factory, weight, bias, grads) -> tuple[torch.Tensor, torch.Tensor]:
     w = torch.nn.Parameter(weight.clone())
     b = torch.nn.Parameter(bias.clone())
-    optimizer = factory([w, b])
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"the factory returned {type(optimizer).__name__}, not a torch.optim.Optimizer")
+    optimiser = factory([w, b])
+    if not isinstance(optimiser, torch.optim.Optimizer):
+        raise TypeError(f"the factory returned {type(optimiser).__name__}, not a torch.optim.Optimizer")
     for gw, gb in grads:
-        optimizer.zero_grad()
+        optimiser.zero_grad()
         w.grad = gw.clone()
         b.grad = gb.clone()
-        optimizer.step()
+        optimiser.step()
     return w.detach() - weight, b.detach() - bias
 
 
-def audit_optimizer(
+def audit_optimiser(
     factory: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer],
     *,
     n: int = 8,
     steps: int = 5,
     groups: Iterable[str | _groups.Group] | None = None,
     trials: int = 3,
-    generator: torch.Generator | int | None = None,
+    generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float64,
     name: str | None = None,
 ) -> AuditResult:
@@ -81,24 +82,24 @@ def audit_optimizer(
         steps: optimiser steps per run (default 5).
         groups: candidate groups (default :func:`isotorch.groups.lattice` of n).
         trials: random elements per group (default 3), each with a fresh gradient stream.
-        generator: ``torch.Generator`` or int seed (default seed 0).
+        generator: ``torch.Generator`` or ``None`` (torch's global RNG).
         dtype: parameter dtype (default float64; the tolerance follows it).
         name: label (default the factory's name).
 
     Returns:
-        An :class:`AuditResult` with ``kind="optimizer"``: ``errors[g]["equivariance"]`` = rel(Δ', gΔ).
+        An :class:`AuditResult` with ``kind="optimiser"``: ``errors[g]["equivariance"]`` = rel(Δ', gΔ).
         An optimiser that raises is ``"failed"``, one that does not move the parameters ``"degenerate"``, one
         whose two identical runs differ ``"random"``.
 
     Examples:
         >>> import torch
-        >>> sorted(audit_optimizer(lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9)).maximal)
+        >>> sorted(audit_optimiser(lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9)).maximal)
         ['orthogonal']
-        >>> sorted(audit_optimizer(lambda p: torch.optim.Adam(p, lr=1e-2)).maximal)
+        >>> sorted(audit_optimiser(lambda p: torch.optim.Adam(p, lr=1e-2)).maximal)
         ['signed_permutation']
     """
     if not callable(factory):
-        raise TypeError(f"factory must be callable (params -> optimizer), got {type(factory).__name__}")
+        raise TypeError(f"factory must be callable (params -> optimiser), got {type(factory).__name__}")
     n = _check_positive(n, "n")
     steps = _check_positive(steps, "steps")
     trials = _check_trials(trials)
@@ -114,7 +115,7 @@ def audit_optimizer(
     def result(status: str, reason: str | None = None, **fields) -> AuditResult:
         return AuditResult(
             name=label,
-            kind="optimizer",
+            kind="optimiser",
             n=n,
             dim=0,
             dtype=str(dtype).replace("torch.", ""),
@@ -139,8 +140,8 @@ def audit_optimizer(
         streams.append((weight, bias, grads))
     with _rng_guard(torch.device("cpu")):
         try:
-            base = [_run_optimizer(factory, *stream) for stream in streams]
-            again = _run_optimizer(factory, *streams[0])
+            base = [_run_optimiser(factory, *stream) for stream in streams]
+            again = _run_optimiser(factory, *streams[0])
         except Exception as exc:
             return result("failed", f"raised {_describe(exc)}")
         first = torch.cat([base[0][0].flatten(), base[0][1]])
@@ -161,7 +162,7 @@ def audit_optimizer(
 
                 moved_grads = [(contra.act(gw, 0).to(dtype), contra.act(gb, 0).to(dtype)) for gw, gb in grads]
                 try:
-                    dw2, db2 = _run_optimizer(factory, move(weight), move(bias), moved_grads)
+                    dw2, db2 = _run_optimiser(factory, move(weight), move(bias), moved_grads)
                 except Exception as exc:
                     return result("failed", f"raised on transformed parameters: {_describe(exc)}")
                 err = relative_error(torch.cat([dw2.flatten(), db2]), torch.cat([move(dw).flatten(), move(db)]))
@@ -172,7 +173,7 @@ def audit_optimizer(
 
 
 @dataclass(frozen=True, repr=False)
-class InitializerAudit:
+class InitialiserAudit:
     """Whether an initialiser's law is invariant under each group acting on the rows of W (W → gW).
 
     Attributes:
@@ -200,7 +201,7 @@ class InitializerAudit:
     status: str = "ok"
     reason: str | None = None
     notes: tuple[str, ...] = ()
-    kind: str = field(default="initializer", init=False)
+    kind: str = field(default="initialiser", init=False)
     respects: str = field(default="invariance", init=False)
     equivariant: frozenset[str] = field(default=frozenset(), init=False)
 
@@ -235,7 +236,7 @@ class InitializerAudit:
     def __repr__(self) -> str:
         groups = "{" + ", ".join(sort_groups(self.maximal)) + "}"
         reason = f", reason={self.reason!r}" if self.reason else ""
-        return f"InitializerAudit({self.name!r}, status={self.status!r}{reason}, maximal={groups} (in law))"
+        return f"InitialiserAudit({self.name!r}, status={self.status!r}{reason}, maximal={groups} (in law))"
 
 
 # Edges, in units of the pooled root mean square, of the bins of the entries' law compared by :func:`_tail_test`:
@@ -283,7 +284,7 @@ def _draw(fn, shape) -> torch.Tensor:
     return out.detach().to(torch.float64)
 
 
-def audit_initializer(
+def audit_initialiser(
     fn: Callable[[torch.Tensor], torch.Tensor | None],
     *,
     shape: tuple[int, ...] = (64, 64),
@@ -292,9 +293,9 @@ def audit_initializer(
     trials: int = 2,
     projections: int = 2,
     alpha: float = 1e-3,
-    generator: torch.Generator | int | None = None,
+    generator: torch.Generator | None = None,
     name: str | None = None,
-) -> InitializerAudit:
+) -> InitialiserAudit:
     """Test whether an initialiser's law is invariant under each group acting on the rows of the weight.
 
     For each group element g, the law of W is compared with the law of gW drawn independently: KS tests of the
@@ -314,17 +315,17 @@ def audit_initializer(
         trials: group elements per group (default 2).
         projections: random projections of the columns tested next to the entries and row norms (default 2).
         alpha: significance level (default 1e-3).
-        generator: ``torch.Generator`` or int seed (default seed 0).
+        generator: ``torch.Generator`` or ``None`` (torch's global RNG).
         name: label (default the function's name).
 
     Returns:
-        An :class:`InitializerAudit` with a p-value per group.
+        An :class:`InitialiserAudit` with a p-value per group.
 
     Examples:
         >>> import torch
-        >>> sorted(audit_initializer(torch.nn.init.normal_).maximal)
+        >>> sorted(audit_initialiser(torch.nn.init.normal_).maximal)
         ['orthogonal']
-        >>> sorted(audit_initializer(torch.nn.init.kaiming_uniform_).maximal)
+        >>> sorted(audit_initialiser(torch.nn.init.kaiming_uniform_).maximal)
         ['signed_permutation']
     """
     if not callable(fn):
@@ -349,7 +350,7 @@ def audit_initializer(
     seed = int(torch.randint(0, 2**62, (1,), generator=gen))
 
     def out(status, reason=None, p_values=None, statistics=None, invariant=frozenset(), notes=()):
-        return InitializerAudit(
+        return InitialiserAudit(
             name=label,
             shape=shape,
             samples=samples,
@@ -407,13 +408,13 @@ def audit_initializer(
     return out("ok", p_values=p_values, statistics=ks, invariant=invariant)
 
 
-def audit_regularizer(
+def audit_regulariser(
     fn: Callable[[torch.Tensor], torch.Tensor],
     *,
     shape: tuple[int, ...] = (8, 6),
     groups: Iterable[str | _groups.Group] | None = None,
     trials: int = 8,
-    generator: torch.Generator | int | None = None,
+    generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float64,
     name: str | None = None,
 ) -> AuditResult:
@@ -424,17 +425,17 @@ def audit_regularizer(
         shape: weight shape (default (8, 6)); the group acts on ``shape[0]``.
         groups: candidate groups (default the lattice of ``shape[0]``).
         trials: random elements per group (default 8).
-        generator: ``torch.Generator`` or int seed (default seed 0).
+        generator: ``torch.Generator`` or ``None`` (torch's global RNG).
         dtype: weight dtype (default float64).
         name: label (default the function's name).
 
     Returns:
-        An :class:`AuditResult` with ``kind="regularizer"`` and ``respects="invariance"``.
+        An :class:`AuditResult` with ``kind="regulariser"`` and ``respects="invariance"``.
 
     Examples:
-        >>> sorted(audit_regularizer(lambda w: w.abs().sum()).maximal)
+        >>> sorted(audit_regulariser(lambda w: w.abs().sum()).maximal)
         ['signed_permutation']
-        >>> sorted(audit_regularizer(lambda w: w.pow(2).sum()).maximal)
+        >>> sorted(audit_regulariser(lambda w: w.pow(2).sum()).maximal)
         ['orthogonal']
     """
     if (
@@ -448,7 +449,7 @@ def audit_regularizer(
     result = audit(fn, weight, dim=0, groups=groups, trials=trials, generator=gen, name=name, lie=True)
     fields = {k: getattr(result, k) for k in result.__dataclass_fields__}
     fields.update(
-        kind="regularizer", respects="invariance", maximal=result.maximal_invariant if result.ok else frozenset()
+        kind="regulariser", respects="invariance", maximal=result.maximal_invariant if result.ok else frozenset()
     )
     fields.update(notes=tuple(note for note in result.notes if "does not keep the feature axis" not in note))
     return AuditResult(**fields)

@@ -3,10 +3,10 @@
 The group a primitive respects becomes the symmetry of the parameters around it (REFERENCE §1.3): permutations
 and sign flips for elementwise tanh, positive rescalings for ReLU, the full orthogonal group for isotropic
 activations. :func:`symmetries` finds every hidden site of a model and its group; :func:`transform` applies a
-group element and verifies the function; :func:`canonicalize` picks one representative per orbit; :func:`align`
+group element and verifies the function; :func:`canonicalise` picks one representative per orbit; :func:`align`
 matches two networks (weight matching, activation matching, orthogonal Procrustes); :func:`interpolate` and
 :func:`barrier` measure linear mode connectivity; :func:`teleport` moves along continuous groups at constant
-loss; :func:`syre` and the asymmetric layers remove symmetry; :func:`svd_diagonalize`, :func:`grow` and
+loss; :func:`syre` and the asymmetric layers remove symmetry; :func:`svd_diagonalise`, :func:`grow` and
 :func:`prune` reshape isotropic layers.
 
 Examples:
@@ -23,7 +23,7 @@ Examples:
 
 from isotorch.params._align import AlignResult, align
 from isotorch.params._asymmetric import AsymConv2d, AsymLinear, FiGLU, asym_conv2d, asym_linear, figlu
-from isotorch.params._canonical import canonical_element, canonicalize
+from isotorch.params._canonical import canonical_element, canonicalise
 from isotorch.params._element import Element, sample_element
 from isotorch.params._errors import SymmetryError
 from isotorch.params._fold import FoldReport, fold_norms
@@ -37,7 +37,7 @@ from isotorch.params._rotations import (
     random_hadamard,
 )
 from isotorch.params._sites import Action, Site, Symmetries, symmetries
-from isotorch.params._surgery import PruneResult, grow, prune, svd_diagonalize
+from isotorch.params._surgery import PruneResult, grow, prune, svd_diagonalise
 from isotorch.params._syre import SyreOffset, syre
 from isotorch.params._teleport import TeleportResult, teleport
 from isotorch.params._transform import transform
@@ -63,7 +63,7 @@ __all__ = [
     "asym_linear",
     "barrier",
     "canonical_element",
-    "canonicalize",
+    "canonicalise",
     "check_orthogonal",
     "figlu",
     "fold_norms",
@@ -75,7 +75,7 @@ __all__ = [
     "prune",
     "random_hadamard",
     "sample_element",
-    "svd_diagonalize",
+    "svd_diagonalise",
     "symmetries",
     "syre",
     "teleport",

@@ -18,7 +18,7 @@ Permutation sites start from a greedy pass in graph order that matches each site
 already matched input axes (layer-wise matching); descent from there converges in a few rounds to better optima
 than from the identity. Orthogonal sites start from the eigenbases of their Gram matrices (exact for a rotated
 copy). Positive scalings of ReLU sites are not matched; bring both networks to
-``canonicalize(..., scaling="balanced")`` first if they may differ by rescaling.
+``canonicalise(..., scaling="balanced")`` first if they may differ by rescaling.
 
 *Attention* (REFERENCE §8.3): the head permutation of an attention and its per-head query–key and value–output maps
 are one wreath product, O(d_h) ≀ S_H (or GL(d_h) ≀ S_H), and are solved together as one unit: with the other sites
@@ -55,6 +55,7 @@ import torch
 from torch import nn
 
 from isotorch import groups as _groups
+from isotorch._util import as_generator
 from isotorch.params import _solvers
 from isotorch.params._compat import batches, check_same_architecture, first_inputs, run_checked
 from isotorch.params._element import Element
@@ -572,7 +573,7 @@ def align(
     group: str | dict[str, str] | None = None,
     max_iter: int = 100,
     tol: float = 1e-12,
-    generator: torch.Generator | int | None = None,
+    generator: torch.Generator | None = None,
     syms: Symmetries | None = None,
 ) -> AlignResult:
     """Align ``model_b`` to ``model_a`` by the symmetries of their sites; return the aligned copy of B.
@@ -594,7 +595,7 @@ def align(
             those sites take it).
         max_iter: the most coordinate-descent rounds (weight matching).
         tol: a round that improves no site by more than ``tol``·max(1, |objective|) ends the descent.
-        generator: a ``torch.Generator`` or int seed for the random site order.
+        generator: ``torch.Generator`` or ``None`` (torch's global RNG) for the random site order.
         syms: precomputed :func:`symmetries` of ``model_a`` (skips tracing).
 
     Returns:
@@ -618,8 +619,7 @@ def align(
             with evaluation(model_a):
                 run_checked(model_a, example, "x" if x is not None else "data")
         syms = symmetries(model_a, example)
-    if isinstance(generator, int) or generator is None:
-        generator = torch.Generator().manual_seed(0 if generator is None else generator)
+    generator = as_generator(generator)
 
     chosen: dict[str, str] = {}
     skipped: dict[str, str] = {}

@@ -16,11 +16,11 @@ Sites with mean-orthogonal, block-orthogonal or general-linear groups are left a
 Examples:
     >>> import torch
     >>> from torch import nn
-    >>> from isotorch.params import canonicalize, symmetries, sample_element, transform
+    >>> from isotorch.params import canonicalise, symmetries, sample_element, transform
     >>> model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 2)).double()
     >>> x = torch.randn(4, 3, dtype=torch.float64)
     >>> other = transform(model, sample_element(symmetries(model, x), torch.Generator().manual_seed(0)))
-    >>> torch.allclose(canonicalize(model, x)[0].weight, canonicalize(other, x)[0].weight)
+    >>> torch.allclose(canonicalise(model, x)[0].weight, canonicalise(other, x)[0].weight)
     True
 """
 
@@ -34,7 +34,7 @@ from isotorch.params._element import Element
 from isotorch.params._sites import Site, Symmetries, symmetries
 from isotorch.params._transform import apply_element, check_model, transform
 
-__all__ = ["canonical_element", "canonicalize"]
+__all__ = ["canonical_element", "canonicalise"]
 
 SCALINGS = ("fan_in", "balanced")
 
@@ -78,7 +78,7 @@ def _order(rows: torch.Tensor) -> torch.Tensor:
 
 
 def canonical_element(model: nn.Module, x=None, *, syms: Symmetries | None = None, scaling: str = "fan_in") -> Element:
-    """The element that brings ``model`` to its canonical form (see :func:`canonicalize`).
+    """The element that brings ``model`` to its canonical form (see :func:`canonicalise`).
 
     Args:
         model: the network.
@@ -136,7 +136,7 @@ def canonical_element(model: nn.Module, x=None, *, syms: Symmetries | None = Non
     return Element(syms, total)
 
 
-def canonicalize(model: nn.Module, x=None, *, syms: Symmetries | None = None, scaling: str = "fan_in") -> nn.Module:
+def canonicalise(model: nn.Module, x=None, *, syms: Symmetries | None = None, scaling: str = "fan_in") -> nn.Module:
     """The canonical representative of ``model``'s symmetry orbit (a new model with the same function, verified).
 
     Two models that differ by an element of their sites' groups have the same canonical form (up to rounding,

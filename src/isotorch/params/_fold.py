@@ -499,7 +499,7 @@ def fold_norms(
     config = getattr(new, "config", None)
     if untied and config is not None and getattr(config, "tie_word_embeddings", False):
         config.tie_word_embeddings = False
-    err, dtype = _output_error(model, graph, new, syms.example_input)
+    err, dtype = _output_error(model, graph, new, syms.x)
     limit = tol if tol is not None else _testing.tolerance(torch.float32 if loose else dtype)
     if not err <= limit:
         raise SymmetryError(

@@ -257,7 +257,7 @@ class Symmetries:
     model: str
     method: str
     note: str | None = None
-    example_input: tuple = field(default=(), repr=False, compare=False)
+    x: tuple = field(default=(), repr=False, compare=False)
     shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict, repr=False, compare=False)
 
     def __getitem__(self, name: str) -> Site:
@@ -427,7 +427,7 @@ def _flat(obj: Any) -> list:
     return [obj]
 
 
-def _parametrized(module: nn.Module) -> list[str]:
+def _parametrised(module: nn.Module) -> list[str]:
     """The names of the tensors torch's ``parametrize`` registered on ``module`` (its ``parametrizations``)."""
     registered = module.parametrizations
     assert isinstance(registered, nn.ModuleDict)
@@ -651,7 +651,7 @@ class _Analysis:
         name = type(module).__name__
         broken = getattr(module, "_isotorch_params_broken", None)
         if broken is None and parametrize.is_parametrized(module):
-            broken = f"{qual} is reparametrised ({', '.join(_parametrized(module))}): syre or a constraint"
+            broken = f"{qual} is reparametrised ({', '.join(_parametrised(module))}): syre or a constraint"
         weight_name = "weight"
         grouped = layer == "conv" and getattr(module, "groups", 1) != 1
         in_axis = 0 if layer == "conv1d" else 1
@@ -716,7 +716,7 @@ class _Analysis:
         if other:
             self.freeze(other, f"{qual} receives features in a mask or extra argument")
         if unsupported is None and parametrize.is_parametrized(module):
-            unsupported = f"{qual} is reparametrised ({', '.join(_parametrized(module))}): syre or a constraint"
+            unsupported = f"{qual} is reparametrised ({', '.join(_parametrised(module))}): syre or a constraint"
         w = self.param_name(qual, "in_proj_weight")
         b = self.param_name(qual, "in_proj_bias") if module.in_proj_bias is not None else None
         # the stream (consumer) side: query, key and value rows of in_proj read their inputs
@@ -2101,7 +2101,7 @@ def analyse(model: nn.Module, x) -> tuple[Symmetries, Graph, list[PrimitiveUse],
         model=type(model).__name__,
         method=graph.method,
         note=graph.note,
-        example_input=inputs,
+        x=inputs,
         shapes=MappingProxyType(shapes),
     )
     return syms, graph, analysis.primitive_uses(sites), analysis.feature_axes()

@@ -4,7 +4,7 @@ Possible only because an isotropic site's group is continuous (O(n)): any rotati
 symmetry, so the basis can be chosen to make the layer diagonal, and units can be added or removed along
 singular directions.
 
-* ``svd_diagonalize``: with W_l = RΛQᵀ, the element Rᵀ at the site gives W_l ← ΛQᵀ, b_l ← Rᵀb_l,
+* ``svd_diagonalise``: with W_l = RΛQᵀ, the element Rᵀ at the site gives W_l ← ΛQᵀ, b_l ← Rᵀb_l,
   W_{l+1} ← W_{l+1}R (left form); ``full=True`` also rotates the input site by Qᵀ, so that W_l ← Λ.
 * ``grow``: a zero row in the producer, a zero bias and a new consumer column drawn from scale·N(0, 1); exact
   because the new pre-activation is 0 and an isotropic activation leaves ‖z‖ unchanged.
@@ -32,7 +32,7 @@ from isotorch.params._trace import evaluation
 from isotorch.params._transform import function_error, transform
 from isotorch.testing import tolerance
 
-__all__ = ["PruneResult", "grow", "prune", "svd_diagonalize"]
+__all__ = ["PruneResult", "grow", "prune", "svd_diagonalise"]
 
 
 def _resolve(model: nn.Module, site: str | Site, x, syms: Symmetries | None) -> tuple[Symmetries, Site]:
@@ -63,7 +63,7 @@ def _single_linear_producer(model: nn.Module, site: Site) -> nn.Linear:
     return module
 
 
-def svd_diagonalize(
+def svd_diagonalise(
     model: nn.Module, site: str | Site, *, x=None, syms: Symmetries | None = None, full: bool = False
 ) -> nn.Module:
     """Rotate an isotropic site so that its producer's rows are orthogonal, sorted by singular value.
@@ -82,15 +82,15 @@ def svd_diagonalize(
     Examples:
         >>> import torch, isotorch as it
         >>> from torch import nn
-        >>> from isotorch.params import svd_diagonalize
+        >>> from isotorch.params import svd_diagonalise
         >>> model = nn.Sequential(nn.Linear(4, 6), it.nn.IsoTanh(), nn.Linear(6, 2)).double()
-        >>> new = svd_diagonalize(model, "0", x=torch.randn(5, 4, dtype=torch.float64))
+        >>> new = svd_diagonalise(model, "0", x=torch.randn(5, 4, dtype=torch.float64))
         >>> w = new[0].weight
         >>> torch.allclose(w @ w.T, torch.diag(torch.diagonal(w @ w.T)), atol=1e-10)
         True
     """
     syms, s = _resolve(model, site, x, syms)
-    _check_isotropic(s, "svd_diagonalize")
+    _check_isotropic(s, "svd_diagonalise")
     producer = _single_linear_producer(model, s)
     w = producer.weight.detach().to(torch.float64)
     u, _, vh = torch.linalg.svd(w, full_matrices=True)
@@ -100,7 +100,7 @@ def svd_diagonalize(
         previous = [t for t in syms if any(a.param == param and a.kind == "in" for a in t.actions)]
         if not previous:
             raise ValueError(f"full=True needs a hidden site before {s.name!r}; its producer reads the model input")
-        _check_isotropic(previous[0], "svd_diagonalize(full=True)")
+        _check_isotropic(previous[0], "svd_diagonalise(full=True)")
         matrices[previous[0].name] = vh.contiguous()
     return transform(model, Element(syms, matrices))
 
@@ -197,7 +197,7 @@ def grow(
             cols = torch.randn(grown.out_features, k, generator=generator, dtype=torch.float64) * scale
             grown.weight[:, old.in_features :] = cols.to(grown.weight)
         _replace_module(new, name, grown)
-    err, dtype = function_error(model, new, syms.example_input)
+    err, dtype = function_error(model, new, syms.x)
     if not err <= tolerance(dtype):
         raise SymmetryError(f"growing site {s.name!r} changed the function: relative error {err:.3e}")
     return new
@@ -289,7 +289,7 @@ def prune(
     _check_growable(model, s)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < s.size:
         raise ValueError(f"k must be an int in [1, {s.size - 1}], got {k!r}")
-    diag = svd_diagonalize(model, s, syms=syms)
+    diag = svd_diagonalise(model, s, syms=syms)
     producer = _linear_at(diag, s.producers[0])
     sv = producer.weight.detach().to(torch.float64).norm(dim=1)
     keep = s.size - k
@@ -300,7 +300,7 @@ def prune(
         if producer.bias is not None
         else torch.zeros(k, dtype=torch.float64)
     )
-    inputs = syms.example_input
+    inputs = syms.x
     # the producer's input and the mean radial factor σ(ρ)/ρ at the site on the example input
     captured: dict[str, torch.Tensor] = {}
     hooks = [producer.register_forward_hook(lambda m, a, o: captured.update(inp=a[0].detach(), z=o.detach()))]

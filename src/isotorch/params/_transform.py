@@ -328,7 +328,7 @@ def function_error(model_a: nn.Module, model_b: nn.Module, inputs: tuple) -> tup
 
 def verify(model: nn.Module, new: nn.Module, syms: Symmetries, tol: float | None, what: str) -> float:
     """Raise :class:`SymmetryError` if ``new`` computes a different function than ``model`` on the example."""
-    err, dtype = function_error(model, new, syms.example_input)
+    err, dtype = function_error(model, new, syms.x)
     limit = tol if tol is not None else (_testing.tolerance(dtype) if dtype.is_floating_point else 0.0)
     if not err <= limit:
         raise SymmetryError(
@@ -354,7 +354,7 @@ def transform(
     model: nn.Module,
     element: Element,
     *,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimiser: torch.optim.Optimizer | None = None,
     check: bool = True,
     check_group: bool = True,
     tol: float | None = None,
@@ -368,7 +368,7 @@ def transform(
         model: the model the element's symmetries were found on (or one with the same state-dict shapes).
         element: an :class:`~isotorch.params.Element` (from :func:`sample_element`, :func:`align`, or built by
             hand).
-        optimizer: if given, its state (momentum, Adam moments) is transformed like the gradient and the optimiser
+        optimiser: if given, its state (momentum, Adam moments) is transformed like the gradient and the optimiser
             is rebound **in place** to the returned model's parameters.
         check: verify the function on the example input (default ``True``).
         check_group: check first that every matrix lies in its site's group (default ``True``).
@@ -413,20 +413,20 @@ def transform(
         apply_element(_state_tensors(new), syms, element.matrices, inplace=True)
     if check:
         verify(model, new, syms, tol, "the transform")
-    if optimizer is not None:
-        _rebind_optimizer(optimizer, model, new, syms, element)
+    if optimiser is not None:
+        _rebind_optimiser(optimiser, model, new, syms, element)
     return new
 
 
-def _rebind_optimizer(optimizer, model, new, syms, element) -> None:
+def _rebind_optimiser(optimiser, model, new, syms, element) -> None:
     names = {id(p): n for n, p in model.named_parameters()}
     new_params = dict(new.named_parameters())
     state: dict[str, dict] = {}
-    for group in optimizer.param_groups:
+    for group in optimiser.param_groups:
         for p in group["params"]:
             if id(p) not in names:
-                raise ValueError("the optimizer holds a parameter that is not in the model")
-            state[names[id(p)]] = optimizer.state.get(p, {})
+                raise ValueError("the optimiser holds a parameter that is not in the model")
+            state[names[id(p)]] = optimiser.state.get(p, {})
     # collect every state tensor with its parameter's shape into per-key dicts and transform them together
     keys = {k for s in state.values() for k, v in s.items() if isinstance(v, torch.Tensor) and v.ndim > 0}
     touched = {a.param for name in element.matrices for a in syms[name].actions}
@@ -447,17 +447,17 @@ def _rebind_optimizer(optimizer, model, new, syms, element) -> None:
         elif key in _SIGNED_PERMUTATION_STATE:
             if not all(_signed_permutation(m) for m in element.matrices.values()):
                 raise SymmetryError(
-                    f"optimizer state {key!r} can be moved exactly only by (signed) permutations, not by this element"
+                    f"optimiser state {key!r} can be moved exactly only by (signed) permutations, not by this element"
                 )
             mode = _SIGNED_PERMUTATION_STATE[key]
         else:
-            raise SymmetryError(f"optimizer state {key!r} has no known transformation rule")
+            raise SymmetryError(f"optimiser state {key!r} has no known transformation rule")
         changes = apply_element(tensors, syms, element.matrices, mode=mode, skip_missing=True)
         for n, v in changes.items():
             if n in tensors:
                 transformed.setdefault(n, {})[key] = v
     new_state = {}
-    for group in optimizer.param_groups:
+    for group in optimiser.param_groups:
         group["params"] = [new_params[names[id(p)]] for p in group["params"]]
     for n, s in state.items():
         entry = {
@@ -465,5 +465,5 @@ def _rebind_optimizer(optimizer, model, new, syms, element) -> None:
         }
         if entry:
             new_state[new_params[n]] = entry
-    optimizer.state.clear()
-    optimizer.state.update(new_state)
+    optimiser.state.clear()
+    optimiser.state.update(new_state)

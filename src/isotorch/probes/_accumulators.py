@@ -1,4 +1,4 @@
-"""Streaming accumulators: moments, class statistics, a seeded reservoir and nearest-class-centre agreement.
+"""Streaming accumulators: moments, class statistics, a random reservoir and nearest-class-centre agreement.
 
 Each accumulator takes batches of feature rows with ``update(x, y=None)`` and never holds every row. Sums are kept
 in float64 and merged with Chan et al.'s pairwise update, so the result equals the in-memory statistic to rounding:
@@ -17,6 +17,8 @@ error rises from ~1e-15 to ~1e-6, which is harmless for neural-collapse metrics 
 from __future__ import annotations
 
 import torch
+
+from isotorch._util import as_generator
 
 __all__ = ["ClassMoments", "Moments", "NearestCentreAgreement", "Reservoir"]
 
@@ -288,17 +290,18 @@ class ClassMoments:
 
 
 class Reservoir:
-    """A uniform random sample of at most ``capacity`` rows from a stream (seeded; labels kept when given).
+    """A uniform random sample of at most ``capacity`` rows from a stream (labels kept when given).
 
-    Every row gets a uniform random key from a generator seeded with ``seed``; the reservoir keeps the rows with
-    the ``capacity`` smallest keys, which is a uniform sample without replacement (Efraimidis–Spirakis with equal
-    weights). Streams with the same row counts and seed keep the same row positions, so layers of one pass (or
-    two models fed the same batches) share their sample.
+    Every row gets a uniform random key drawn from ``generator`` (``None``: a stream seeded from torch's global
+    RNG); the reservoir keeps the rows with the ``capacity`` smallest keys, which is a uniform sample without
+    replacement (Efraimidis–Spirakis with equal weights). Streams with the same row counts and equally seeded
+    generators keep the same row positions, so layers of one pass (or two models fed the same batches) share their
+    sample.
 
     Examples:
         >>> import torch
         >>> from isotorch.probes import Reservoir
-        >>> r = Reservoir(100, seed=0)
+        >>> r = Reservoir(100, generator=torch.Generator().manual_seed(0))
         >>> for chunk in torch.randn(1000, 5).split(64):
         ...     r.update(chunk)
         >>> r.values.shape, r.seen, bool((r.indices.diff() > 0).all())
@@ -307,13 +310,12 @@ class Reservoir:
 
     name = "samples"
 
-    def __init__(self, capacity: int, *, seed: int = 0) -> None:
+    def __init__(self, capacity: int, *, generator: torch.Generator | None = None) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise ValueError(f"capacity must be a positive int, got {capacity!r}")
         self.capacity = capacity
-        self.seed = seed
         self.seen = 0
-        self._gen = torch.Generator().manual_seed(seed)
+        self._gen = as_generator(generator)
         self._keys: torch.Tensor | None = None
         self._values: torch.Tensor | None = None
         self._labels: torch.Tensor | None = None
@@ -384,7 +386,7 @@ class Reservoir:
         return 0 if self._indices is None else int((self._indices >= 0).sum())
 
     def __repr__(self) -> str:
-        return f"Reservoir(capacity={self.capacity}, size={len(self)}, seen={self.seen}, seed={self.seed})"
+        return f"Reservoir(capacity={self.capacity}, size={len(self)}, seen={self.seen})"
 
 
 class NearestCentreAgreement:

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from isotorch._util import draw_seed
 from isotorch.probes._accumulators import ClassMoments, Moments, Reservoir
 from isotorch.probes._validation import NAN_POLICIES, json_safe
 
@@ -332,6 +333,7 @@ class _LayerState:
     """Mutable per-layer state during a pass."""
 
     def __init__(self, name: str, probes: list, reservoir_size: int, seed: int, num_classes: int | None) -> None:
+        # every layer's reservoir gets its own generator seeded alike, so layers keep the same inputs
         self.name = name
         self.output_shape: tuple[int, ...] | None = None
         self.dim: int | None = None
@@ -341,7 +343,9 @@ class _LayerState:
         self.want_moments = "moments" in names
         self.moments = Moments() if self.want_moments else None
         self.classes = ClassMoments(num_classes) if "classes" in names else None
-        self.samples = Reservoir(reservoir_size, seed=seed) if "samples" in names else None
+        self.samples = (
+            Reservoir(reservoir_size, generator=torch.Generator().manual_seed(seed)) if "samples" in names else None
+        )
         self.extra: dict[str, Any] = {}
         for factory in (p for p in probes if not isinstance(p, str)):
             acc = factory(name)
@@ -411,7 +415,7 @@ def collect(
     features: str = "flatten",
     channel_dim: int = 1,
     num_classes: int | None = None,
-    seed: int = 0,
+    generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     eval_mode: bool = True,
     nan_policy: str = "raise",
@@ -440,8 +444,9 @@ def collect(
             ``"flatten"``.
         channel_dim: the channel axis of the outputs for ``"channels"``/``"pool"``. Default: 1.
         num_classes: fixes the number of classes of the class statistics. Default: ``None`` (grows with the labels).
-        seed: seed of the reservoirs (the same for every layer, so layers with one row per input keep the same
-            inputs). Default: 0.
+        generator: ``torch.Generator`` for the reservoirs, or ``None`` (torch's global RNG). One seed is drawn from
+            it and seeds every layer's reservoir alike, so layers with one row per input keep the same inputs; the
+            drawn seed is recorded in ``settings["seed"]``. Default: ``None``.
         device: where to run the model. Default: ``None`` (the device of the model's parameters).
         eval_mode: run in eval mode. Default: ``True``.
         nan_policy: ``"raise"`` on non-finite activation rows, or ``"omit"`` to drop them (counted per layer).
@@ -470,6 +475,7 @@ def collect(
                 raise ValueError(f"probes: unknown probe {p!r}; names are {PROBE_NAMES} (or pass a factory)")
             if not isinstance(p, str) and not callable(p):
                 raise TypeError(f"probes: each entry must be a name or a callable factory, got {p!r}")
+    seed = draw_seed(generator)
     dev = model_device(model, device)
     states: dict[str, _LayerState] | None = None
     n_inputs = n_batches = 0

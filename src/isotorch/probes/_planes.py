@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from isotorch import groups as _groups
-from isotorch.probes._validation import as_generator, check_epsilon, check_matrix, check_probability, finite_rows
+from isotorch._util import check_generator
+from isotorch.probes._validation import check_epsilon, check_matrix, check_probability, finite_rows
 
 __all__ = ["srm_baseline", "srm_epsilon"]
 
@@ -90,7 +91,7 @@ def resolve_epsilon(epsilon: float | None, n: int) -> float:
 
 
 def resolve_basis(
-    basis: torch.Tensor | str | None, n: int, generator: torch.Generator | int | None, device
+    basis: torch.Tensor | str | None, n: int, generator: torch.Generator | None, device
 ) -> tuple[torch.Tensor, str]:
     """Unit-norm privileged directions as a float64 (K, n) matrix, and the kind (standard, random or custom)."""
     if basis is None or (isinstance(basis, str) and basis == "standard"):
@@ -98,7 +99,7 @@ def resolve_basis(
     if isinstance(basis, str):
         if basis != "random":
             raise ValueError(f"basis must be None, 'standard', 'random' or a (K, n) tensor, got {basis!r}")
-        gen = as_generator(generator)
+        gen = check_generator(generator)
         g = _groups.get("orthogonal").sample(n, generator=gen, dtype=torch.float64)
         return g.to(device), "random"
     if not isinstance(basis, torch.Tensor):
@@ -120,7 +121,7 @@ def resolve_basis(
 
 
 def plane_pairs(
-    k: int, planes: str, max_planes: int | None, generator: torch.Generator | int | None, device
+    k: int, planes: str, max_planes: int | None, generator: torch.Generator | None, device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Index pairs (i, j) of the planes: unordered i < j ("comb") or ordered i ≠ j ("perm"), optionally subsampled."""
     if planes not in PLANE_MODES:
@@ -135,7 +136,7 @@ def plane_pairs(
         if isinstance(max_planes, bool) or not isinstance(max_planes, int) or max_planes < 1:
             raise ValueError(f"max_planes must be a positive int or None, got {max_planes!r}")
         if max_planes < total:
-            gen = as_generator(generator)
+            gen = check_generator(generator)
             keep = torch.randperm(total, generator=gen).to(device)[:max_planes].sort().values
             ij = ij[:, keep]
     return ij[0].contiguous(), ij[1].contiguous()
@@ -299,7 +300,7 @@ def prepare(
     epsilon: float | None,
     planes: str,
     max_planes: int | None,
-    generator: torch.Generator | int | None,
+    generator: torch.Generator | None,
     nan_policy: str,
     *,
     min_rows: int = 1,
@@ -309,7 +310,7 @@ def prepare(
     n = acts.shape[1]
     epsilon = resolve_epsilon(epsilon, n)
     device = acts.device
-    gen = as_generator(generator)
+    gen = check_generator(generator)
     basis_hat, kind = resolve_basis(basis, n, gen, device)
     i, j = plane_pairs(basis_hat.shape[0], planes, max_planes, gen, device)
     frames = plane_frames(basis_hat, i, j)

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from isotorch._util import check_generator
 from isotorch.probes._planes import (
     block_sizes,
     chunk_elements_for,
@@ -27,7 +28,7 @@ from isotorch.probes._planes import (
     parallel_rows,
     prepare,
 )
-from isotorch.probes._validation import as_generator, check_positive_int, json_safe
+from isotorch.probes._validation import check_positive_int, json_safe
 
 __all__ = ["PPPResult", "ppp"]
 
@@ -136,7 +137,7 @@ def ppp(
     bandwidth: float = 0.02,
     planes: str = "comb",
     max_planes: int | None = None,
-    generator: torch.Generator | int | None = None,
+    generator: torch.Generator | None = None,
     nan_policy: str = "raise",
 ) -> PPPResult:
     """Privileged-plane density of activation directions, normalised by an isotropic Gaussian sample.
@@ -153,7 +154,8 @@ def ppp(
         bandwidth: Gaussian smoothing standard deviation in disk units (the grid step is 2/R). Default: 0.02.
         planes: ``"comb"`` or ``"perm"``. Default: ``"comb"``.
         max_planes: random subset of planes. Default: ``None``.
-        generator: generator or seed for the reference sample, basis and plane subset. Default: ``None``.
+        generator: ``torch.Generator`` for the reference sample, basis and plane subset, or ``None`` (torch's global
+            RNG). Default: ``None``.
         nan_policy: ``"raise"`` or ``"omit"``. Default: ``"raise"``.
 
     Shape:
@@ -164,14 +166,14 @@ def ppp(
         >>> from isotorch.probes import ppp
         >>> g = torch.Generator().manual_seed(0)
         >>> axes = torch.eye(6)[torch.randint(0, 6, (3000,), generator=g)] + 0.05 * torch.randn(3000, 6, generator=g)
-        >>> r = ppp(axes, resolution=64, generator=0)
+        >>> r = ppp(axes, resolution=64, generator=torch.Generator().manual_seed(0))
         >>> r.image.shape, bool(r.image[32, 62] > 10), bool(r.image[54, 54] < 0.1)   # the e₁ axis vs the diagonal
         (torch.Size([64, 64]), True, True)
     """
     resolution = check_positive_int(resolution, "resolution", minimum=2)
     if isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float)) or not (0 <= bandwidth < 2):
         raise ValueError(f"bandwidth must be a float in [0, 2) (disk units), got {bandwidth!r}")
-    gen = as_generator(generator)
+    gen = check_generator(generator)
     setup = prepare(acts, basis, epsilon, planes, max_planes, gen, nan_policy)
     device = setup.acts.device
     n, n_planes = setup.n_features, setup.n_planes

@@ -50,10 +50,10 @@ from typing import Any
 import torch
 
 from isotorch import groups as _groups
+from isotorch._util import check_generator
 from isotorch.probes._bootstrap import ResampleStream, bca_bounds, jackknife_means
 from isotorch.probes._planes import plane_frames, plane_pairs, resolve_basis
 from isotorch.probes._validation import (
-    as_generator,
     check_matrix,
     check_positive_int,
     check_probability,
@@ -358,7 +358,7 @@ def alignment_score(
     n_bootstrap: int = 1000,
     n_null: int = 99,
     confidence: float = 0.95,
-    generator: torch.Generator | int | None = None,
+    generator: torch.Generator | None = None,
     nan_policy: str = "raise",
 ) -> ScoreResult:
     """Signed, ε-free basis alignment: the pooled four-fold moment E[r⁴ cos 4φ]/E[r⁴] of the basis planes.
@@ -379,21 +379,23 @@ def alignment_score(
         n_bootstrap: bootstrap replicates. Default: 1000.
         n_null: Haar-random bases of the null (0: none). Default: 99.
         confidence: interval level. Default: 0.95.
-        generator: generator or seed for the basis, plane subset, bootstrap and null. Default: ``None``.
+        generator: ``torch.Generator`` for the basis, plane subset, bootstrap and null, or ``None`` (torch's global
+            RNG). Default: ``None``.
         nan_policy: ``"raise"`` or ``"omit"`` (rows with NaN/inf dropped and counted). Default: ``"raise"``.
 
     Examples:
         >>> import torch
         >>> from isotorch.probes import alignment_score
         >>> g = torch.Generator().manual_seed(0)
-        >>> iso = alignment_score(torch.randn(4000, 8, generator=g), generator=0)
+        >>> iso = alignment_score(torch.randn(4000, 8, generator=g), generator=torch.Generator().manual_seed(0))
         >>> signs = torch.randn(4000, 1, generator=g).sign()
-        >>> axes = alignment_score(torch.eye(8)[torch.randint(0, 8, (4000,), generator=g)] * signs, generator=0)
+        >>> planted = torch.eye(8)[torch.randint(0, 8, (4000,), generator=g)] * signs
+        >>> axes = alignment_score(planted, generator=torch.Generator().manual_seed(0))
         >>> abs(iso.value) < 0.05, round(axes.value, 2), axes.p_value < 0.05
         (True, 1.0, True)
     """
     n_bootstrap, n_null, confidence = _check_common(n_bootstrap, n_null, confidence)
-    gen = as_generator(generator)
+    gen = check_generator(generator)
     setup = _prepare(acts, basis, planes, max_planes, gen, nan_policy)
     settings = {
         "basis": setup.kind,
@@ -523,7 +525,7 @@ def quantisation_score(
     n_bootstrap: int = 1000,
     n_null: int = 19,
     confidence: float = 0.95,
-    generator: torch.Generator | int | None = None,
+    generator: torch.Generator | None = None,
     nan_policy: str = "raise",
 ) -> ScoreResult:
     """Quantisation: angular concentration in the basis planes beyond a Gaussian with the same mean and covariance.
@@ -548,7 +550,7 @@ def quantisation_score(
         n_null: Haar-random bases of the null (0: none; p-values then start at 1/20). Default: 19 (each costs
             one pass over the planes).
         confidence: interval level. Default: 0.95.
-        generator: generator or seed. Default: ``None``.
+        generator: ``torch.Generator`` or ``None`` (torch's global RNG).
         nan_policy: ``"raise"`` or ``"omit"``. Default: ``"raise"``.
 
     Examples:
@@ -556,16 +558,17 @@ def quantisation_score(
         >>> from isotorch.probes import quantisation_score
         >>> g = torch.Generator().manual_seed(0)
         >>> gauss = torch.randn(5000, 6, generator=g) * torch.tensor([3.0, 1, 1, 1, 1, 1]) + 2
-        >>> abs(quantisation_score(gauss, n_null=0, generator=0).value) < 0.01
+        >>> abs(quantisation_score(gauss, n_null=0, generator=torch.Generator().manual_seed(0)).value) < 0.01
         True
         >>> signs = torch.randn(5000, 1, generator=g).sign()
         >>> axes = torch.eye(6)[torch.randint(0, 6, (5000,), generator=g)] * signs
-        >>> round(quantisation_score(axes, n_null=0, generator=0).value, 2)   # four clusters per plane: 4/16
+        >>> score = quantisation_score(axes, n_null=0, generator=torch.Generator().manual_seed(0))
+        >>> round(score.value, 2)   # four clusters per plane: 4/16
         0.25
     """
     harmonics = check_positive_int(harmonics, "harmonics", minimum=2)
     n_bootstrap, n_null, confidence = _check_common(n_bootstrap, n_null, confidence)
-    gen = as_generator(generator)
+    gen = check_generator(generator)
     setup = _prepare(acts, basis, planes, max_planes, gen, nan_policy)
     settings: dict[str, Any] = {
         "basis": setup.kind,

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from isotorch._util import draw_seed
 from isotorch.probes._accumulators import Reservoir
 from isotorch.probes._collect import (
     batch_size,
@@ -198,14 +199,14 @@ def compare_layers(
     max_samples: int | None = None,
     features: str = "flatten",
     channel_dim: int = 1,
-    seed: int = 0,
+    generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     eval_mode: bool = True,
     progress: bool = False,
 ) -> LayerSimilarity:
     """Linear CKA between layers of two models, fed the same batches in one pass over ``data``.
 
-    Both models see every batch; each layer keeps a seeded reservoir of ``samples`` rows with the same keys, so the
+    Both models see every batch; each layer keeps a reservoir of ``samples`` rows with the same keys, so the
     compared rows come from the same inputs (shuffling data loaders are fine). CKA is computed on those rows.
 
     Args:
@@ -214,11 +215,12 @@ def compare_layers(
         layers_a: module names of model A.
         layers_b: module names of model B. Default: ``None`` (= ``layers_a``).
         debiased: use the debiased CKA. Default: ``False``.
-        samples: inputs kept for the comparison (uniform, seeded). Default: 5,000.
+        samples: inputs kept for the comparison (a uniform sample). Default: 5,000.
         max_samples: stop after this many inputs. Default: ``None``.
         features: ``"flatten"`` or ``"pool"`` (one row per input is needed). Default: ``"flatten"``.
         channel_dim: channel axis for ``"pool"``. Default: 1.
-        seed: reservoir seed. Default: 0.
+        generator: ``torch.Generator`` for the reservoirs, or ``None`` (torch's global RNG); one seed is drawn from
+            it for every layer of both models, recorded in ``settings["seed"]``. Default: ``None``.
         device: where to run both models. Default: ``None`` (each model's own device).
         eval_mode: run in eval mode. Default: ``True``.
         progress: show a progress bar. Default: ``False``.
@@ -240,8 +242,9 @@ def compare_layers(
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 4:
         raise ValueError(f"samples must be an int >= 4, got {samples!r}")
     dev_a, dev_b = model_device(model_a, device), model_device(model_b, device)
-    res_a = {n: Reservoir(samples, seed=seed) for n in layers_a}
-    res_b = {n: Reservoir(samples, seed=seed) for n in layers_b}
+    seed = draw_seed(generator)
+    res_a = {n: Reservoir(samples, generator=torch.Generator().manual_seed(seed)) for n in layers_a}
+    res_b = {n: Reservoir(samples, generator=torch.Generator().manual_seed(seed)) for n in layers_b}
     n_inputs = 0
     with (
         evaluation(model_a, eval_mode),

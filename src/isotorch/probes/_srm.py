@@ -240,7 +240,7 @@ def srm(
     planes: str = "comb",
     max_planes: int | None = None,
     signed: bool = False,
-    generator: torch.Generator | int | None = None,
+    generator: torch.Generator | None = None,
     nan_policy: str = "raise",
     method: str = "arcs",
 ) -> SRMResult:
@@ -268,7 +268,8 @@ def srm(
             Default: ``"comb"``.
         max_planes: keep a random subset of at most this many planes. Default: ``None`` (all).
         signed: count the negative cone with −1 as well (â·s ≤ −ε). Default: ``False``.
-        generator: ``torch.Generator`` or int seed for ``basis="random"`` and plane subsampling. Default: ``None``.
+        generator: ``torch.Generator`` for ``basis="random"`` and plane subsampling, or ``None`` (torch's global
+            RNG). Default: ``None``.
         nan_policy: ``"raise"`` on rows with NaN/inf, or ``"omit"`` to drop them (counted). Default: ``"raise"``.
         method: ``"arcs"`` (closed-form arcs, O(N·P)) or ``"dense"`` (every sample at every angle, O(N·P·A), the
             reference implementation). Default: ``"arcs"``.

@@ -74,15 +74,6 @@ def check_probability(value: object, name: str) -> float:
     return float(value)
 
 
-def as_generator(generator: torch.Generator | int | None, device: torch.device | str | None = None):
-    """A ``torch.Generator`` from a generator, an int seed, or ``None`` (the global RNG, returned as ``None``)."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return generator
-    if isinstance(generator, bool) or not isinstance(generator, int):
-        raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}")
-    return torch.Generator(device=device if device is not None else "cpu").manual_seed(generator)
-
-
 def check_labels(labels: object, n: int, num_classes: int | None, name: str = "labels") -> tuple[torch.Tensor, int]:
     """Check integer class labels of shape (n,) in [0, num_classes); return them (int64) and the class count.
 

@@ -15,7 +15,7 @@ from isotorch.studies._data import (
     make_mnist1d,
     teacher_student,
 )
-from isotorch.studies._registry import Study, UnknownStudyError, get, names, register_study
+from isotorch.studies._registry import Study, UnknownStudyError, get, names, register
 from isotorch.studies._report import write_report
 from isotorch.studies._runner import (
     NonFiniteLossError,
@@ -55,7 +55,7 @@ __all__ = [
     "make_mnist1d",
     "mean_ci",
     "names",
-    "register_study",
+    "register",
     "run_study",
     "teacher_student",
     "write_report",

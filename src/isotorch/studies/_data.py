@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from isotorch._util import check_generator
+
 __all__ = [
     "DatasetNotFoundError",
     "Split",
@@ -201,7 +203,7 @@ def teacher_student(
         teacher: ``"linear"`` or ``"tanh"`` (default ``"linear"``).
         rank: rank r of the linear teacher / hidden units of the tanh teacher (default 3).
         noise: label-noise standard deviation (default 0).
-        generator: torch generator (default: seeded with 0).
+        generator: ``torch.Generator``, or ``None`` (torch's global RNG).
 
     Examples:
         >>> s = teacher_student(50, 20, dim=8, rank=2, generator=torch.Generator().manual_seed(0))
@@ -217,7 +219,7 @@ def teacher_student(
         raise ValueError(f"n_train and n_test must be positive, got {n_train}, {n_test}")
     if noise < 0:
         raise ValueError(f"noise must be non-negative, got {noise}")
-    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    g = check_generator(generator)
     strengths = 4.0 * 2.0 ** -torch.arange(rank, dtype=torch.float32)
     u = torch.linalg.qr(torch.randn(out_dim, rank, generator=g))[0]
     v = torch.linalg.qr(torch.randn(dim, rank, generator=g))[0]

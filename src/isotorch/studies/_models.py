@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["layer_features", "scale_hint", "select_lr", "unparametrized"]
+__all__ = ["layer_features", "scale_hint", "select_lr", "unparametrised"]
 
 
 def layer_features(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
@@ -28,7 +28,7 @@ def layer_features(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[
     return {k: (v.flatten(2).mean(2) if v.ndim > 2 else v) for k, v in found.items()}
 
 
-def unparametrized(model: nn.Module) -> nn.Module:
+def unparametrised(model: nn.Module) -> nn.Module:
     """A copy without parametrisations (e.g. syre's W = θ + θ₀ baked into a plain weight), for saving and probing.
 
     ``torch.nn.utils.parametrize.remove_parametrizations`` on a deep copy would delete the property from the
@@ -39,7 +39,7 @@ def unparametrized(model: nn.Module) -> nn.Module:
         >>> from isotorch.params import syre
         >>> net = syre(nn.Linear(3, 2), 0.1, generator=torch.Generator().manual_seed(0))
         >>> x = torch.randn(4, 3)
-        >>> torch.allclose(unparametrized(net)(x), net(x)), type(unparametrized(net)).__name__, type(net).__name__
+        >>> torch.allclose(unparametrised(net)(x), net(x)), type(unparametrised(net)).__name__, type(net).__name__
         (True, 'Linear', 'ParametrizedLinear')
     """
     import copy

@@ -1,4 +1,4 @@
-"""The study registry: ``@register_study("name")`` over a :class:`Study` subclass; :func:`get` and :func:`names`.
+"""The study registry: ``@register("name")`` over a :class:`Study` subclass; :func:`get` and :func:`names`.
 
 A study is a class with a frozen dataclass ``Config`` (every field has a default), optional ``presets`` (named
 dicts of overrides; ``"tiny"`` is the size the test suite runs), ``run(ctx)`` called once per seed, and
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from isotorch.studies._stats import Figure, Findings
     from isotorch.studies._verdicts import Claim, Verdict
 
-__all__ = ["Study", "UnknownStudyError", "get", "names", "register_study"]
+__all__ = ["Study", "UnknownStudyError", "get", "names", "register"]
 
 _REGISTRY: dict[str, type[Study]] = {}
 _SKIP: set[str] = set()  # public modules of isotorch.studies that are not studies
@@ -42,7 +42,7 @@ class Study:
     """Base class of a study. Subclasses set ``Config`` and implement :meth:`run`; the rest is optional.
 
     Attributes:
-        name: the registered name (set by :func:`register_study`).
+        name: the registered name (set by :func:`register`).
         Config: a frozen dataclass type with defaults for every field.
         presets: named override dicts, e.g. ``{"tiny": {"steps": 50}}``; the test suite runs ``"tiny"``.
         description: one line shown by ``isotorch study list`` (default: the first docstring line).
@@ -122,7 +122,7 @@ class Study:
         return []
 
 
-def register_study(name: str) -> Callable[[type[Study]], type[Study]]:
+def register(name: str) -> Callable[[type[Study]], type[Study]]:
     """Class decorator: register a :class:`Study` subclass under ``name``.
 
     Examples:
@@ -130,7 +130,7 @@ def register_study(name: str) -> Callable[[type[Study]], type[Study]]:
         >>> @dataclass(frozen=True)
         ... class EchoConfig:
         ...     steps: int = 3
-        >>> @register_study("echo-doctest")
+        >>> @register("echo-doctest")
         ... class Echo(Study):
         ...     Config = EchoConfig
         ...     def run(self, ctx):
@@ -144,7 +144,7 @@ def register_study(name: str) -> Callable[[type[Study]], type[Study]]:
 
     def decorate(cls: type[Study]) -> type[Study]:
         if not (isinstance(cls, type) and issubclass(cls, Study)):
-            raise TypeError(f"@register_study({name!r}) must decorate a Study subclass, got {cls!r}")
+            raise TypeError(f"@register({name!r}) must decorate a Study subclass, got {cls!r}")
         config = getattr(cls, "Config", None)
         if not (isinstance(config, type) and dataclasses.is_dataclass(config)):
             raise TypeError(f"study {name!r} needs a dataclass Config, got {config!r}")
@@ -195,7 +195,7 @@ def _load_builtin() -> None:
         my_study = "my_package.my_module:MyStudy"
 
     The entry point may name a :class:`Study` subclass (registered under the entry point's name unless
-    ``@register_study`` already registered it) or a module whose import registers its studies. One that fails to
+    ``@register`` already registered it) or a module whose import registers its studies. One that fails to
     load is left out of :func:`names`, and :func:`get` of its name says why.
     """
     import importlib
@@ -216,7 +216,7 @@ def _load_builtin() -> None:
             loaded = entry.load()
             if isinstance(loaded, type) and issubclass(loaded, Study):
                 if loaded not in _REGISTRY.values():
-                    register_study(entry.name)(loaded)
+                    register(entry.name)(loaded)
             elif not isinstance(loaded, types.ModuleType):
                 raise TypeError("it is neither a Study subclass nor a module")
         except Exception as err:

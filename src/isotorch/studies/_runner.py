@@ -477,7 +477,7 @@ class StudyContext:
         order = torch.randperm(n, generator=g)
         return order[index * batch_size : (index + 1) * batch_size]
 
-    def save_model(self, name: str, model: torch.nn.Module, example_input: torch.Tensor | None = None) -> Path:
+    def save_model(self, name: str, model: torch.nn.Module, x: torch.Tensor | None = None) -> Path:
         """Save a trained model (whole module) and an example input to ``models/seed{seed}-{name}.pt``.
 
         The report audits every saved model (:func:`isotorch.audit.audit_model` on the example input).
@@ -486,7 +486,7 @@ class StudyContext:
             raise ValueError(f"name must be a plain file-name part, got {name!r}")
         path = self.out / "models" / f"seed{self.seed}-{name}.pt"
         path.parent.mkdir(exist_ok=True)
-        example = None if example_input is None else example_input.detach().cpu()
+        example = None if x is None else x.detach().cpu()
         save_atomic({"model": model, "input": example, "seed": self.seed, "name": name}, path)
         return path
 

@@ -56,7 +56,7 @@ from torch import nn
 
 from isotorch.studies._data import load_dataset
 from isotorch.studies._models import scale_hint, select_lr
-from isotorch.studies._registry import Study, register_study
+from isotorch.studies._registry import Study, register
 from isotorch.studies._stats import Figure, Findings, mean_ci
 from isotorch.studies._verdicts import Claim, Verdict, inconclusive, paired_verdict
 
@@ -243,7 +243,7 @@ def _key(variant: str, width: int, depth: int) -> str:
     return f"{variant} w={width} d={depth}"
 
 
-@register_study("capacity")
+@register("capacity")
 class Capacity(Study):
     """Elementwise vs isotropic tanh MLPs over width × depth: accuracy, gradient through depth, adaptive capacity."""
 

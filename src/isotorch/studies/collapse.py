@@ -58,12 +58,12 @@ import torch
 from torch import nn
 
 from isotorch.studies._data import load_dataset
-from isotorch.studies._models import layer_features, scale_hint, unparametrized
-from isotorch.studies._registry import Study, register_study
+from isotorch.studies._models import layer_features, scale_hint, unparametrised
+from isotorch.studies._registry import Study, register
 from isotorch.studies._stats import Figure, Findings
 from isotorch.studies._verdicts import Claim, Verdict, inconclusive, paired_verdict, verdict_from_values
 
-__all__ = ["Collapse", "CollapseConfig", "build_classifier", "layer_features", "unparametrized"]
+__all__ = ["Collapse", "CollapseConfig", "build_classifier", "layer_features", "unparametrised"]
 
 VARIANTS = ("elementwise", "isotropic", "elementwise+syre", "isotropic+syre")
 DATASETS = ("digits", "mnist1d", "mnist", "fashion_mnist", "cifar10")
@@ -161,7 +161,7 @@ def _log_epochs(epochs: int, points: int) -> list[int]:
     return sorted({0, *np.unique(np.geomspace(1, epochs, points).round().astype(int)).tolist()})
 
 
-@register_study("collapse")
+@register("collapse")
 class Collapse(Study):
     """Neural collapse (NC1–NC4) per layer and rank through depth, with and without syre."""
 
@@ -277,7 +277,7 @@ class Collapse(Study):
                 evaluate=evaluate,
                 log_steps=log_steps,
             )
-            plain = unparametrized(net).eval()
+            plain = unparametrised(net).eval()
             ctx.save_model(variant.replace("+", "-"), plain, x_test[:16])
             finals.update(self._finish(ctx, variant, plain, names, x_test, config))
         return finals

@@ -40,7 +40,7 @@ from torch import nn
 from isotorch import families, groups, params, probes
 from isotorch.studies._data import load_digits
 from isotorch.studies._models import select_lr
-from isotorch.studies._registry import Study, register_study
+from isotorch.studies._registry import Study, register
 from isotorch.studies._stats import Figure, Findings
 from isotorch.studies._verdicts import Claim, paired_verdict, verdict_from_values
 
@@ -121,7 +121,9 @@ def _last_hidden(model: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 def _representation(hidden: torch.Tensor, n_bootstrap: int, seed: int) -> dict[str, Any]:
     """Signed 4-fold basis alignment A of ``hidden`` in the standard basis with its Haar-random-basis null, the
     basis privilege |A − null mean|, the mean SRM curve and the effective rank."""
-    score = probes.alignment_score(hidden, n_bootstrap=n_bootstrap, n_null=19, generator=seed, nan_policy="omit")
+    score = probes.alignment_score(
+        hidden, n_bootstrap=n_bootstrap, n_null=19, generator=torch.Generator().manual_seed(seed), nan_policy="omit"
+    )
     null = score.null_mean if score.null_mean is not None else math.nan
     spot = probes.srm(hidden)
     return {
@@ -135,7 +137,7 @@ def _representation(hidden: torch.Tensor, n_bootstrap: int, seed: int) -> dict[s
     }
 
 
-@register_study("demo")
+@register("demo")
 class Demo(Study):
     """The main job: a matched elementwise/isotropic MLP pair on digits, its symmetries, probes and connectivity."""
 

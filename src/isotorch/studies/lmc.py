@@ -60,8 +60,8 @@ import torch
 from torch import nn
 
 from isotorch.studies._data import load_dataset
-from isotorch.studies._models import layer_features, scale_hint, select_lr, unparametrized
-from isotorch.studies._registry import Study, register_study
+from isotorch.studies._models import layer_features, scale_hint, select_lr, unparametrised
+from isotorch.studies._registry import Study, register
 from isotorch.studies._stats import Figure, Findings
 from isotorch.studies._verdicts import Claim, Verdict, inconclusive, paired_verdict
 
@@ -220,7 +220,7 @@ def plain_copy(model: nn.Module) -> nn.Module:
     """
     from isotorch.params import AsymLinear
 
-    new = unparametrized(model)
+    new = unparametrised(model)
     for name, module in list(new.named_children()):
         if isinstance(module, AsymLinear):
             linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
@@ -241,7 +241,7 @@ def _moved_fraction(result) -> float:
     return float(np.mean(fractions)) if fractions else float("nan")
 
 
-@register_study("lmc")
+@register("lmc")
 class Lmc(Study):
     """Loss barriers before/after alignment and cross-network CKA, for elementwise, isotropic and asymmetric nets."""
 
@@ -431,10 +431,12 @@ class Lmc(Study):
         after, moved, distance = None, float("nan"), (float("nan"), float("nan"))
         if variant != "sigma_asym":
             if variant == "isotropic":
-                ref, result = a, align(a, b, x=x[:64], generator=ctx.seed)
+                ref, result = a, align(a, b, x=x[:64], generator=torch.Generator().manual_seed(ctx.seed))
             else:  # permutation matching; asymmetric/syre nets via plain copies of their effective weights
                 ref = plain_copy(a)
-                result = align(ref, plain_copy(b), x=x[:64], group="permutation", generator=ctx.seed)
+                result = align(
+                    ref, plain_copy(b), x=x[:64], group="permutation", generator=torch.Generator().manual_seed(ctx.seed)
+                )
                 moved = _moved_fraction(result)
             distance = (result.distance_before, result.distance_after)
             after = barrier(ref, result.model, loss_fn, (x, y), steps=config.path_steps)

@@ -57,7 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from isotorch.studies._registry import Study, register_study
+from isotorch.studies._registry import Study, register
 from isotorch.studies._stats import Figure, Findings
 from isotorch.studies._verdicts import Claim, inconclusive, paired_verdict
 
@@ -156,7 +156,7 @@ def build_model(config: OutliersConfig, variant: str, seed: int) -> nn.Module:
     return model
 
 
-def _optimizer(config: OutliersConfig, variant: str, model: nn.Module) -> torch.optim.Optimizer:
+def _optimiser(config: OutliersConfig, variant: str, model: nn.Module) -> torch.optim.Optimizer:
     if VARIANTS[variant][2] == "iso_adam":
         from isotorch.optim import IsoAdam
 
@@ -329,7 +329,9 @@ def analyse_model(
         raise RuntimeError("a norm of the trained model reads a stream whose channels are all constant")
     final = streams[norms[-1]]
     rows = torch.randperm(final.shape[0], generator=gen)[:align_samples]
-    align = alignment_score(final[rows], n_bootstrap=n_bootstrap, n_null=n_null, generator=seed)
+    align = alignment_score(
+        final[rows], n_bootstrap=n_bootstrap, n_null=n_null, generator=torch.Generator().manual_seed(seed)
+    )
     out_stats = {
         "token_max_rms": float(np.mean([s.token_max_rms_mean for s in stats])),
         "max_kurtosis": float(np.mean(max_kurt)),
@@ -434,7 +436,7 @@ def _plain_condition(values: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: v for k, v in values.items() if not isinstance(v, list)}
 
 
-@register_study("outliers")
+@register("outliers")
 class Outliers(Study):
     """Outlier channels of a small GPT-2's residual stream; fold, rotate (Hadamard, Haar, learned), quantise."""
 
@@ -486,7 +488,7 @@ class Outliers(Study):
         finals: dict[str, Any] = {"loss_bound": language.loss_lower_bound(config.seq_len)}
         for variant in config.variants:
             model = build_model(config, variant, ctx.seed).to(ctx.device)
-            opt = _optimizer(config, variant, model)
+            opt = _optimiser(config, variant, model)
 
             def step(t, model=model, opt=opt):
                 model.train()

@@ -53,7 +53,7 @@ from torch import nn
 
 from isotorch.studies._data import teacher_student
 from isotorch.studies._models import scale_hint
-from isotorch.studies._registry import Study, register_study
+from isotorch.studies._registry import Study, register
 from isotorch.studies._stats import Figure, Findings
 from isotorch.studies._verdicts import Claim, Verdict, inconclusive, paired_verdict, verdict_from_values
 
@@ -71,7 +71,7 @@ class PlateausConfig:
     width: int = 32
     depth: int = 3
     family: str = "elementwise"
-    optimizer: str = "gd"
+    optimiser: str = "gd"
     lr: float = 0.05
     steps: int = 20000
     n_train: int = 256
@@ -100,8 +100,8 @@ class PlateausConfig:
             raise ValueError(f"small_scale must be a positive finite float, got {self.small_scale!r}")
         if self.teacher not in ("linear", "tanh"):
             raise ValueError(f"teacher must be 'linear' or 'tanh', got {self.teacher!r}")
-        if self.optimizer not in ("gd", "adam"):
-            raise ValueError(f"optimizer must be 'gd' or 'adam', got {self.optimizer!r}")
+        if self.optimiser not in ("gd", "adam"):
+            raise ValueError(f"optimiser must be 'gd' or 'adam', got {self.optimiser!r}")
         if self.family not in ("elementwise", "isotropic"):
             raise ValueError(f"family must be 'elementwise' or 'isotropic', got {self.family!r}")
         for name in ("teacher_rank", "dim", "width", "steps", "n_train", "n_test", "log_points", "n_singular"):
@@ -284,7 +284,7 @@ def _events(records: list[dict[str, Any]], layer: int, config: PlateausConfig) -
     return events
 
 
-@register_study("plateaus")
+@register("plateaus")
 class Plateaus(Study):
     """Teacher–student loss plateaus and jumps vs initialisation scale, with symmetry-breaking events."""
 
@@ -343,7 +343,7 @@ class Plateaus(Study):
         for scale in config.scales:
             model = _student(config, scale).to(ctx.device)
             opt: torch.optim.Optimizer
-            if config.optimizer == "gd":
+            if config.optimiser == "gd":
                 opt = torch.optim.SGD(model.parameters(), lr=config.lr)
             else:
                 opt = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -488,7 +488,7 @@ class Plateaus(Study):
             }
         caption = (
             f"{config.teacher} teacher of rank {config.teacher_rank}, student depth {config.depth} width "
-            f"{config.width} ({config.family}), {config.optimizer} lr {config.lr:g}, {config.steps} full-batch steps. "
+            f"{config.width} ({config.family}), {config.optimiser} lr {config.lr:g}, {config.steps} full-batch steps. "
             f"A jump: −dlogL/dlogt ≥ {config.jump_slope:g} with a loss drop ≥ {config.min_drop:g}×; an event: σ_k of "
             f"[W₀ | b₀ | W₁ᵀ] grows ≥ {config.threshold:g}× its initial value; matched: an event within "
             f"{config.match_window:g}× of the jump's step. 'n/a' where no seed had a jump."

@@ -53,7 +53,7 @@ from torch import nn
 
 from isotorch.studies._data import load_dataset
 from isotorch.studies._models import scale_hint, select_lr
-from isotorch.studies._registry import Study, register_study
+from isotorch.studies._registry import Study, register
 from isotorch.studies._stats import Figure, Findings
 from isotorch.studies._verdicts import Claim, inconclusive, paired_verdict
 
@@ -216,13 +216,22 @@ def _scores(acts: torch.Tensor, basis, seed: int, n_bootstrap: int, n_null: int)
     (as many as the standard basis has; its cost grows with the planes), A uses them all."""
     from isotorch.probes import alignment_score, quantisation_score
 
-    kw: dict[str, Any] = {"n_bootstrap": n_bootstrap, "n_null": n_null, "generator": seed, "nan_policy": "omit"}
+    kw: dict[str, Any] = {"n_bootstrap": n_bootstrap, "n_null": n_null, "nan_policy": "omit"}
     n = acts.shape[1]
     many = torch.is_tensor(basis) and len(basis) > n
     out: dict[str, Any] = {}
     for prefix, result in (
-        ("align", alignment_score(acts, basis, **kw)),
-        ("quant", quantisation_score(acts, basis, max_planes=n * (n - 1) // 2 if many else None, **kw)),
+        ("align", alignment_score(acts, basis, generator=torch.Generator().manual_seed(seed), **kw)),
+        (
+            "quant",
+            quantisation_score(
+                acts,
+                basis,
+                max_planes=n * (n - 1) // 2 if many else None,
+                generator=torch.Generator().manual_seed(seed),
+                **kw,
+            ),
+        ),
     ):
         out[prefix] = result.value
         out[f"{prefix}_lo"] = result.ci_low
@@ -287,7 +296,7 @@ _CLAIMS = (
 )
 
 
-@register_study("quantisation")
+@register("quantisation")
 class Quantisation(Study):
     """Autoencoder bottlenecks: elementwise vs isotropic (vs block, direction-set), quantisation and alignment."""
 
@@ -415,7 +424,7 @@ class Quantisation(Study):
                     epsilon=config.epsilon,
                     resolution=config.ppp_resolution,
                     bandwidth=config.ppp_bandwidth,
-                    generator=ctx.seed,
+                    generator=torch.Generator().manual_seed(ctx.seed),
                     nan_policy="omit",
                 )
             final = _scores(code, basis, ctx.seed, config.n_bootstrap, config.n_null)

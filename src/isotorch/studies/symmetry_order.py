@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from isotorch.studies._models import scale_hint, select_lr
-from isotorch.studies._registry import Study, register_study
+from isotorch.studies._registry import Study, register
 from isotorch.studies._stats import Figure, Findings
 from isotorch.studies._verdicts import Claim, inconclusive, verdict_from_correlations
 from isotorch.studies.quantisation import (
@@ -173,7 +173,7 @@ def _trends(cfg: SymmetryOrderConfig, finals: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@register_study("symmetry_order")
+@register("symmetry_order")
 class SymmetryOrder(Study):
     """Bottleneck block size k from 1 (elementwise) to n (isotropic): basis alignment against the group's size."""
 

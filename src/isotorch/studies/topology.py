@@ -18,7 +18,7 @@ for ``sweep_steps`` updates on the starting architecture (isotropic tanh for ``a
 ``elementwise``), scored on a held-out 20% of the training set. Arms:
 
 - ``adaptive`` (φ = isotropic tanh): at each boundary, for each hidden site, the producer W_l is diagonalised
-  (:func:`isotorch.params.svd_diagonalize`) and its *scaffold* units (singular value ≤ ``threshold``) counted. Fewer
+  (:func:`isotorch.params.svd_diagonalise`) and its *scaffold* units (singular value ≤ ``threshold``) counted. Fewer
   than ``scaffold``: grow the difference (:func:`isotorch.params.grow`: zero rows, consumer columns
   ~ ``grow_scale``·N(0, 1), exact); more: prune the excess smallest (:func:`isotorch.params.prune`: the removed
   biases go into the activation's intrinsic length and the consumer bias; the change of the consumer
@@ -61,7 +61,7 @@ from torch import nn
 
 from isotorch.studies._data import load_dataset
 from isotorch.studies._models import scale_hint, select_lr
-from isotorch.studies._registry import Study, register_study
+from isotorch.studies._registry import Study, register
 from isotorch.studies._stats import Figure, Findings
 from isotorch.studies._verdicts import Claim, Verdict, inconclusive, paired_verdict, verdict_from_values
 
@@ -235,7 +235,7 @@ def _singular_values(model: nn.Sequential, producer: int) -> list[float]:
     return [*s.tolist(), *([0.0] * pad)]
 
 
-@register_study("topology")
+@register("topology")
 class Topology(Study):
     """Isotropic MLPs that grow and prune units (SVD surgery) vs fixed width vs a magnitude-pruned tanh control."""
 

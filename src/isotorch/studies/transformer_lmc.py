@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from isotorch.studies._registry import Study, register_study
+from isotorch.studies._registry import Study, register
 from isotorch.studies._stats import Figure, Findings
 from isotorch.studies._verdicts import Claim, paired_verdict, verdict_from_values
 
@@ -231,7 +231,7 @@ _CLAIMS = (
 )
 
 
-@register_study("transformer_lmc")
+@register("transformer_lmc")
 class TransformerLMC(Study):
     """Loss barriers between independently trained GPT-2s: naive, permutation-only, full (folded, rotated) alignment."""
 
