@@ -46,7 +46,7 @@ bench: $(BENCH_STAMP)
 
 # docs/audit.md is generated from the measured audit table (a test fails when it is stale)
 audit-docs: $(STAMP)
-	$(BIN)/python -m isotorch.audit --markdown docs/audit.md
+	$(BIN)/isotorch audit --primitives --markdown docs/audit.md
 
 # API reference (mkdocs + mkdocstrings) and guides into site/; --strict makes every warning an error
 $(DOCS_STAMP): $(STAMP) pyproject.toml

@@ -111,7 +111,7 @@ def test_bad_kinds():
 @pytest.mark.slow
 def test_docs_audit_md_is_not_stale():
     expected = primitive_table().to_markdown()
-    assert DOCS.exists(), "docs/audit.md is missing: run `python -m isotorch.audit --markdown docs/audit.md`"
+    assert DOCS.exists(), "docs/audit.md is missing: run `isotorch audit --primitives --markdown docs/audit.md`"
     assert DOCS.read_text(encoding="utf-8") == expected, (
-        "docs/audit.md is stale: regenerate it with `python -m isotorch.audit --markdown docs/audit.md`"
+        "docs/audit.md is stale: regenerate it with `isotorch audit --primitives --markdown docs/audit.md`"
     )

@@ -620,7 +620,6 @@ def _rows(model, syms, graph, uses, axes, groups, trials, sampler, inputs, max_e
             seen[id(module)] = len(rows)
             rows.append(
                 _module_row(
-                    model,
                     syms,
                     node,
                     use_of.get(node.name),
@@ -661,7 +660,7 @@ def _rows(model, syms, graph, uses, axes, groups, trials, sampler, inputs, max_e
     return rows, not_analysed
 
 
-def _module_row(model, syms, node, use, axes, groups, trials, sampler, inputs, max_elements, lie, not_analysed, cache):
+def _module_row(syms, node, use, axes, groups, trials, sampler, inputs, max_elements, lie, not_analysed, cache):
     module, path = node.target, node.qualname
     type_name = type(module).__name__
     if isinstance(module, nn.MultiheadAttention):
@@ -895,7 +894,7 @@ def _change(private: nn.Module, x: torch.Tensor, reference: list[torch.Tensor]) 
 
 
 @contextlib.contextmanager
-def _applied(private: nn.Module, syms, live: dict, original: dict, matrices: dict[str, torch.Tensor]):
+def _applied(syms, live: dict, original: dict, matrices: dict[str, torch.Tensor]):
     """Apply ``matrices`` (site name → element) to the private copy in place (the site graph's parameter
     actions), and restore every touched tensor exactly afterwards."""
     from isotorch.params._transform import apply_element
@@ -913,7 +912,7 @@ def _applied(private: nn.Module, syms, live: dict, original: dict, matrices: dic
 
 
 def _change_with(private, syms, live, original, matrices, x, reference) -> float:
-    with _applied(private, syms, live, original, matrices):
+    with _applied(syms, live, original, matrices):
         return _change(private, x, reference)
 
 
@@ -996,7 +995,7 @@ def _g2(model, syms, uses, x, gen, max_samples) -> list[ChainAudit]:
             continue
 
         def change(g: torch.Tensor, name=site.name) -> float:
-            with _applied(private, syms, live, original, {name: g}):
+            with _applied(syms, live, original, {name: g}):
                 return _change(private, x, reference)
 
         changes: dict[str, float] = {}
@@ -1012,7 +1011,7 @@ def _g2(model, syms, uses, x, gen, max_samples) -> list[ChainAudit]:
                     matrices[name] = g @ _groups.get("positive_scaling").sample(
                         syms[name].size, generator=gen, dtype=torch.float64
                     )
-                with _applied(private, syms, live, original, matrices):
+                with _applied(syms, live, original, matrices):
                     joint_changes[group[0]] = _change(private, x, reference)
             changes["general_linear"] = joint_changes[group[0]]
         elif site.general_linear:

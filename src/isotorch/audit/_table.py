@@ -4,18 +4,16 @@ Each row is measured, not declared: activations, normalisers, pooling and dropou
 n = 8 (``dim`` = the feature axis: the last one, or the channel axis of a feature map), optimisers with
 :func:`audit_optimiser`, initialisers with :func:`audit_initialiser` and weight penalties with
 :func:`audit_regulariser`. Every row is seeded, so the table is deterministic; ``docs/audit.md`` is generated from
-it (``isotorch audit --primitives --markdown docs/audit.md``, or ``python -m isotorch.audit --markdown
-docs/audit.md``) and a test fails when that file is stale.
+it (``isotorch audit --primitives --markdown docs/audit.md``, ``make audit-docs``) and a test fails when that file
+is stale.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -433,28 +431,3 @@ def _run_row(run, name: str, kind: str, seed: int):
             return run(gen, name)
         except Exception as exc:
             return _failed(name, kind, exc)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m isotorch.audit --markdown docs/audit.md [--json audit.json]``: write the table (or print it)."""
-    parser = argparse.ArgumentParser(description="Write the isotorch primitive audit table.")
-    parser.add_argument("--markdown", type=Path, help="write the Markdown table here")
-    parser.add_argument("--json", type=Path, help="write the JSON results here")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    table = primitive_table(seed=args.seed)
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(table.to_markdown(), encoding="utf-8")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(table.to_json(), encoding="utf-8")
-    if not args.markdown and not args.json:
-        from rich.console import Console
-
-        Console().print(table)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

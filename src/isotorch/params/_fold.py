@@ -271,7 +271,7 @@ def _check_unknown(site: Site, uses, graph, model: nn.Module) -> None:
         )
 
 
-def _check_stream(site: Site, uses, graph, model: nn.Module) -> None:
+def _check_stream(site: Site, graph, model: nn.Module) -> None:
     for norm in site.norms:
         if norm.name not in dict(model.named_modules()):
             raise SymmetryError(
@@ -400,7 +400,7 @@ def fold_norms(
         new = copy.deepcopy(model)
         return (new, report) if return_report else new
     for site in streams:
-        _check_stream(site, uses, graph, model)
+        _check_stream(site, graph, model)
 
     new = copy.deepcopy(model)
     names = _tensor_names(model)

@@ -13,14 +13,12 @@ attention sites with the reason.
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-_MATMUL_FUNCTIONS = {operator.matmul, torch.matmul}
 _SOFTMAX_FUNCTIONS = {F.softmax, torch.softmax}
 _DROPOUT_FUNCTIONS = {F.dropout, torch.dropout}
 _PASS = {"contiguous", "clone", "detach", "to", "float", "double", "half", "bfloat16", "type", "type_as"}

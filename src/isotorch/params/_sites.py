@@ -974,11 +974,8 @@ class _Analysis:
         if keys is not None:  # an elementwise function (e.g. HF's GELU classes): cheap exact checks suffice
             self.add_primitive(arg.space.root(), f"{desc} (audited)", keys)
             return arg
-        try:
-            from isotorch.audit import audit
-        except ImportError:
-            self.freeze([arg], f"{desc}: unknown operation and isotorch.audit is not available to measure its group")
-            return _UNKNOWN
+        from isotorch.audit import audit  # imported here: isotorch.audit builds on this module
+
         try:
             result = audit(fn, x.detach().clone(), dim=arg.axis)
             keys = tuple(sorted(result.equivariant))
