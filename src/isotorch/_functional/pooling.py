@@ -37,8 +37,12 @@ def norm_max_pool2d(
 
     Args:
         x: floating-point (N, C, H, W) feature map; the channel axis (``dim=1``) is the feature axis.
-        kernel_size, stride, padding, dilation, ceil_mode: as ``torch.nn.functional.max_pool2d``
+        kernel_size: as ``torch.nn.functional.max_pool2d``
             (defaults: ``stride=None`` (= ``kernel_size``), ``padding=0``, ``dilation=1``, ``ceil_mode=False``).
+        stride: see ``kernel_size``.
+        padding: see ``kernel_size``.
+        dilation: see ``kernel_size``.
+        ceil_mode: see ``kernel_size``.
 
     Shape:
         - Input: (N, C, H, W) with C ≥ 1 (an empty batch passes through).

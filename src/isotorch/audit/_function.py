@@ -588,7 +588,15 @@ def audit_module(
         module: the module to audit.
         x: a floating-point input.
         dim: the feature axis (default -1).
-        groups, trials, generator, tol, inputs, exhaustive, lie, name, reseed: as in :func:`audit`.
+        groups: as in :func:`audit`.
+        trials: as in :func:`audit`.
+        generator: as in :func:`audit`.
+        tol: as in :func:`audit`.
+        inputs: as in :func:`audit`.
+        exhaustive: as in :func:`audit`.
+        lie: as in :func:`audit`.
+        name: as in :func:`audit`.
+        reseed: as in :func:`audit`.
         parameters: ``"permute"`` (default) or ``"fixed"`` (audit the map x ↦ module(x) with frozen parameters).
         train: audit in train mode (e.g. to see that dropout is random); default False (eval mode).
 

@@ -70,7 +70,8 @@ class IsotropicActivation(nn.Module):
         length: the intrinsic squared length o > 0. Default ``None``: no length, or 1e-6 when learned.
         learn_length: learn o as a ``Parameter`` ``log_length`` = log o (positive by construction).
             Default ``False``.
-        device, dtype: factory arguments for ``log_length``.
+        device: factory arguments for ``log_length``.
+        dtype: factory arguments for ``log_length``.
 
     Shape:
         - Input: (*, n, *) with the feature axis at ``dim``. Output: same shape and dtype.

@@ -52,7 +52,8 @@ class IsoRMSNorm(nn.Module):
         dim: feature axis (default ``-1``).
         eps: ε added to the mean square, positive (default ``None``: ``torch.finfo(x.dtype).eps``).
         gain: learn a scalar gain γ, initialised to 1 (default ``True``).
-        device, dtype: of the gain.
+        device: device of the gain.
+        dtype: dtype of the gain.
 
     Shape:
         - Input: any shape with a non-empty axis ``dim``.
@@ -114,7 +115,8 @@ class ChiNorm(nn.Module):
         dim: feature axis (default ``-1``).
         momentum: weight of the batch estimate in the running update (default ``0.01``).
         eps: ε added to the estimate (default ``1e-5``).
-        device, dtype: of the running estimate.
+        device: device of the running estimate.
+        dtype: dtype of the running estimate.
 
     Shape:
         - Input: any shape with size n along ``dim``; in training, at least one vector.
@@ -199,7 +201,8 @@ class IsoBatchNorm(nn.Module):
         eps: ε added to the variance (default ``1e-5``).
         affine: learn a scalar gain γ, initialised to 1 (default ``True``).
         center: subtract the mean vector (default ``True``).
-        device, dtype: of the gain and the running statistics.
+        device: device of the gain and the running statistics.
+        dtype: dtype of the gain and the running statistics.
 
     Shape:
         - Input: any shape with size n along ``dim``; in training, at least two vectors.

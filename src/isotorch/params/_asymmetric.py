@@ -99,12 +99,14 @@ class AsymLinear(_WAsymmetric):
     W_eff = M ⊙ W + (1 − M) ⊙ κF, y = x·W_effᵀ + b.
 
     Args:
-        in_features, out_features: sizes, as in ``nn.Linear``.
+        in_features: input size, as in ``nn.Linear``.
+        out_features: output size, as in ``nn.Linear``.
         bias: learn an additive bias (default ``True``).
         n_fix: fixed entries per output row, 0 ≤ n_fix ≤ in_features.
         kappa: the scale κ of the fixed entries (default 1.0).
         generator: a ``torch.Generator`` for the mask, the fixed values and the initial weights.
-        device, dtype: factory arguments.
+        device: factory arguments.
+        dtype: factory arguments.
 
     Shape:
         - Input: (*, in_features). Output: (*, out_features).
@@ -164,12 +166,19 @@ class AsymConv2d(_WAsymmetric):
     """A W-asymmetric 2-D convolution: ``n_fix`` entries of each output filter (in × kh × kw) are fixed.
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, bias: as in ``nn.Conv2d``
+        in_channels: as in ``nn.Conv2d``
             (``groups`` = 1, zero padding).
+        out_channels: see ``in_channels``.
+        kernel_size: see ``in_channels``.
+        stride: see ``in_channels``.
+        padding: see ``in_channels``.
+        dilation: see ``in_channels``.
+        bias: see ``in_channels``.
         n_fix: fixed entries per output filter, 0 ≤ n_fix ≤ in_channels·kh·kw.
         kappa: the scale κ of the fixed entries (default 1.0).
         generator: a ``torch.Generator`` for the mask, the fixed values and the initial weights.
-        device, dtype: factory arguments.
+        device: factory arguments.
+        dtype: factory arguments.
 
     Shape:
         - Input: (N, in_channels, H, W). Output: (N, out_channels, H', W') as for ``nn.Conv2d``.
@@ -253,7 +262,8 @@ class FiGLU(nn.Module):
         features: n, the size of the feature axis.
         dim: the feature axis (default ``-1``).
         generator: a ``torch.Generator`` for F.
-        device, dtype: factory arguments for F.
+        device: factory arguments for F.
+        dtype: factory arguments for F.
 
     Shape:
         - Input: (*, n, *) with the feature axis at ``dim``. Output: same shape.

@@ -43,7 +43,8 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, alpha: float) -> nn.Modu
     """The model with parameters (1 − α)·θ_A + α·θ_B (a new model; buffers are interpolated too).
 
     Args:
-        model_a, model_b: two models of the same architecture and state-dict shapes and dtypes.
+        model_a: the model at ``alpha = 0``.
+        model_b: the model at ``alpha = 1``: same architecture, state-dict shapes and dtypes as ``model_a``.
         alpha: the interpolation weight (0 gives A, 1 gives B; values outside [0, 1] extrapolate).
 
     Integer buffers (e.g. BatchNorm's ``num_batches_tracked``) are taken from ``model_a``.
@@ -160,7 +161,8 @@ def barrier(
     """The loss barrier on the linear path from ``model_a`` to ``model_b`` (align B first for a fair barrier).
 
     Args:
-        model_a, model_b: two models of the same architecture.
+        model_a: the first end point.
+        model_b: the second end point, of the same architecture as ``model_a``.
         loss_fn: ``loss_fn(outputs, targets)`` → the mean loss of a batch (e.g. ``F.cross_entropy``).
         data: an ``(inputs, targets)`` pair or an iterable of such batches.
         steps: the number of evenly spaced λ in [0, 1] (default 25, at least 2).

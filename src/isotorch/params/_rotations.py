@@ -102,7 +102,8 @@ def hadamard(n: int, *, dtype: torch.dtype = torch.float64, device: torch.device
 
     Args:
         n: size: a power of two, or 2^k times a Paley order (12, 20, 24, 28, 44, ...; e.g. 768 = 12·64).
-        dtype, device: of the result. Defaults: float64, CPU.
+        dtype: dtype of the result. Default: float64.
+        device: device of the result. Default: CPU.
 
     Raises:
         ValueError: naming ``n`` when no construction here gives a Hadamard matrix of that size.

@@ -121,7 +121,10 @@ def quantisation_error(x: torch.Tensor, bits: int, *, dim: int | None = -1, clip
     """Relative squared error ‖x − Q_b(x)‖²/‖x‖² of :func:`fake_quantise` (0 for an all-zero ``x``).
 
     Args:
-        x, bits, dim, clip_ratio: as in :func:`fake_quantise`.
+        x: as in :func:`fake_quantise`.
+        bits: as in :func:`fake_quantise`.
+        dim: as in :func:`fake_quantise`.
+        clip_ratio: as in :func:`fake_quantise`.
 
     Examples:
         >>> import torch

@@ -210,7 +210,8 @@ def compare_layers(
     compared rows come from the same inputs (shuffling data loaders are fine). CKA is computed on those rows.
 
     Args:
-        model_a, model_b: the networks (may be the same object).
+        model_a: the first network.
+        model_b: the second network (may be the same object as ``model_a``).
         data: batches as in :func:`collect`; labels are ignored.
         layers_a: module names of model A.
         layers_b: module names of model B. Default: ``None`` (= ``layers_a``).

@@ -198,7 +198,8 @@ def teacher_student(
       shape (out_dim, r) with columns of norm 4·2^{−k}.
 
     Args:
-        n_train, n_test: sample counts (defaults 500, 1000).
+        n_train: training sample count (default 500).
+        n_test: test sample count (default 1000).
         dim: input dimension (default 20). out_dim: output dimension (default ``dim``).
         teacher: ``"linear"`` or ``"tanh"`` (default ``"linear"``).
         rank: rank r of the linear teacher / hidden units of the tanh teacher (default 3).

@@ -898,8 +898,14 @@ def run_study(
         report: write ``report.html`` at the end. Default: True.
 
     Raises:
-        UnknownStudyError, ConfigError, RunFolderError, CheckpointError, NonFiniteLossError, StudyInterrupted,
-        ExecutorError (Ray cannot be used), ImportError (tensorboard or ray missing).
+        UnknownStudyError: no study of that name is registered.
+        ConfigError: invalid seeds, preset, overrides, device or runner settings.
+        RunFolderError: ``out`` is not usable (a non-empty folder without ``resume``, not writable, ...).
+        CheckpointError: a checkpoint fails its checksum (named, left in place).
+        NonFiniteLossError: a loss became NaN/inf (names the kept checkpoint).
+        StudyInterrupted: Ctrl-C (after saving checkpoints).
+        ExecutorError: Ray cannot be used.
+        ImportError: tensorboard or ray missing.
     """
     study = get(name)
     out = Path(out)
