@@ -287,6 +287,14 @@ def get(name: str | PrimitiveSet) -> PrimitiveSet:
     Raises:
         KeyError: unknown family (the message lists the valid names).
         ValueError: a malformed parameter (``"block:x"``, ``"block:0"``).
+
+    Examples:
+        >>> from isotorch import families
+        >>> iso = families.get("isotropic")
+        >>> iso.group, type(iso.activation(64, -1)).__name__, type(iso.norm(64, -1, "layer")).__name__
+        ('orthogonal', 'IsoTanh', 'ChiNorm')
+        >>> families.get("block:4").group
+        'block_orthogonal:4'
     """
     if isinstance(name, PrimitiveSet):
         return name
@@ -633,6 +641,16 @@ def convert(
 
     Returns:
         The converted model, or ``(model, report)`` when ``return_report`` is true.
+
+    Examples:
+        >>> import torch
+        >>> from isotorch import convert
+        >>> mlp = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.LayerNorm(8))
+        >>> iso = convert(mlp, "isotropic")
+        >>> [type(m).__name__ for m in iso], type(mlp[1]).__name__  # the original is left as it was
+        (['Linear', 'IsoTanh', 'ChiNorm'], 'Tanh')
+        >>> torch.equal(iso[0].weight, mlp[0].weight)  # weights kept
+        True
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

@@ -179,6 +179,16 @@ class Group:
         """Draw one element as an (n, n) matrix; Haar-uniform for the compact groups.
 
         Sampling is done in float64 and cast to ``dtype`` at the end.
+
+        Examples:
+            >>> import torch
+            >>> from isotorch import groups
+            >>> g = groups.get("signed_permutation").sample(4, generator=torch.Generator().manual_seed(0))
+            >>> g.shape, g.abs().sum(0).tolist()  # one ±1 in every column
+            (torch.Size([4, 4]), [1.0, 1.0, 1.0, 1.0])
+            >>> q = groups.get("orthogonal").sample(6, dtype=torch.float64)
+            >>> torch.allclose(q.T @ q, torch.eye(6, dtype=torch.float64))
+            True
         """
         n = self.check(n)
         if not dtype.is_floating_point:
@@ -317,6 +327,15 @@ def get(name: str | Group, **params) -> Group:
     Raises:
         KeyError: unknown name (the message lists the valid names).
         ValueError: missing or invalid parameters.
+
+    Examples:
+        >>> import torch
+        >>> from isotorch import groups
+        >>> groups.get("block_orthogonal:4").key  # the short form of get("block_orthogonal", block=4)
+        'block_orthogonal:4'
+        >>> p = groups.get("permutation").sample(5, generator=torch.Generator().manual_seed(0))
+        >>> groups.get("orthogonal").contains(p), groups.get("positive_scaling").contains(p)
+        (True, False)
     """
     if isinstance(name, Group):
         if params:

@@ -171,6 +171,16 @@ def assert_equivariant(
         trials: number of random group elements.
         generator: ``torch.Generator`` or ``None`` (torch's global RNG) for the group samples.
         tol: relative-error tolerance; default :func:`tolerance` of the output dtype.
+
+    Examples:
+        >>> import torch
+        >>> from isotorch.testing import assert_equivariant
+        >>> x = torch.randn(4, 8, dtype=torch.float64)
+        >>> assert_equivariant(torch.tanh, x, "signed_permutation")  # passes: returns None
+        >>> assert_equivariant(torch.tanh, x, "orthogonal")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        AssertionError: ...
     """
     __tracebackhide__ = True
     _assert("equivariant", fn, x, group, dim, trials, generator, tol)

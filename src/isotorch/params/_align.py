@@ -605,6 +605,20 @@ def align(
         ValueError: different architectures or state dicts, an unknown method, missing example input or data, data
             that does not fit the model.
         SymmetryError: if the aligned model would compute a different function than B (never expected).
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from isotorch.params import align
+        >>> a = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)).double()
+        >>> b = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)).double()
+        >>> with torch.no_grad():  # B is A with its hidden neurons shuffled: the same function
+        ...     perm = torch.arange(16).flip(0)
+        ...     _ = b[0].weight.copy_(a[0].weight[perm]), b[0].bias.copy_(a[0].bias[perm])
+        ...     _ = b[2].weight.copy_(a[2].weight[:, perm]), b[2].bias.copy_(a[2].bias)
+        >>> result = align(a, b, x=torch.randn(8, 4, dtype=torch.float64))
+        >>> torch.equal(result.model[0].weight, a[0].weight), torch.equal(b[0].weight, a[0].weight)
+        (True, False)
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

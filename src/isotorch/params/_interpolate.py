@@ -174,6 +174,23 @@ def barrier(
 
     Raises:
         ValueError: models of different architectures, data of the wrong shape, ``steps`` < 2.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from isotorch.params import barrier
+        >>> _ = torch.manual_seed(0)
+        >>> a = nn.Sequential(nn.Linear(3, 32), nn.ReLU(), nn.Linear(32, 2))
+        >>> b = nn.Sequential(nn.Linear(3, 32), nn.ReLU(), nn.Linear(32, 2))
+        >>> with torch.no_grad():  # B: A's hidden neurons in reverse order, the same function
+        ...     _ = b[0].weight.copy_(a[0].weight.flip(0)), b[0].bias.copy_(a[0].bias.flip(0))
+        ...     _ = b[2].weight.copy_(a[2].weight.flip(1)), b[2].bias.copy_(a[2].bias)
+        ...     x = torch.randn(64, 3)
+        ...     data = [(x, a(x).argmax(1))]
+        >>> abs(barrier(a, a, nn.functional.cross_entropy, data, steps=5).barrier) < 1e-6  # a constant path
+        True
+        >>> barrier(a, b, nn.functional.cross_entropy, data, steps=5).barrier > 0.01  # same function, other weights
+        True
     """
     check_same_architecture(model_a, model_b)
     if not callable(loss_fn):

@@ -55,7 +55,8 @@ import torch
 from torch import nn
 
 from isotorch.studies._data import load_dataset
-from isotorch.studies._models import scale_hint, select_lr
+from isotorch.studies._figures import ci_band, cmap, save_figure, subplots
+from isotorch.studies._models import SupervisedStep, mlp, scale_hint, select_lr
 from isotorch.studies._registry import Study, register
 from isotorch.studies._stats import Figure, Findings, mean_ci
 from isotorch.studies._verdicts import Claim, Verdict, inconclusive, paired_verdict
@@ -143,14 +144,8 @@ def build_mlp(d_in: int, width: int, depth: int, d_out: int, variant: str) -> nn
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     family, normalise, _ = VARIANTS[variant]
-    layers: list[nn.Module] = []
-    for i in range(depth):
-        layers.append(nn.Linear(d_in if i == 0 else width, width))
-        if normalise:
-            layers.append(nn.LayerNorm(width, elementwise_affine=False))
-        layers.append(nn.Tanh())
-    layers.append(nn.Linear(width if depth else d_in, d_out))
-    model = nn.Sequential(*layers)
+    norm = (lambda w: nn.LayerNorm(w, elementwise_affine=False)) if normalise else None
+    model = mlp([d_in, *[width] * depth, d_out], norm=norm)
     if family != "elementwise":
         from isotorch import families
 
@@ -334,13 +329,7 @@ class Capacity(Study):
                     model = make()
                     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay)
 
-                    def step(t, model=model, opt=opt, key=key):
-                        idx = ctx.batch_indices(t, len(x), config.batch_size, key="data")
-                        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-                        opt.zero_grad()
-                        loss.backward()
-                        opt.step()
-                        return loss
+                    step = SupervisedStep(ctx, model, opt, x, y, batch_size=config.batch_size, key="data")
 
                     def evaluate(count, model=model):
                         model.eval()
@@ -478,48 +467,44 @@ class Capacity(Study):
         ]
 
     def figures(self, data, out: Path) -> list[Figure]:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        figures: list[Figure] = []
 
         config: CapacityConfig = data.config
         colours = dict(zip(VARIANTS, ("tab:blue", "tab:cyan", "tab:red", "tab:orange"), strict=True))
 
-        def band(key_of, name, xs):
+        def estimates(key_of, name, xs):
             est = [mean_ci(self._values(data, key_of(x), name)) for x in xs]
             mean = np.array([e.mean for e in est])
             ci = np.array([0.0 if math.isnan(e.ci95) else e.ci95 for e in est])
             return mean, ci
 
         n = len(config.widths)
-        fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.4), dpi=110, sharey=True, squeeze=False)
+        fig, axes = subplots(1, n, figsize=(3.2 * n, 3.4), sharey=True, squeeze=False)
         for ax, w in zip(axes[0], config.widths, strict=True):
             for v in config.variants:
-                mean, ci = band(lambda d, v=v, w=w: _key(v, w, d), "test_acc", config.depths)
+                values = [self._values(data, _key(v, w, d), "test_acc") for d in config.depths]
                 # accuracy is bounded: the t-interval's ends are clipped to [0, 1] (a 3-seed interval can pass them)
-                yerr = np.stack([np.clip(mean - ci, 0, 1), np.clip(mean + ci, 0, 1)])
-                yerr = np.abs(yerr - mean)
-                ax.errorbar(
-                    config.depths, mean, yerr=yerr, marker="o", capsize=3, color=colours[v], label=VARIANTS[v][2]
-                )
-                for d in config.depths:
-                    seeds = [x for x in self._values(data, _key(v, w, d), "test_acc") if math.isfinite(x)]
-                    ax.plot([d] * len(seeds), seeds, ".", color=colours[v], ms=3, alpha=0.5)
+                ci_band(ax, config.depths, values, colour=colours[v], label=VARIANTS[v][2], clip=(0, 1), seeds=True)
             ax.set_title(f"width {w}", fontsize=9)
             ax.set_xlabel("depth (hidden layers)")
             ax.set_xticks(config.depths)
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("test accuracy")
         axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "accuracy_vs_depth.png")
-        plt.close(fig)
+        figures.append(
+            save_figure(
+                fig,
+                out,
+                "accuracy_vs_depth.png",
+                "Test accuracy against depth (hidden layers), one panel per width, one line per variant (the mean); "
+                "dots: the seeds; error bars: 95% CI over seeds, clipped to [0, 1].",
+            )
+        )
 
         deep = max(config.depths)
         m = len(config.variants)
-        fig, axes = plt.subplots(1, m, figsize=(3.2 * m, 3.4), dpi=110, sharey=True, squeeze=False)
-        widths_c = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(config.widths)))
+        fig, axes = subplots(1, m, figsize=(3.2 * m, 3.4), sharey=True, squeeze=False)
+        widths_c = cmap("viridis", len(config.widths))
         for ax, v in zip(axes[0], config.variants, strict=True):
             for colour, w in zip(widths_c, config.widths, strict=True):
                 rows = [r for r in data.select(run=_key(v, w, deep)) if "grad_norms" in r]
@@ -544,9 +529,16 @@ class Capacity(Study):
             ax.grid(alpha=0.3, which="both")
         axes[0][0].set_ylabel("‖∂L/∂W_l‖_F")
         axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "gradient_norms.png")
-        plt.close(fig)
+        figures.append(
+            save_figure(
+                fig,
+                out,
+                "gradient_norms.png",
+                f"Depth {deep}: weight-gradient norm of each layer (log scale; geometric mean over seeds), one panel "
+                "per variant, one colour per width; circles: at initialisation, squares (dashed): during training "
+                "(geometric mean over the logged points).",
+            )
+        )
 
         panels = [
             ("weight_rank", f"weight rank (τ={config.rank_tol:g})"),
@@ -558,13 +550,13 @@ class Capacity(Study):
         by_width = len(config.widths) > 1
         width = config.widths[0]
         xs = config.widths if by_width else config.depths
-        fig, axes = plt.subplots(1, 3, figsize=(10, 3.4), dpi=110, squeeze=False)
+        fig, axes = subplots(1, 3, figsize=(10, 3.4), squeeze=False)
         for ax, (name, label) in zip(axes[0], panels, strict=True):
             for v in config.variants:
                 if by_width:
-                    mean, ci = band(lambda w, v=v: _key(v, w, deep), name, xs)
+                    mean, ci = estimates(lambda w, v=v: _key(v, w, deep), name, xs)
                 else:
-                    mean, ci = band(lambda d, v=v: _key(v, width, d), name, xs)
+                    mean, ci = estimates(lambda d, v=v: _key(v, width, d), name, xs)
                 if np.isfinite(mean).any():
                     ax.errorbar(xs, mean, yerr=ci, marker="o", capsize=3, color=colours[v], label=VARIANTS[v][2])
             if by_width:
@@ -579,9 +571,6 @@ class Capacity(Study):
             ax.set_ylabel(label)
             ax.grid(alpha=0.3, which="both")
         axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "capacity_vs_width.png")
-        plt.close(fig)
         if by_width:
             capacity_caption = (
                 f"Depth {deep}, end of training: numerical and effective rank of the hidden→hidden weights, and "
@@ -597,17 +586,5 @@ class Capacity(Study):
                 "several widths (--set widths=16,32,64) to see whether they saturate with width. Error bars: 95% CI "
                 "over seeds."
             )
-        return [
-            Figure(
-                "accuracy_vs_depth.png",
-                "Test accuracy against depth (hidden layers), one panel per width, one line per variant (the mean); "
-                "dots: the seeds; error bars: 95% CI over seeds, clipped to [0, 1].",
-            ),
-            Figure(
-                "gradient_norms.png",
-                f"Depth {deep}: weight-gradient norm of each layer (log scale; geometric mean over seeds), one panel "
-                "per variant, one colour per width; circles: at initialisation, squares (dashed): during training "
-                "(geometric mean over the logged points).",
-            ),
-            Figure("capacity_vs_width.png", capacity_caption),
-        ]
+        figures.append(save_figure(fig, out, "capacity_vs_width.png", capacity_caption))
+        return figures

@@ -58,7 +58,8 @@ import torch
 from torch import nn
 
 from isotorch.studies._data import load_dataset
-from isotorch.studies._models import layer_features, scale_hint, unparametrised
+from isotorch.studies._figures import cmap, save_figure, subplots
+from isotorch.studies._models import SupervisedStep, layer_features, mlp, scale_hint, unparametrised
 from isotorch.studies._registry import Study, register
 from isotorch.studies._stats import Figure, Findings
 from isotorch.studies._verdicts import Claim, Verdict, inconclusive, paired_verdict, verdict_from_values
@@ -148,11 +149,7 @@ def build_classifier(
         ]
         features = width * (height // 4) * (input_shape[2] // 4)
         fc = max(depth - 2, 1)
-    for _ in range(fc):
-        layers += [nn.Linear(features, width), nn.Tanh()]
-        features = width
-    layers.append(nn.Linear(features, num_classes))
-    net = nn.Sequential(*layers)
+    net = nn.Sequential(*layers, *mlp([features, *[width] * fc, num_classes]))
     names = [name for name, m in net.named_children() if isinstance(m, nn.Tanh)]
     return net, names
 
@@ -247,13 +244,7 @@ class Collapse(Study):
             head = net[len(net) - 1]
             opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
-            def step(t, net=net, opt=opt, variant=variant):
-                idx = ctx.batch_indices(t, len(x), config.batch_size, key=variant)
-                loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                return loss
+            step = SupervisedStep(ctx, net, opt, x, y, batch_size=config.batch_size, key=variant)
 
             def evaluate(t, net=net, names=names, head=head):
                 epoch = t // per_epoch
@@ -431,16 +422,13 @@ class Collapse(Study):
         ]
 
     def figures(self, data, out: Path) -> list[Figure]:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        figures: list[Figure] = []
 
         config: CollapseConfig = data.config
         n = self._n_layers(data)
-        colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, n))
+        colours = cmap("viridis", n)
         styles = ["-", "--", ":", "-."]
-        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+        fig, ax = subplots(figsize=(7, 4.5))
         for style, variant in zip(styles, config.variants, strict=False):
             for colour, l in zip(colours, range(n), strict=True):
                 for s in data.seeds:
@@ -461,12 +449,18 @@ class Collapse(Study):
         ax.set_title("within-class variability collapse per layer")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        fig.savefig(out / "nc1.png")
-        plt.close(fig)
+        figures.append(
+            save_figure(
+                fig,
+                out,
+                "nc1.png",
+                f"NC1 of each hidden layer (colour: depth) against epoch, log-log, one line style per variant "
+                f"({', '.join(config.variants)}); seed {data.seeds[0]} bold, other seeds thin.",
+            )
+        )
 
         metrics = [("nc2", "NC2 (ETF error, last layer)"), ("nc4", "NC4 (classifier ≠ nearest centre)")]
-        fig, axes = plt.subplots(1, 2, figsize=(8, 3.6), dpi=110)
+        fig, axes = subplots(1, 2, figsize=(8, 3.6))
         for ax, (name, label) in zip(axes, metrics, strict=True):
             means, errs = [], []
             for variant in config.variants:
@@ -479,11 +473,18 @@ class Collapse(Study):
             ax.set_xticklabels(config.variants, rotation=20, fontsize=8)
             ax.set_title(label, fontsize=9)
             ax.grid(alpha=0.3, axis="y")
-        fig.tight_layout()
-        fig.savefig(out / "nc2_nc4.png")
-        plt.close(fig)
+        figures.append(
+            save_figure(
+                fig,
+                out,
+                "nc2_nc4.png",
+                "NC2 (simplex-ETF error of the last hidden layer's class means) and NC4 (fraction of training "
+                "samples where the classifier and the nearest class mean disagree) at the end; bars: mean (± std), "
+                "dots: seeds.",
+            )
+        )
 
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+        fig, ax = subplots(figsize=(6, 4))
         for i, variant in enumerate(config.variants):
             for s in data.seeds:
                 rows = data.select(seed=s, run=variant, event="rank_profile")
@@ -500,24 +501,13 @@ class Collapse(Study):
         ax.set_title(f"rank through depth (o numerical τ={config.rank_tol:g}, □ effective)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "rank_depth.png")
-        plt.close(fig)
-        return [
-            Figure(
-                "nc1.png",
-                f"NC1 of each hidden layer (colour: depth) against epoch, log-log, one line style per variant "
-                f"({', '.join(config.variants)}); seed {data.seeds[0]} bold, other seeds thin.",
-            ),
-            Figure(
-                "nc2_nc4.png",
-                "NC2 (simplex-ETF error of the last hidden layer's class means) and NC4 (fraction of training "
-                "samples where the classifier and the nearest class mean disagree) at the end; bars: mean (± std), "
-                "dots: seeds.",
-            ),
-            Figure(
+        figures.append(
+            save_figure(
+                fig,
+                out,
                 "rank_depth.png",
                 "Numerical (circles) and effective (squares) rank of the centred held-out features of each hidden "
                 "layer after training, per variant.",
-            ),
-        ]
+            )
+        )
+        return figures

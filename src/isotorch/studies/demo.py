@@ -39,7 +39,8 @@ from torch import nn
 
 from isotorch import families, groups, params, probes
 from isotorch.studies._data import load_digits
-from isotorch.studies._models import select_lr
+from isotorch.studies._figures import save_figure, subplots
+from isotorch.studies._models import SupervisedStep, select_lr
 from isotorch.studies._registry import Study, register
 from isotorch.studies._stats import Figure, Findings
 from isotorch.studies._verdicts import Claim, paired_verdict, verdict_from_values
@@ -202,14 +203,8 @@ class Demo(Study):
                 model = build(base=base)
                 opt = torch.optim.Adam(model.parameters(), lr=lr)
 
-                def step(t, model=model, opt=opt, copy_name=copy_name):
-                    model.train()
-                    idx = ctx.batch_indices(t, n, cfg.batch_size, key=copy_name)  # same batches for both families
-                    loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    return loss
+                # the same batches for both families (keyed by the copy); the evaluation switches to eval mode
+                step = SupervisedStep(ctx, model, opt, x, y, batch_size=cfg.batch_size, key=copy_name, train_mode=True)
 
                 def evaluate(count, model=model):
                     model.eval()
@@ -305,15 +300,11 @@ class Demo(Study):
         return out
 
     def figures(self, data, out: Path) -> list[Figure]:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        figures: list[Figure] = []
 
         colours = {"elementwise": "tab:orange", "isotropic": "tab:blue"}
-        figures = []
 
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+        fig, ax = subplots(figsize=(6, 4), dpi=120)
         for family in FAMILIES:
             curves = []
             for seed in data.seeds:
@@ -330,11 +321,9 @@ class Demo(Study):
             ax.plot(epochs, arr.mean(0), color=colours[family], label=label)
             ax.fill_between(epochs, arr.min(0), arr.max(0), color=colours[family], alpha=0.2)
         _finish(ax, "test accuracy by family", "epoch", "test accuracy (%)")
-        fig.savefig(out / "accuracy.png")
-        plt.close(fig)
-        figures.append(Figure("accuracy.png", "test accuracy of model a per epoch, by family"))
+        figures.append(save_figure(fig, out, "accuracy.png", "test accuracy of model a per epoch, by family"))
 
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+        fig, ax = subplots(figsize=(6, 4), dpi=120)
         baseline = None
         for family in FAMILIES:
             curves = [r["srm"] for r in data.select(run=f"{family}/srm")]
@@ -346,17 +335,17 @@ class Demo(Study):
             ax.axhline(baseline, color="k", ls="--", lw=1, label="isotropic reference")
         ax.set_xticks(np.arange(5) * np.pi / 2, ["0", "π/2", "π", "3π/2", "2π"])
         _finish(ax, "SRM, last hidden layer", "spotlight angle θ", "fraction inside the spotlight")
-        fig.savefig(out / "srm.png")
-        plt.close(fig)
         figures.append(
-            Figure(
+            save_figure(
+                fig,
+                out,
                 "srm.png",
                 "spotlight resonance of the last hidden layer in the standard basis (mean over planes and seeds): "
                 "peaks at multiples of π/2 mean neuron-aligned features, a flat curve at the reference means isotropy",
             )
         )
 
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+        fig, ax = subplots(figsize=(6, 4), dpi=120)
         for family in FAMILIES:
             rows = data.select(run=f"{family}/lmc")
             if not rows:
@@ -367,10 +356,10 @@ class Demo(Study):
             ax.plot([], [], ":", color=colours[family], label=f"{family}, unaligned")
             ax.plot([], [], "-", color=colours[family], label=f"{family}, aligned")
         _finish(ax, "linear mode connectivity", "interpolation λ", "test loss (mean over seeds)")
-        fig.savefig(out / "lmc.png")
-        plt.close(fig)
         figures.append(
-            Figure(
+            save_figure(
+                fig,
+                out,
                 "lmc.png",
                 "test loss along the linear path between two independently trained models of a seed, before and "
                 "after aligning them by their parameter symmetry (permutations for elementwise, rotations for "
@@ -390,7 +379,6 @@ def _finish(ax, title: str, xlabel: str, ylabel: str) -> None:
     ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    ax.figure.tight_layout()
 
 
 #: (key, label, scale) of the per-seed results in the findings table.

@@ -60,7 +60,8 @@ import torch
 from torch import nn
 
 from isotorch.studies._data import load_dataset
-from isotorch.studies._models import layer_features, scale_hint, select_lr, unparametrised
+from isotorch.studies._figures import cmap, save_figure, subplots
+from isotorch.studies._models import layer_features, mlp, scale_hint, select_lr, unparametrised
 from isotorch.studies._registry import Study, register
 from isotorch.studies._stats import Figure, Findings
 from isotorch.studies._verdicts import Claim, Verdict, inconclusive, paired_verdict
@@ -167,34 +168,33 @@ def build_mlp(
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     arch = torch.Generator().manual_seed(arch_seed)
     init = torch.Generator().manual_seed(init_seed)
-    dims = [in_features] + [width] * depth + [num_classes]
-    layers: list[nn.Module] = []
-    for i in range(depth + 1):
-        fan_in, fan_out = dims[i], dims[i + 1]
-        linear: AsymLinear | nn.Linear
-        if variant == "w_asym":
-            n_fix = min(max(1, round(n_fix_fraction * fan_in)), fan_in - 1)
-            linear = AsymLinear(fan_in, fan_out, n_fix=n_fix, kappa=kappa / math.sqrt(fan_in), generator=arch)
-        else:
-            linear = nn.Linear(fan_in, fan_out)
+
+    def asym_linear(fan_in: int, fan_out: int) -> nn.Module:
+        n_fix = min(max(1, round(n_fix_fraction * fan_in)), fan_in - 1)
+        return AsymLinear(fan_in, fan_out, n_fix=n_fix, kappa=kappa / math.sqrt(fan_in), generator=arch)
+
+    def init_weights(linear: nn.Module) -> None:  # U(±1/√fan_in) from the init generator; fixed entries kept
+        weight, bias = linear.weight, linear.bias
+        assert isinstance(weight, torch.Tensor) and isinstance(bias, torch.Tensor)  # both layer kinds have a bias
+        fan_out, fan_in = weight.shape
         bound = 1 / math.sqrt(fan_in)
-        bias = linear.bias
-        assert isinstance(bias, torch.Tensor)  # both layer kinds are built with a bias
+        weight.copy_((torch.rand(fan_out, fan_in, generator=init) * 2 - 1) * bound)
+        bias.copy_((torch.rand(fan_out, generator=init) * 2 - 1) * bound)
+        if isinstance(linear, AsymLinear):  # variant "w_asym"
+            weight.mul_(linear.mask)
+
+    def figlu(width: int) -> nn.Module:
+        act = FiGLU(width, generator=arch)
         with torch.no_grad():
-            linear.weight.copy_((torch.rand(fan_out, fan_in, generator=init) * 2 - 1) * bound)
-            bias.copy_((torch.rand(fan_out, generator=init) * 2 - 1) * bound)
-            if isinstance(linear, AsymLinear):  # variant "w_asym"
-                linear.weight.mul_(linear.mask)
-        layers.append(linear)
-        if i < depth:
-            if variant == "sigma_asym":
-                act = FiGLU(width, generator=arch)
-                with torch.no_grad():
-                    act.weight.mul_(figlu_scale / math.sqrt(width))
-                layers.append(act)
-            else:
-                layers.append(nn.Tanh())
-    net: nn.Module = nn.Sequential(*layers)
+            act.weight.mul_(figlu_scale / math.sqrt(width))
+        return act
+
+    net: nn.Module = mlp(
+        [in_features, *[width] * depth, num_classes],
+        figlu if variant == "sigma_asym" else None,
+        linear=asym_linear if variant == "w_asym" else nn.Linear,
+        init=init_weights,
+    )
     if variant == "isotropic":
         from isotorch import convert
 
@@ -563,15 +563,12 @@ class Lmc(Study):
         ]
 
     def figures(self, data, out: Path) -> list[Figure]:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        figures: list[Figure] = []
 
         config: LmcConfig = data.config
         seed = data.seeds[0]
         n = len(config.variants)
-        fig, axes = plt.subplots(1, n, figsize=(3.0 * n, 3.2), dpi=110, sharey=True, squeeze=False)
+        fig, axes = subplots(1, n, figsize=(3.0 * n, 3.2), sharey=True, squeeze=False)
         for ax, variant in zip(axes[0], config.variants, strict=True):
             for s in data.seeds:
                 for kind, colour in (("before", "C3"), ("after", "C0")):
@@ -590,11 +587,17 @@ class Lmc(Study):
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("training loss at (1−λ)θ_A + λθ_B")
         axes[0][0].legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "paths.png")
-        plt.close(fig)
+        figures.append(
+            save_figure(
+                fig,
+                out,
+                "paths.png",
+                "Training loss along the linear path from A (λ = 0) to B (λ = 1), unaligned (red) and after "
+                f"alignment (blue), one panel per variant; seed {seed} bold, other seeds thin.",
+            )
+        )
 
-        fig, ax = plt.subplots(figsize=(7, 3.8), dpi=110)
+        fig, ax = subplots(figsize=(7, 3.8))
         width = 0.38
         for j, (kind, colour) in enumerate((("before", "C3"), ("after", "C0"))):
             for i, variant in enumerate(config.variants):
@@ -616,12 +619,18 @@ class Lmc(Study):
         ax.set_ylabel("loss barrier (max convention)")
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "barriers.png")
-        plt.close(fig)
+        figures.append(
+            save_figure(
+                fig,
+                out,
+                "barriers.png",
+                "Loss barrier (max convention) per variant, unaligned (red) and aligned (blue); bars: mean over "
+                "seeds, dots: seeds. σ-Asym has no aligned bar (no symmetry to align over).",
+            )
+        )
 
-        fig, axes = plt.subplots(1, n, figsize=(3.0 * n, 3.2), dpi=110, sharey=True, squeeze=False)
-        colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, config.depth))
+        fig, axes = subplots(1, n, figsize=(3.0 * n, 3.2), sharey=True, squeeze=False)
+        colours = cmap("viridis", config.depth)
         for ax, variant in zip(axes[0], config.variants, strict=True):
             for s in data.seeds:
                 rows = [r for r in data.select(seed=s, run=variant) if "cka_0" in r]
@@ -644,23 +653,13 @@ class Lmc(Study):
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("linear CKA(A′, B′)")
         axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "cka.png")
-        plt.close(fig)
-        return [
-            Figure(
-                "paths.png",
-                "Training loss along the linear path from A (λ = 0) to B (λ = 1), unaligned (red) and after "
-                f"alignment (blue), one panel per variant; seed {seed} bold, other seeds thin.",
-            ),
-            Figure(
-                "barriers.png",
-                "Loss barrier (max convention) per variant, unaligned (red) and aligned (blue); bars: mean over "
-                "seeds, dots: seeds. σ-Asym has no aligned bar (no symmetry to align over).",
-            ),
-            Figure(
+        figures.append(
+            save_figure(
+                fig,
+                out,
                 "cka.png",
                 "Linear CKA between the hidden layers of two nets that each see their own random linear transform "
                 "of the input (colour: depth) against epoch, with the CKA of the two inputs (dashed).",
-            ),
-        ]
+            )
+        )
+        return figures

@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from isotorch.studies._figures import cmap, save_figure, subplots
 from isotorch.studies._registry import Study, register
 from isotorch.studies._stats import Figure, Findings
 from isotorch.studies._verdicts import Claim, inconclusive, paired_verdict
@@ -683,23 +684,19 @@ class Outliers(Study):
         return verdicts
 
     def figures(self, data, out: Path) -> list[Figure]:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        figures: list[Figure] = []
 
         config: OutliersConfig = data.config
         seed = data.seeds[0]
         variants = list(config.variants)
-        colours = {c: plt.get_cmap("tab10")(i) for i, c in enumerate(CONDITIONS)}
-        figures = []
+        colours = dict(zip(CONDITIONS, cmap("tab10", len(CONDITIONS)), strict=True))
 
         def condition(variant: str, cond: str, s: int = seed) -> dict | None:
             rows = data.select(seed=s, run=f"variant={variant}", event="condition", condition=cond)
             return rows[-1] if rows else None
 
         # 1. per-channel max|h| / rms of the final norm's output, before and after rotation
-        fig, axes = plt.subplots(len(variants), 1, figsize=(8, 2.6 * len(variants)), dpi=110, squeeze=False)
+        fig, axes = subplots(len(variants), 1, figsize=(8, 2.6 * len(variants)), squeeze=False)
         for ax, variant in zip(axes[:, 0], variants, strict=True):
             for cond, style in (("folded", "-"), ("hadamard", "-"), ("learned", "-")):
                 row = condition(variant, cond)
@@ -712,11 +709,10 @@ class Outliers(Study):
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, ncol=3)
         axes[-1, 0].set_xlabel("channel j of the final norm's output (input of lm_head)")
-        fig.tight_layout()
-        fig.savefig(out / "channel_max_rms.png")
-        plt.close(fig)
         figures.append(
-            Figure(
+            save_figure(
+                fig,
+                out,
                 "channel_max_rms.png",
                 f"Seed {seed}: each channel's largest magnitude over the held-out tokens, divided by the rms of all "
                 "entries, at the final norm's output (what lm_head quantises), after folding (the basis the model "
@@ -730,7 +726,7 @@ class Outliers(Study):
         # 2. int4 activation error per condition, mean ± CI over seeds
         from isotorch.studies._stats import mean_ci
 
-        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), dpi=110)
+        fig, axes = subplots(1, 2, figsize=(11, 3.8))
         width = 0.8 / len(CONDITIONS)
         for ax, metric, label in (
             (axes[0], "act_err4", "int4 error of the norm outputs (per token)"),
@@ -753,11 +749,10 @@ class Outliers(Study):
             ax.set_ylabel(label)
             ax.grid(alpha=0.3, axis="y")
         axes[0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "quantisation_error.png")
-        plt.close(fig)
         figures.append(
-            Figure(
+            save_figure(
+                fig,
+                out,
                 "quantisation_error.png",
                 "Relative squared int4 quantise–dequantise error of the activations the stream's readers quantise "
                 "(left) and of the weights (right), per variant and condition (original, folded, folded + Hadamard, "
@@ -767,7 +762,7 @@ class Outliers(Study):
         )
 
         # 3. kurtosis histograms of the stream channels: folded vs rotated
-        fig, axes = plt.subplots(1, len(variants), figsize=(5 * len(variants), 3.4), dpi=110, squeeze=False)
+        fig, axes = subplots(1, len(variants), figsize=(5 * len(variants), 3.4), squeeze=False)
         for ax, variant in zip(axes[0], variants, strict=True):
             pooled = {}
             for cond in ("folded", "hadamard", "learned"):
@@ -790,11 +785,10 @@ class Outliers(Study):
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         axes[0][0].set_ylabel("channels (all norm inputs, all seeds)")
-        fig.tight_layout()
-        fig.savefig(out / "kurtosis.png")
-        plt.close(fig)
         figures.append(
-            Figure(
+            save_figure(
+                fig,
+                out,
                 "kurtosis.png",
                 "Histogram of the Pearson kurtosis of every stream channel (the inputs of all norms, all seeds, "
                 "held-out tokens; log10 scale) after folding and after the Hadamard and learned rotations; dotted: "

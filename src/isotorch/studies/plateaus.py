@@ -52,7 +52,8 @@ import torch
 from torch import nn
 
 from isotorch.studies._data import teacher_student
-from isotorch.studies._models import scale_hint
+from isotorch.studies._figures import cmap, save_figure, subplots
+from isotorch.studies._models import SupervisedStep, mlp, scale_hint
 from isotorch.studies._registry import Study, register
 from isotorch.studies._stats import Figure, Findings
 from isotorch.studies._verdicts import Claim, Verdict, inconclusive, paired_verdict, verdict_from_values
@@ -220,17 +221,12 @@ def detect_plateaus(
 
 
 def _student(config: PlateausConfig, scale: float) -> nn.Sequential:
-    dims = [config.dim] + [config.width] * (config.depth - 1) + [config.dim]
-    layers: list[nn.Module] = []
-    for i in range(config.depth):
-        linear = nn.Linear(dims[i], dims[i + 1])
-        with torch.no_grad():
-            linear.weight.normal_(0.0, scale / math.sqrt(dims[i]))
-            linear.bias.zero_()
-        layers.append(linear)
-        if i < config.depth - 1:
-            layers.append(nn.Tanh())
-    model = nn.Sequential(*layers)
+    def init(linear: nn.Module) -> None:
+        assert isinstance(linear, nn.Linear)
+        linear.weight.normal_(0.0, scale / math.sqrt(linear.in_features))
+        linear.bias.zero_()
+
+    model = mlp([config.dim, *[config.width] * (config.depth - 1), config.dim], init=init)
     if config.family != "elementwise":
         from isotorch import families
 
@@ -348,12 +344,7 @@ class Plateaus(Study):
             else:
                 opt = torch.optim.Adam(model.parameters(), lr=config.lr)
 
-            def step(t, model=model, opt=opt):
-                loss = nn.functional.mse_loss(model(x), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                return loss
+            step = SupervisedStep(ctx, model, opt, x, y, loss_fn=nn.functional.mse_loss)  # full batch
 
             def evaluate(t, model=model):
                 return {
@@ -496,15 +487,12 @@ class Plateaus(Study):
         return [Findings.from_values("plateaus and jumps by initialisation scale", values, caption=caption)]
 
     def figures(self, data, out: Path) -> list[Figure]:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        figures: list[Figure] = []
 
         config: PlateausConfig = data.config
         seed = data.seeds[0]
-        colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(config.scales)))
-        fig, (ax, ax_slope) = plt.subplots(2, 1, figsize=(7, 7), dpi=110, sharex=True, height_ratios=(2, 1))
+        colours = cmap("viridis", len(config.scales))
+        fig, (ax, ax_slope) = subplots(2, 1, figsize=(7, 7), sharex=True, height_ratios=(2, 1))
         for colour, scale in zip(colours, config.scales, strict=True):
             key = f"scale={scale:g}"
             for s in data.seeds:
@@ -537,12 +525,19 @@ class Plateaus(Study):
         ax_slope.set_ylabel("−d log L / d log t")
         ax_slope.legend(fontsize=8)
         ax_slope.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "loss_curves.png")
-        plt.close(fig)
+        figures.append(
+            save_figure(
+                fig,
+                out,
+                "loss_curves.png",
+                f"Top: train (solid) and test (dashed) loss against step, log-log, one colour per init scale (seed "
+                f"{seed} bold, other seeds thin); circles mark detected jumps. Bottom: the detector's slope "
+                "−dlogL/dlogt with the jump and plateau thresholds.",
+            )
+        )
 
         n = len(config.scales)
-        fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.4), dpi=110, sharey=True, squeeze=False)
+        fig, axes = subplots(1, n, figsize=(3.2 * n, 3.4), sharey=True, squeeze=False)
         for ax, scale in zip(axes[0], config.scales, strict=True):
             key = f"scale={scale:g}"
             rows = [r for r in data.select(seed=seed, run=key) if "sv0" in r and r["step"] >= 1]
@@ -561,20 +556,14 @@ class Plateaus(Study):
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("σ_k([W₀|b₀|W₁ᵀ]) / its initial value")
         axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "symmetry_breaking.png")
-        plt.close(fig)
-        return [
-            Figure(
-                "loss_curves.png",
-                f"Top: train (solid) and test (dashed) loss against step, log-log, one colour per init scale (seed "
-                f"{seed} bold, other seeds thin); circles mark detected jumps. Bottom: the detector's slope "
-                "−dlogL/dlogt with the jump and plateau thresholds.",
-            ),
-            Figure(
+        figures.append(
+            save_figure(
+                fig,
+                out,
                 "symmetry_breaking.png",
                 f"Seed {seed}: growth of the top singular values σ_k of the first hidden layer's stacked matrix "
                 f"[W₀|b₀|W₁ᵀ] relative to initialisation (a symmetry-breaking event is the crossing of the dotted line "
                 f"at {config.threshold:g}×); red lines mark detected jumps.",
-            ),
-        ]
+            )
+        )
+        return figures

@@ -41,7 +41,6 @@ reconstruct worse (the paper ties quantisation to a higher reconstruction error)
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +51,8 @@ import torch
 from torch import nn
 
 from isotorch.studies._data import load_dataset
-from isotorch.studies._models import scale_hint, select_lr
+from isotorch.studies._figures import cmap, save_figure, subplots
+from isotorch.studies._models import SupervisedStep, mlp, scale_hint, select_lr, uniform_init
 from isotorch.studies._registry import Study, register
 from isotorch.studies._stats import Figure, Findings
 from isotorch.studies._verdicts import Claim, inconclusive, paired_verdict
@@ -167,21 +167,14 @@ def build_autoencoder(
     """
     from isotorch import families
 
-    dims = [n_in, *hidden, bottleneck]
-    layers: list[nn.Module] = []
-    for a, b in itertools.pairwise(dims):
-        layers += [nn.Linear(a, b), nn.Tanh()]
-    layers[-1] = families.get(variant).activation(bottleneck, -1)
-    back = [bottleneck, *reversed(hidden), n_in]
-    for a, b in itertools.pairwise(back):
-        layers += [nn.Linear(a, b), nn.Tanh()]
-    model = nn.Sequential(*layers[:-1])
+    encoder = mlp([n_in, *hidden, bottleneck], activate_last=True)
+    encoder[-1] = families.get(variant).activation(bottleneck, -1)
+    model = nn.Sequential(*encoder, *mlp([bottleneck, *reversed(hidden), n_in]))
+    init = uniform_init(generator)  # after every constructor's draw, as the weights must not depend on the variant
     with torch.no_grad():
         for m in model:
             if isinstance(m, nn.Linear):
-                bound = 1 / math.sqrt(m.in_features)
-                m.weight.uniform_(-bound, bound, generator=generator)
-                m.bias.uniform_(-bound, bound, generator=generator)
+                init(m)
     return model
 
 
@@ -389,13 +382,9 @@ class Quantisation(Study):
             basis = _privileged(model, variant)
             opt = torch.optim.Adam(model.parameters(), lr=lr)
 
-            def step(t, model=model, opt=opt):
-                idx = ctx.batch_indices(t, n, config.batch_size)
-                loss = nn.functional.mse_loss(model(x_train[idx]), x_train[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                return loss
+            step = SupervisedStep(
+                ctx, model, opt, x_train, batch_size=config.batch_size, loss_fn=nn.functional.mse_loss
+            )
 
             def evaluate(t, model=model, basis=basis, variant=variant):
                 code = _code(model, probe).double()
@@ -528,20 +517,16 @@ class Quantisation(Study):
         return [scale_hint(v, hint) if v.n >= 2 else v for v in verdicts]
 
     def figures(self, data, out: Path) -> list[Figure]:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        figures: list[Figure] = []
 
         config: QuantisationConfig = data.config
         seed = data.seeds[0]
         variants = list(config.variants)
         v = len(variants)
-        colours = {name: plt.get_cmap("tab10")(i) for i, name in enumerate(variants)}
-        figures = []
+        colours = dict(zip(variants, cmap("tab10", len(variants)), strict=True))
 
         # 1. SRM curves at the final snapshot
-        fig, axes = plt.subplots(1, v, figsize=(3.4 * v, 3.2), dpi=110, sharey=True, squeeze=False)
+        fig, axes = subplots(1, v, figsize=(3.4 * v, 3.2), sharey=True, squeeze=False)
         for ax, name in zip(axes[0], variants, strict=True):
             rows = [r for r in data.select(seed=seed, run=f"variant={name}") if "srm_mean" in r]
             if not rows:
@@ -558,11 +543,10 @@ class Quantisation(Study):
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("SRM (fraction in spotlight)")
         axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "srm_final.png")
-        plt.close(fig)
         figures.append(
-            Figure(
+            save_figure(
+                fig,
+                out,
                 "srm_final.png",
                 f"Seed {seed}: plane-averaged SRM curve of the bottleneck code after {config.epochs} epochs, per "
                 "variant, in its privileged set (solid), in a Haar-random frame (dashed, the control) and at "
@@ -573,7 +557,7 @@ class Quantisation(Study):
         )
 
         # 2. PPP images at the final snapshot
-        fig, axes = plt.subplots(1, v, figsize=(2.9 * v + 1.2, 3.2), dpi=110, squeeze=False, layout="constrained")
+        fig, axes = subplots(1, v, figsize=(2.9 * v + 1.2, 3.2), squeeze=False, layout="constrained")
         limit = 3.0
         image_handle = None
         for ax, name in zip(axes[0], variants, strict=True):
@@ -593,19 +577,20 @@ class Quantisation(Study):
             ax.set_aspect("equal")
         if image_handle is not None:
             fig.colorbar(image_handle, ax=list(axes[0]), label="log₂ density / isotropic Gaussian", shrink=0.9)
-        fig.savefig(out / "ppp_final.png")
-        plt.close(fig)
         figures.append(
-            Figure(
+            save_figure(
+                fig,
+                out,
                 "ppp_final.png",
                 f"Seed {seed}: PPP density of the bottleneck code's directions in the privileged planes after "
                 f"{config.epochs} epochs, divided by that of an isotropic Gaussian sample (log₂ ratio: red = more than "
                 "isotropic, blue = less; white outside the support). Lobes mean quantisation, a uniform ring isotropy.",
+                tight=False,
             )
         )
 
         # 3. scores against training time
-        fig, (ax_a, ax_q, ax_m) = plt.subplots(1, 3, figsize=(14, 3.8), dpi=110)
+        fig, (ax_a, ax_q, ax_m) = subplots(1, 3, figsize=(14, 3.8))
         for name in variants:
             key = f"variant={name}"
             for s in data.seeds:
@@ -643,11 +628,10 @@ class Quantisation(Study):
         ax_a.set_ylabel("alignment A (signed: + axes, − diagonals)")
         ax_q.set_ylabel("quantisation Q (0: Gaussian)")
         ax_a.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "scores_vs_time.png")
-        plt.close(fig)
         figures.append(
-            Figure(
+            save_figure(
+                fig,
+                out,
                 "scores_vs_time.png",
                 f"Alignment (left) and quantisation (middle) scores of the bottleneck code and test reconstruction MSE "
                 f"(right) against epochs (symlog), one colour per variant: seed {seed} bold with its bootstrap 95% "
@@ -657,7 +641,7 @@ class Quantisation(Study):
         )
 
         # 4. reconstruction error against quantisation
-        fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=110)
+        fig, ax = subplots(figsize=(5.5, 4.2))
         for name in variants:
             key = f"variant={name}"
             for s in data.seeds:
@@ -673,11 +657,10 @@ class Quantisation(Study):
         ax.set_ylabel("test reconstruction MSE")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "recon_vs_quant.png")
-        plt.close(fig)
         figures.append(
-            Figure(
+            save_figure(
+                fig,
+                out,
                 "recon_vs_quant.png",
                 "Test reconstruction MSE against the quantisation score: dots at the final snapshot (one per variant "
                 "and seed), thin lines the trajectory through the snapshots (from init at high MSE).",

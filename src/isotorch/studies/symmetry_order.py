@@ -43,7 +43,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from isotorch.studies._models import scale_hint, select_lr
+from isotorch.studies._figures import save_figure, subplots
+from isotorch.studies._models import SupervisedStep, scale_hint, select_lr
 from isotorch.studies._registry import Study, register
 from isotorch.studies._stats import Figure, Findings
 from isotorch.studies._verdicts import Claim, inconclusive, verdict_from_correlations
@@ -273,13 +274,7 @@ class SymmetryOrder(Study):
             model = build()
             opt = torch.optim.Adam(model.parameters(), lr=lr)
 
-            def step(t, model=model, opt=opt):
-                idx = ctx.batch_indices(t, n, cfg.batch_size)
-                loss = nn.functional.mse_loss(model(x_train[idx]), x_train[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                return loss
+            step = SupervisedStep(ctx, model, opt, x_train, batch_size=cfg.batch_size, loss_fn=nn.functional.mse_loss)
 
             def evaluate(t, model=model):
                 return {"epoch": t / per_epoch, "test_mse": nn.functional.mse_loss(model(x_test), x_test)}
@@ -400,16 +395,13 @@ class SymmetryOrder(Study):
         return [scale_hint(v, hint) if v.n >= 2 else v for v in verdicts]
 
     def figures(self, data, out: Path) -> list[Figure]:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        figures: list[Figure] = []
 
         cfg: SymmetryOrderConfig = data.config
         series = [("k", np.array(cfg.sizes), "block size k (1: elementwise … n: isotropic)", "tab:blue")]
         if cfg.thomson:
             series.append(("K", np.array(sorted(cfg.thomson)), "K Thomson directions (scored in them)", "tab:orange"))
-        fig, axes = plt.subplots(len(series), 3, figsize=(13, 3.8 * len(series)), dpi=110, squeeze=False)
+        fig, axes = subplots(len(series), 3, figsize=(13, 3.8 * len(series)), squeeze=False)
         panels = (("privilege", "basis privilege |A − null|"), ("quant", "quantisation Q"), ("test_mse", "test MSE"))
         for row_axes, (prefix, ks, xlabel, colour) in zip(axes, series, strict=True):
             for ax, (metric, label) in zip(row_axes, panels, strict=True):
@@ -431,23 +423,23 @@ class SymmetryOrder(Study):
                 ax.set_ylabel(label)
                 ax.grid(alpha=0.3)
             row_axes[0].legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "order_sweep.png")
-        plt.close(fig)
         thomson = (
             " Bottom row: the same against the number K of Thomson directions of a direction-set bottleneck, scored "
             "in its own directions (K = 2n is the cross-polytope: elementwise tanh in a rotated frame)."
             if cfg.thomson
             else ""
         )
-        return [
-            Figure(
+        figures.append(
+            save_figure(
+                fig,
+                out,
                 "order_sweep.png",
                 "Basis privilege |A − null mean| (left), quantisation Q (middle) and test reconstruction MSE (right) "
                 "of the bottleneck code against the block size k of its isotropic-tanh blocks (log scale): grey one "
                 "line per seed, coloured the mean; dotted: the alignment's Haar-random-basis null." + thomson,
             )
-        ]
+        )
+        return figures
 
 
 def _num(value) -> float:

@@ -49,7 +49,6 @@ A seed whose adaptive arm never grew (or pruned) gives no value for the claims t
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +59,8 @@ import torch
 from torch import nn
 
 from isotorch.studies._data import load_dataset
-from isotorch.studies._models import scale_hint, select_lr
+from isotorch.studies._figures import save_figure, subplots
+from isotorch.studies._models import SupervisedStep, mlp, scale_hint, select_lr, uniform_init
 from isotorch.studies._registry import Study, register
 from isotorch.studies._stats import Figure, Findings
 from isotorch.studies._verdicts import Claim, Verdict, inconclusive, paired_verdict, verdict_from_values
@@ -147,18 +147,8 @@ def build_mlp(
     """
     from isotorch.nn import IsoTanh
 
-    dims = [n_in, *hidden, n_out]
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(itertools.pairwise(dims)):
-        linear = nn.Linear(a, b)
-        with torch.no_grad():
-            bound = 1 / math.sqrt(a)
-            linear.weight.uniform_(-bound, bound, generator=generator)
-            linear.bias.uniform_(-bound, bound, generator=generator)
-        layers.append(linear)
-        if i < len(hidden):
-            layers.append(IsoTanh() if isotropic else nn.Tanh())
-    return nn.Sequential(*layers)
+    activation = (lambda _: IsoTanh()) if isotropic else None
+    return mlp([n_in, *hidden, n_out], activation, init=uniform_init(generator))
 
 
 def adaptation(singular_values, *, threshold: float, scaffold: int, min_width: int, max_width: int) -> int:
@@ -330,13 +320,7 @@ class Topology(Study):
                 steps = min(config.surgery_every, config.steps - offset)
                 opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay)
 
-                def step(t, model=model, opt=opt, offset=offset):
-                    idx = ctx.batch_indices(offset + t, len(x), config.batch_size)
-                    loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    return loss
+                step = SupervisedStep(ctx, model, opt, x, y, batch_size=config.batch_size, offset=offset)
 
                 def evaluate(t, model=model, offset=offset):
                     values: dict[str, Any] = {"global_step": offset + t, "test_acc": accuracy(model)}
@@ -501,10 +485,7 @@ class Topology(Study):
         return [Findings.from_values("growing and pruning during training", values, caption=caption)]
 
     def figures(self, data, out: Path) -> list[Figure]:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        figures: list[Figure] = []
 
         config: TopologyConfig = data.config
         seed = data.seeds[0]
@@ -515,7 +496,7 @@ class Topology(Study):
             out_rows = [r for r in data.select(seed=s) if str(r.get("run", "")).startswith(f"{arm}/seg")]
             return [r for r in out_rows if "global_step" in r]
 
-        fig, (ax_w, ax_a) = plt.subplots(1, 2, figsize=(12, 4), dpi=110)
+        fig, (ax_w, ax_a) = subplots(1, 2, figsize=(12, 4))
         for arm in config.arms:
             for s in data.seeds:
                 rs = rows(arm, s)
@@ -545,12 +526,20 @@ class Topology(Study):
         ax_a.set_ylabel("test accuracy")
         ax_a.legend(fontsize=8)
         ax_a.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "width_accuracy.png")
-        plt.close(fig)
+        figures.append(
+            save_figure(
+                fig,
+                out,
+                "width_accuracy.png",
+                f"Left: width of each hidden layer against step (solid: first, dashed: second), one colour per "
+                f"arm (seed {seed} bold, other seeds thin; the elementwise control has the adaptive arm's widths). "
+                "Right: test accuracy against step; triangles: accuracy right after a prune (for the elementwise "
+                "control the drop is not prevented by the surgery).",
+            )
+        )
 
         arms = [a for a in config.arms if a != "elementwise"] or list(config.arms)
-        fig, axes = plt.subplots(
+        fig, axes = subplots(
             len(producers),
             len(arms),
             figsize=(5 * len(arms), 3.3 * len(producers)),
@@ -569,21 +558,14 @@ class Topology(Study):
                 ax.set_xlabel("step")
                 ax.grid(alpha=0.3)
             axes[j][0].set_ylabel("singular values of W (floored at 1e-4)")
-        fig.tight_layout()
-        fig.savefig(out / "singular_values.png")
-        plt.close(fig)
-        return [
-            Figure(
-                "width_accuracy.png",
-                f"Left: width of each hidden layer against step (solid: first, dashed: second), one colour per "
-                f"arm (seed {seed} bold, other seeds thin; the elementwise control has the adaptive arm's widths). "
-                "Right: test accuracy against step; triangles: accuracy right after a prune (for the elementwise "
-                "control the drop is not prevented by the surgery).",
-            ),
-            Figure(
+        figures.append(
+            save_figure(
+                fig,
+                out,
                 "singular_values.png",
                 f"Seed {seed}: singular values of each hidden layer's producer W_l over training (one dot per unit and "
                 f"log step); dotted: the scaffold threshold {config.threshold:g}. Units at the bottom (floored at "
                 "1e-4) are freshly grown or unused.",
-            ),
-        ]
+            )
+        )
+        return figures

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from isotorch.studies._figures import cmap, save_figure, subplots
 from isotorch.studies._registry import Study, register
 from isotorch.studies._stats import Figure, Findings
 from isotorch.studies._verdicts import Claim, paired_verdict, verdict_from_values
@@ -392,20 +393,17 @@ class TransformerLMC(Study):
         ]
 
     def figures(self, data, out: Path) -> list[Figure]:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        figures: list[Figure] = []
 
         from isotorch.studies._stats import mean_ci
 
         config: TransformerLMCConfig = data.config
         methods = self._methods(data)
-        colours = {m: plt.get_cmap("tab10")(i) for i, m in enumerate(METHODS)}
+        colours = dict(zip(METHODS, cmap("tab10", len(METHODS)), strict=True))
         lambdas = np.linspace(0.0, 1.0, config.alphas)
 
         # 1. the excess loss along λ per method (above the line between the end points): mean and range over pairs
-        fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=110)
+        fig, ax = subplots(figsize=(7.5, 4.2))
         for m in methods:
             curves = []
             for s in data.seeds:
@@ -423,12 +421,23 @@ class TransformerLMC(Study):
         ax.set_ylabel("L(λ) − ((1−λ)L_A + λL_B)  (nats)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        fig.savefig(out / "barrier_curves.png")
-        plt.close(fig)
+        n = len(data.seeds)
+        figures.append(
+            save_figure(
+                fig,
+                out,
+                "barrier_curves.png",
+                f"Held-out LM loss along the linear path from model A (λ = 0) to model B' (λ = 1) above the straight "
+                f"line between the end points (its maximum is the barrier), per alignment method; line: mean over "
+                f"{n} seed pairs, band: their range. naive: B as trained; permutation: B "
+                "aligned over permutations; folded: both norm-folded, not aligned; stream, stream+mlp, "
+                "stream+mlp+heads: the full solution applied class by class; full: orthogonal stream, MLP "
+                "permutations, heads with orthogonal per-head maps.",
+            )
+        )
 
         # 2. barrier per method: mean ± 95% CI over seed pairs, each pair a dot
-        fig, ax = plt.subplots(figsize=(8, 3.8), dpi=110)
+        fig, ax = subplots(figsize=(8, 3.8))
         for i, m in enumerate(methods):
             values = [float(f[f"{m}/barrier"]) for f in data.finals.values()]
             est = mean_ci(values)
@@ -439,23 +448,13 @@ class TransformerLMC(Study):
         ax.set_xticks(np.arange(len(methods)), methods, rotation=25, ha="right", fontsize=8)
         ax.set_ylabel("loss barrier (nats)")
         ax.grid(alpha=0.3, axis="y")
-        fig.tight_layout()
-        fig.savefig(out / "barriers.png")
-        plt.close(fig)
-        n = len(data.seeds)
-        return [
-            Figure(
-                "barrier_curves.png",
-                f"Held-out LM loss along the linear path from model A (λ = 0) to model B' (λ = 1) above the straight "
-                f"line between the end points (its maximum is the barrier), per alignment method; line: mean over "
-                f"{n} seed pairs, band: their range. naive: B as trained; permutation: B "
-                "aligned over permutations; folded: both norm-folded, not aligned; stream, stream+mlp, "
-                "stream+mlp+heads: the full solution applied class by class; full: orthogonal stream, MLP "
-                "permutations, heads with orthogonal per-head maps.",
-            ),
-            Figure(
+        figures.append(
+            save_figure(
+                fig,
+                out,
                 "barriers.png",
                 f"Loss barrier max_λ [L(λ) − ((1−λ)L_A + λL_B)] per method; bars: mean over {n} seed pairs, "
                 "whiskers: 95% t-interval, dots: the pairs. 0 is linear mode connectivity.",
-            ),
-        ]
+            )
+        )
+        return figures
