@@ -6,9 +6,14 @@ a one-line error naming the argument, and results serialise to strict JSON (no b
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Mapping
+from typing import Any, overload
+
 import torch
 
-__all__ = ["as_generator", "check_generator", "draw_seed"]
+__all__ = ["as_generator", "check_generator", "draw_seed", "dumps", "json_float", "json_safe"]
 
 
 def check_generator(generator: object, name: str = "generator") -> torch.Generator | None:
@@ -37,3 +42,54 @@ def draw_seed(generator: object, name: str = "generator") -> int:
     """One int seed in [0, 2⁶²) drawn from ``generator`` (``None``: torch's global RNG) to seed equal streams."""
     generator = check_generator(generator, name)
     return int(torch.randint(0, 2**62, (1,), dtype=torch.int64, generator=generator))
+
+
+# --- strict JSON ------------------------------------------------------------------------------------------------
+
+
+def json_float(value: object) -> float | None:
+    """``float(value)``, or ``None`` for ``None``, NaN and ±inf (strict JSON has no such numbers)."""
+    if value is None:
+        return None
+    value = float(value)  # type: ignore[arg-type]
+    return value if math.isfinite(value) else None
+
+
+@overload
+def json_safe(value: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
+@overload
+def json_safe(value: object) -> Any: ...
+
+
+def json_safe(value: object) -> Any:
+    """``value`` as plain strict-JSON data, recursively: NaN and ±inf become ``None``; tuples, lists, sets and
+    tensors/arrays become lists (sets sorted); mappings become dicts; numpy and 0-d tensor scalars become Python
+    numbers. Anything else (str, int, bool, None) is returned as it is.
+
+    Examples:
+        >>> json_safe({"a": float("nan"), "b": (1.0, float("inf")), "c": frozenset({"y", "x"})})
+        {'a': None, 'b': [1.0, None], 'c': ['x', 'y']}
+    """
+    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return [json_safe(v) for v in sorted(value, key=str)]
+    if isinstance(value, torch.Tensor):
+        return json_safe(value.detach().cpu().tolist())
+    tolist = getattr(value, "tolist", None)  # numpy arrays and scalars
+    if callable(tolist):
+        return json_safe(tolist())
+    return value
+
+
+def dumps(value: object, **kwargs: Any) -> str:
+    """``json.dumps`` of :func:`json_safe` ``(value)`` with ``allow_nan=False``: always strict JSON."""
+    return json.dumps(json_safe(value), allow_nan=False, **kwargs)

@@ -46,6 +46,7 @@ from isotorch import groups as _groups
 from isotorch import init as _init
 from isotorch import nn as inn
 from isotorch import optim as _optim
+from isotorch._util import json_safe
 
 __all__ = [
     "ConversionReport",
@@ -377,7 +378,7 @@ class ConversionRow:
     note: str = ""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return json_safe(asdict(self))
 
 
 @dataclass(frozen=True)
@@ -400,13 +401,15 @@ class ConversionReport:
     source: str | None = None
 
     def to_dict(self) -> dict:
-        return {
-            "family": self.family,
-            "group": self.group,
-            "source": self.source,
-            "swapped": [r.to_dict() for r in self.swapped],
-            "left": [r.to_dict() for r in self.left],
-        }
+        return json_safe(
+            {
+                "family": self.family,
+                "group": self.group,
+                "source": self.source,
+                "swapped": [r.to_dict() for r in self.swapped],
+                "left": [r.to_dict() for r in self.left],
+            }
+        )
 
     def __repr__(self) -> str:
         return (

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from isotorch import groups as _groups
-from isotorch._util import as_generator
+from isotorch._util import as_generator, json_safe
 from isotorch.audit._function import _mode, _name_of, audit, audit_module, default_tolerance
-from isotorch.audit._result import AuditResult, _json_errors, _json_float, maximal_groups, sort_groups
+from isotorch.audit._result import AuditResult, by_group, maximal_groups, sort_groups
 from isotorch.audit._sampling import Sampler
 from isotorch.testing import relative_error
 
@@ -168,18 +168,20 @@ class SiteRow:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {
-            "path": self.path,
-            "type": self.type,
-            "role": self.role,
-            "dim": self.dim,
-            "n": self.n,
-            "maximal": sort_groups(self.maximal),
-            "errors": _json_errors(self.errors),
-            "note": self.note,
-            "site": self.site,
-            "result": self.result.to_dict() if self.result is not None else None,
-        }
+        return json_safe(
+            {
+                "path": self.path,
+                "type": self.type,
+                "role": self.role,
+                "dim": self.dim,
+                "n": self.n,
+                "maximal": sort_groups(self.maximal),
+                "errors": by_group(self.errors),
+                "note": self.note,
+                "site": self.site,
+                "result": self.result.to_dict() if self.result is not None else None,
+            }
+        )
 
     def __repr__(self) -> str:
         groups = "{" + ", ".join(sort_groups(self.maximal)) + "}"
@@ -228,25 +230,25 @@ class ChainAudit:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {
-            "site": self.site,
-            "kind": self.kind,
-            "first": self.first,
-            "last": self.last,
-            "primitives": list(self.primitives),
-            "width": self.width,
-            "groups": sort_groups(self.groups),
-            "group": self.group,
-            "status": self.status,
-            "reason": self.reason,
-            "changes": {k: _json_float(v) for k, v in self.changes.items()},
-            "control": None
-            if self.control is None
-            else {"group": self.control[0], "change": _json_float(self.control[1])},
-            "tolerance": self.tolerance,
-            "verified": self.verified,
-            "note": self.note,
-        }
+        return json_safe(
+            {
+                "site": self.site,
+                "kind": self.kind,
+                "first": self.first,
+                "last": self.last,
+                "primitives": list(self.primitives),
+                "width": self.width,
+                "groups": sort_groups(self.groups),
+                "group": self.group,
+                "status": self.status,
+                "reason": self.reason,
+                "changes": dict(self.changes),
+                "control": None if self.control is None else {"group": self.control[0], "change": self.control[1]},
+                "tolerance": self.tolerance,
+                "verified": self.verified,
+                "note": self.note,
+            }
+        )
 
     def __repr__(self) -> str:
         return (
@@ -329,15 +331,17 @@ class ModelAudit:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: rows, summary and settings."""
-        return {
-            "model": self.model,
-            "input_shape": list(self.input_shape),
-            "method": self.method,
-            "settings": dict(self.settings),
-            "rows": [r.to_dict() for r in self.rows],
-            "summary": self.summary(),
-            "end_to_end": self.end_to_end.to_dict() if self.end_to_end is not None else None,
-        }
+        return json_safe(
+            {
+                "model": self.model,
+                "input_shape": list(self.input_shape),
+                "method": self.method,
+                "settings": dict(self.settings),
+                "rows": [r.to_dict() for r in self.rows],
+                "summary": self.summary(),
+                "end_to_end": self.end_to_end.to_dict() if self.end_to_end is not None else None,
+            }
+        )
 
     def to_markdown(self) -> str:
         """The rows and the summary as Markdown."""

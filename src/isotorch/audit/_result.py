@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from isotorch import groups as _groups
+from isotorch._util import json_safe
 
 __all__ = ["AuditResult", "maximal_groups", "sort_groups"]
 
@@ -29,12 +29,9 @@ def sort_groups(keys: Iterable[str]) -> list[str]:
 maximal_groups = _groups.maximal
 
 
-def _json_float(value: float) -> float | None:
-    return float(value) if value is not None and math.isfinite(value) else None
-
-
-def _json_errors(errors: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float | None]]:
-    return {key: {rel: _json_float(v) for rel, v in errors[key].items()} for key in sort_groups(errors)}
+def by_group(errors: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """``errors`` as plain dicts, groups in lattice order (for ``to_dict``)."""
+    return {key: dict(errors[key]) for key in sort_groups(errors)}
 
 
 @dataclass(frozen=True, repr=False)
@@ -117,26 +114,28 @@ class AuditResult:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (sets become lists in lattice order, NaN becomes ``None``)."""
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "n": self.n,
-            "dim": self.dim,
-            "dtype": self.dtype,
-            "tolerance": _json_float(self.tolerance),
-            "trials": self.trials,
-            "inputs": list(self.inputs),
-            "status": self.status,
-            "reason": self.reason,
-            "respects": self.respects,
-            "maximal": sort_groups(self.maximal),
-            "equivariant": sort_groups(self.equivariant),
-            "invariant": sort_groups(self.invariant),
-            "errors": _json_errors(self.errors),
-            "lie": _json_errors(self.lie),
-            "disagreements": list(self.disagreements),
-            "notes": list(self.notes),
-        }
+        return json_safe(
+            {
+                "name": self.name,
+                "kind": self.kind,
+                "n": self.n,
+                "dim": self.dim,
+                "dtype": self.dtype,
+                "tolerance": self.tolerance,
+                "trials": self.trials,
+                "inputs": list(self.inputs),
+                "status": self.status,
+                "reason": self.reason,
+                "respects": self.respects,
+                "maximal": sort_groups(self.maximal),
+                "equivariant": sort_groups(self.equivariant),
+                "invariant": sort_groups(self.invariant),
+                "errors": by_group(self.errors),
+                "lie": by_group(self.lie),
+                "disagreements": list(self.disagreements),
+                "notes": list(self.notes),
+            }
+        )
 
     def __repr__(self) -> str:
         def fmt(keys) -> str:

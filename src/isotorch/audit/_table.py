@@ -23,6 +23,7 @@ from torch import nn
 from isotorch import groups as _groups
 from isotorch import init as _init
 from isotorch import optim as _optim
+from isotorch._util import json_safe
 from isotorch.audit._function import _describe, audit, audit_module
 from isotorch.audit._render import _md_escape, groups_text, symbol
 from isotorch.audit._result import AuditResult
@@ -119,15 +120,17 @@ class TableRow:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {
-            "name": self.name,
-            "source": self.source,
-            "kind": self.kind,
-            "declared": list(self.declared) if self.declared is not None else None,
-            "agrees": self.agrees,
-            "note": self.note,
-            "result": self.result.to_dict(),
-        }
+        return json_safe(
+            {
+                "name": self.name,
+                "source": self.source,
+                "kind": self.kind,
+                "declared": list(self.declared) if self.declared is not None else None,
+                "agrees": self.agrees,
+                "note": self.note,
+                "result": self.result.to_dict(),
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -146,13 +149,15 @@ class PrimitiveTable:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict with every row's full audit (errors, p-values, Lie derivatives)."""
-        return {
-            "seed": self.seed,
-            "n": self.n,
-            "columns": list(COLUMNS),
-            "torch_version": torch.__version__,
-            "rows": [r.to_dict() for r in self.rows],
-        }
+        return json_safe(
+            {
+                "seed": self.seed,
+                "n": self.n,
+                "columns": list(COLUMNS),
+                "torch_version": torch.__version__,
+                "rows": [r.to_dict() for r in self.rows],
+            }
+        )
 
     def to_json(self) -> str:
         """:meth:`to_dict` as indented JSON."""

@@ -26,7 +26,7 @@ import torch
 from scipy import stats
 
 from isotorch import groups as _groups
-from isotorch._util import as_generator
+from isotorch._util import as_generator, json_safe
 from isotorch.audit._function import (
     _check_trials,
     _describe,
@@ -36,7 +36,7 @@ from isotorch.audit._function import (
     audit,
     default_tolerance,
 )
-from isotorch.audit._result import AuditResult, _json_float, maximal_groups, sort_groups
+from isotorch.audit._result import AuditResult, maximal_groups, sort_groups
 from isotorch.audit._sampling import Element, Sampler
 from isotorch.testing import relative_error
 
@@ -217,21 +217,23 @@ class InitialiserAudit:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "shape": list(self.shape),
-            "samples": self.samples,
-            "alpha": self.alpha,
-            "status": self.status,
-            "reason": self.reason,
-            "respects": self.respects,
-            "maximal": sort_groups(self.maximal),
-            "invariant": sort_groups(self.invariant),
-            "p_values": {k: _json_float(self.p_values[k]) for k in sort_groups(self.p_values)},
-            "statistics": {k: _json_float(self.statistics[k]) for k in sort_groups(self.statistics)},
-            "notes": list(self.notes),
-        }
+        return json_safe(
+            {
+                "name": self.name,
+                "kind": self.kind,
+                "shape": list(self.shape),
+                "samples": self.samples,
+                "alpha": self.alpha,
+                "status": self.status,
+                "reason": self.reason,
+                "respects": self.respects,
+                "maximal": sort_groups(self.maximal),
+                "invariant": sort_groups(self.invariant),
+                "p_values": {k: self.p_values[k] for k in sort_groups(self.p_values)},
+                "statistics": {k: self.statistics[k] for k in sort_groups(self.statistics)},
+                "notes": list(self.notes),
+            }
+        )
 
     def __repr__(self) -> str:
         groups = "{" + ", ".join(sort_groups(self.maximal)) + "}"

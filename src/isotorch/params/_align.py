@@ -55,7 +55,7 @@ import torch
 from torch import nn
 
 from isotorch import groups as _groups
-from isotorch._util import as_generator
+from isotorch._util import as_generator, json_safe
 from isotorch.params import _solvers
 from isotorch.params._compat import batches, check_same_architecture, first_inputs, run_checked
 from isotorch.params._element import Element
@@ -102,17 +102,19 @@ class AlignResult:
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (without the model; the element as nested lists)."""
-        return {
-            "method": self.method,
-            "objective_before": self.objective_before,
-            "objective_after": self.objective_after,
-            "distance_before": self.distance_before,
-            "distance_after": self.distance_after,
-            "iterations": self.iterations,
-            "groups": dict(self.groups),
-            "skipped": dict(self.skipped),
-            "element": self.element.to_dict(),
-        }
+        return json_safe(
+            {
+                "method": self.method,
+                "objective_before": self.objective_before,
+                "objective_after": self.objective_after,
+                "distance_before": self.distance_before,
+                "distance_after": self.distance_after,
+                "iterations": self.iterations,
+                "groups": dict(self.groups),
+                "skipped": dict(self.skipped),
+                "element": self.element.to_dict(),
+            }
+        )
 
 
 def _site_group(site: Site, group: str | dict | None) -> tuple[str | None, str | None]:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from isotorch import groups as _groups
+from isotorch._util import json_safe
 from isotorch.params._errors import SymmetryError
 from isotorch.params._sites import Site, Symmetries
 
@@ -130,7 +131,7 @@ class Element:
 
     def to_dict(self) -> dict:
         """A JSON-ready dict: site → nested list (matrix) or list of ints (permutation)."""
-        return {name: {"permutation" if _is_perm(g) else "matrix": g.tolist()} for name, g in self.matrices.items()}
+        return json_safe({name: {"permutation" if _is_perm(g) else "matrix": g} for name, g in self.matrices.items()})
 
 
 def _invert(g: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ from typing import Any, Literal, overload
 import torch
 from torch import nn
 
+from isotorch._util import json_safe
 from isotorch.params._errors import SymmetryError
 from isotorch.params._sites import Action, Site
 
@@ -74,16 +75,18 @@ class FoldReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
-        return {
-            "streams": list(self.streams),
-            "norms": [list(n) for n in self.norms],
-            "mean_free": list(self.mean_free),
-            "untied": [list(p) for p in self.untied],
-            "new_biases": list(self.new_biases),
-            "groups": dict(self.groups),
-            "notes": list(self.notes),
-            "error": self.error,
-        }
+        return json_safe(
+            {
+                "streams": list(self.streams),
+                "norms": [list(n) for n in self.norms],
+                "mean_free": list(self.mean_free),
+                "untied": [list(p) for p in self.untied],
+                "new_biases": list(self.new_biases),
+                "groups": dict(self.groups),
+                "notes": list(self.notes),
+                "error": self.error,
+            }
+        )
 
 
 class _FoldedEncoderLayer(nn.TransformerEncoderLayer):

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
+from isotorch._util import json_safe
 from isotorch.params._compat import batches, check_same_architecture, run_checked
 from isotorch.params._trace import evaluation
 
@@ -97,16 +98,18 @@ class BarrierResult:
 
     def to_dict(self) -> dict:
         """A JSON-ready dict."""
-        return {
-            "alphas": list(self.alphas),
-            "losses": list(self.losses),
-            "accuracies": None if self.accuracies is None else list(self.accuracies),
-            "barrier": self.barrier,
-            "barrier_linear": self.barrier_linear,
-            "midpoint": self.midpoint,
-            "accuracy_barrier": self.accuracy_barrier,
-            "recalibrated_bn": self.recalibrated_bn,
-        }
+        return json_safe(
+            {
+                "alphas": list(self.alphas),
+                "losses": list(self.losses),
+                "accuracies": None if self.accuracies is None else list(self.accuracies),
+                "barrier": self.barrier,
+                "barrier_linear": self.barrier_linear,
+                "midpoint": self.midpoint,
+                "accuracy_barrier": self.accuracy_barrier,
+                "recalibrated_bn": self.recalibrated_bn,
+            }
+        )
 
 
 def _has_batchnorm(model: nn.Module) -> bool:

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from isotorch._util import json_safe
 from isotorch.params._errors import SymmetryError
 
 __all__ = [
@@ -244,14 +245,16 @@ class LearnedRotation:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary (without the matrix)."""
-        return {
-            "dim": self.matrix.shape[0],
-            "initial_error": self.initial_error,
-            "error": self.error,
-            "identity_error": self.identity_error,
-            "history": list(self.history),
-            "settings": dict(self.settings),
-        }
+        return json_safe(
+            {
+                "dim": self.matrix.shape[0],
+                "initial_error": self.initial_error,
+                "error": self.error,
+                "identity_error": self.identity_error,
+                "history": list(self.history),
+                "settings": dict(self.settings),
+            }
+        )
 
     def __repr__(self) -> str:
         return (

@@ -42,6 +42,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from isotorch import groups as _groups
+from isotorch._util import json_safe
 from isotorch.params import _heads as H
 from isotorch.params import _primitives as P
 from isotorch.params._trace import Graph, Node, trace
@@ -74,15 +75,17 @@ class Action:
 
     def to_dict(self) -> dict:
         """A JSON-ready dict."""
-        return {
-            "param": self.param,
-            "axis": self.axis,
-            "kind": self.kind,
-            "inner": self.inner,
-            "slice_axis": self.slice_axis,
-            "start": self.start,
-            "stop": self.stop,
-        }
+        return json_safe(
+            {
+                "param": self.param,
+                "axis": self.axis,
+                "kind": self.kind,
+                "inner": self.inner,
+                "slice_axis": self.slice_axis,
+                "start": self.start,
+                "stop": self.stop,
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -110,16 +113,18 @@ class Norm:
 
     def to_dict(self) -> dict:
         """A JSON-ready dict."""
-        return {
-            "name": self.name,
-            "op": self.op,
-            "kind": self.kind,
-            "weight": self.weight,
-            "bias": self.bias,
-            "eps": self.eps,
-            "offset": self.offset,
-            "readers": list(self.readers),
-        }
+        return json_safe(
+            {
+                "name": self.name,
+                "op": self.op,
+                "kind": self.kind,
+                "weight": self.weight,
+                "bias": self.bias,
+                "eps": self.eps,
+                "offset": self.offset,
+                "readers": list(self.readers),
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -198,24 +203,26 @@ class Site:
 
     def to_dict(self) -> dict:
         """A JSON-ready dict."""
-        return {
-            "name": self.name,
-            "size": self.size,
-            "kind": self.kind,
-            "group": self.group,
-            "groups": sorted(self.groups),
-            "maximal": sorted(self.maximal),
-            "general_linear": self.general_linear,
-            "status": self.status,
-            "reason": self.reason,
-            "producers": list(self.producers),
-            "consumers": list(self.consumers),
-            "primitives": list(self.primitives),
-            "actions": [a.to_dict() for a in self.actions],
-            "structure": self.structure,
-            "norms": [n.to_dict() for n in self.norms],
-            "tied": [list(t) for t in self.tied],
-        }
+        return json_safe(
+            {
+                "name": self.name,
+                "size": self.size,
+                "kind": self.kind,
+                "group": self.group,
+                "groups": sorted(self.groups),
+                "maximal": sorted(self.maximal),
+                "general_linear": self.general_linear,
+                "status": self.status,
+                "reason": self.reason,
+                "producers": list(self.producers),
+                "consumers": list(self.consumers),
+                "primitives": list(self.primitives),
+                "actions": [a.to_dict() for a in self.actions],
+                "structure": self.structure,
+                "norms": [n.to_dict() for n in self.norms],
+                "tied": [list(t) for t in self.tied],
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -282,12 +289,14 @@ class Symmetries:
 
     def to_dict(self) -> dict:
         """A JSON-ready dict."""
-        return {
-            "model": self.model,
-            "method": self.method,
-            "note": self.note,
-            "sites": [s.to_dict() for s in self.sites],
-        }
+        return json_safe(
+            {
+                "model": self.model,
+                "method": self.method,
+                "note": self.note,
+                "sites": [s.to_dict() for s in self.sites],
+            }
+        )
 
     def __repr__(self) -> str:
         lines = [f"Symmetries({self.model}, traced by {self.method}, {len(self.sites)} sites)"]

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from isotorch._util import json_safe
 from isotorch.params._element import Element
 from isotorch.params._errors import SymmetryError
 from isotorch.params._sites import Site, Symmetries, symmetries
@@ -227,14 +228,16 @@ class PruneResult:
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (without the model)."""
-        return {
-            "removed": list(self.removed),
-            "removed_bias": self.removed_bias,
-            "length_update": self.length_update,
-            "bound": self.bound,
-            "change": self.change,
-            "output_error": self.output_error,
-        }
+        return json_safe(
+            {
+                "removed": list(self.removed),
+                "removed_bias": self.removed_bias,
+                "length_update": self.length_update,
+                "bound": self.bound,
+                "change": self.change,
+                "output_error": self.output_error,
+            }
+        )
 
 
 def _activation_module(model: nn.Module, site: Site):

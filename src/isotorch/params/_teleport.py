@@ -28,6 +28,7 @@ from torch.func import functional_call
 
 from isotorch import groups as _groups
 from isotorch import testing as _testing
+from isotorch._util import json_safe
 from isotorch.params._compat import batches, run_checked
 from isotorch.params._errors import SymmetryError
 from isotorch.params._sites import Site, Symmetries, symmetries
@@ -67,17 +68,19 @@ class TeleportResult:
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (without the model)."""
-        return {
-            "loss_before": self.loss_before,
-            "loss_after": self.loss_after,
-            "objective_before": self.objective_before,
-            "objective_after": self.objective_after,
-            "gain": self.gain,
-            "history": list(self.history),
-            "sites": dict(self.sites),
-            "invariant_sites": list(self.invariant_sites),
-            "note": self.note,
-        }
+        return json_safe(
+            {
+                "loss_before": self.loss_before,
+                "loss_after": self.loss_after,
+                "objective_before": self.objective_before,
+                "objective_after": self.objective_after,
+                "gain": self.gain,
+                "history": list(self.history),
+                "sites": dict(self.sites),
+                "invariant_sites": list(self.invariant_sites),
+                "note": self.note,
+            }
+        )
 
 
 def _algebra(site: Site) -> str | None:

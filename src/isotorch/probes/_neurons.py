@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from isotorch.probes._validation import json_safe
+from isotorch._util import json_safe
 
 __all__ = ["NeuronDistances", "neuron_distances"]
 

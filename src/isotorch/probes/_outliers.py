@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from isotorch._util import json_safe
 from isotorch.probes._validation import check_matrix
 
 __all__ = [
@@ -179,10 +180,6 @@ def channel_kurtosis(h: torch.Tensor) -> torch.Tensor:
     return c.pow(4).mean(0) / (m2 * m2)
 
 
-def _finite(values: torch.Tensor) -> list[float | None]:
-    return [float(v) if math.isfinite(float(v)) else None for v in values]
-
-
 @dataclass(frozen=True)
 class OutlierResult:
     """Outlier statistics of (N, d) activations (one row per token).
@@ -219,20 +216,22 @@ class OutlierResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary (strict JSON: undefined values are ``None``; bit widths as string keys)."""
-        return {
-            "n_tokens": self.n_tokens,
-            "dim": self.dim,
-            "token_max_rms_mean": self.token_max_rms_mean,
-            "token_max_rms_max": self.token_max_rms_max,
-            "channel_rms": list(self.channel_rms),
-            "channel_max_rms": list(self.channel_max_rms),
-            "channel_kurtosis": list(self.channel_kurtosis),
-            "max_kurtosis": self.max_kurtosis,
-            "outlier_channels": list(self.outlier_channels),
-            "threshold": self.threshold,
-            "token_error": {str(b): e for b, e in self.token_error.items()},
-            "channel_error": {str(b): e for b, e in self.channel_error.items()},
-        }
+        return json_safe(
+            {
+                "n_tokens": self.n_tokens,
+                "dim": self.dim,
+                "token_max_rms_mean": self.token_max_rms_mean,
+                "token_max_rms_max": self.token_max_rms_max,
+                "channel_rms": list(self.channel_rms),
+                "channel_max_rms": list(self.channel_max_rms),
+                "channel_kurtosis": list(self.channel_kurtosis),
+                "max_kurtosis": self.max_kurtosis,
+                "outlier_channels": list(self.outlier_channels),
+                "threshold": self.threshold,
+                "token_error": {str(b): e for b, e in self.token_error.items()},
+                "channel_error": {str(b): e for b, e in self.channel_error.items()},
+            }
+        )
 
     def __repr__(self) -> str:
         errors = ", ".join(f"int{b} {e:.2e}" for b, e in self.token_error.items())
@@ -277,8 +276,8 @@ def outliers(h: torch.Tensor, *, bits: tuple[int, ...] = (8, 4), threshold: floa
         token_max_rms_mean=float(token.mean()) if token.numel() else math.nan,
         token_max_rms_max=float(token.max()) if token.numel() else math.nan,
         channel_rms=tuple(float(v) for v in channel_rms),
-        channel_max_rms=tuple(_finite(max_rms_ratio(h64, 0))),
-        channel_kurtosis=tuple(_finite(channel_kurtosis(h64))),
+        channel_max_rms=tuple(json_safe(max_rms_ratio(h64, 0))),
+        channel_kurtosis=tuple(json_safe(channel_kurtosis(h64))),
         outlier_channels=tuple(big),
         threshold=float(threshold),
         token_error={b: quantisation_error(h64, b, dim=-1) for b in bits},
@@ -302,11 +301,13 @@ class WeightQuantisation:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary (bit widths as string keys)."""
-        return {
-            "names": list(self.names),
-            "errors": {str(b): list(v) for b, v in self.errors.items()},
-            "total": {str(b): v for b, v in self.total.items()},
-        }
+        return json_safe(
+            {
+                "names": list(self.names),
+                "errors": {str(b): list(v) for b, v in self.errors.items()},
+                "total": {str(b): v for b, v in self.total.items()},
+            }
+        )
 
 
 def _input_axis(module: nn.Module) -> int | None:

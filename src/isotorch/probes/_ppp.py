@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from isotorch._util import check_generator
+from isotorch._util import check_generator, json_safe
 from isotorch.probes._planes import (
     block_sizes,
     chunk_elements_for,
@@ -28,7 +28,7 @@ from isotorch.probes._planes import (
     parallel_rows,
     prepare,
 )
-from isotorch.probes._validation import check_positive_int, json_safe
+from isotorch.probes._validation import check_positive_int
 
 __all__ = ["PPPResult", "ppp"]
 

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from isotorch.probes._validation import check_matrix, json_safe
+from isotorch._util import json_safe
+from isotorch.probes._validation import check_matrix
 
 __all__ = ["RankProfile", "effective_rank", "numerical_rank", "rank_profile", "stable_rank"]
 

@@ -50,7 +50,7 @@ from typing import Any
 import torch
 
 from isotorch import groups as _groups
-from isotorch._util import check_generator
+from isotorch._util import check_generator, json_safe
 from isotorch.probes._bootstrap import ResampleStream, bca_bounds, jackknife_means
 from isotorch.probes._planes import plane_frames, plane_pairs, resolve_basis
 from isotorch.probes._validation import (
@@ -58,7 +58,6 @@ from isotorch.probes._validation import (
     check_positive_int,
     check_probability,
     finite_rows,
-    json_safe,
 )
 
 __all__ = ["ScoreResult", "alignment_score", "quantisation_score"]

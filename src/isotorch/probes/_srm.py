@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from isotorch._util import json_safe
 from isotorch.probes._planes import (
     CHUNK_ELEMENTS,
     angle_grid,
@@ -32,7 +33,7 @@ from isotorch.probes._planes import (
     prepare,
     srm_baseline,
 )
-from isotorch.probes._validation import check_positive_int, json_safe
+from isotorch.probes._validation import check_positive_int
 
 __all__ = ["SRMResult", "srm"]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any, overload
 
 import torch
 
@@ -109,22 +108,3 @@ def check_labels(labels: object, n: int, num_classes: int | None, name: str = "l
             f"range(num_classes={num_classes}) needs at least one (relabel, or pass the right num_classes)"
         )
     return labels, num_classes
-
-
-@overload
-def json_safe(value: dict[str, Any]) -> dict[str, Any]: ...
-
-
-@overload
-def json_safe(value: object) -> object: ...
-
-
-def json_safe(value: object) -> object:
-    """``value`` with every non-finite float (NaN, ±inf) replaced by ``None``, recursively (strict JSON)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
