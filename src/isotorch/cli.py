@@ -30,9 +30,9 @@ def demo(
     import torch
     from rich.console import Console
 
+    from isotorch.studies import NonFiniteLossError, RunFolderError, StudyInterrupted, run_study
     from isotorch.studies._checkpoint import CheckpointError
     from isotorch.studies._config import ConfigError
-    from isotorch.studies._runner import NonFiniteLossError, RunFolderError, StudyInterrupted, run_study
     from isotorch.studies._verdicts import verdict_table
 
     console = Console()

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from isotorch import groups
+from isotorch.studies import run_study
 from isotorch.studies._config import ConfigError, make_config
-from isotorch.studies._runner import run_study
 from isotorch.studies.capacity import Capacity, CapacityConfig, build_mlp, capacity_measures, gradient_norms
 from tests.studies.verdict_checks import check_verdicts
 

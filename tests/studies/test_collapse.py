@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from isotorch.params import syre
+from isotorch.studies import run_study
 from isotorch.studies._config import ConfigError, make_config
 from isotorch.studies._models import layer_features, unparametrised
-from isotorch.studies._runner import run_study
 from isotorch.studies.collapse import Collapse, CollapseConfig, build_classifier
 from tests.studies.verdict_checks import check_verdicts
 

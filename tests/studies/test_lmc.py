@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from isotorch.params import align, barrier, sample_element, symmetries, transform
+from isotorch.studies import run_study
 from isotorch.studies._config import ConfigError, make_config
-from isotorch.studies._runner import run_study
 from isotorch.studies.lmc import Lmc, LmcConfig, build_mlp, plain_copy
 from tests.studies.verdict_checks import check_verdicts
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from isotorch.studies import run_study
 from isotorch.studies._config import ConfigError, make_config
-from isotorch.studies._runner import run_study
 from isotorch.studies.plateaus import Plateaus, PlateausConfig, detect_plateaus
 from tests.studies.verdict_checks import check_verdicts
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from isotorch import groups
+from isotorch.studies import run_study
 from isotorch.studies._config import ConfigError, make_config
-from isotorch.studies._runner import run_study
 from isotorch.studies.quantisation import (
     Quantisation,
     QuantisationConfig,

@@ -17,11 +17,10 @@ import torch
 
 ray = pytest.importorskip("ray", reason="the Ray executor needs isotorch[distributed]")
 
-from isotorch.studies import _registry  # noqa: E402
+from isotorch.studies import StudyInterrupted, _registry, run_study  # noqa: E402
 from isotorch.studies._checkpoint import load_checkpoint  # noqa: E402
 from isotorch.studies._ray import ExecutorError, speaks_grpc  # noqa: E402
 from isotorch.studies._registry import Study, register  # noqa: E402
-from isotorch.studies._runner import StudyInterrupted, run_study  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
+from isotorch.studies import RunFolderError, run_study
 from isotorch.studies._report import write_report
-from isotorch.studies._runner import RunFolderError, run_study
 
 
 @pytest.fixture(scope="module")

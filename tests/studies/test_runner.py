@@ -15,11 +15,10 @@ import pytest
 import torch
 
 from isotorch import studies
-from isotorch.studies import _registry
+from isotorch.studies import NonFiniteLossError, RunData, RunFolderError, StudyInterrupted, _registry, run_study
 from isotorch.studies._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from isotorch.studies._config import ConfigError, config_from_dict, config_to_dict, make_config, parse_overrides
 from isotorch.studies._registry import Study, UnknownStudyError, get, names, register
-from isotorch.studies._runner import NonFiniteLossError, RunData, RunFolderError, StudyInterrupted, run_study
 from isotorch.studies._stats import mean_ci
 
 

@@ -18,11 +18,10 @@ import torch
 from typer.testing import CliRunner
 
 from isotorch.cli import app
-from isotorch.studies import _registry
+from isotorch.studies import NonFiniteLossError, RunFolderError, StudyInterrupted, _registry, run_study
 from isotorch.studies._checkpoint import CheckpointError, load_checkpoint
 from isotorch.studies._cli import print_findings, study_app
 from isotorch.studies._registry import Study, register
-from isotorch.studies._runner import NonFiniteLossError, RunFolderError, StudyInterrupted, run_study
 from isotorch.studies._stats import Findings
 
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from isotorch.studies import _registry
+from isotorch.studies import RunFolderError, StudyInterrupted, _registry, run_study
 from isotorch.studies._checkpoint import load_checkpoint
 from isotorch.studies._registry import Study, register
-from isotorch.studies._runner import RunFolderError, StudyInterrupted, file_name, run_study
+from isotorch.studies._run_folder import file_name
 
 
 @dataclass(frozen=True)

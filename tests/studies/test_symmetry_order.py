@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from isotorch.studies import run_study
 from isotorch.studies._config import ConfigError, make_config
-from isotorch.studies._runner import run_study
 from isotorch.studies.symmetry_order import SymmetryOrder, SymmetryOrderConfig, divisors, trend
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from isotorch.params import grow, prune
+from isotorch.studies import StudyContext, StudyInterrupted, run_study
 from isotorch.studies._config import ConfigError, make_config
-from isotorch.studies._runner import StudyContext, StudyInterrupted, run_study
 from isotorch.studies.topology import Topology, TopologyConfig, adaptation, build_mlp, prune_by_norm
 from isotorch.testing import relative_error, tolerance
 from tests.studies.verdict_checks import check_verdicts

@@ -10,8 +10,8 @@ import torch
 
 pytest.importorskip("transformers")
 
+from isotorch.studies import run_study
 from isotorch.studies._config import ConfigError, make_config
-from isotorch.studies._runner import run_study
 from isotorch.studies.transformer_lmc import METHODS, TransformerLMC, TransformerLMCConfig, pair_barriers
 from tests.studies.verdict_checks import check_verdicts
 

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from isotorch.studies import _registry
+from isotorch.studies import _registry, run_study
 from isotorch.studies._registry import Study, register
-from isotorch.studies._runner import run_study
 from isotorch.studies._verdicts import (
     Claim,
     Verdict,

@@ -15,18 +15,11 @@ from isotorch.studies._data import (
     make_mnist1d,
     teacher_student,
 )
+from isotorch.studies._loop import NonFiniteLossError, StudyContext, StudyInterrupted, TrainResult
 from isotorch.studies._registry import Study, UnknownStudyError, get, names, register
 from isotorch.studies._report import write_report
-from isotorch.studies._runner import (
-    NonFiniteLossError,
-    RunData,
-    RunFolderError,
-    StudyContext,
-    StudyInterrupted,
-    StudyRun,
-    TrainResult,
-    run_study,
-)
+from isotorch.studies._run_folder import RunData, RunFolderError
+from isotorch.studies._runner import StudyRun, run_study
 from isotorch.studies._stats import Estimate, Figure, Findings, mean_ci
 from isotorch.studies.demo import DemoConfig
 

@@ -69,11 +69,11 @@ def run_command(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Run a study over seeds; write metrics, checkpoints, figures, findings and report.html."""
+    from isotorch.studies import NonFiniteLossError, RunFolderError, StudyInterrupted, run_study
     from isotorch.studies._checkpoint import CheckpointError
     from isotorch.studies._config import ConfigError
     from isotorch.studies._ray import ExecutorError
     from isotorch.studies._registry import UnknownStudyError
-    from isotorch.studies._runner import NonFiniteLossError, RunFolderError, StudyInterrupted, run_study
 
     try:
         parsed = parse_seeds(seeds) if seeds is not None else None
@@ -158,11 +158,11 @@ def print_findings(findings, console=None) -> None:
 @study_app.command("report")
 def report_command(out: Annotated[Path, typer.Argument(help="A study run folder.")]) -> None:
     """(Re)write report.html of a run folder."""
+    from isotorch.studies import RunFolderError
     from isotorch.studies._checkpoint import CheckpointError
     from isotorch.studies._config import ConfigError
     from isotorch.studies._registry import UnknownStudyError
     from isotorch.studies._report import write_report
-    from isotorch.studies._runner import RunFolderError
 
     try:
         path = write_report(out)

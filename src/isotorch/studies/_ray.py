@@ -5,7 +5,7 @@ A unit is a seed, or a (seed, configuration) pair for a study that declares its 
 24 configurations are 72 tasks, so a run keeps every CPU of a cluster busy instead of ⌈seeds / CPUs⌉ rounds.
 
 The driver (the process that called :func:`~isotorch.studies._runner.run_study`) keeps the run folder's bookkeeping;
-each task runs one unit with :func:`~isotorch.studies._runner.run_unit` and writes that unit's metrics file and
+each task runs one unit with :func:`~isotorch.studies._loop.run_unit` and writes that unit's metrics file and
 checkpoints straight into the run folder, so on a cluster the folder must be on storage that every node sees. Each
 task asks for one CPU and pins torch to one intra-op thread, so a unit computes the same numbers wherever it runs
 (and the same as the serial executor up to floating-point summation order).
@@ -126,10 +126,11 @@ def session(address: str | None) -> Iterator[Any]:
 
 def _task(unit) -> str:
     """One unit inside a Ray worker: its own Ctrl-C handling (Ray's cancel raises SIGINT's handler in the task)."""
-    from isotorch.studies._runner import StudyInterrupted, _sigint, run_unit
+    from isotorch.studies._loop import StudyInterrupted, run_unit
+    from isotorch.studies._ui import sigint
 
     interrupted = threading.Event()
-    with _sigint(interrupted, message=None):
+    with sigint(interrupted, message=None):
         try:
             run_unit(unit, interrupted=interrupted)
         except StudyInterrupted:
@@ -155,14 +156,15 @@ def run_units(
     import ray
     import torch
 
-    from isotorch.studies._runner import StudyInterrupted, _progress_bar, _sigint
+    from isotorch.studies._loop import StudyInterrupted
+    from isotorch.studies._ui import progress_bar, sigint
 
     gpus = 1 if any(torch.device(u.device).type == "cuda" for u in units) else 0
     remote = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus, max_retries=0)(_task)
     units = [_pinned(u, cpus_per_task) for u in units]
     with (
-        _sigint(interrupted, message="cancelling the running units (they save checkpoints)"),
-        _progress_bar(progress) as bar,
+        sigint(interrupted, message="cancelling the running units (they save checkpoints)"),
+        progress_bar(progress) as bar,
     ):
         task = bar.add_task("units (Ray tasks)", total=len(units)) if bar is not None else None
         refs = {remote.remote(u): u for u in units}

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from isotorch.studies._runner import RunData, StudyContext
+    from isotorch.studies._loop import StudyContext
+    from isotorch.studies._run_folder import RunData
     from isotorch.studies._stats import Figure, Findings
     from isotorch.studies._verdicts import Claim, Verdict
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from isotorch.studies._checkpoint import write_text_atomic
-from isotorch.studies._runner import RunData, RunFolderError, _read_json
+from isotorch.studies._run_folder import RunData, RunFolderError, _read_json
 from isotorch.studies._stats import Findings
 from isotorch.studies._verdicts import Verdict, check_verdicts, read_verdicts, write_verdicts
 
