@@ -200,3 +200,30 @@ def test_to_dict_is_strict_json_with_nan_fields(results, name):
     assert json.loads(text) == data
     if count:
         assert "null" in text, f"{name}: {count} NaN field(s) set, none written as null"
+
+
+def _int_generator_calls():
+    from isotorch import audit, directions, functional, groups, init, params, probes, testing
+
+    x, acts = _x(5, 4), _x(64, 4)
+    return {
+        "groups.sample": lambda: groups.get("orthogonal").sample(3, generator=0),
+        "directions.get": lambda: directions.get("random", 3, generator=0),
+        "directions.thomson": lambda: directions.thomson(4, 3, generator=0),
+        "init.haar_orthogonal_": lambda: init.haar_orthogonal_(torch.empty(3, 3), generator=0),
+        "functional.iso_dropout": lambda: functional.iso_dropout(x, 0.5, generator=0),
+        "audit.audit": lambda: audit.audit(torch.tanh, x, generator=0),
+        "testing.assert_equivariant": lambda: testing.assert_equivariant(torch.tanh, x, "permutation", generator=0),
+        "params.align": lambda: params.align(_mlp(), _mlp(), x=x, generator=0),
+        "params.syre": lambda: params.syre(_mlp(), 0.1, generator=0),
+        "probes.srm": lambda: probes.srm(acts, generator=0),
+        "probes.collect": lambda: probes.collect(_mlp(), _data(), ["0"], progress=False, generator=0),
+        "probes.Reservoir": lambda: probes.Reservoir(10, generator=0),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_int_generator_calls()))
+def test_an_int_is_not_a_generator(name):
+    call = _int_generator_calls()[name]
+    with pytest.raises(TypeError, match=r"generator must be a torch\.Generator or None"):
+        call()

@@ -126,6 +126,7 @@ def random_orthonormal(
         >>> torch.allclose(v @ v.T, torch.eye(3, dtype=torch.float64))
         True
     """
+    generator = check_generator(generator)
     n = _check_int(n, "n", 1)
     dtype = _check_dtype(dtype)
     g = _groups.get("orthogonal").sample(n, generator=generator, dtype=torch.float64)

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from isotorch._util import check_generator
+
 __all__ = [
     "Group",
     "act",
@@ -190,6 +192,7 @@ class Group:
             >>> torch.allclose(q.T @ q, torch.eye(6, dtype=torch.float64))
             True
         """
+        generator = check_generator(generator)
         n = self.check(n)
         if not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating dtype, got {dtype}")

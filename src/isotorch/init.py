@@ -24,6 +24,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from isotorch._util import check_generator
+
 __all__ = [
     "SCHEMES",
     "InitialiserSpec",
@@ -86,6 +88,7 @@ def haar_orthogonal_(
         >>> torch.allclose(m @ m.T, 4 * torch.eye(4), atol=1e-5)
         True
     """
+    generator = check_generator(generator)
     tensor = _check_tensor(tensor, 2)
     gain = _check_gain(gain)
     if tensor.numel() == 0:
@@ -125,6 +128,7 @@ def isotropic_normal_(
         >>> round(float(w.std() * 20), 1)
         1.0
     """
+    generator = check_generator(generator)
     tensor = _check_tensor(tensor, 2)
     gain = _check_gain(gain)
     if mode not in _MODES:
@@ -177,6 +181,7 @@ def init_model_(
         >>> torch.allclose(w @ w.T, torch.eye(3), atol=1e-6), net[2].bias.detach().tolist()
         (True, [0.0, 0.0])
     """
+    generator = check_generator(generator)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if scheme not in _SCHEME_FUNCTIONS:

@@ -13,6 +13,7 @@ import torch
 
 from isotorch._functional._checks import _check_floating, _compute_dtype, _feature_dim
 from isotorch._functional.norm import _vector_norm
+from isotorch._util import check_generator
 
 __all__ = ["iso_dropout"]
 
@@ -107,8 +108,7 @@ def iso_dropout(
     mode = _check_mode(mode)
     if not isinstance(training, bool):
         raise TypeError(f"training must be a bool, got {type(training).__name__}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    generator = check_generator(generator)
     if not training or p == 0.0:
         return x
     n = x.shape[d]

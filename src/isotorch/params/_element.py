@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from isotorch import groups as _groups
-from isotorch._util import json_safe
+from isotorch._util import check_generator, json_safe
 from isotorch.params._errors import SymmetryError
 from isotorch.params._sites import Site, Symmetries
 
@@ -278,6 +278,7 @@ def sample_element(
         >>> syms = symmetries(model, torch.randn(5, 3, dtype=torch.float64))
         >>> new = transform(model, sample_element(syms, torch.Generator().manual_seed(1)))
     """
+    generator = check_generator(generator)
     if not isinstance(syms, Symmetries):
         raise TypeError(f"syms must be the Symmetries of a model, got {type(syms).__name__}")
     names = [s.name for s in syms.free] if sites is None else list(sites)

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from isotorch._util import json_safe
+from isotorch._util import check_generator, json_safe
 from isotorch.params._errors import SymmetryError
 
 __all__ = [
@@ -193,6 +193,7 @@ def random_hadamard(
         >>> bool(torch.allclose(q.T @ q, torch.eye(8, dtype=torch.float64), atol=1e-15))
         True
     """
+    generator = check_generator(generator)
     h = hadamard(n, dtype=torch.float64)
     signs = torch.randint(0, 2, (n,), generator=generator).to(torch.float64) * 2 - 1
     return (h * signs).to(dtype=dtype, device=device)
@@ -313,6 +314,7 @@ def learn_rotation(
         >>> res.error < 0.5 * res.identity_error
         True
     """
+    generator = check_generator(generator)
     from isotorch.probes._outliers import _check_bits
 
     if not isinstance(h, torch.Tensor) or not h.is_floating_point() or h.ndim != 2 or h.shape[0] < 1:

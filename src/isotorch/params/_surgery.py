@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from isotorch._util import json_safe
+from isotorch._util import check_generator, json_safe
 from isotorch.params._element import Element
 from isotorch.params._errors import SymmetryError
 from isotorch.params._sites import Site, Symmetries, symmetries
@@ -182,6 +182,7 @@ def grow(
         >>> grow(model, "0", 3, x=torch.randn(5, 4))[0]
         Linear(in_features=4, out_features=9, bias=True)
     """
+    generator = check_generator(generator)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     syms, s = _resolve(model, site, x, syms)

@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from isotorch._util import check_generator
+
 __all__ = ["SyreOffset", "syre"]
 
 KINDS = ("offset", "diagonal")
@@ -93,6 +95,7 @@ def syre(
         >>> symmetries(broken, x)["0"].status
         'broken'
     """
+    generator = check_generator(generator)
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if isinstance(sigma0, bool) or not isinstance(sigma0, (int, float)) or not math.isfinite(sigma0) or sigma0 < 0:
