@@ -42,6 +42,7 @@ PLUGIN = textwrap.dedent(
 @pytest.fixture
 def installed(tmp_path, monkeypatch):
     """Install the plugin distribution for this test only (sys.path, a fresh plugin scan, registry restored)."""
+    _registry.names()  # register the built-in studies first: the restored registry must hold them (imported once)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(_registry, "_plugins_loaded", False)
     monkeypatch.setattr(_registry, "_PLUGINS", {})
