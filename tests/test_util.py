@@ -12,7 +12,17 @@ import torch
 from torch import nn
 
 import isotorch as it
-from isotorch._util import as_generator, check_generator, draw_seed, dumps, json_float, json_safe
+from isotorch._util import (
+    as_generator,
+    check_finite,
+    check_generator,
+    check_int,
+    check_probability,
+    draw_seed,
+    dumps,
+    json_float,
+    json_safe,
+)
 
 
 def test_check_generator_passes_generators_and_none_and_refuses_ints():
@@ -41,6 +51,21 @@ def test_draw_seed_is_reproducible_from_a_generator():
     a, b = draw_seed(torch.Generator().manual_seed(1)), draw_seed(torch.Generator().manual_seed(1))
     assert a == b and 0 <= a < 2**62
     assert draw_seed(torch.Generator().manual_seed(2)) != a
+
+
+def test_argument_checks_accept_the_range_and_name_the_argument():
+    assert check_int(3, "k") == 3 and check_int(0, "k", minimum=0) == 0 and check_int(5, "k", maximum=5) == 5
+    for bad, kw in ((0, {}), (True, {}), (2.0, {}), ("2", {}), (6, {"maximum": 5})):
+        with pytest.raises(ValueError, match=r"^k must be an int (>= 1|in \[1, 5\]), got"):
+            check_int(bad, "k", **kw)
+    assert check_finite(2, "lr") == 2.0 and isinstance(check_finite(2, "lr"), float)
+    for bad in (math.nan, math.inf, True, torch.tensor(1.0), -1.0):
+        with pytest.raises(ValueError, match=r"^lr must be a finite float >= 0, got"):
+            check_finite(bad, "lr", minimum=0)
+    assert check_probability(0.95, "confidence") == 0.95
+    for bad in (0.0, 1.0, True, "0.5"):
+        with pytest.raises(ValueError, match=r"^confidence must be a float in the open interval \(0, 1\)"):
+            check_probability(bad, "confidence")
 
 
 # --- strict JSON of every result -----------------------------------------------------------------------------

@@ -13,7 +13,17 @@ from typing import Any, overload
 
 import torch
 
-__all__ = ["as_generator", "check_generator", "draw_seed", "dumps", "json_float", "json_safe"]
+__all__ = [
+    "as_generator",
+    "check_finite",
+    "check_generator",
+    "check_int",
+    "check_probability",
+    "draw_seed",
+    "dumps",
+    "json_float",
+    "json_safe",
+]
 
 
 def check_generator(generator: object, name: str = "generator") -> torch.Generator | None:
@@ -42,6 +52,42 @@ def draw_seed(generator: object, name: str = "generator") -> int:
     """One int seed in [0, 2⁶²) drawn from ``generator`` (``None``: torch's global RNG) to seed equal streams."""
     generator = check_generator(generator, name)
     return int(torch.randint(0, 2**62, (1,), dtype=torch.int64, generator=generator))
+
+
+# --- argument checks -------------------------------------------------------------------------------------------
+
+
+def check_int(value: object, name: str, *, minimum: int = 1, maximum: int | None = None) -> int:
+    """Return ``value`` if it is an int (not a bool) in [``minimum``, ``maximum``]; raise ``ValueError`` otherwise."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be an int {bound}, got {value!r}")
+    return value
+
+
+def check_finite(value: object, name: str, *, minimum: float | None = None) -> float:
+    """Return ``value`` as a float if it is a finite real number (not a bool or tensor) ≥ ``minimum``."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or (minimum is not None and value < minimum)
+    ):
+        bound = "" if minimum is None else f" >= {minimum:g}"
+        raise ValueError(f"{name} must be a finite float{bound}, got {value!r}")
+    return float(value)
+
+
+def check_probability(value: object, name: str) -> float:
+    """Return ``value`` if it is a float in the open interval (0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 < float(value) < 1.0):
+        raise ValueError(f"{name} must be a float in the open interval (0, 1), got {value!r}")
+    return float(value)
 
 
 # --- strict JSON ------------------------------------------------------------------------------------------------

@@ -37,12 +37,10 @@ Examples:
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from isotorch import groups as _groups
-from isotorch._util import check_generator
+from isotorch._util import check_finite, check_generator, check_int
 
 __all__ = [
     "cross_polytope",
@@ -68,14 +66,6 @@ def names() -> list[str]:
     return list(_NAMES)
 
 
-def _check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return value
-
-
 def _check_dtype(dtype: torch.dtype) -> torch.dtype:
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating dtype, got {dtype}")
@@ -99,7 +89,7 @@ def standard_basis(
         >>> standard_basis(2).tolist()
         [[1.0, 0.0], [0.0, 1.0]]
     """
-    n = _check_int(n, "n", 1)
+    n = check_int(n, "n", minimum=1)
     return torch.eye(n, dtype=_check_dtype(dtype), device=device)
 
 
@@ -127,7 +117,7 @@ def random_orthonormal(
         True
     """
     generator = check_generator(generator)
-    n = _check_int(n, "n", 1)
+    n = check_int(n, "n", minimum=1)
     dtype = _check_dtype(dtype)
     g = _groups.get("orthogonal").sample(n, generator=generator, dtype=torch.float64)
     return g.to(dtype=dtype, device=device)
@@ -150,7 +140,7 @@ def cross_polytope(
         >>> cross_polytope(1).tolist()
         [[1.0], [-1.0]]
     """
-    n = _check_int(n, "n", 1)
+    n = check_int(n, "n", minimum=1)
     eye = torch.eye(n, dtype=_check_dtype(dtype), device=device)
     return torch.cat([eye, -eye])
 
@@ -174,7 +164,7 @@ def simplex(n: int, *, dtype: torch.dtype = torch.float64, device: torch.device 
         >>> round(float(v[0] @ v[1]), 6)
         -0.5
     """
-    n = _check_int(n, "n", 1)
+    n = check_int(n, "n", minimum=1)
     dtype = _check_dtype(dtype)
     m = n + 1
     a = torch.eye(m, dtype=torch.float64)
@@ -276,13 +266,12 @@ def thomson(
         >>> torch.allclose(v @ v.T, torch.full((4, 4), -1 / 3, dtype=torch.float64).fill_diagonal_(1.0), atol=1e-6)
         True
     """
-    k = _check_int(k, "k", 2)
-    n = _check_int(n, "n", 1)
+    k = check_int(k, "k", minimum=2)
+    n = check_int(n, "n", minimum=1)
     generator = check_generator(generator)
-    steps = _check_int(steps, "steps", 0)
-    restarts = _check_int(restarts, "restarts", 1)
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
-        raise ValueError(f"tol must be a finite float >= 0, got {tol!r}")
+    steps = check_int(steps, "steps", minimum=0)
+    restarts = check_int(restarts, "restarts", minimum=1)
+    tol = check_finite(tol, "tol", minimum=0)
     dtype = _check_dtype(dtype)
     if n == 1:
         if k > 2:
@@ -346,9 +335,9 @@ def get(
     """
     if not isinstance(name, str) or name not in _NAMES:
         raise KeyError(f"unknown direction set {name!r}; valid names: {', '.join(_NAMES)}")
-    n = _check_int(n, "n", 1)
+    n = check_int(n, "n", minimum=1)
     if k is not None:
-        k = _check_int(k, "k", 1)
+        k = check_int(k, "k", minimum=1)
     if name == "thomson":
         if k is None:
             raise ValueError("the 'thomson' direction set needs the number of vectors k")

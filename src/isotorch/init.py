@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from isotorch._util import check_generator
+from isotorch._util import check_finite, check_generator
 
 __all__ = [
     "SCHEMES",
@@ -48,12 +48,6 @@ def _check_tensor(tensor: object, minimum_ndim: int) -> torch.Tensor:
     if tensor.ndim < minimum_ndim:
         raise ValueError(f"tensor must have at least {minimum_ndim} dimensions, got shape {tuple(tensor.shape)}")
     return tensor
-
-
-def _check_gain(gain: object) -> float:
-    if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not math.isfinite(gain):
-        raise ValueError(f"gain must be a finite float, got {gain!r}")
-    return float(gain)
 
 
 def _fans(tensor: torch.Tensor) -> tuple[int, int]:
@@ -90,7 +84,7 @@ def haar_orthogonal_(
     """
     generator = check_generator(generator)
     tensor = _check_tensor(tensor, 2)
-    gain = _check_gain(gain)
+    gain = check_finite(gain, "gain")
     if tensor.numel() == 0:
         return tensor
     rows = tensor.shape[0]
@@ -130,7 +124,7 @@ def isotropic_normal_(
     """
     generator = check_generator(generator)
     tensor = _check_tensor(tensor, 2)
-    gain = _check_gain(gain)
+    gain = check_finite(gain, "gain")
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {', '.join(map(repr, _MODES))}, got {mode!r}")
     if tensor.numel() == 0:
@@ -186,7 +180,7 @@ def init_model_(
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if scheme not in _SCHEME_FUNCTIONS:
         raise ValueError(f"scheme must be one of {', '.join(map(repr, SCHEMES))}, got {scheme!r}")
-    gain = _check_gain(gain)
+    gain = check_finite(gain, "gain")
     fill = _SCHEME_FUNCTIONS[scheme]
     for name, module in model.named_modules():
         if not isinstance(module, _LAYERS):

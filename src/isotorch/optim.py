@@ -24,11 +24,12 @@ Examples:
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Iterable
 from typing import NamedTuple, overload
 
 import torch
+
+from isotorch._util import check_finite
 
 __all__ = ["SECOND_MOMENTS", "IsoAdam", "OptimiserSpec", "get", "names"]
 
@@ -45,14 +46,11 @@ def _reduce_dims(mode: str, ndim: int) -> tuple[int, ...]:
 
 
 def _check_hyperparameters(lr, betas, eps, weight_decay, second_moment) -> None:
-    if isinstance(lr, torch.Tensor) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
-        raise ValueError(f"lr must be a finite float >= 0, got {lr!r}")
+    check_finite(lr, "lr", minimum=0)
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(0.0 <= b < 1.0 for b in betas)):
         raise ValueError(f"betas must be a pair (beta1, beta2) with 0 <= beta < 1, got {betas!r}")
-    if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite float >= 0, got {eps!r}")
-    if not isinstance(weight_decay, (int, float)) or not math.isfinite(weight_decay) or weight_decay < 0:
-        raise ValueError(f"weight_decay must be a finite float >= 0, got {weight_decay!r}")
+    check_finite(eps, "eps", minimum=0)
+    check_finite(weight_decay, "weight_decay", minimum=0)
     if second_moment not in SECOND_MOMENTS:
         raise ValueError(f"second_moment must be one of {', '.join(map(repr, SECOND_MOMENTS))}, got {second_moment!r}")
 

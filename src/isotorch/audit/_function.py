@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from isotorch import groups as _groups
-from isotorch._util import as_generator
+from isotorch._util import as_generator, check_int
 from isotorch.audit._result import AuditResult, maximal_groups
 from isotorch.audit._sampling import DISTRIBUTIONS, Element, Sampler, draw_input, random_generator
 from isotorch.testing import relative_error, tolerance
@@ -184,12 +184,6 @@ def _check_reseed(reseed: object) -> int | None:
     return reseed
 
 
-def _check_trials(trials: object) -> int:
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise ValueError(f"trials must be a positive int, got {trials!r}")
-    return trials
-
-
 class _Max:
     """A running max that keeps NaN (an unmeasurable comparison fails the group)."""
 
@@ -288,7 +282,7 @@ def _run(
     lie_inputs: int | None = None,
 ) -> AuditResult:
     n = _check_x(x, dim)
-    trials = _check_trials(trials)
+    trials = check_int(trials, "trials")
     group_list = _resolve_groups(groups, n)
     input_names = _resolve_inputs(inputs)
     gen = sampler.generator if sampler is not None else as_generator(generator)

@@ -26,9 +26,8 @@ import torch
 from scipy import stats
 
 from isotorch import groups as _groups
-from isotorch._util import as_generator, json_safe
+from isotorch._util import as_generator, check_int, json_safe
 from isotorch.audit._function import (
-    _check_trials,
     _describe,
     _name_of,
     _resolve_groups,
@@ -41,12 +40,6 @@ from isotorch.audit._sampling import Element, Sampler
 from isotorch.testing import relative_error
 
 __all__ = ["InitialiserAudit", "audit_initialiser", "audit_optimiser", "audit_regulariser"]
-
-
-def _check_positive(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _run_optimiser(factory, weight, bias, grads) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,9 +93,9 @@ def audit_optimiser(
     """
     if not callable(factory):
         raise TypeError(f"factory must be callable (params -> optimiser), got {type(factory).__name__}")
-    n = _check_positive(n, "n")
-    steps = _check_positive(steps, "steps")
-    trials = _check_trials(trials)
+    n = check_int(n, "n")
+    steps = check_int(steps, "steps")
+    trials = check_int(trials, "trials")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     group_list = _resolve_groups(groups, n)
@@ -339,9 +332,9 @@ def audit_initialiser(
     ):
         raise ValueError(f"shape must be a tuple of at least two positive ints, got {shape!r}")
     shape = tuple(shape)
-    samples = _check_positive(samples, "samples")
-    trials = _check_trials(trials)
-    projections = _check_positive(projections, "projections") if projections else 0
+    samples = check_int(samples, "samples")
+    trials = check_int(trials, "trials")
+    projections = check_int(projections, "projections") if projections else 0
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
     n = shape[0]

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from isotorch._util import check_finite
+
 __all__ = ["AsymConv2d", "AsymLinear", "FiGLU", "asym_conv2d", "asym_linear", "figlu"]
 
 
@@ -28,12 +30,6 @@ def _check_count(value: object, name: str, upper: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= upper:
         raise ValueError(f"{name} must be an int in [0, {upper}], got {value!r}")
     return value
-
-
-def _check_kappa(kappa: object) -> float:
-    if isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not math.isfinite(kappa):
-        raise ValueError(f"kappa must be a finite float, got {kappa!r}")
-    return float(kappa)
 
 
 def _mask_and_fixed(rows: int, cols: int, n_fix: int, kappa: float, generator, dtype, device):
@@ -138,7 +134,7 @@ class AsymLinear(_WAsymmetric):
         self.in_features = _check_count(in_features, "in_features", 1 << 62)
         self.out_features = _check_count(out_features, "out_features", 1 << 62)
         self.n_fix = _check_count(n_fix, "n_fix", in_features)
-        self.kappa = _check_kappa(kappa)
+        self.kappa = check_finite(kappa, "kappa")
         dtype = dtype or torch.get_default_dtype()
         bound = 1 / math.sqrt(max(in_features, 1))
         w = (torch.rand(out_features, in_features, generator=generator, dtype=dtype) * 2 - 1) * bound
@@ -220,7 +216,7 @@ class AsymConv2d(_WAsymmetric):
         self.groups = 1
         fan_in = in_channels * kh * kw
         self.n_fix = _check_count(n_fix, "n_fix", fan_in)
-        self.kappa = _check_kappa(kappa)
+        self.kappa = check_finite(kappa, "kappa")
         dtype = dtype or torch.get_default_dtype()
         bound = 1 / math.sqrt(max(fan_in, 1))
         w = (torch.rand(out_channels, fan_in, generator=generator, dtype=dtype) * 2 - 1) * bound

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from isotorch._util import check_generator, json_safe
+from isotorch._util import check_generator, check_int, json_safe
 from isotorch.probes._planes import (
     block_sizes,
     chunk_elements_for,
@@ -28,7 +28,6 @@ from isotorch.probes._planes import (
     parallel_rows,
     prepare,
 )
-from isotorch.probes._validation import check_positive_int
 
 __all__ = ["PPPResult", "ppp"]
 
@@ -170,7 +169,7 @@ def ppp(
         >>> r.image.shape, bool(r.image[32, 62] > 10), bool(r.image[54, 54] < 0.1)   # the e₁ axis vs the diagonal
         (torch.Size([64, 64]), True, True)
     """
-    resolution = check_positive_int(resolution, "resolution", minimum=2)
+    resolution = check_int(resolution, "resolution", minimum=2)
     if isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float)) or not (0 <= bandwidth < 2):
         raise ValueError(f"bandwidth must be a float in [0, 2) (disk units), got {bandwidth!r}")
     gen = check_generator(generator)

@@ -50,13 +50,11 @@ from typing import Any
 import torch
 
 from isotorch import groups as _groups
-from isotorch._util import check_generator, json_safe
+from isotorch._util import check_generator, check_int, check_probability, json_safe
 from isotorch.probes._bootstrap import ResampleStream, bca_bounds, jackknife_means
 from isotorch.probes._planes import plane_frames, plane_pairs, resolve_basis
 from isotorch.probes._validation import (
     check_matrix,
-    check_positive_int,
-    check_probability,
     finite_rows,
 )
 
@@ -239,8 +237,8 @@ def _nan_result(name, reason, setup_n, n_planes, n_bootstrap, confidence, n_null
 
 
 def _check_common(n_bootstrap, n_null, confidence) -> tuple[int, int, float]:
-    n_bootstrap = check_positive_int(n_bootstrap, "n_bootstrap", minimum=2)
-    n_null = check_positive_int(n_null, "n_null", minimum=0)
+    n_bootstrap = check_int(n_bootstrap, "n_bootstrap", minimum=2)
+    n_null = check_int(n_null, "n_null", minimum=0)
     return n_bootstrap, n_null, check_probability(confidence, "confidence")
 
 
@@ -565,7 +563,7 @@ def quantisation_score(
         >>> round(score.value, 2)   # four clusters per plane: 4/16
         0.25
     """
-    harmonics = check_positive_int(harmonics, "harmonics", minimum=2)
+    harmonics = check_int(harmonics, "harmonics", minimum=2)
     n_bootstrap, n_null, confidence = _check_common(n_bootstrap, n_null, confidence)
     gen = check_generator(generator)
     setup = _prepare(acts, basis, planes, max_planes, gen, nan_policy)

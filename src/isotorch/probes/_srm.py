@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from isotorch._util import json_safe
+from isotorch._util import check_int, json_safe
 from isotorch.probes._planes import (
     CHUNK_ELEMENTS,
     angle_grid,
@@ -33,7 +33,6 @@ from isotorch.probes._planes import (
     prepare,
     srm_baseline,
 )
-from isotorch.probes._validation import check_positive_int
 
 __all__ = ["SRMResult", "srm"]
 
@@ -288,7 +287,7 @@ def srm(
         >>> r.curves.shape, bool((r.mean[::2] > 0.1).all()), bool((r.mean[1::2] == 0).all())
         (torch.Size([6, 8]), True, True)
     """
-    angles = check_positive_int(angles, "angles")
+    angles = check_int(angles, "angles")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     setup = prepare(acts, basis, 0.0 if epsilon is None else epsilon, planes, max_planes, generator, nan_policy)

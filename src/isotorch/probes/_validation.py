@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from isotorch._util import check_int
+
 NAN_POLICIES = ("raise", "omit")
 
 
@@ -59,20 +61,6 @@ def check_epsilon(epsilon: object, name: str = "epsilon") -> float:
     return epsilon
 
 
-def check_positive_int(value: object, name: str, *, minimum: int = 1) -> int:
-    """Return ``value`` if it is an int ≥ ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def check_probability(value: object, name: str) -> float:
-    """Return ``value`` if it is a float in the open interval (0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 < float(value) < 1.0):
-        raise ValueError(f"{name} must be a float in the open interval (0, 1), got {value!r}")
-    return float(value)
-
-
 def check_labels(labels: object, n: int, num_classes: int | None, name: str = "labels") -> tuple[torch.Tensor, int]:
     """Check integer class labels of shape (n,) in [0, num_classes); return them (int64) and the class count.
 
@@ -92,7 +80,7 @@ def check_labels(labels: object, n: int, num_classes: int | None, name: str = "l
     if num_classes is None:
         num_classes = hi + 1
     else:
-        num_classes = check_positive_int(num_classes, "num_classes")
+        num_classes = check_int(num_classes, "num_classes")
     if lo < 0 or hi >= num_classes:
         raise ValueError(
             f"{name} must lie in [0, {num_classes}) (num_classes={num_classes}), got values in [{lo}, {hi}]"
