@@ -26,7 +26,8 @@ def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], dp
     """A new matplotlib figure and its axes on the Agg backend (``plt.subplots`` with the studies' resolution).
 
     Args:
-        nrows, ncols: the grid of axes (e.g. one column per family, one row per seed).
+        nrows: rows of the grid of axes (e.g. one row per seed).
+        ncols: columns of the grid of axes (e.g. one column per family).
         figsize: the figure size in inches.
         dpi: the resolution (default 110, the studies' figures).
         **kwargs: passed to ``plt.subplots`` (``squeeze=False`` for a 2-D array of axes, ``sharey``, ...).
@@ -108,7 +109,8 @@ def ci_band(
         ax: the matplotlib axes.
         xs: the x positions.
         values: for each x, the per-seed values (non-finite ones are ignored by ``mean_ci``).
-        colour, label: the line's colour and legend label.
+        colour: the line's colour.
+        label: the line's legend label.
         clip: bounds of the quantity (e.g. ``(0, 1)`` for an accuracy): the interval's ends are clipped to them.
         seeds: also draw each seed's value as a faint dot.
         **kwargs: passed to ``ax.errorbar`` (default ``marker="o", capsize=3``).
