@@ -15,12 +15,17 @@ import torch
 
 __all__ = [
     "as_generator",
+    "check_axis",
     "check_finite",
+    "check_floating",
     "check_generator",
     "check_int",
     "check_probability",
+    "check_real",
+    "compute_dtype",
     "draw_seed",
     "dumps",
+    "feature_dim",
     "json_float",
     "json_safe",
 ]
@@ -67,6 +72,52 @@ def check_int(value: object, name: str, *, minimum: int = 1, maximum: int | None
     ):
         bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
         raise ValueError(f"{name} must be an int {bound}, got {value!r}")
+    return value
+
+
+def check_axis(value: object, name: str = "dim", what: str = "the feature axis") -> int:
+    """Return ``value`` if it is an int (not a bool): an axis index, checked against a tensor's ndim later."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int ({what}), got {type(value).__name__}")
+    return value
+
+
+def check_floating(x: object, name: str = "x") -> None:
+    """Raise unless ``x`` is a floating-point tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+
+
+def feature_dim(x: torch.Tensor, dim: object, name: str = "dim") -> int:
+    """Normalise ``dim`` to a non-negative index of a non-empty feature axis of ``x``."""
+    dim = check_axis(dim, name)
+    if x.ndim == 0:
+        raise ValueError("x must have at least one dimension (the feature axis), got a 0-d tensor")
+    if not -x.ndim <= dim < x.ndim:
+        raise ValueError(f"{name}={dim} is out of range for x with {x.ndim} dimensions (shape {tuple(x.shape)})")
+    d = dim % x.ndim
+    if x.shape[d] == 0:
+        raise ValueError(f"x has no features along {name}={dim} (shape {tuple(x.shape)}); expected size >= 1")
+    return d
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half-precision (and smaller) dtypes, the dtype itself otherwise."""
+    return dtype if dtype.itemsize >= 4 else torch.float32
+
+
+def check_real(value: object, name: str, low: float, high: float, *, low_open: bool, high_open: bool) -> float:
+    """Return ``value`` as a float if it lies in the interval from ``low`` to ``high`` (each end open or closed)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    value = float(value)
+    ok_low = value > low if low_open else value >= low
+    ok_high = value < high if high_open else value <= high
+    if not (ok_low and ok_high):
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
     return value
 
 

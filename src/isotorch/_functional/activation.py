@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from isotorch._functional._checks import _check_floating, _compute_dtype
+from isotorch._util import check_axis, check_floating, compute_dtype
 
 __all__ = [
     "PROFILES",
@@ -301,9 +301,8 @@ def _resolve_profile(profile) -> Profile | Callable:
 
 
 def _check_input(x, dim, name: str = "x") -> None:
-    _check_floating(x, name)
-    if isinstance(dim, bool) or not isinstance(dim, int):
-        raise TypeError(f"dim must be an int, got {dim!r}")
+    check_floating(x, name)
+    check_axis(dim)
     if x.ndim == 0:
         raise ValueError(f"{name} must have at least one dimension (the feature axis), got a 0-d tensor")
     if not -x.ndim <= dim < x.ndim:
@@ -407,7 +406,7 @@ def _radius(r: torch.Tensor, length) -> torch.Tensor:
 
 def _iso_formula(x: torch.Tensor, profile, dim: int, length) -> torch.Tensor:
     """The pure-torch path f = g(ρ)·x, differentiated by autograd (any callable σ; double backward)."""
-    cdt = _compute_dtype(x.dtype)
+    cdt = compute_dtype(x.dtype)
     xc = x.to(cdt)
     rho = _radius(_norm(xc, dim, cdt, differentiable=True)[0], length)
     if isinstance(profile, Profile):
@@ -455,7 +454,7 @@ class _IsoActivation(torch.autograd.Function):
 
     @staticmethod
     def forward(x, length, dim, profile):
-        cdt = _compute_dtype(x.dtype)
+        cdt = compute_dtype(x.dtype)
         eager = _eager_buffers()
         if eager and x.device.type == "cpu" and x.dtype == cdt:
             r, buffer = _norm_eager_cpu(x, dim)

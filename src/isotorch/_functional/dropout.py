@@ -11,9 +11,8 @@ import math
 
 import torch
 
-from isotorch._functional._checks import _check_floating, _compute_dtype, _feature_dim
 from isotorch._functional.norm import _vector_norm
-from isotorch._util import check_generator
+from isotorch._util import check_floating, check_generator, compute_dtype, feature_dim
 
 __all__ = ["iso_dropout"]
 
@@ -102,8 +101,8 @@ def iso_dropout(
         >>> it.functional.iso_dropout(x, 0.5, training=False) is x
         True
     """
-    _check_floating(x)
-    d = _feature_dim(x, dim)
+    check_floating(x)
+    d = feature_dim(x, dim)
     p = _check_p(p)
     mode = _check_mode(mode)
     if not isinstance(training, bool):
@@ -112,7 +111,7 @@ def iso_dropout(
     if not training or p == 0.0:
         return x
     n = x.shape[d]
-    ct = _compute_dtype(x.dtype)
+    ct = compute_dtype(x.dtype)
     h = x.to(ct)
     if mode == "vector":
         shape = list(x.shape)

@@ -13,8 +13,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from isotorch._functional._checks import _check_floating, _compute_dtype, _feature_dim
 from isotorch._functional.norm import _max_abs, _vector_norm
+from isotorch._util import check_floating, compute_dtype, feature_dim
 
 __all__ = ["iso_gate"]
 
@@ -92,18 +92,18 @@ def iso_gate(
         >>> bool(torch.allclose(out, x * gate))
         True
     """
-    _check_floating(x, "x")
-    _check_floating(y, "y")
+    check_floating(x, "x")
+    check_floating(y, "y")
     if x.shape != y.shape or x.dtype != y.dtype:
         raise ValueError(
             f"x and y must have the same shape and dtype, got {tuple(x.shape)} {x.dtype} and {tuple(y.shape)} {y.dtype}"
         )
-    d = _feature_dim(x, dim)
+    d = feature_dim(x, dim)
     phi = _check_profile(profile)
     mode = _check_gate_mode(mode)
     offset = _check_offset(offset)
     n = x.shape[d]
-    ct = _compute_dtype(x.dtype)
+    ct = compute_dtype(x.dtype)
     hx, hy = x.to(ct), y.to(ct)
     if mode == "norm":
         t = _vector_norm(hy, d) - (math.sqrt(n) if offset is None else offset)

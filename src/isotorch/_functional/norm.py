@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from isotorch._functional._checks import _check_floating, _check_real, _compute_dtype, _feature_dim
+from isotorch._util import check_floating, check_real, compute_dtype, feature_dim
 
 __all__ = ["chi_norm", "iso_batch_norm", "iso_rms_norm"]
 
@@ -27,15 +27,15 @@ __all__ = ["chi_norm", "iso_batch_norm", "iso_rms_norm"]
 
 
 def _check_eps(eps: object) -> float:
-    return _check_real(eps, "eps", 0.0, math.inf, low_open=True, high_open=True)
+    return check_real(eps, "eps", 0.0, math.inf, low_open=True, high_open=True)
 
 
 def _check_momentum(momentum: object) -> float:
-    return _check_real(momentum, "momentum", 0.0, 1.0, low_open=False, high_open=False)
+    return check_real(momentum, "momentum", 0.0, 1.0, low_open=False, high_open=False)
 
 
 def _check_scalar(t: torch.Tensor, name: str, why: str) -> None:
-    _check_floating(t, name)
+    check_floating(t, name)
     if t.ndim != 0:
         raise ValueError(f"{name} must be a 0-d tensor ({why}), got shape {tuple(t.shape)}")
 
@@ -126,12 +126,12 @@ def iso_rms_norm(
         >>> it.testing.equivariance_error(it.functional.iso_rms_norm, x, "orthogonal") < 1e-9
         True
     """
-    _check_floating(x)
-    d = _feature_dim(x, dim)
+    check_floating(x)
+    d = feature_dim(x, dim)
     eps = torch.finfo(x.dtype).eps if eps is None else _check_eps(eps)
     if weight is not None:
         _check_scalar(weight, "weight", "a scalar gain; an elementwise gain would reduce O(n) to permutations")
-    h = x.to(_compute_dtype(x.dtype))
+    h = x.to(compute_dtype(x.dtype))
     m = _max_abs(h, d, floor=math.sqrt(eps))  # x/√(mean x² + ε) = u/√(mean u² + ε/m²) with u = x/m, any m > 0
     u = h / m
     out = u * torch.rsqrt(u.pow(2).mean(d, keepdim=True) + eps / m.pow(2))
@@ -205,13 +205,13 @@ def chi_norm(
         >>> bool(torch.allclose(r, r[0].expand(64)))
         True
     """
-    _check_floating(x)
-    d = _feature_dim(x, dim)
+    check_floating(x)
+    d = feature_dim(x, dim)
     momentum = _check_momentum(momentum)
     eps = _check_eps(eps)
     if running_norm is not None:
         _check_scalar(running_norm, "running_norm", "one scalar estimate of E‖h‖")
-    h = x.to(_compute_dtype(x.dtype))
+    h = x.to(compute_dtype(x.dtype))
     if training:
         if x.numel() == 0:
             raise ValueError(
@@ -339,15 +339,15 @@ def iso_batch_norm(
         >>> it.testing.equivariance_error(f, x, "orthogonal") < 1e-9
         True
     """
-    _check_floating(x)
-    d = _feature_dim(x, dim)
+    check_floating(x)
+    d = feature_dim(x, dim)
     momentum = _check_momentum(momentum)
     eps = _check_eps(eps)
     n = x.shape[d]
     if running_mean is not None:
         if not center:
             raise ValueError("running_mean must be None when center=False (nothing is subtracted)")
-        _check_floating(running_mean, "running_mean")
+        check_floating(running_mean, "running_mean")
         if tuple(running_mean.shape) != (n,):
             raise ValueError(
                 f"running_mean must have shape ({n},) to match x.shape[{dim}] = {n}, got {tuple(running_mean.shape)}"
@@ -356,7 +356,7 @@ def iso_batch_norm(
         _check_scalar(running_var, "running_var", "one scalar variance shared by all features")
     if weight is not None:
         _check_scalar(weight, "weight", "a scalar gain; an elementwise gain would reduce O(n) to permutations")
-    h = x.to(_compute_dtype(x.dtype))
+    h = x.to(compute_dtype(x.dtype))
     feature_shape = [1] * x.ndim
     feature_shape[d] = n
     if training:

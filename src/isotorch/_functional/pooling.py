@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from isotorch._functional._checks import _check_floating, _compute_dtype
 from isotorch._functional.norm import _vector_norm
+from isotorch._util import check_floating, compute_dtype
 
 __all__ = ["norm_max_pool2d"]
 
@@ -56,7 +56,7 @@ def norm_max_pool2d(
         >>> it.functional.norm_max_pool2d(x, 2).flatten().tolist()
         [3.0, -4.0]
     """
-    _check_floating(x)
+    check_floating(x)
     if x.ndim != 4:
         raise ValueError(f"x must be a 4-D (N, C, H, W) feature map, got shape {tuple(x.shape)}")
     batch, channels, height, width = x.shape
@@ -64,7 +64,7 @@ def norm_max_pool2d(
         raise ValueError(f"x has no channels (shape {tuple(x.shape)}); expected C >= 1 along dim=1")
     if not isinstance(ceil_mode, bool):
         raise TypeError(f"ceil_mode must be a bool, got {type(ceil_mode).__name__}")
-    xd = x.detach().to(_compute_dtype(x.dtype))
+    xd = x.detach().to(compute_dtype(x.dtype))
     norms = None  # (N, 1, H, W): only their order matters, so squared norms serve while they stay normal floats
     if x.device.type == "cpu" and not torch.compiler.is_compiling():  # eager CPU: one fused pass, host check
         norms = (xd * xd).sum(1, keepdim=True)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from isotorch._functional import activation as _F
+from isotorch._util import check_axis
 
 __all__ = [
     "BlockIsotropicActivation",
@@ -36,12 +37,6 @@ __all__ = [
     "IsoTanh",
     "IsotropicActivation",
 ]
-
-
-def _check_dim(dim) -> int:
-    if isinstance(dim, bool) or not isinstance(dim, int):
-        raise TypeError(f"dim must be an int, got {dim!r}")
-    return dim
 
 
 def _profile_repr(profile) -> str:
@@ -108,7 +103,7 @@ class IsotropicActivation(nn.Module):
         super().__init__()
         self.profile = profile
         self._profile = _F._resolve_profile(profile)
-        self.dim = _check_dim(dim)
+        self.dim = check_axis(dim)
         self.learn_length = bool(learn_length)
         if length is not None and (
             isinstance(length, bool) or not isinstance(length, (int, float)) or not math.isfinite(length) or length <= 0
@@ -274,7 +269,7 @@ class DirectionActivation(nn.Module):
         _F._check_directions(directions, directions.shape[1])
         self._sigma = _F._resolve_elementwise(activation)
         self.activation = activation
-        self.dim = _check_dim(dim)
+        self.dim = check_axis(dim)
         self.register_buffer("directions", directions.detach().clone())
         self._odd = _F._is_odd(activation)
 
@@ -341,7 +336,7 @@ class BlockIsotropicActivation(nn.Module):
         self.block = block
         self.profile = profile
         self._profile = _F._resolve_profile(profile)
-        self.dim = _check_dim(dim)
+        self.dim = check_axis(dim)
 
     @property
     def groups(self) -> tuple[str, ...]:

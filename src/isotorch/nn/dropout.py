@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from isotorch._functional.dropout import MODES, _check_mode, _check_p, iso_dropout
+from isotorch._util import check_axis
 
 __all__ = ["IsoDropout"]
 
@@ -49,9 +50,7 @@ class IsoDropout(nn.Module):
         super().__init__()
         self.p = _check_p(p)
         self.mode = _check_mode(mode)
-        if isinstance(dim, bool) or not isinstance(dim, int):
-            raise TypeError(f"dim must be an int (the feature axis), got {type(dim).__name__}")
-        self.dim = dim
+        self.dim = check_axis(dim)
 
     @property
     def groups(self) -> tuple[str, ...]:

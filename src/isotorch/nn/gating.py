@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from isotorch._functional.gating import GATE_MODES, PROFILES, _check_gate_mode, _check_offset, _check_profile, iso_gate
-from isotorch._functional.norm import _check_floating, _feature_dim
+from isotorch._util import check_axis, check_floating, feature_dim
 
 __all__ = ["IsoGate"]
 
@@ -55,10 +55,8 @@ class IsoGate(nn.Module):
         offset: float | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(dim, bool) or not isinstance(dim, int):
-            raise TypeError(f"dim must be an int (the axis to split), got {type(dim).__name__}")
         _check_profile(profile)
-        self.dim = dim
+        self.dim = check_axis(dim, what="the axis to split")
         self.profile = profile
         self.mode = _check_gate_mode(mode)
         self.offset = _check_offset(offset)
@@ -69,8 +67,8 @@ class IsoGate(nn.Module):
         return ("orthogonal",)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_floating(x)
-        d = _feature_dim(x, self.dim)
+        check_floating(x)
+        d = feature_dim(x, self.dim)
         if x.shape[d] % 2 != 0:
             raise ValueError(
                 f"IsoGate splits dim={self.dim} into two halves; its size must be even, got shape {tuple(x.shape)}"

@@ -19,14 +19,9 @@ from isotorch._functional.norm import (
     iso_batch_norm,
     iso_rms_norm,
 )
+from isotorch._util import check_axis
 
 __all__ = ["ChiNorm", "IsoBatchNorm", "IsoRMSNorm"]
-
-
-def _check_dim(dim: object) -> int:
-    if isinstance(dim, bool) or not isinstance(dim, int):
-        raise TypeError(f"dim must be an int (the feature axis), got {type(dim).__name__}")
-    return dim
 
 
 def _check_num_features(num_features: object) -> int:
@@ -72,7 +67,7 @@ class IsoRMSNorm(nn.Module):
 
     def __init__(self, dim: int = -1, eps: float | None = None, gain: bool = True, *, device=None, dtype=None) -> None:
         super().__init__()
-        self.dim = _check_dim(dim)
+        self.dim = check_axis(dim)
         self.eps = None if eps is None else _check_eps(eps)
         if not isinstance(gain, bool):
             raise TypeError(f"gain must be a bool, got {type(gain).__name__}")
@@ -149,7 +144,7 @@ class ChiNorm(nn.Module):
     ) -> None:
         super().__init__()
         self.num_features = _check_num_features(num_features)
-        self.dim = _check_dim(dim)
+        self.dim = check_axis(dim)
         self.momentum = _check_momentum(momentum)
         self.eps = _check_eps(eps)
         self.register_buffer("running_norm", torch.empty((), device=device, dtype=dtype))
@@ -237,7 +232,7 @@ class IsoBatchNorm(nn.Module):
     ) -> None:
         super().__init__()
         self.num_features = _check_num_features(num_features)
-        self.dim = _check_dim(dim)
+        self.dim = check_axis(dim)
         self.momentum = _check_momentum(momentum)
         self.eps = _check_eps(eps)
         for name, flag in (("affine", affine), ("center", center)):

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from isotorch._util import check_finite
+from isotorch._util import check_axis, check_finite, check_int
 
 __all__ = ["AsymConv2d", "AsymLinear", "FiGLU", "asym_conv2d", "asym_linear", "figlu"]
 
@@ -283,12 +283,8 @@ class FiGLU(nn.Module):
         self, features: int, dim: int = -1, *, generator: torch.Generator | None = None, device=None, dtype=None
     ):
         super().__init__()
-        if isinstance(features, bool) or not isinstance(features, int) or features < 1:
-            raise ValueError(f"features must be a positive int, got {features!r}")
-        if isinstance(dim, bool) or not isinstance(dim, int):
-            raise TypeError(f"dim must be an int, got {type(dim).__name__}")
-        self.features = features
-        self.dim = dim
+        self.features = check_int(features, "features")
+        self.dim = check_axis(dim)
         w = torch.randn(features, features, generator=generator, dtype=dtype or torch.get_default_dtype())
         self.register_buffer("weight", w.to(device))
 
