@@ -11,10 +11,8 @@ import pytest
 import torch
 
 from isotorch import groups
-from isotorch.studies import run_study
 from isotorch.studies._config import ConfigError, make_config
-from isotorch.studies.capacity import Capacity, CapacityConfig, build_mlp, capacity_measures, gradient_norms
-from tests.studies.verdict_checks import check_verdicts
+from isotorch.studies.capacity import CapacityConfig, build_mlp, capacity_measures, gradient_norms
 
 
 def _rotate_hidden(model, q):
@@ -104,8 +102,9 @@ def test_config_validation():
 
 
 @pytest.mark.slow
-def test_tiny_end_to_end(tmp_path):
-    run = run_study("capacity", tmp_path / "c", seeds=(0, 1), preset="tiny", progress=False)
+def test_tiny_run(tiny_run):
+    """The study's own results on the shared tiny run (test_studies.py checks its files, verdicts and resume)."""
+    run = tiny_run("capacity")
     config = run.data.config
     finals = run.data.finals
     assert set(finals) == {0, 1}
@@ -132,7 +131,6 @@ def test_tiny_end_to_end(tmp_path):
     assert {f["path"] for f in json.loads((out / "figures.json").read_text())} >= {"gradient_norms.png"}
     html = (out / "report.html").read_text()
     assert html.count("data:image/png") >= 3
-    check_verdicts(out, Capacity.claims, (0, 1))
     drop = {
         s: [finals[s][f"{v} w=16 d=2/test_acc"] - finals[s][f"{v} w=16 d=1/test_acc"] for v in ("iso", "tanh")]
         for s in (0, 1)

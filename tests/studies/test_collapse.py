@@ -10,11 +10,9 @@ import torch
 from torch import nn
 
 from isotorch.params import syre
-from isotorch.studies import run_study
 from isotorch.studies._config import ConfigError, make_config
 from isotorch.studies._models import layer_features, unparametrised
-from isotorch.studies.collapse import Collapse, CollapseConfig, build_classifier
-from tests.studies.verdict_checks import check_verdicts
+from isotorch.studies.collapse import CollapseConfig, build_classifier
 
 
 def test_config_validation():
@@ -53,8 +51,9 @@ def test_classifier_shapes_and_features():
 
 
 @pytest.mark.slow
-def test_tiny_end_to_end(tmp_path):
-    run = run_study("collapse", tmp_path / "c", seeds=(0, 1), preset="tiny", progress=False)
+def test_tiny_run(tiny_run):
+    """The study's own results on the shared tiny run (test_studies.py checks its files, verdicts and resume)."""
+    run = tiny_run("collapse")
     finals = run.data.finals
     for final in finals.values():
         for variant in ("elementwise", "elementwise+syre"):
@@ -73,13 +72,12 @@ def test_tiny_end_to_end(tmp_path):
     assert titles == ["neural collapse at the end of training", "training and rank through depth"]
     assert set(run.findings[0].rows) == {"elementwise", "elementwise+syre"}
     assert "NC1 layer 1" in run.findings[0].columns
-    figures = json.loads((tmp_path / "c" / "figures.json").read_text())
+    figures = json.loads((run.out / "figures.json").read_text())
     for name in ("nc1.png", "nc2_nc4.png", "rank_depth.png"):
-        assert (tmp_path / "c" / name).stat().st_size > 5_000
+        assert (run.out / name).stat().st_size > 5_000
         assert any(f["path"] == name for f in figures)
-    html = (tmp_path / "c" / "report.html").read_text()
+    html = (run.out / "report.html").read_text()
     assert html.count("data:image/png;base64") >= 3
-    check_verdicts(tmp_path / "c", Collapse.claims, (0, 1))
     verdicts = {v.claim.name: v for v in run.verdicts}
     nc1 = {s: [finals[s][f"{v}/nc1_1"] for v in ("elementwise+syre", "elementwise")] for s in (0, 1)}
     expected = sum(math.log10(a) - math.log10(b) for a, b in nc1.values()) / 2

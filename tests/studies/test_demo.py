@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from isotorch import families
 from isotorch.cli import app
-from isotorch.studies import DemoConfig, load_digits, names, run_study
+from isotorch.studies import DemoConfig, load_digits, names
 from isotorch.studies.demo import Demo, base_model, hidden_rotation_change
 
 
@@ -54,45 +54,28 @@ def test_rotation_check_matches_a_hand_rotation():
     assert got == pytest.approx(expected, rel=1e-9)
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "run"
-    return run_study("demo", out, seeds=(0, 1), preset="tiny", progress=False)
-
-
 def test_demo_trains_measures_and_reaches_verdicts(tiny_run):
-    finals = tiny_run.data.finals
+    run = tiny_run("demo")
+    finals = run.data.finals
     for seed in (0, 1):
         f = finals[seed]
         assert f["isotropic/rotation_change"] < 1e-5 < 1e-2 < f["elementwise/rotation_change"]
         assert f["elementwise/test_accuracy"] > 0.5
         assert f["elementwise/barrier_after"] < f["elementwise/barrier_before"]
         assert f["elementwise/lr"] in (3e-3, 1e-2) and f["isotropic/lr"] in (3e-3, 1e-2)  # each family's own sweep
-    assert "learning rate (swept)" in tiny_run.findings[0].columns
-    verdicts = {v.claim.name: v for v in tiny_run.verdicts}
+    assert "learning rate (swept)" in run.findings[0].columns
+    verdicts = {v.claim.name: v for v in run.verdicts}
     assert set(verdicts) == {"rotation-symmetry", "elementwise-more-aligned", "lmc-elementwise", "lmc-isotropic"}
     assert verdicts["rotation-symmetry"].verdict == "supported" and verdicts["rotation-symmetry"].seeds == (0, 1)
-    stored = json.loads((tiny_run.out / "verdicts.json").read_text())
+    stored = json.loads((run.out / "verdicts.json").read_text())
     assert [v["claim"] for v in stored] == [c.name for c in Demo.claims]
     assert all(len(v["ci95"]) == 2 and v["seeds"] == [0, 1] for v in stored)
-    page = (tiny_run.out / "report.html").read_text()
+    page = (run.out / "report.html").read_text()
     assert page.index("Verdicts") < page.index("Findings")
     for figure in ("accuracy.png", "srm.png", "lmc.png"):
-        assert (tiny_run.out / figure).stat().st_size > 10_000
+        assert (run.out / figure).stat().st_size > 10_000
         assert figure in page
     assert "seed0-isotropic" in page and "audit failed" not in page
-
-
-def test_demo_resumes(tiny_run, tmp_path):
-    """Resuming a finished copy retrains nothing and reaches the same verdicts (the runner's own tests kill runs
-    mid-loop and check that a resume is exact)."""
-    import shutil
-
-    out = tmp_path / "copy"
-    shutil.copytree(tiny_run.out, out)
-    resumed = run_study("demo", out, resume=True, progress=False)
-    assert resumed.data.finals == tiny_run.data.finals
-    assert [v.to_dict() for v in resumed.verdicts] == [v.to_dict() for v in tiny_run.verdicts]
 
 
 @pytest.mark.parametrize(

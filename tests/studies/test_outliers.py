@@ -10,17 +10,14 @@ import torch
 
 pytest.importorskip("transformers")
 
-from isotorch.studies import run_study
 from isotorch.studies._config import ConfigError, make_config
 from isotorch.studies.outliers import (
     CONDITIONS,
-    Outliers,
     OutliersConfig,
     _capture,
     analyse_model,
     build_model,
 )
-from tests.studies.verdict_checks import check_verdicts
 
 
 def _small(**kw):
@@ -97,8 +94,9 @@ def test_bad_config_names_the_key(item, match):
 
 
 @pytest.mark.slow
-def test_tiny_end_to_end(tmp_path):
-    run = run_study("outliers", tmp_path / "o", seeds=(0, 1), preset="tiny", progress=False)
+def test_tiny_run(tiny_run):
+    """The study's own results on the shared tiny run (test_studies.py checks its files, verdicts and resume)."""
+    run = tiny_run("outliers")
     stream, quant = run.findings
     assert len(stream.rows) == 2 and any(r.startswith("elementwise") for r in stream.rows)
     assert "elementwise: hadamard" in quant.rows and "isotropic: learned" in quant.rows
@@ -109,10 +107,9 @@ def test_tiny_end_to_end(tmp_path):
             assert f[f"{key}/eval_loss"] < 2.5  # below uniform (log 8 = 2.08) plus a margin: it ran
             for cond in CONDITIONS:
                 assert f[f"{key}/{cond}/max_dlogits"] < 1e-9
-    check_verdicts(tmp_path / "o", Outliers.claims, (0, 1))
-    figures = json.loads((tmp_path / "o" / "figures.json").read_text())
+    figures = json.loads((run.out / "figures.json").read_text())
     assert [f["path"] for f in figures] == ["channel_max_rms.png", "quantisation_error.png", "kurtosis.png"]
-    report = (tmp_path / "o" / "report.html").read_text()
+    report = (run.out / "report.html").read_text()
     for f in figures:
-        assert (tmp_path / "o" / f["path"]).stat().st_size > 5_000
+        assert (run.out / f["path"]).stat().st_size > 5_000
         assert html.escape(f["caption"][:40]) in report

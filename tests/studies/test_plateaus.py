@@ -5,10 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from isotorch.studies import run_study
 from isotorch.studies._config import ConfigError, make_config
-from isotorch.studies.plateaus import Plateaus, PlateausConfig, detect_plateaus
-from tests.studies.verdict_checks import check_verdicts
+from isotorch.studies.plateaus import PlateausConfig, detect_plateaus
 
 
 def _staircase(levels, centres, t):
@@ -56,8 +54,9 @@ def test_config_validation():
 
 
 @pytest.mark.slow
-def test_tiny_end_to_end(tmp_path):
-    run = run_study("plateaus", tmp_path / "p", seeds=(0, 1), preset="tiny", progress=False)
+def test_tiny_run(tiny_run):
+    """The study's own results on the shared tiny run (test_studies.py checks its files, verdicts and resume)."""
+    run = tiny_run("plateaus")
     finals = run.data.finals
     assert set(finals) == {0, 1}
     for final in finals.values():
@@ -67,8 +66,7 @@ def test_tiny_end_to_end(tmp_path):
     assert table.rows["scale=0.1"]["jumps"].n == 2
     jumps = run.data.select(event="jump")
     assert jumps and all(len(j["weight_ranks"]) == 3 for j in jumps)
-    assert (tmp_path / "p" / "loss_curves.png").stat().st_size > 10_000
-    check_verdicts(tmp_path / "p", Plateaus.claims, (0, 1))
+    assert (run.out / "loss_curves.png").stat().st_size > 10_000
     escape = {v.claim.name: v for v in run.verdicts}["plateaus-lengthen-as-init-shrinks"]
     steps = {s: run.data.finals[s][f"scale={sc}/escape_step"] for s in (0, 1) for sc in ("0.1", "1")}
     assert all(0 < v <= 300 for v in steps.values())  # both scales escape within the tiny budget

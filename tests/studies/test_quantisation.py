@@ -88,8 +88,9 @@ def test_mnist_without_files_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_end_to_end(tmp_path):
-    run = run_study("quantisation", tmp_path / "q", seeds=(0, 1), preset="tiny", progress=False)
+def test_tiny_run(tiny_run):
+    """The study's own results on the shared tiny run (test_studies.py checks its files, verdicts and resume)."""
+    run = tiny_run("quantisation")
     table = run.findings[0]
     assert list(table.rows) == ["elementwise", "isotropic", "isotropic Gaussian (reference)"]
     assert {"final test MSE", "saturated fraction (tanh > 0.9)", "quantisation Q", "alignment A (signed)"} <= set(
@@ -119,9 +120,9 @@ def test_tiny_end_to_end(tmp_path):
     assert all(v.seeds == (0, 1) for v in verdicts.values())
     assert "saturated fraction" in verdicts["elementwise-more-quantised"].note
     assert "own learning rate" in verdicts["quantisation-costs-reconstruction"].note
-    report = (tmp_path / "q" / "report.html").read_text()
+    report = (run.out / "report.html").read_text()
     assert report.index("Verdicts") < report.index("Findings")
-    figures = json.loads((tmp_path / "q" / "figures.json").read_text())
+    figures = json.loads((run.out / "figures.json").read_text())
     assert [f["path"] for f in figures] == [
         "srm_final.png",
         "ppp_final.png",
@@ -129,7 +130,7 @@ def test_tiny_end_to_end(tmp_path):
         "recon_vs_quant.png",
     ]
     for f in figures:
-        assert (tmp_path / "q" / f["path"]).stat().st_size > 5_000
+        assert (run.out / f["path"]).stat().st_size > 5_000
         assert f["caption"][:40] in report
 
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from isotorch.studies import run_study
 from isotorch.studies._config import ConfigError, make_config
 from isotorch.studies.symmetry_order import SymmetryOrder, SymmetryOrderConfig, divisors, trend
 
@@ -51,8 +50,9 @@ def test_bad_config_names_the_key(item, match):
 
 
 @pytest.mark.slow
-def test_tiny_end_to_end(tmp_path):
-    run = run_study("symmetry_order", tmp_path / "s", seeds=(0, 1), preset="tiny", progress=False)
+def test_tiny_run(tiny_run):
+    """The study's own results on the shared tiny run (test_studies.py checks its files, verdicts and resume)."""
+    run = tiny_run("symmetry_order")
     for seed in (0, 1):
         finals = run.data.finals[seed]
         for k in (1, 2, 4):
@@ -69,9 +69,9 @@ def test_tiny_end_to_end(tmp_path):
         assert -1 <= finals["thomson_privilege/spearman"] <= 1
     assert [v.claim.name for v in run.verdicts] == [c.name for c in SymmetryOrder.claims]
     assert all(v.seeds == (0, 1) for v in run.verdicts)
-    stored = json.loads((tmp_path / "s" / "verdicts.json").read_text())
+    stored = json.loads((run.out / "verdicts.json").read_text())
     assert stored[0]["direction"] == -1 and stored[2]["claim"] == "direction-alignment-falls-with-K"
     assert "Fisher z" in stored[2]["note"] or stored[2]["verdict"] == "inconclusive"
-    report = (tmp_path / "s" / "report.html").read_text()
+    report = (run.out / "report.html").read_text()
     assert report.index("Verdicts") < report.index("Findings") and "order_sweep.png" in report
-    assert (tmp_path / "s" / "order_sweep.png").stat().st_size > 5_000
+    assert (run.out / "order_sweep.png").stat().st_size > 5_000

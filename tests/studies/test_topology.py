@@ -10,9 +10,8 @@ import torch
 from isotorch.params import grow, prune
 from isotorch.studies import StudyContext, StudyInterrupted, run_study
 from isotorch.studies._config import ConfigError, make_config
-from isotorch.studies.topology import Topology, TopologyConfig, adaptation, build_mlp, prune_by_norm
+from isotorch.studies.topology import TopologyConfig, adaptation, build_mlp, prune_by_norm
 from isotorch.testing import relative_error, tolerance
-from tests.studies.verdict_checks import check_verdicts
 
 
 def test_adaptation_rule():
@@ -60,8 +59,9 @@ def test_bad_config_names_the_key(item, match):
 
 
 @pytest.mark.slow
-def test_tiny_end_to_end(tmp_path):
-    run = run_study("topology", tmp_path / "t", seeds=(0, 1), preset="tiny", progress=False)
+def test_tiny_run(tiny_run):
+    """The study's own results on the shared tiny run (test_studies.py checks its files, verdicts and resume)."""
+    run = tiny_run("topology")
     finals = run.data.finals[0]
     assert set(run.findings[0].rows) == {"adaptive", "fixed", "elementwise"}
     assert "max |Δlogit| at a grow" in run.findings[0].columns
@@ -71,10 +71,9 @@ def test_tiny_end_to_end(tmp_path):
     assert surgeries and all(s["width_after"] - s["width_before"] == s["k"] for s in surgeries if s["action"] == "grow")
     assert max(s["max_logit_change"] for s in surgeries if s["action"] == "grow") < 1e-5  # grow is exact
     assert finals["adaptive/test_acc"] > 0.5
-    report = (tmp_path / "t" / "report.html").read_text()
-    for f in json.loads((tmp_path / "t" / "figures.json").read_text()):
-        assert (tmp_path / "t" / f["path"]).stat().st_size > 5_000 and f["caption"][:40] in report
-    check_verdicts(tmp_path / "t", Topology.claims, (0, 1))
+    report = (run.out / "report.html").read_text()
+    for f in json.loads((run.out / "figures.json").read_text()):
+        assert (run.out / f["path"]).stat().st_size > 5_000 and f["caption"][:40] in report
     grow_v = {v.claim.name: v for v in run.verdicts}["grow-is-exact"]
     assert grow_v.verdict == "supported"  # every grow changed the logits by far less than 1e-4
     sweeps = run.data.select(event="lr_sweep", seed=0)

@@ -10,10 +10,8 @@ import torch
 
 pytest.importorskip("transformers")
 
-from isotorch.studies import run_study
 from isotorch.studies._config import ConfigError, make_config
-from isotorch.studies.transformer_lmc import METHODS, TransformerLMC, TransformerLMCConfig, pair_barriers
-from tests.studies.verdict_checks import check_verdicts
+from isotorch.studies.transformer_lmc import METHODS, TransformerLMCConfig, pair_barriers
 
 
 def _trained_pair():
@@ -78,8 +76,9 @@ def test_bad_config_names_the_key(item, match):
 
 
 @pytest.mark.slow
-def test_tiny_end_to_end(tmp_path):
-    run = run_study("transformer_lmc", tmp_path / "t", seeds=(0, 1), preset="tiny", progress=False)
+def test_tiny_run(tiny_run):
+    """The study's own results on the shared tiny run (test_studies.py checks its files, verdicts and resume)."""
+    run = tiny_run("transformer_lmc")
     (table,) = run.findings
     assert [r.split(" (")[0] for r in table.rows] == list(METHODS)
     for seed in (0, 1):
@@ -88,10 +87,9 @@ def test_tiny_end_to_end(tmp_path):
         assert f["full/distance"] < f["naive/distance"]
         for m in METHODS:
             assert f[f"{m}/barrier_max"] >= f[f"{m}/midpoint"] - 1e-12
-    check_verdicts(tmp_path / "t", TransformerLMC.claims, (0, 1))
-    figures = json.loads((tmp_path / "t" / "figures.json").read_text())
+    figures = json.loads((run.out / "figures.json").read_text())
     assert [f["path"] for f in figures] == ["barrier_curves.png", "barriers.png"]
-    report = (tmp_path / "t" / "report.html").read_text()
+    report = (run.out / "report.html").read_text()
     for f in figures:
-        assert (tmp_path / "t" / f["path"]).stat().st_size > 5_000
+        assert (run.out / f["path"]).stat().st_size > 5_000
         assert html.escape(f["caption"][:40]) in report

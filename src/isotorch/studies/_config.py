@@ -16,6 +16,8 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from isotorch._util import json_safe
+
 __all__ = ["ConfigError", "config_from_dict", "config_to_dict", "make_config", "parse_overrides", "parse_value"]
 
 _TRUE = {"true", "yes", "1", "on"}
@@ -155,13 +157,7 @@ def make_config(
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     """The config as a JSON-ready dict (tuples become lists)."""
-    return {f.name: _jsonable(getattr(config, f.name)) for f in dataclasses.fields(config)}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    return value
+    return {f.name: json_safe(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
 def config_from_dict(cls: type, data: Mapping[str, Any]) -> Any:

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from isotorch._util import dumps
 from isotorch.studies._checkpoint import write_text_atomic
 from isotorch.studies._run_folder import RunData, RunFolderError, _read_json
 from isotorch.studies._stats import Findings
@@ -168,7 +169,7 @@ def write_report(out: str | Path) -> Path:
         try:
             findings = list(study.summarise(data))
             figures = study.figures(data, out)
-            write_text_atomic(out / "figures.json", json.dumps([f.to_dict() for f in figures], indent=2) + "\n")
+            write_text_atomic(out / "figures.json", dumps([f.to_dict() for f in figures], indent=2) + "\n")
         except Exception as exc:
             findings = []
             notes.append(f"The study could not summarise this run: {type(exc).__name__}: {exc}")

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from isotorch._util import dumps
 from isotorch.studies._config import config_from_dict
 from isotorch.studies._registry import get
 
@@ -87,7 +88,7 @@ class _Metrics:
         self.tensorboard_dir = tensorboard_dir
 
     def write(self, record: Mapping[str, Any]) -> None:
-        self.handle.write((json.dumps(record) + "\n").encode())
+        self.handle.write((dumps(record) + "\n").encode())
         if self.tensorboard_dir is not None:
             self._tensorboard(record)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import operator
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,6 +27,7 @@ from typing import Any
 
 import torch
 
+from isotorch._util import dumps
 from isotorch.studies._checkpoint import CheckpointError, write_bytes_atomic, write_text_atomic
 from isotorch.studies._config import ConfigError, config_from_dict, config_to_dict, make_config
 from isotorch.studies._loop import Unit, _load_unit_checkpoint, run_unit
@@ -199,7 +199,7 @@ class _Ledger:
                 with (self.out / "metrics" / f"{unit.stem}.jsonl").open("rb") as handle:
                     lines += handle.read(self.done[unit.stem][1])
         finals = {s: self.finals[s] for s in complete}
-        text = json.dumps({str(k): v for k, v in finals.items()}, indent=2) + "\n"
+        text = dumps({str(k): v for k, v in finals.items()}, indent=2) + "\n"
         write_text_atomic(self.out / "results.json", text)
         write_bytes_atomic(self.out / "metrics.jsonl", bytes(lines))
         self.written = complete
@@ -327,7 +327,7 @@ def run_study(
             assert seeds is not None  # the stored seeds and any added ones
             if added:
                 meta["seeds"] = list(seeds)
-                write_text_atomic(out / "config.json", json.dumps(meta, indent=2) + "\n")
+                write_text_atomic(out / "config.json", dumps(meta, indent=2) + "\n")
         else:
             seeds = seeds or DEFAULT_SEEDS
             meta = {
@@ -345,7 +345,7 @@ def run_study(
                 },
                 "environment": environment(),
             }
-            write_text_atomic(out / "config.json", json.dumps(meta, indent=2) + "\n")
+            write_text_atomic(out / "config.json", dumps(meta, indent=2) + "\n")
 
         units = [
             Unit(
@@ -385,9 +385,9 @@ def run_study(
 
     data = RunData.load(out)
     findings = tuple(study.summarise(data))
-    write_text_atomic(out / "findings.json", json.dumps([f.to_dict() for f in findings], indent=2) + "\n")
+    write_text_atomic(out / "findings.json", dumps([f.to_dict() for f in findings], indent=2) + "\n")
     figures = tuple(study.figures(data, out))
-    write_text_atomic(out / "figures.json", json.dumps([f.to_dict() for f in figures], indent=2) + "\n")
+    write_text_atomic(out / "figures.json", dumps([f.to_dict() for f in figures], indent=2) + "\n")
     verdicts = tuple(check_verdicts(name, study.claims, study.verdicts(data)))
     write_verdicts(out, verdicts)
     path = None

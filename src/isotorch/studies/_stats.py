@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from isotorch._util import json_float, json_safe
+
 __all__ = ["Estimate", "Figure", "Findings", "mean_ci"]
 
 
@@ -33,18 +35,16 @@ class Estimate:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (NaN/inf become None)."""
         return {
-            "mean": _json(self.mean),
-            "ci95": _json(self.ci95),
+            "mean": json_float(self.mean),
+            "ci95": json_float(self.ci95),
             "n": self.n,
-            "values": [_json(v) for v in self.values],
+            "values": json_safe(list(self.values)),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Estimate:
-        nan = float("nan")
-        values = tuple(nan if v is None else float(v) for v in data.get("values", ()))
-        mean, ci = data.get("mean"), data.get("ci95")
-        return cls(nan if mean is None else mean, nan if ci is None else ci, int(data.get("n", 0)), values)
+        values = tuple(number(v) for v in data.get("values", ()))
+        return cls(number(data.get("mean")), number(data.get("ci95")), int(data.get("n", 0)), values)
 
     def __str__(self) -> str:
         if math.isnan(self.mean):
@@ -54,8 +54,14 @@ class Estimate:
         return f"{self.mean:.4g} ± {self.ci95:.2g}"
 
 
-def _json(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
+def number(value: Any) -> float:
+    """A number read back from a run's JSON as a float: ``None`` (how NaN and ±inf are stored) becomes NaN.
+
+    Examples:
+        >>> number(None), number(2)
+        (nan, 2.0)
+    """
+    return math.nan if value is None else float(value)
 
 
 def mean_ci(values: Iterable[float]) -> Estimate:

@@ -31,6 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from isotorch._util import dumps, json_float, json_safe
+from isotorch.studies._stats import number
+
 __all__ = [
     "VERDICTS",
     "Claim",
@@ -132,11 +135,11 @@ class Verdict:
         """Strict-JSON dict (NaN and inf become None): the claim's fields, then the verdict's."""
         return {
             **self.claim.to_dict(),
-            "estimate": _json(self.estimate),
-            "ci95": [_json(self.ci95[0]), _json(self.ci95[1])],
+            "estimate": json_float(self.estimate),
+            "ci95": json_safe([float(self.ci95[0]), float(self.ci95[1])]),
             "seeds": [int(s) for s in self.seeds],
             "n": int(self.n),
-            "values": [_json(v) for v in self.values],
+            "values": json_safe([float(v) for v in self.values]),
             "verdict": self.verdict,
             "note": self.note,
         }
@@ -155,13 +158,13 @@ class Verdict:
         lo, hi = data["ci95"]
         return cls(
             claim,
-            _float(data["estimate"]),
-            (_float(lo), _float(hi)),
+            number(data["estimate"]),
+            (number(lo), number(hi)),
             tuple(int(s) for s in data["seeds"]),
             int(data["n"]),
             data["verdict"],
             data.get("note", ""),
-            tuple(_float(v) for v in data.get("values", ())),
+            tuple(number(v) for v in data.get("values", ())),
         )
 
     def interval_text(self) -> str:
@@ -172,15 +175,6 @@ class Verdict:
         if not (math.isfinite(lo) and math.isfinite(hi)):
             return f"{self.estimate:.3g} [no interval]"
         return f"{self.estimate:.3g} [{lo:.3g}, {hi:.3g}]"
-
-
-def _json(value: float) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _float(value: Any) -> float:
-    return float("nan") if value is None else float(value)
 
 
 def decide(claim: Claim, lo: float, hi: float) -> str:
@@ -402,7 +396,7 @@ def write_verdicts(out: str | Path, verdicts: Sequence[Verdict]) -> Path:
     from isotorch.studies._checkpoint import write_text_atomic
 
     path = Path(out) / "verdicts.json"
-    text = json.dumps([v.to_dict() for v in verdicts], indent=2, allow_nan=False) + "\n"
+    text = dumps([v.to_dict() for v in verdicts], indent=2) + "\n"
     write_text_atomic(path, text)
     return path
 

@@ -58,7 +58,7 @@ from isotorch.studies._data import load_dataset
 from isotorch.studies._figures import ci_band, cmap, save_figure, subplots
 from isotorch.studies._models import SupervisedStep, mlp, scale_hint, select_lr
 from isotorch.studies._registry import Study, register
-from isotorch.studies._stats import Figure, Findings, mean_ci
+from isotorch.studies._stats import Figure, Findings, mean_ci, number
 from isotorch.studies._verdicts import Claim, Verdict, inconclusive, paired_verdict
 
 __all__ = ["VARIANTS", "Capacity", "CapacityConfig", "build_mlp", "capacity_measures", "gradient_norms"]
@@ -369,7 +369,7 @@ class Capacity(Study):
 
     @staticmethod
     def _values(data, key: str, name: str) -> list[float]:
-        return [float(f[f"{key}/{name}"]) for f in data.finals.values() if f"{key}/{name}" in f]
+        return [number(f[f"{key}/{name}"]) for f in data.finals.values() if f"{key}/{name}" in f]
 
     def verdicts(self, data) -> list[Verdict]:
         config: CapacityConfig = data.config
@@ -377,7 +377,7 @@ class Capacity(Study):
 
         def drop(variant: str) -> dict[int, float]:
             a, b = _key(variant, wide, deep) + "/test_acc", _key(variant, wide, shallow) + "/test_acc"
-            return {s: float(f[a]) - float(f[b]) for s, f in data.finals.items() if a in f and b in f}
+            return {s: number(f[a]) - number(f[b]) for s, f in data.finals.items() if a in f and b in f}
 
         note = (
             f"test accuracy at depth {deep} minus depth {shallow}, width {wide}, {config.epochs} epochs, each "

@@ -61,7 +61,7 @@ from isotorch.studies._data import load_dataset
 from isotorch.studies._figures import cmap, save_figure, subplots
 from isotorch.studies._models import SupervisedStep, layer_features, mlp, scale_hint, unparametrised
 from isotorch.studies._registry import Study, register
-from isotorch.studies._stats import Figure, Findings
+from isotorch.studies._stats import Figure, Findings, number
 from isotorch.studies._verdicts import Claim, Verdict, inconclusive, paired_verdict, verdict_from_values
 
 __all__ = ["Collapse", "CollapseConfig", "build_classifier", "layer_features", "unparametrised"]
@@ -335,7 +335,7 @@ class Collapse(Study):
 
         def per_seed(variant: str, name: str, log: bool = True) -> dict[int, float]:
             key = f"{variant}/{name}"
-            out = {s: float(f[key]) for s, f in data.finals.items() if key in f}
+            out = {s: number(f[key]) for s, f in data.finals.items() if key in f}
             return {s: math.log10(v) if v > 0 else float("nan") for s, v in out.items()} if log else out
 
         missing = [v for v in (plain, syred) if v not in config.variants]
@@ -378,7 +378,7 @@ class Collapse(Study):
         n = self._n_layers(data)
 
         def values(variant, name):
-            return [float(f[f"{variant}/{name}"]) for f in data.finals.values() if f"{variant}/{name}" in f]
+            return [number(f[f"{variant}/{name}"]) for f in data.finals.values() if f"{variant}/{name}" in f]
 
         nc = {
             v: {

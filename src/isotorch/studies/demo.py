@@ -42,7 +42,7 @@ from isotorch.studies._data import load_digits
 from isotorch.studies._figures import save_figure, subplots
 from isotorch.studies._models import SupervisedStep, select_lr
 from isotorch.studies._registry import Study, register
-from isotorch.studies._stats import Figure, Findings
+from isotorch.studies._stats import Figure, Findings, number
 from isotorch.studies._verdicts import Claim, paired_verdict, verdict_from_values
 
 __all__ = ["FAMILIES", "Demo", "DemoConfig", "base_model", "hidden_rotation_change"]
@@ -197,7 +197,7 @@ class Demo(Study):
                 lr, sweep = select_lr(
                     ctx, f"{family}/sweep", build, cfg.lrs, x, y, steps=steps, batch_size=cfg.batch_size
                 )
-                ctx.log(0, run=f"{family}/sweep", lr=lr, val_loss={f"{k:g}": _finite(v) for k, v in sweep.items()})
+                ctx.log(0, run=f"{family}/sweep", lr=lr, val_loss={f"{k:g}": v for k, v in sweep.items()})
             finals[f"{family}/lr"] = lr
             for copy_name, base in bases.items():
                 model = build(base=base)
@@ -254,7 +254,7 @@ class Demo(Study):
 
     # ------------------------------------------------------------------------------------------- over seeds
     def _by_seed(self, data, key: str) -> dict[int, float]:
-        return {s: float(f[key]) for s, f in data.finals.items() if f.get(key) is not None}
+        return {s: number(f[key]) for s, f in data.finals.items() if f.get(key) is not None}
 
     def summarise(self, data) -> list[Findings]:
         rows = {}
@@ -367,10 +367,6 @@ class Demo(Study):
             )
         )
         return figures
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 def _finish(ax, title: str, xlabel: str, ylabel: str) -> None:

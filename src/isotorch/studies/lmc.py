@@ -63,7 +63,7 @@ from isotorch.studies._data import load_dataset
 from isotorch.studies._figures import cmap, save_figure, subplots
 from isotorch.studies._models import layer_features, mlp, scale_hint, select_lr, unparametrised
 from isotorch.studies._registry import Study, register
-from isotorch.studies._stats import Figure, Findings
+from isotorch.studies._stats import Figure, Findings, number
 from isotorch.studies._verdicts import Claim, Verdict, inconclusive, paired_verdict
 
 __all__ = ["Lmc", "LmcConfig", "build_mlp", "plain_copy"]
@@ -464,7 +464,7 @@ class Lmc(Study):
 
         def per_seed(variant: str, name: str) -> dict[int, float]:
             key = f"{variant}/{name}"
-            return {s: float(f[key]) for s, f in data.finals.items() if key in f}
+            return {s: number(f[key]) for s, f in data.finals.items() if key in f}
 
         setting = f"barrier: max convention, training set, {config.path_steps} points, after {config.epochs} epochs"
         needs = [
@@ -513,7 +513,7 @@ class Lmc(Study):
         config: LmcConfig = data.config
 
         def values(variant, name):
-            return [float(f[f"{variant}/{name}"]) for f in data.finals.values() if f"{variant}/{name}" in f]
+            return [number(f[f"{variant}/{name}"]) for f in data.finals.values() if f"{variant}/{name}" in f]
 
         columns = {
             "barrier_before": "barrier (max) unaligned",

@@ -59,7 +59,7 @@ from torch import nn
 
 from isotorch.studies._figures import cmap, save_figure, subplots
 from isotorch.studies._registry import Study, register
-from isotorch.studies._stats import Figure, Findings
+from isotorch.studies._stats import Figure, Findings, number
 from isotorch.studies._verdicts import Claim, inconclusive, paired_verdict
 
 __all__ = ["CONDITIONS", "VARIANTS", "Outliers", "OutliersConfig", "analyse_model", "build_model"]
@@ -549,7 +549,7 @@ class Outliers(Study):
         config: OutliersConfig = data.config
 
         def column(key: str) -> list[float]:
-            return [float(f[key]) for f in data.finals.values() if f.get(key) is not None]
+            return [number(f[key]) for f in data.finals.values() if f.get(key) is not None]
 
         stream_cols = {
             "eval_loss": "held-out LM loss (nats)",
@@ -736,7 +736,7 @@ class Outliers(Study):
                 means, errs = [], []
                 for variant in variants:
                     values = [
-                        float(f[f"variant={variant}/{cond}/{metric}"])
+                        number(f[f"variant={variant}/{cond}/{metric}"])
                         for f in data.finals.values()
                         if f.get(f"variant={variant}/{cond}/{metric}") is not None
                     ]

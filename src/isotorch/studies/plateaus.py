@@ -55,7 +55,7 @@ from isotorch.studies._data import teacher_student
 from isotorch.studies._figures import cmap, save_figure, subplots
 from isotorch.studies._models import SupervisedStep, mlp, scale_hint
 from isotorch.studies._registry import Study, register
-from isotorch.studies._stats import Figure, Findings
+from isotorch.studies._stats import Figure, Findings, number
 from isotorch.studies._verdicts import Claim, Verdict, inconclusive, paired_verdict, verdict_from_values
 
 __all__ = ["Detection", "Plateaus", "PlateausConfig", "detect_plateaus"]
@@ -413,7 +413,7 @@ class Plateaus(Study):
 
         def per_seed(scale: float, name: str) -> dict[int, float]:
             key = f"scale={scale:g}/{name}"
-            return {s: float(f[key]) for s, f in data.finals.items() if key in f}
+            return {s: number(f[key]) for s, f in data.finals.items() if key in f}
 
         def log10(values: dict[int, float]) -> dict[int, float]:
             return {s: math.log10(v) if v > 0 else float("nan") for s, v in values.items()}
@@ -474,7 +474,7 @@ class Plateaus(Study):
         for scale in config.scales:
             key = f"scale={scale:g}"
             values[key] = {
-                label: [float(f[f"{key}/{name}"]) for f in data.finals.values() if f"{key}/{name}" in f]
+                label: [number(f[f"{key}/{name}"]) for f in data.finals.values() if f"{key}/{name}" in f]
                 for name, label in columns.items()
             }
         caption = (

@@ -54,7 +54,7 @@ from isotorch.studies._data import load_dataset
 from isotorch.studies._figures import cmap, save_figure, subplots
 from isotorch.studies._models import SupervisedStep, mlp, scale_hint, select_lr, uniform_init
 from isotorch.studies._registry import Study, register
-from isotorch.studies._stats import Figure, Findings
+from isotorch.studies._stats import Figure, Findings, number
 from isotorch.studies._verdicts import Claim, inconclusive, paired_verdict
 
 if TYPE_CHECKING:
@@ -447,8 +447,8 @@ class Quantisation(Study):
                 for name, label in columns.items()
             }
         values["isotropic Gaussian (reference)"] = {
-            columns["quant"]: [_nan(f.get("gaussian/quant")) for f in data.finals.values()],
-            columns["align"]: [_nan(f.get("gaussian/align")) for f in data.finals.values()],
+            columns["quant"]: [number(f.get("gaussian/quant")) for f in data.finals.values()],
+            columns["align"]: [number(f.get("gaussian/align")) for f in data.finals.values()],
         }
         caption = (
             f"{config.dataset} autoencoders, hidden {list(config.hidden)}, {config.bottleneck}-d bottleneck, "
@@ -601,19 +601,19 @@ class Quantisation(Study):
                 kw = {"color": colours[name], "lw": 1.5 if s == seed else 0.6, "alpha": 1 if s == seed else 0.5}
                 label = name if s == seed else None
                 for ax, metric in ((ax_a, "align"), (ax_q, "quant")):
-                    y = np.array([_nan(r[metric]) for r in rows], dtype=float)
-                    lo = np.array([_nan(r[f"{metric}_lo"]) for r in rows], dtype=float)
-                    hi = np.array([_nan(r[f"{metric}_hi"]) for r in rows], dtype=float)
+                    y = np.array([number(r[metric]) for r in rows], dtype=float)
+                    lo = np.array([number(r[f"{metric}_lo"]) for r in rows], dtype=float)
+                    hi = np.array([number(r[f"{metric}_hi"]) for r in rows], dtype=float)
                     ax.plot(ep, y, marker="o", ms=2.5, label=label, **kw)
                     if s == seed:
                         ax.fill_between(ep, lo, hi, color=colours[name], alpha=0.15, lw=0)
-                        yr = np.array([_nan(r.get(f"{metric}_null")) for r in rows], dtype=float)
+                        yr = np.array([number(r.get(f"{metric}_null")) for r in rows], dtype=float)
                         ax.plot(ep, yr, color=colours[name], lw=0.8, ls="--")
                 ax_m.plot(ep, [r["test_mse"] for r in rows], label=label, **kw)
         refs = data.select(run="gaussian", event="reference")
         for ax, metric in ((ax_a, "align"), (ax_q, "quant")):
             if refs:
-                ref = float(np.nanmean([_nan(r[metric]) for r in refs]))
+                ref = float(np.nanmean([number(r[metric]) for r in refs]))
                 ax.axhline(ref, color="k", lw=0.8, ls=":", label="Gaussian ref.")
             ax.set_xscale("symlog", linthresh=1)
             ax.set_xlim(left=0)
@@ -680,7 +680,3 @@ def _lr_text(config: Any) -> str:
         f"Adam at each variant's own learning rate among {', '.join(f'{lr:g}' for lr in config.lrs)} (per seed, a "
         f"{config.sweep_epochs}-epoch sweep scored on the reconstruction MSE of a held-out 20% of the training set)"
     )
-
-
-def _nan(value) -> float:
-    return math.nan if value is None else float(value)

@@ -46,7 +46,7 @@ from torch import nn
 from isotorch.studies._figures import save_figure, subplots
 from isotorch.studies._models import SupervisedStep, scale_hint, select_lr
 from isotorch.studies._registry import Study, register
-from isotorch.studies._stats import Figure, Findings
+from isotorch.studies._stats import Figure, Findings, number
 from isotorch.studies._verdicts import Claim, inconclusive, verdict_from_correlations
 from isotorch.studies.quantisation import (
     _DATASETS,
@@ -317,25 +317,25 @@ class SymmetryOrder(Study):
         for k in cfg.sizes:
             name = f"k={k} (group dim {n * (k - 1) // 2})"
             rows[name] = {
-                label: [_num(f.get(f"k={k}/{metric}")) for f in data.finals.values()]
+                label: [number(f.get(f"k={k}/{metric}")) for f in data.finals.values()]
                 for metric, label in labels.items()
             }
         for k in sorted(cfg.thomson):
             rows[f"K={k} Thomson directions"] = {
-                label: [_num(f.get(f"K={k}/{metric}")) for f in data.finals.values()]
+                label: [number(f.get(f"K={k}/{metric}")) for f in data.finals.values()]
                 for metric, label in labels.items()
             }
         trends = {
             labels[metric]: {
-                "Spearman ρ with k": [_num(f.get(f"{metric}/spearman")) for f in data.finals.values()],
-                "slope per doubling of k": [_num(f.get(f"{metric}/slope")) for f in data.finals.values()],
+                "Spearman ρ with k": [number(f.get(f"{metric}/spearman")) for f in data.finals.values()],
+                "slope per doubling of k": [number(f.get(f"{metric}/slope")) for f in data.finals.values()],
             }
             for metric in ("privilege", "quant")
         }
         for metric in ("privilege", "quant") if cfg.thomson else ():
             trends[f"{labels[metric]}, Thomson K"] = {
-                "Spearman ρ with k": [_num(f.get(f"thomson_{metric}/spearman")) for f in data.finals.values()],
-                "slope per doubling of k": [_num(f.get(f"thomson_{metric}/slope")) for f in data.finals.values()],
+                "Spearman ρ with k": [number(f.get(f"thomson_{metric}/spearman")) for f in data.finals.values()],
+                "slope per doubling of k": [number(f.get(f"thomson_{metric}/slope")) for f in data.finals.values()],
             }
         caption = (
             f"{cfg.dataset} autoencoders, hidden {list(cfg.hidden)}, {n}-d bottleneck of isotropic tanh in blocks of k "
@@ -361,7 +361,7 @@ class SymmetryOrder(Study):
         if cfg.thomson:
             thomson = verdict_from_correlations(
                 claims["direction-alignment-falls-with-K"],
-                {s: _num(f.get("thomson_privilege/spearman")) for s, f in data.finals.items()},
+                {s: number(f.get("thomson_privilege/spearman")) for s, f in data.finals.items()},
                 points=len(cfg.thomson),
                 note=f"K = {sorted(cfg.thomson)} Thomson directions in {cfg.bottleneck} dimensions, each set its own "
                 "basis",
@@ -380,13 +380,13 @@ class SymmetryOrder(Study):
         verdicts = [
             verdict_from_correlations(
                 claims["alignment-falls-with-group"],
-                {s: _num(f.get("privilege/spearman")) for s, f in data.finals.items()},
+                {s: number(f.get("privilege/spearman")) for s, f in data.finals.items()},
                 points=len(cfg.sizes),
                 note=note,
             ),
             verdict_from_correlations(
                 claims["quantisation-falls-with-group"],
-                {s: _num(f.get("quant/spearman")) for s, f in data.finals.items()},
+                {s: number(f.get("quant/spearman")) for s, f in data.finals.items()},
                 points=len(cfg.sizes),
                 note=note,
             ),
@@ -405,14 +405,16 @@ class SymmetryOrder(Study):
         panels = (("privilege", "basis privilege |A − null|"), ("quant", "quantisation Q"), ("test_mse", "test MSE"))
         for row_axes, (prefix, ks, xlabel, colour) in zip(axes, series, strict=True):
             for ax, (metric, label) in zip(row_axes, panels, strict=True):
-                per_seed = np.array([[_num(f.get(f"{prefix}={k}/{metric}")) for k in ks] for f in data.finals.values()])
+                per_seed = np.array(
+                    [[number(f.get(f"{prefix}={k}/{metric}")) for k in ks] for f in data.finals.values()]
+                )
                 for row in per_seed:
                     ax.plot(ks, row, color="0.6", lw=0.8, marker="o", ms=3)
                 if len(per_seed):
                     ax.plot(ks, np.nanmean(per_seed, 0), color=colour, lw=2, marker="o", label="mean over seeds")
                 if metric == "privilege":
                     nulls = np.array(
-                        [[_num(f.get(f"{prefix}={k}/align_null")) for k in ks] for f in data.finals.values()]
+                        [[number(f.get(f"{prefix}={k}/align_null")) for k in ks] for f in data.finals.values()]
                     )
                     if len(nulls):
                         ax.plot(ks, np.abs(np.nanmean(nulls, 0)), "k:", lw=1, label="|null mean| (Haar bases)")
@@ -440,7 +442,3 @@ class SymmetryOrder(Study):
             )
         )
         return figures
-
-
-def _num(value) -> float:
-    return math.nan if value is None else float(value)

@@ -62,7 +62,7 @@ from isotorch.studies._data import load_dataset
 from isotorch.studies._figures import save_figure, subplots
 from isotorch.studies._models import SupervisedStep, mlp, scale_hint, select_lr, uniform_init
 from isotorch.studies._registry import Study, register
-from isotorch.studies._stats import Figure, Findings
+from isotorch.studies._stats import Figure, Findings, number
 from isotorch.studies._verdicts import Claim, Verdict, inconclusive, paired_verdict, verdict_from_values
 
 __all__ = ["Topology", "TopologyConfig", "adaptation", "build_mlp", "prune_by_norm"]
@@ -421,7 +421,7 @@ class Topology(Study):
 
         def per_seed(arm: str, name: str) -> dict[int, float]:
             key = f"{arm}/{name}"
-            return {s: float(f[key]) for s, f in data.finals.items() if key in f}
+            return {s: number(f[key]) for s, f in data.finals.items() if key in f}
 
         never = (
             "{n} seed(s) had no {what} in the adaptive arm; longer training (steps) or more weight decay (which "
@@ -465,7 +465,7 @@ class Topology(Study):
         }
         values = {
             arm: {
-                label: [float(f[f"{arm}/{name}"]) for f in data.finals.values() if f"{arm}/{name}" in f]
+                label: [number(f[f"{arm}/{name}"]) for f in data.finals.values() if f"{arm}/{name}" in f]
                 for name, label in columns.items()
             }
             for arm in config.arms

@@ -51,7 +51,7 @@ from torch import nn
 
 from isotorch.studies._figures import cmap, save_figure, subplots
 from isotorch.studies._registry import Study, register
-from isotorch.studies._stats import Figure, Findings
+from isotorch.studies._stats import Figure, Findings, number
 from isotorch.studies._verdicts import Claim, paired_verdict, verdict_from_values
 
 __all__ = ["CLASSES", "METHODS", "TransformerLMC", "TransformerLMCConfig", "pair_barriers"]
@@ -340,7 +340,7 @@ class TransformerLMC(Study):
         config: TransformerLMCConfig = data.config
 
         def column(key: str) -> list[float]:
-            return [float(f[key]) for f in data.finals.values() if f.get(key) is not None]
+            return [number(f[key]) for f in data.finals.values() if f.get(key) is not None]
 
         naive = {s: f["naive/barrier"] for s, f in data.finals.items()}
         rows = {}
@@ -439,7 +439,7 @@ class TransformerLMC(Study):
         # 2. barrier per method: mean ± 95% CI over seed pairs, each pair a dot
         fig, ax = subplots(figsize=(8, 3.8))
         for i, m in enumerate(methods):
-            values = [float(f[f"{m}/barrier"]) for f in data.finals.values()]
+            values = [number(f[f"{m}/barrier"]) for f in data.finals.values()]
             est = mean_ci(values)
             err = est.ci95 if math.isfinite(est.ci95) else 0.0
             ax.bar(i, est.mean, 0.7, yerr=err, color=colours[m], capsize=3)
