@@ -17,13 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from isotorch._util import check_int
+
 __all__ = ["LMTrainResult", "evaluate_lm", "gpt2", "lm_loss", "train_lm"]
-
-
-def _check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def gpt2(
@@ -64,8 +60,8 @@ def gpt2(
     except ImportError as err:  # pragma: no cover - CI installs the hf extra
         raise ImportError("gpt2() needs the transformers package: pip install 'isotorch[hf]'") from err
     for name, value in (("vocab_size", vocab_size), ("n_layer", n_layer), ("n_embd", n_embd), ("n_head", n_head)):
-        _check_int(value, name, 1)
-    _check_int(n_positions, "n_positions", 2)
+        check_int(value, name, minimum=1)
+    check_int(n_positions, "n_positions", minimum=2)
     if n_embd % n_head:
         raise ValueError(f"n_embd must be divisible by n_head, got n_embd={n_embd}, n_head={n_head}")
     config = GPT2Config(  # type: ignore[call-arg]  # attn_implementation goes through PretrainedConfig's kwargs
@@ -156,7 +152,7 @@ def train_lm(
         lr, weight_decay: AdamW settings (β = (0.9, 0.999)). Defaults: 3e-3, 0.
         generator: draws the batches (``None``: torch's global RNG).
     """
-    steps = _check_int(steps, "steps", 0)
+    steps = check_int(steps, "steps", minimum=0)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (0 < lr < math.inf):
         raise ValueError(f"lr must be a finite float > 0, got {lr!r}")
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)

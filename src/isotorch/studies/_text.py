@@ -26,16 +26,11 @@ from dataclasses import dataclass
 
 import torch
 
+from isotorch._util import check_int
+
 __all__ = ["MarkovLanguage", "markov_language"]
 
 _MAX_VOCAB = 256  # the transition table holds V³ float64 numbers (128 MiB at V = 256)
-
-
-def _check_int(value: object, name: str, minimum: int, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (maximum and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ValueError(f"{name} must be an int {bound}, got {value!r}")
-    return value
 
 
 def _entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -69,7 +64,7 @@ class MarkovLanguage:
         (H(x_1 | x_0) + (T − 2)·h)/(T − 1): a model predicting x_1..x_{T−1} from their pasts cannot do better in
         expectation; the source itself attains it.
         """
-        t = _check_int(seq_len, "seq_len", 2)
+        t = check_int(seq_len, "seq_len", minimum=2)
         return (self.first_entropy + (t - 2) * self.entropy_rate) / (t - 1)
 
     def sample(self, batch_size: int, seq_len: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -77,8 +72,8 @@ class MarkovLanguage:
 
         Deterministic given ``generator`` (``None``: torch's global RNG).
         """
-        b = _check_int(batch_size, "batch_size", 1)
-        t = _check_int(seq_len, "seq_len", 2)
+        b = check_int(batch_size, "batch_size", minimum=1)
+        t = check_int(seq_len, "seq_len", minimum=2)
         v = self.vocab_size
         pair_cdf = self.stationary.flatten().cumsum(0)
         first = torch.searchsorted(pair_cdf, torch.rand(b, 1, dtype=torch.float64, generator=generator) * pair_cdf[-1])
@@ -97,7 +92,7 @@ class MarkovLanguage:
         self, n_batches: int, batch_size: int, seq_len: int, *, generator: torch.Generator | None = None
     ) -> Iterator[torch.Tensor]:
         """Yield ``n_batches`` token batches from :meth:`sample` (one generator draws them all in turn)."""
-        for _ in range(_check_int(n_batches, "n_batches", 0)):
+        for _ in range(check_int(n_batches, "n_batches", minimum=0)):
             yield self.sample(batch_size, seq_len, generator=generator)
 
     def log_loss(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -165,7 +160,7 @@ def markov_language(
         >>> lang.sample(2, 5, generator=torch.Generator().manual_seed(1)).shape
         torch.Size([2, 5])
     """
-    v = _check_int(vocab_size, "vocab_size", 2, _MAX_VOCAB)
+    v = check_int(vocab_size, "vocab_size", minimum=2, maximum=_MAX_VOCAB)
     if isinstance(sharpness, bool) or not isinstance(sharpness, (int, float)) or not (0 < sharpness < math.inf):
         raise ValueError(f"sharpness must be a finite float > 0, got {sharpness!r}")
     logits = torch.randn(v, v, v, dtype=torch.float64, generator=generator)
