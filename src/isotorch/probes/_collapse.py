@@ -23,9 +23,8 @@ from typing import Any
 
 import torch
 
-from isotorch._util import json_safe
+from isotorch._util import check_labels, check_matrix, finite_rows, json_safe
 from isotorch.probes._accumulators import ClassMoments, NearestCentreAgreement
-from isotorch.probes._validation import check_labels, check_matrix, finite_rows
 
 __all__ = ["NeuralCollapseResult", "neural_collapse", "neural_collapse_from_stats"]
 

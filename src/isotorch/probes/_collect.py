@@ -28,9 +28,8 @@ from typing import Any
 
 import torch
 
-from isotorch._util import draw_seed, json_safe
+from isotorch._util import NAN_POLICIES, draw_seed, json_safe
 from isotorch.probes._accumulators import ClassMoments, Moments, Reservoir
-from isotorch.probes._validation import NAN_POLICIES
 
 __all__ = ["Collection", "LayerStatistics", "collect"]
 

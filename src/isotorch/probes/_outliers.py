@@ -24,8 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from isotorch._util import json_safe
-from isotorch.probes._validation import check_matrix
+from isotorch._util import check_matrix, json_safe
 
 __all__ = [
     "OutlierResult",

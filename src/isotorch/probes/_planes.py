@@ -23,8 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from isotorch import groups as _groups
-from isotorch._util import check_generator, check_probability
-from isotorch.probes._validation import check_epsilon, check_matrix, finite_rows
+from isotorch._util import check_epsilon, check_generator, check_matrix, check_probability, finite_rows
 
 __all__ = ["srm_baseline", "srm_epsilon"]
 

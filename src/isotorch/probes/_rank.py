@@ -20,8 +20,7 @@ from typing import Any
 
 import torch
 
-from isotorch._util import json_safe
-from isotorch.probes._validation import check_matrix
+from isotorch._util import check_matrix, json_safe
 
 __all__ = ["RankProfile", "effective_rank", "numerical_rank", "rank_profile", "stable_rank"]
 

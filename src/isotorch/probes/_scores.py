@@ -50,13 +50,9 @@ from typing import Any
 import torch
 
 from isotorch import groups as _groups
-from isotorch._util import check_generator, check_int, check_probability, json_safe
+from isotorch._util import check_generator, check_int, check_matrix, check_probability, finite_rows, json_safe
 from isotorch.probes._bootstrap import ResampleStream, bca_bounds, jackknife_means
 from isotorch.probes._planes import plane_frames, plane_pairs, resolve_basis
-from isotorch.probes._validation import (
-    check_matrix,
-    finite_rows,
-)
 
 __all__ = ["ScoreResult", "alignment_score", "quantisation_score"]
 

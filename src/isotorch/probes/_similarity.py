@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from isotorch._util import draw_seed, json_safe
+from isotorch._util import check_matrix, draw_seed, json_safe
 from isotorch.probes._accumulators import Reservoir
 from isotorch.probes._collect import (
     batch_size,
@@ -36,7 +36,6 @@ from isotorch.probes._collect import (
     to_rows,
     total_inputs,
 )
-from isotorch.probes._validation import check_matrix
 
 __all__ = ["LayerSimilarity", "compare_layers", "kernel_alignment", "linear_cka"]
 
