@@ -173,7 +173,7 @@ def _run(target, primitives, json_path, markdown_path, input_shape, layers, widt
     from isotorch.audit._model import audit_model
 
     try:
-        report = audit_model(model, x)
+        report = audit_model(model, x, generator=torch.Generator().manual_seed(0))  # the same report on every run
     except RuntimeError as exc:
         raise AuditCommandError(f"{exc} (does --input-shape match the model?)") from None
     console.print(report)
