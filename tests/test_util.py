@@ -252,3 +252,27 @@ def test_an_int_is_not_a_generator(name):
     call = _int_generator_calls()[name]
     with pytest.raises(TypeError, match=r"generator must be a torch\.Generator or None"):
         call()
+
+
+class _Erf(nn.Module):
+    """An MLP with an operation the site engine does not know, so it measures its group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.special.erf(self.a(x)))
+
+
+def test_internal_probes_leave_the_global_rng_alone():
+    from isotorch import params
+
+    model, x = _Erf(), torch.randn(5, 4)
+    state = torch.random.get_rng_state()
+    syms = params.symmetries(model, x)
+    assert "(audited)" in syms.sites[0].primitives[0]
+    assert torch.equal(torch.random.get_rng_state(), state)
+    # negative control: a user-facing call with generator=None does draw from the global RNG
+    it.audit.audit(torch.tanh, x)
+    assert not torch.equal(torch.random.get_rng_state(), state)
