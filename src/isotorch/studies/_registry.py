@@ -110,7 +110,11 @@ class Study:
         return [Findings.from_values("final results", {"all": values})]
 
     def figures(self, data: RunData, out: Path) -> list[Figure]:
-        """Write PNG figures into ``out`` and return them with captions (default: none)."""
+        """Write PNG figures into ``out`` and return them with captions (default: none).
+
+        Open each with :func:`~isotorch.studies._figures.subplots` and finish it with
+        :func:`~isotorch.studies._figures.save_figure` (atomic write; returns the :class:`Figure` record).
+        """
         return []
 
     def verdicts(self, data: RunData) -> list[Verdict]:
