@@ -14,6 +14,7 @@ from torch import nn
 import isotorch as it
 from isotorch._util import (
     as_generator,
+    check_choice,
     check_finite,
     check_generator,
     check_int,
@@ -63,6 +64,9 @@ def test_argument_checks_accept_the_range_and_name_the_argument():
         with pytest.raises(ValueError, match=r"^lr must be a finite float >= 0, got"):
             check_finite(bad, "lr", minimum=0)
     assert check_probability(0.95, "confidence") == 0.95
+    assert check_choice("perm", "planes", ("comb", "perm")) == "perm"
+    with pytest.raises(ValueError, match=r"^planes must be one of \('comb', 'perm'\), got 'all'$"):
+        check_choice("all", "planes", ("comb", "perm"))
     for bad in (0.0, 1.0, True, "0.5"):
         with pytest.raises(ValueError, match=r"^confidence must be a float in the open interval \(0, 1\)"):
             check_probability(bad, "confidence")

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
-from typing import Any, overload
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar, cast, overload
 
 import torch
+
+T = TypeVar("T")
 
 __all__ = [
     "NAN_POLICIES",
     "as_generator",
     "check_axis",
+    "check_choice",
     "check_epsilon",
     "check_finite",
     "check_floating",
@@ -126,6 +129,13 @@ def check_real(value: object, name: str, low: float, high: float, *, low_open: b
     return value
 
 
+def check_choice(value: object, name: str, choices: Sequence[T]) -> T:
+    """Return ``value`` if it is one of ``choices``; raise otherwise (the message lists them)."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return cast(T, value)
+
+
 def check_finite(value: object, name: str, *, minimum: float | None = None) -> float:
     """Return ``value`` as a float if it is a finite real number (not a bool or tensor) ≥ ``minimum``."""
     if (
@@ -171,8 +181,7 @@ def finite_rows(x: torch.Tensor, name: str, nan_policy: str) -> tuple[torch.Tens
 
     Returns the kept rows and the number of excluded rows.
     """
-    if nan_policy not in NAN_POLICIES:
-        raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+    check_choice(nan_policy, "nan_policy", NAN_POLICIES)
     ok = (
         torch.cat([torch.isfinite(block).all(dim=1) for block in x.split(1 << 16)])
         if x.shape[0]

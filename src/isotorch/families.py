@@ -46,7 +46,7 @@ from isotorch import groups as _groups
 from isotorch import init as _init
 from isotorch import nn as inn
 from isotorch import optim as _optim
-from isotorch._util import json_safe
+from isotorch._util import check_choice, json_safe
 
 __all__ = [
     "ConversionReport",
@@ -111,8 +111,7 @@ _PRIMITIVES: dict[str, PrimitiveSpec] = {}
 
 def register_primitive(spec: PrimitiveSpec) -> PrimitiveSpec:
     """Add a primitive to the registry; the test suite then audits it against its declared groups."""
-    if spec.role not in ROLES:
-        raise ValueError(f"role must be one of {ROLES}, got {spec.role!r}")
+    check_choice(spec.role, "role", ROLES)
     if spec.name in _PRIMITIVES:
         raise ValueError(f"a primitive named {spec.name!r} is already registered")
     for key in spec.groups:

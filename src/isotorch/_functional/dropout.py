@@ -12,7 +12,7 @@ import math
 import torch
 
 from isotorch._functional.norm import _vector_norm
-from isotorch._util import check_floating, check_generator, compute_dtype, feature_dim
+from isotorch._util import check_choice, check_floating, check_generator, compute_dtype, feature_dim
 
 __all__ = ["iso_dropout"]
 
@@ -29,9 +29,7 @@ def _check_p(p: object) -> float:
 
 
 def _check_mode(mode: object) -> str:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    return mode
+    return check_choice(mode, "mode", MODES)
 
 
 def _projection_rank(n: int, p: float) -> int:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from isotorch._functional.norm import _max_abs, _vector_norm
-from isotorch._util import check_floating, compute_dtype, feature_dim
+from isotorch._util import check_choice, check_floating, compute_dtype, feature_dim
 
 __all__ = ["iso_gate"]
 
@@ -36,9 +36,7 @@ def _check_profile(profile: object) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _check_gate_mode(mode: object) -> str:
-    if mode not in GATE_MODES:
-        raise ValueError(f"mode must be one of {GATE_MODES}, got {mode!r}")
-    return mode
+    return check_choice(mode, "mode", GATE_MODES)
 
 
 def _check_offset(offset: object) -> float | torch.Tensor | None:

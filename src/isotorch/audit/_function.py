@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from isotorch import groups as _groups
-from isotorch._util import as_generator, check_int
+from isotorch._util import as_generator, check_choice, check_int
 from isotorch.audit._result import AuditResult, maximal_groups
 from isotorch.audit._sampling import DISTRIBUTIONS, Element, Sampler, draw_input, random_generator
 from isotorch.testing import relative_error, tolerance
@@ -608,8 +608,7 @@ def audit_module(
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
-    if parameters not in PARAMETER_MODES:
-        raise ValueError(f"parameters must be one of {PARAMETER_MODES}, got {parameters!r}")
+    check_choice(parameters, "parameters", PARAMETER_MODES)
     with _mode(module, bool(train)):
         return _run(
             _Target(module, module, parameters, _check_reseed(reseed)),

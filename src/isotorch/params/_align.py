@@ -55,7 +55,7 @@ import torch
 from torch import nn
 
 from isotorch import groups as _groups
-from isotorch._util import as_generator, json_safe
+from isotorch._util import as_generator, check_choice, json_safe
 from isotorch.params import _solvers
 from isotorch.params._compat import batches, check_same_architecture, first_inputs, run_checked
 from isotorch.params._element import Element
@@ -622,8 +622,7 @@ def align(
         >>> torch.equal(result.model[0].weight, a[0].weight), torch.equal(b[0].weight, a[0].weight)
         (True, False)
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_choice(method, "method", METHODS)
     check_same_architecture(model_a, model_b)
     if method == "activations" and data is None:
         raise ValueError("method='activations' needs data= (inputs to collect the features on)")

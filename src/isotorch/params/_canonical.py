@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from isotorch._util import check_choice
 from isotorch.params._element import Element
 from isotorch.params._sites import Site, Symmetries, symmetries
 from isotorch.params._transform import apply_element, check_model, transform
@@ -87,8 +88,7 @@ def canonical_element(model: nn.Module, x=None, *, syms: Symmetries | None = Non
         scaling: ``"fan_in"`` (unit producer rows) or ``"balanced"`` (producer and consumer norms equal) for
             positive-scaling sites.
     """
-    if scaling not in SCALINGS:
-        raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
+    check_choice(scaling, "scaling", SCALINGS)
     if syms is None:
         if x is None:
             raise ValueError("canonical_element needs an example input x= (or syms=)")

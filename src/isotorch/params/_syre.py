@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from isotorch._util import check_generator
+from isotorch._util import check_choice, check_generator
 
 __all__ = ["SyreOffset", "syre"]
 
@@ -96,8 +96,7 @@ def syre(
         'broken'
     """
     generator = check_generator(generator)
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    check_choice(kind, "kind", KINDS)
     if isinstance(sigma0, bool) or not isinstance(sigma0, (int, float)) or not math.isfinite(sigma0) or sigma0 < 0:
         raise ValueError(f"sigma0 must be a finite float ≥ 0, got {sigma0!r}")
     if kind == "offset" and sigma0 == 0:

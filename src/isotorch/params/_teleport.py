@@ -28,7 +28,7 @@ from torch.func import functional_call
 
 from isotorch import groups as _groups
 from isotorch import testing as _testing
-from isotorch._util import json_safe
+from isotorch._util import check_choice, json_safe
 from isotorch.params._compat import batches, run_checked
 from isotorch.params._errors import SymmetryError
 from isotorch.params._sites import Site, Symmetries, symmetries
@@ -164,8 +164,7 @@ def teleport(
         >>> result.gain > 1.0, abs(result.loss_after - result.loss_before) < 1e-9
         (True, True)
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    check_choice(objective, "objective", OBJECTIVES)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative int, got {steps!r}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from isotorch._util import check_labels, check_matrix, finite_rows, json_safe
+from isotorch._util import check_choice, check_labels, check_matrix, finite_rows, json_safe
 from isotorch.probes._accumulators import ClassMoments, NearestCentreAgreement
 
 __all__ = ["NeuralCollapseResult", "neural_collapse", "neural_collapse_from_stats"]
@@ -262,9 +262,7 @@ def neural_collapse(
 
 
 def _check_centre(centre: object) -> str:
-    if centre not in CENTRES:
-        raise ValueError(f"centre must be one of {CENTRES}, got {centre!r}")
-    return centre
+    return check_choice(centre, "centre", CENTRES)
 
 
 def neural_collapse_from_stats(

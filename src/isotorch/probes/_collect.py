@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from isotorch._util import NAN_POLICIES, draw_seed, json_safe
+from isotorch._util import NAN_POLICIES, check_choice, draw_seed, json_safe
 from isotorch.probes._accumulators import ClassMoments, Moments, Reservoir
 
 __all__ = ["Collection", "LayerStatistics", "collect"]
@@ -316,16 +316,14 @@ def total_inputs(data: object, max_samples: int | None) -> int | None:
 
 
 def check_common(features: str, channel_dim: object, max_samples: object, nan_policy: str) -> None:
-    if features not in FEATURE_MODES:
-        raise ValueError(f"features must be one of {FEATURE_MODES}, got {features!r}")
+    check_choice(features, "features", FEATURE_MODES)
     if isinstance(channel_dim, bool) or not isinstance(channel_dim, int):
         raise TypeError(f"channel_dim must be an int, got {channel_dim!r}")
     if max_samples is not None and (
         isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1
     ):
         raise ValueError(f"max_samples must be a positive int or None, got {max_samples!r}")
-    if nan_policy not in NAN_POLICIES:
-        raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+    check_choice(nan_policy, "nan_policy", NAN_POLICIES)
 
 
 class _LayerState:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from isotorch import groups as _groups
-from isotorch._util import check_epsilon, check_generator, check_matrix, check_probability, finite_rows
+from isotorch._util import check_choice, check_epsilon, check_generator, check_matrix, check_probability, finite_rows
 
 __all__ = ["srm_baseline", "srm_epsilon"]
 
@@ -123,8 +123,7 @@ def plane_pairs(
     k: int, planes: str, max_planes: int | None, generator: torch.Generator | None, device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Index pairs (i, j) of the planes: unordered i < j ("comb") or ordered i ≠ j ("perm"), optionally subsampled."""
-    if planes not in PLANE_MODES:
-        raise ValueError(f"planes must be one of {PLANE_MODES}, got {planes!r}")
+    check_choice(planes, "planes", PLANE_MODES)
     if planes == "comb":
         ij = torch.triu_indices(k, k, offset=1, device=device)
     else:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from isotorch._util import check_int, json_safe
+from isotorch._util import check_choice, check_int, json_safe
 from isotorch.probes._planes import (
     CHUNK_ELEMENTS,
     angle_grid,
@@ -288,8 +288,7 @@ def srm(
         (torch.Size([6, 8]), True, True)
     """
     angles = check_int(angles, "angles")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_choice(method, "method", METHODS)
     setup = prepare(acts, basis, 0.0 if epsilon is None else epsilon, planes, max_planes, generator, nan_policy)
     rule = "given"
     if epsilon is None:
