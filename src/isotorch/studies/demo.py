@@ -237,7 +237,9 @@ class Demo(Study):
             ctx.log(0, run=f"{family}/srm", srm=rep.pop("srm"), baseline=rep.pop("srm_baseline"))
             finals.update({f"{family}/{k}": v for k, v in rep.items()})
 
-            aligned = params.align(model, trained[family]["b"], method="weights", x=x[:256]).model
+            # a fixed site order, so the aligned barrier depends on the two models alone
+            order = torch.Generator().manual_seed(0)
+            aligned = params.align(model, trained[family]["b"], method="weights", x=x[:256], generator=order).model
             before = params.barrier(model, trained[family]["b"], nn.functional.cross_entropy, (x_test, y_test), 11)
             after = params.barrier(model, aligned, nn.functional.cross_entropy, (x_test, y_test), 11)
             ctx.log(

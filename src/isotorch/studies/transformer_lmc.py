@@ -183,13 +183,13 @@ def pair_barriers(
     b = copy.deepcopy(model_b).double().eval()
     x = tokens[:2, : min(16, tokens.shape[1])]
     out: dict[str, dict[str, Any]] = {"naive": _barrier(a, b, tokens, alphas)}
-    perm = align(a, b, x=x, group="permutation", max_iter=max_iter)
+    perm = align(a, b, x=x, group="permutation", max_iter=max_iter, generator=_order())
     out["permutation"] = _barrier(a, perm.model, tokens, alphas)
     out["permutation"]["skipped"] = len(perm.skipped)
     fa, fb = fold_norms(a, x), fold_norms(b, x)
     out["folded"] = _barrier(fa, fb, tokens, alphas)
     syms = symmetries(fa, x)
-    full = align(fa, fb, x=x, syms=syms, max_iter=max_iter)
+    full = align(fa, fb, x=x, syms=syms, max_iter=max_iter, generator=_order())
     kinds: set[str] = set()
     for name, added in CLASSES:
         kinds |= set(added)
@@ -199,12 +199,18 @@ def pair_barriers(
     out["full"]["groups"] = sorted(set(full.groups.values()))
     per_head = {s.name: "general_linear" for s in syms if s.kind in ("query_key", "value_output") and s.free}
     if per_head:
-        gl = align(fa, fb, x=x, syms=syms, group=per_head, max_iter=max_iter)
+        gl = align(fa, fb, x=x, syms=syms, group=per_head, max_iter=max_iter, generator=_order())
         out["full_gl"] = _barrier(fa, gl.model, tokens, alphas)
     if activation_tokens is not None:
-        act = align(fa, fb, method="activations", data=activation_tokens, x=x, syms=syms)
+        act = align(fa, fb, method="activations", data=activation_tokens, x=x, syms=syms, generator=_order())
         out["full_activations"] = _barrier(fa, act.model, tokens, alphas)
     return out
+
+
+def _order() -> torch.Generator:
+    """The fixed generator of align's random site order: the same for every pair, so a pair's barriers depend on
+    its two models alone (not on how many draws the unit made before)."""
+    return torch.Generator().manual_seed(0)
 
 
 _SOURCE = "Theus et al., Generalized Linear Mode Connectivity for Transformers (NeurIPS 2025); REFERENCE §8.3"
