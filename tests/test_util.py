@@ -280,3 +280,16 @@ def test_internal_probes_leave_the_global_rng_alone():
     # negative control: a user-facing call with generator=None does draw from the global RNG
     it.audit.audit(torch.tanh, x)
     assert not torch.equal(torch.random.get_rng_state(), state)
+
+
+@pytest.mark.parametrize(
+    ("module", "what"), [(it.init, "initialiser"), (it.optim, "optimiser"), (it.directions, "direction set")]
+)
+def test_registries_refuse_unknown_names_listing_the_valid_ones(module, what):
+    names = module.names()
+    assert names  # the registry is not empty, so the refusal below is not vacuous
+    args = (3,) if module is it.directions else ()
+    module.get(names[0], *args)  # a listed name is accepted
+    for bad in ("bogus", 3, None):
+        with pytest.raises(KeyError, match=f"unknown {what} {bad!r}; valid names: {', '.join(names)}"):
+            module.get(bad, *args)

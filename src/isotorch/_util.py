@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, TypeVar, cast, overload
 
 import torch
@@ -27,6 +27,7 @@ __all__ = [
     "check_int",
     "check_labels",
     "check_matrix",
+    "check_name",
     "check_probability",
     "check_real",
     "compute_dtype",
@@ -134,6 +135,13 @@ def check_choice(value: object, name: str, choices: Sequence[T]) -> T:
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
     return cast(T, value)
+
+
+def check_name(name: object, valid: Collection[str], what: str) -> str:
+    """Return ``name`` if it is one of a registry's ``valid`` names; a ``KeyError`` listing them otherwise."""
+    if not isinstance(name, str) or name not in valid:
+        raise KeyError(f"unknown {what} {name!r}; valid names: {', '.join(valid)}")
+    return name
 
 
 def check_finite(value: object, name: str, *, minimum: float | None = None) -> float:

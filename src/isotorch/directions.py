@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 
 from isotorch import groups as _groups
-from isotorch._util import check_finite, check_generator, check_int
+from isotorch._util import check_finite, check_generator, check_int, check_name
 
 __all__ = [
     "cross_polytope",
@@ -333,8 +333,7 @@ def get(
         >>> get("thomson", 3, 6).shape
         torch.Size([6, 3])
     """
-    if not isinstance(name, str) or name not in _NAMES:
-        raise KeyError(f"unknown direction set {name!r}; valid names: {', '.join(_NAMES)}")
+    check_name(name, _NAMES, "direction set")
     n = check_int(n, "n", minimum=1)
     if k is not None:
         k = check_int(k, "k", minimum=1)

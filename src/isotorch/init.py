@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from isotorch._util import check_finite, check_generator
+from isotorch._util import check_finite, check_generator, check_name
 
 __all__ = [
     "SCHEMES",
@@ -237,6 +237,4 @@ def get(name: str) -> InitialiserSpec:
     Raises:
         KeyError: unknown name (the message lists the valid names).
     """
-    if not isinstance(name, str) or name not in _INITIALISERS:
-        raise KeyError(f"unknown initialiser {name!r}; valid names: {', '.join(_INITIALISERS)}")
-    return _INITIALISERS[name]
+    return _INITIALISERS[check_name(name, _INITIALISERS, "initialiser")]

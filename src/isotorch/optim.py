@@ -29,7 +29,7 @@ from typing import NamedTuple, overload
 
 import torch
 
-from isotorch._util import check_finite
+from isotorch._util import check_finite, check_name
 
 __all__ = ["SECOND_MOMENTS", "IsoAdam", "OptimiserSpec", "get", "names"]
 
@@ -246,6 +246,4 @@ def get(name: str) -> OptimiserSpec:
     Raises:
         KeyError: unknown name (the message lists the valid names).
     """
-    if not isinstance(name, str) or name not in _OPTIMISERS:
-        raise KeyError(f"unknown optimiser {name!r}; valid names: {', '.join(_OPTIMISERS)}")
-    return _OPTIMISERS[name]
+    return _OPTIMISERS[check_name(name, _OPTIMISERS, "optimiser")]
