@@ -598,7 +598,7 @@ def _is_primitive_call(node, use) -> bool:
 def _rows(model, syms, graph, uses, axes, groups, trials, sampler, inputs, max_elements, lie):
     from isotorch.params._trace import Node
 
-    use_of = {}
+    use_of: dict = {}
     for u in uses:
         use_of.setdefault(u.node, u)
     rows: list[SiteRow] = []
@@ -693,6 +693,7 @@ def _module_row(syms, node, use, axes, groups, trials, sampler, inputs, max_elem
         reason = f"returns {type(node.value).__name__}, not a tensor"
     if reason is not None:
         return SiteRow(path, type_name, "skipped", note=reason)
+    assert isinstance(x, torch.Tensor)  # no reason: the input is a floating-point tensor
     dim = _axis(node, use, axes, x)
     key = None
     tensors = [*module.parameters(), *module.buffers()]
