@@ -14,6 +14,7 @@ from torch import nn
 import isotorch as it
 from isotorch._util import (
     as_generator,
+    check_bool,
     check_choice,
     check_finite,
     check_generator,
@@ -21,6 +22,7 @@ from isotorch._util import (
     check_probability,
     draw_seed,
     dumps,
+    fresh_seed,
     json_float,
     json_safe,
 )
@@ -54,7 +56,19 @@ def test_draw_seed_is_reproducible_from_a_generator():
     assert draw_seed(torch.Generator().manual_seed(2)) != a
 
 
+def test_fresh_seed_names_the_seed_only_while_the_generator_is_unused():
+    g = torch.Generator().manual_seed(7)
+    assert fresh_seed(g) == 7
+    torch.randn(2, generator=g)
+    assert fresh_seed(g) is None  # negative control: once drawn from, no seed reproduces its state
+    assert fresh_seed(as_generator(None)) is not None  # the stream that None stands for is seeded from one draw
+
+
 def test_argument_checks_accept_the_range_and_name_the_argument():
+    assert check_bool(False, "train") is False
+    for bad in (0, 1, None, torch.tensor(True)):
+        with pytest.raises(TypeError, match=r"^train must be a bool, got"):
+            check_bool(bad, "train")
     assert check_int(3, "k") == 3 and check_int(0, "k", minimum=0) == 0 and check_int(5, "k", maximum=5) == 5
     for bad, kw in ((0, {}), (True, {}), (2.0, {}), ("2", {}), (6, {"maximum": 5})):
         with pytest.raises(ValueError, match=r"^k must be an int (>= 1|in \[1, 5\]), got"):

@@ -19,6 +19,7 @@ __all__ = [
     "NAN_POLICIES",
     "as_generator",
     "check_axis",
+    "check_bool",
     "check_choice",
     "check_epsilon",
     "check_finite",
@@ -35,6 +36,7 @@ __all__ = [
     "dumps",
     "feature_dim",
     "finite_rows",
+    "fresh_seed",
     "json_float",
     "json_safe",
 ]
@@ -68,6 +70,14 @@ def draw_seed(generator: object, name: str = "generator") -> int:
     return int(torch.randint(0, 2**62, (1,), dtype=torch.int64, generator=generator))
 
 
+def fresh_seed(generator: torch.Generator) -> int | None:
+    """The seed ``generator`` was seeded with while it is still in that freshly seeded state (so that
+    ``torch.Generator().manual_seed(seed)`` reproduces it), else ``None``: the seed a result can record."""
+    seed = generator.initial_seed()
+    fresh = torch.Generator(device=generator.device).manual_seed(seed)
+    return seed if torch.equal(fresh.get_state(), generator.get_state()) else None
+
+
 # --- argument checks -------------------------------------------------------------------------------------------
 
 
@@ -88,6 +98,13 @@ def check_axis(value: object, name: str = "dim", what: str = "the feature axis")
     """Return ``value`` if it is an int (not a bool): an axis index, checked against a tensor's ndim later."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int ({what}), got {type(value).__name__}")
+    return value
+
+
+def check_bool(value: object, name: str) -> bool:
+    """Return ``value`` if it is a bool (``True``/``False``, not 0/1 or a tensor); raise ``TypeError`` otherwise."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     return value
 
 

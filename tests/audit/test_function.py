@@ -162,12 +162,35 @@ def test_random_functions_are_flagged_and_do_not_advance_the_global_rng():
     assert noise.status == "random"
 
 
-def test_common_random_numbers_with_reseed():
+def test_common_random_numbers():
     # with one fixed mask, Bernoulli dropout commutes with positive scaling but not with permutations
-    fixed = audit(lambda t: F.dropout(t, 0.5, training=True), _x(5, N), reseed=0)
+    fixed = audit(lambda t: F.dropout(t, 0.5, training=True), _x(5, N), common_random_numbers=True)
     assert fixed.ok
     assert fixed.maximal == {"positive_scaling"}
     assert fixed.errors["permutation"]["equivariance"] > 1e-2
+    # negative control: without common random numbers the two calls differ, so no symmetry is credited
+    free = audit(lambda t: F.dropout(t, 0.5, training=True), _x(5, N))
+    assert free.status == "random" and free.maximal == frozenset()
+
+
+def test_common_random_numbers_replay_the_callers_state_and_restore_it():
+    def dropout(t):
+        return F.dropout(t, 0.5, training=True)
+
+    def run(seed):
+        torch.manual_seed(seed)
+        before = torch.random.get_rng_state()
+        gen = torch.Generator().manual_seed(0)
+        result = audit(dropout, _x(5, N), generator=gen, common_random_numbers=True, groups=["permutation"])
+        assert torch.equal(torch.random.get_rng_state(), before), "the caller's global RNG state must be restored"
+        return result.errors["permutation"]["equivariance"]
+
+    # the mask comes from the caller's global RNG state: the same state gives the same audit, another state another
+    assert run(3) == run(3)
+    assert run(3) != run(4)
+    # the module path (train mode) replays the state too
+    module = audit_module(nn.Dropout(0.5), _x(5, N), train=True, common_random_numbers=True)
+    assert module.ok and module.maximal == {"positive_scaling"}
 
 
 @pytest.mark.parametrize(
@@ -324,7 +347,7 @@ def test_result_to_dict_and_repr():
         ({"groups": []}, ValueError, "at least one"),
         ({"inputs": ["weird"]}, ValueError, "inputs"),
         ({"generator": "seed"}, TypeError, "generator"),
-        ({"reseed": 1.5}, TypeError, "reseed"),
+        ({"common_random_numbers": 1}, TypeError, "common_random_numbers must be a bool"),
     ],
 )
 def test_bad_input_raises_clear_errors(kwargs, error, text):

@@ -259,6 +259,19 @@ def test_reports_serialise_and_render():
     assert "ModelAudit(Sequential" in repr(report)
 
 
+def test_the_settings_record_the_seed_that_reproduces_the_audit():
+    model, x = _mlp(torch.float32), _x(4, 6, dtype=torch.float32)
+    assert audit_model(model, x, generator=torch.Generator().manual_seed(5)).settings["seed"] == 5
+    torch.manual_seed(1)
+    drawn = audit_model(model, x)  # generator=None: a stream seeded from one draw of the global RNG
+    seed = drawn.settings["seed"]
+    again = audit_model(model, x, generator=torch.Generator().manual_seed(seed))
+    assert again.to_dict() == drawn.to_dict()
+    used = torch.Generator().manual_seed(5)
+    torch.randn(1, generator=used)
+    assert audit_model(model, x, generator=used).settings["seed"] is None  # no seed reproduces a used generator
+
+
 def test_bad_arguments_and_failing_forward():
     with pytest.raises(TypeError, match=r"nn\.Module"):
         audit_model(torch.tanh, _x(2, 3))

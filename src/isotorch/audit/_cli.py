@@ -156,7 +156,7 @@ def _run(target, primitives, json_path, markdown_path, input_shape, layers, widt
     if primitives:
         from isotorch.audit._table import primitive_table
 
-        table = primitive_table()
+        table = primitive_table(generator=torch.Generator().manual_seed(0))  # the same table on every run
         console.print(table)
         _write(json_path, table.to_json())
         _write(markdown_path, table.to_markdown())

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from isotorch import groups as _groups
-from isotorch._util import as_generator, check_choice, check_int
+from isotorch._util import as_generator, check_bool, check_choice, check_int
 from isotorch.audit._result import AuditResult, maximal_groups
 from isotorch.audit._sampling import DISTRIBUTIONS, Element, Sampler, draw_input, random_generator
 from isotorch.testing import relative_error, tolerance
@@ -89,14 +89,21 @@ def _rng_guard(device: torch.device):
 
 
 class _Target:
-    """Calls the audited function; for modules, permutes feature-aligned parameters with permutation elements."""
+    """Calls the audited function; for modules, permutes feature-aligned parameters with permutation elements.
 
-    def __init__(self, fn: Callable, module: nn.Module | None, parameters: str, reseed: int | None = None) -> None:
+    With ``common_random_numbers``, :meth:`capture_rng` records the global RNG state once (inside the audit's fork of
+    the global RNG) and every call replays it, so a random function draws the same randomness on every call.
+    """
+
+    def __init__(
+        self, fn: Callable, module: nn.Module | None, parameters: str, common_random_numbers: bool = False
+    ) -> None:
         self.fn = fn
         self.module = module
         self.parameters = parameters
-        self.reseed = reseed
+        self.common_random_numbers = common_random_numbers
         self.aligned: dict[str, torch.Tensor] = {}
+        self._rng_state: tuple[torch.Tensor, tuple[int, torch.Tensor] | None] | None = None
 
     def align(self, n: int) -> None:
         if self.module is None or self.parameters != "permute":
@@ -104,19 +111,35 @@ class _Target:
         named = [*self.module.named_parameters(), *self.module.named_buffers()]
         self.aligned = {k: t for k, t in named if t.ndim == 1 and t.shape[0] == n and t.is_floating_point()}
 
+    def capture_rng(self, device: torch.device) -> None:
+        """Record the global RNG state (CPU, and ``device`` when it is a GPU) that every call replays."""
+        if not self.common_random_numbers:
+            return
+        if device.type == "cuda":
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            self._rng_state = (torch.get_rng_state(), (index, torch.cuda.get_rng_state(index)))
+        else:
+            self._rng_state = (torch.get_rng_state(), None)
+
+    def _replay_rng(self) -> None:
+        if self._rng_state is None:
+            return
+        cpu, cuda = self._rng_state
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda[1], cuda[0])
+
     def pure(self, z: torch.Tensor) -> object:
         """A call that is safe under ``torch.func`` transforms: buffers (running statistics) are cloned inside it."""
         if self.module is None:
             return self(z)
-        if self.reseed is not None:
-            torch.manual_seed(self.reseed)
+        self._replay_rng()
         buffers = {k: b.clone() for k, b in self.module.named_buffers()}
         return torch.func.functional_call(self.module, buffers, (z.clone(),))
 
     def __call__(self, z: torch.Tensor, element: Element | None = None) -> object:
         z = z.clone()
-        if self.reseed is not None:
-            torch.manual_seed(self.reseed)
+        self._replay_rng()
         if element is not None and self.aligned and self.module is not None and element.is_permutation:
             moved = {k: element.act(t.detach(), 0).to(t.dtype) for k, t in self.aligned.items()}
             return torch.func.functional_call(self.module, moved, (z,))
@@ -176,12 +199,6 @@ def _check_x(x: object, dim: int) -> int:
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x contains NaN or inf; audit a finite input")
     return x.shape[dim]
-
-
-def _check_reseed(reseed: object) -> int | None:
-    if reseed is not None and (isinstance(reseed, bool) or not isinstance(reseed, int)):
-        raise TypeError(f"reseed must be an int seed or None, got {type(reseed).__name__}")
-    return reseed
 
 
 class _Max:
@@ -312,6 +329,7 @@ def _run(
         return AuditResult(**base)
 
     with _rng_guard(x.device), torch.no_grad():
+        target.capture_rng(x.device)
         try:
             y = target(x)
         except Exception as exc:
@@ -454,7 +472,7 @@ def audit(
     exhaustive: bool = True,
     lie: bool = True,
     name: str | None = None,
-    reseed: int | None = None,
+    common_random_numbers: bool = False,
 ) -> AuditResult:
     """Measure which groups of the lattice a function is equivariant or invariant to, along ``dim``.
 
@@ -477,8 +495,10 @@ def audit(
             bound of the max).
         lie: also compute Lie derivatives for the continuous groups (default True).
         name: label for the result (default the function's name).
-        reseed: if an int, seed the global RNG with it before every call, so that a random function (dropout) is
-            audited with common random numbers: f_ω(g·x) against g·f_ω(x) for one fixed ω (default None).
+        common_random_numbers: replay one state of the global RNG before every call, so that a random function
+            (dropout) is audited as one fixed function: f_ω(g·x) against g·f_ω(x) for one ω, the state the global
+            RNG is in when the audit starts (default False: two calls that differ make the result ``"random"``).
+            The caller's global RNG (CPU, and the input's GPU) is restored afterwards either way.
 
     Returns:
         An :class:`AuditResult`; a function that raises, returns a non-tensor or non-float, or is random gets a
@@ -515,12 +535,12 @@ def audit(
             exhaustive=exhaustive,
             lie=lie,
             name=name,
-            reseed=reseed,
+            common_random_numbers=common_random_numbers,
         )
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     return _run(
-        _Target(fn, None, "fixed", _check_reseed(reseed)),
+        _Target(fn, None, "fixed", check_bool(common_random_numbers, "common_random_numbers")),
         x,
         dim=dim,
         groups=groups,
@@ -567,7 +587,7 @@ def audit_module(
     name: str | None = None,
     parameters: str = "permute",
     train: bool = False,
-    reseed: int | None = None,
+    common_random_numbers: bool = False,
     _sampler: Sampler | None = None,
     _lie_inputs: int | None = None,
 ) -> AuditResult:
@@ -590,7 +610,7 @@ def audit_module(
         exhaustive: as in :func:`audit`.
         lie: as in :func:`audit`.
         name: as in :func:`audit`.
-        reseed: as in :func:`audit`.
+        common_random_numbers: as in :func:`audit`.
         parameters: ``"permute"`` (default) or ``"fixed"`` (audit the map x ↦ module(x) with frozen parameters).
         train: audit in train mode (e.g. to see that dropout is random); default False (eval mode).
 
@@ -605,13 +625,15 @@ def audit_module(
         ['mean_orthogonal']
         >>> audit_module(nn.Dropout(0.5), x, train=True).status
         'random'
+        >>> sorted(audit_module(nn.Dropout(0.5), x, train=True, common_random_numbers=True).maximal)  # one mask
+        ['positive_scaling']
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
     check_choice(parameters, "parameters", PARAMETER_MODES)
     with _mode(module, bool(train)):
         return _run(
-            _Target(module, module, parameters, _check_reseed(reseed)),
+            _Target(module, module, parameters, check_bool(common_random_numbers, "common_random_numbers")),
             x,
             dim=dim,
             groups=groups,

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from isotorch import groups as _groups
-from isotorch._util import as_generator, json_safe
+from isotorch._util import as_generator, fresh_seed, json_safe
 from isotorch.audit._function import _mode, _name_of, audit, audit_module, default_tolerance
 from isotorch.audit._result import AuditResult, by_group, maximal_groups, sort_groups
 from isotorch.audit._sampling import Sampler
@@ -269,7 +269,8 @@ class ModelAudit:
         end_to_end: G3, the audit of the whole model on its input (None when not applicable).
         end_to_end_reason: why G3 was not measured.
         not_analysed: what the site graph could not see (opaque modules, code between hooked modules), and why.
-        settings: the audit's settings (trials, inputs, seed, ...).
+        settings: the audit's settings (trials, inputs, ...; seed: the generator's seed when
+            ``torch.Generator().manual_seed(seed)`` reproduces the audit, else None).
         method: how the site graph was traced (``"fx"``, ``"hooks"``, ...).
     """
 
@@ -546,7 +547,7 @@ def audit_model(
 
     gen = as_generator(generator)
     sampler = Sampler(gen)
-    seed = generator if isinstance(generator, int) else None
+    seed = fresh_seed(gen)  # recorded in the settings when torch.Generator().manual_seed(seed) reproduces the audit
     with _mode(model, False), torch.no_grad():
         try:
             model(x)

@@ -4,8 +4,8 @@ Each row is measured, not declared: activations, normalisers, pooling and dropou
 n = 8 (``dim`` = the feature axis: the last one, or the channel axis of a feature map), optimisers with
 :func:`audit_optimiser`, initialisers with :func:`audit_initialiser` and weight penalties with
 :func:`audit_regulariser`. Every row is seeded, so the table is deterministic; ``docs/audit.md`` is generated from
-it (``isotorch audit --primitives --markdown docs/audit.md``, ``make audit-docs``) and a test fails when that file
-is stale.
+it (``isotorch audit --primitives --markdown docs/audit.md``, ``make audit-docs``, with
+``torch.Generator().manual_seed(0)``) and a test fails when that file is stale.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch import nn
 from isotorch import groups as _groups
 from isotorch import init as _init
 from isotorch import optim as _optim
-from isotorch._util import json_safe
+from isotorch._util import check_generator, fresh_seed, json_safe
 from isotorch.audit._function import _describe, audit, audit_module
 from isotorch.audit._render import _md_escape, groups_text, symbol
 from isotorch.audit._result import AuditResult
@@ -139,12 +139,13 @@ class PrimitiveTable:
 
     Attributes:
         rows: the :class:`TableRow` objects.
-        seed: the seed of every row's generator.
+        seed: the seed of the generator every row started from (``torch.Generator().manual_seed(seed)``), or
+            None when that generator was not in a freshly seeded state.
         n: the feature size of the function rows.
     """
 
     rows: tuple[TableRow, ...]
-    seed: int
+    seed: int | None
     n: int = N
 
     def to_dict(self) -> dict[str, Any]:
@@ -175,7 +176,7 @@ class PrimitiveTable:
             "Every row is measured by `isotorch.audit`, not declared: random elements g of each group act on the "
             "feature axis in float64, on the given input and on Gaussian, scaled, sparse and outlier inputs, and a "
             "group holds when the relative error stays within the tolerance of the output dtype (1e-3 in float32). "
-            f"Feature size n = {self.n}; seed {self.seed}.",
+            f"Feature size n = {self.n}{self._seed_text('; seed ')}.",
             "",
             "- **E**: equivariant, f(g·x) = g·f(x) (optimisers: the update rule commutes with g, gradients "
             "transforming as g⁻ᵀ).",
@@ -200,10 +201,13 @@ class PrimitiveTable:
             lines.append("")
         return "\n".join(lines)
 
+    def _seed_text(self, prefix: str) -> str:
+        return "" if self.seed is None else f"{prefix}{self.seed}"
+
     def __rich__(self):
         from rich.table import Table
 
-        table = Table(title=f"Symmetry audit of primitives (n = {self.n}, seed {self.seed})")
+        table = Table(title=f"Symmetry audit of primitives (n = {self.n}{self._seed_text(', seed ')})")
         for column in ("primitive", "source", "kind", "maximal group", *(symbol(c) for c in COLUMNS), "note"):
             table.add_column(column, overflow="fold")
         for r in self.rows:
@@ -290,7 +294,7 @@ def _torch_rows() -> list[tuple[str, str, Callable, str]]:
         (
             "dropout (train, fixed mask)",
             "dropout",
-            _module_row(lambda g: nn.Dropout(0.5), train=True, reseed=0),
+            _module_row(lambda g: nn.Dropout(0.5), train=True, common_random_numbers=True),
             "p = 0.5, common random numbers",
         ),
         ("dropout (eval)", "dropout", _module_row(lambda g: nn.Dropout(0.5)), "identity"),
@@ -346,7 +350,7 @@ def _isotorch_rows() -> list[tuple[str, str, Callable, tuple[str, ...], str]]:
                 x = _randn(gen, *shape)
             train = bool(getattr(spec, "train", False))
             return audit_module(
-                module, x, dim=spec.dim, generator=gen, name=name, train=train, reseed=0 if train else None
+                module, x, dim=spec.dim, generator=gen, name=name, train=train, common_random_numbers=train
             )
 
         note = getattr(spec, "note", "") or ""
@@ -377,16 +381,22 @@ def _failed(name: str, kind: str, exc: BaseException) -> AuditResult:
 
 def primitive_table(
     *,
-    seed: int = 0,
+    generator: torch.Generator | None = None,
     torch_primitives: bool = True,
     isotorch_primitives: bool = True,
     training: bool = True,
     kinds: Sequence[str] | None = None,
 ) -> PrimitiveTable:
-    """Audit every primitive of torch and isotorch and return the table (deterministic: each row is seeded).
+    """Audit every primitive of torch and isotorch and return the table (deterministic given ``generator``).
+
+    Every row starts from the same random state, a copy of ``generator``'s: its elements and inputs come from a
+    generator in that state, and the global RNG (from which dropout and initialisers draw) is set to it in a fork. So
+    a row's result does not depend on which other rows are in the table, and neither ``generator`` nor the caller's
+    global RNG is advanced.
 
     Args:
-        seed: the seed of every row's generator (default 0).
+        generator: a CPU ``torch.Generator`` whose current state every row starts from, or ``None`` (torch's
+            global RNG, its CPU state). ``isotorch audit --primitives`` passes ``torch.Generator().manual_seed(0)``.
         torch_primitives: include torch's activations, normalisers, pooling and dropout (default True).
         isotorch_primitives: include every primitive of :func:`isotorch.families.primitives` (default True).
         training: include optimisers, initialisers and weight penalties (default True).
@@ -400,10 +410,17 @@ def primitive_table(
         or :meth:`~PrimitiveTable.to_json`.
 
     Examples:
-        >>> table = primitive_table(isotorch_primitives=False, training=False, kinds=["activation"])
-        >>> {r.name: r.summary() for r in table.rows}["tanh"]
-        'B_n'
+        >>> import torch
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> table = primitive_table(generator=gen, isotorch_primitives=False, training=False, kinds=["activation"])
+        >>> {r.name: r.summary() for r in table.rows}["tanh"], table.seed
+        ('B_n', 0)
     """
+    generator = check_generator(generator)
+    source_rng = torch.default_generator if generator is None else generator
+    if source_rng.device.type != "cpu":
+        raise ValueError(f"generator must be a CPU torch.Generator, got one on {source_rng.device}")
+    state, seed = source_rng.get_state(), fresh_seed(source_rng)
     if kinds is not None:
         bad = [k for k in kinds if k not in KINDS]
         if bad:
@@ -422,16 +439,17 @@ def primitive_table(
         for name, source, kind, run, declared, note in specs:
             if kinds is not None and kind not in kinds:
                 continue
-            rows.append(TableRow(name, source, kind, _run_row(run, name, kind, seed), declared, note))
+            rows.append(TableRow(name, source, kind, _run_row(run, name, kind, state), declared, note))
     finally:
         torch.set_num_threads(threads)
     return PrimitiveTable(tuple(rows), seed)
 
 
-def _run_row(run, name: str, kind: str, seed: int):
-    gen = torch.Generator().manual_seed(seed)
+def _run_row(run, name: str, kind: str, state: torch.Tensor):
+    gen = torch.Generator()
+    gen.set_state(state)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # random primitives (dropout) and initialisers draw from the global RNG
+        torch.set_rng_state(state)  # random primitives (dropout) and initialisers draw from the global RNG
         try:
             return run(gen, name)
         except Exception as exc:
