@@ -318,7 +318,7 @@ class Group:
         return out.to(dtype)
 
 
-def get(name: str | Group, **params) -> Group:
+def get(name: str | Group, **params: float) -> Group:
     """Look up a canonical group by name.
 
     Args:

@@ -24,6 +24,7 @@ import torch
 
 from isotorch import groups as _groups
 from isotorch._util import as_generator
+from isotorch.groups import Group
 
 __all__ = [
     "VacuousCheckError",
@@ -116,7 +117,7 @@ def _errors(fn, x, group, dim, trials, generator, equivariant: bool) -> tuple[fl
 def equivariance_error(
     fn: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
-    group,
+    group: str | Group,
     *,
     dim: int = -1,
     trials: int = 4,
@@ -129,7 +130,7 @@ def equivariance_error(
 def invariance_error(
     fn: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
-    group,
+    group: str | Group,
     *,
     dim: int = -1,
     trials: int = 4,
@@ -154,7 +155,7 @@ def _assert(kind, fn, x, group, dim, trials, generator, tol):
 def assert_equivariant(
     fn: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
-    group,
+    group: str | Group,
     *,
     dim: int = -1,
     trials: int = 4,
@@ -189,7 +190,7 @@ def assert_equivariant(
 def assert_invariant(
     fn: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
-    group,
+    group: str | Group,
     *,
     dim: int = -1,
     trials: int = 4,

@@ -97,8 +97,8 @@ class IsotropicActivation(nn.Module):
         length: float | None = None,
         learn_length: bool = False,
         *,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.profile = profile

@@ -8,6 +8,7 @@ gain, so its symmetry group along ``dim`` is O(n) (``groups == ("orthogonal",)``
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,7 +66,15 @@ class IsoRMSNorm(nn.Module):
 
     role = "norm"
 
-    def __init__(self, dim: int = -1, eps: float | None = None, gain: bool = True, *, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        dim: int = -1,
+        eps: float | None = None,
+        gain: bool = True,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         self.dim = check_axis(dim)
         self.eps = None if eps is None else _check_eps(eps)
@@ -139,8 +148,8 @@ class ChiNorm(nn.Module):
         momentum: float = 0.01,
         eps: float = 1e-5,
         *,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.num_features = _check_num_features(num_features)
@@ -227,8 +236,8 @@ class IsoBatchNorm(nn.Module):
         affine: bool = True,
         center: bool = True,
         *,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.num_features = _check_num_features(num_features)
@@ -240,7 +249,7 @@ class IsoBatchNorm(nn.Module):
                 raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
         self.affine = affine
         self.center = center
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         if affine:
             self.weight = nn.Parameter(torch.empty((), **factory))
         else:

@@ -49,6 +49,7 @@ Examples:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -569,9 +570,9 @@ def align(
     model_a: nn.Module,
     model_b: nn.Module,
     method: str = "weights",
-    data=None,
+    data: torch.Tensor | Iterable[torch.Tensor | tuple[torch.Tensor, ...]] | None = None,
     *,
-    x=None,
+    x: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
     group: str | dict[str, str] | None = None,
     max_iter: int = 100,
     tol: float = 1e-12,

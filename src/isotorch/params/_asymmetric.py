@@ -127,8 +127,8 @@ class AsymLinear(_WAsymmetric):
         n_fix: int,
         kappa: float = 1.0,
         generator: torch.Generator | None = None,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.in_features = _check_count(in_features, "in_features", 1 << 62)
@@ -205,8 +205,8 @@ class AsymConv2d(_WAsymmetric):
         n_fix: int,
         kappa: float = 1.0,
         generator: torch.Generator | None = None,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
@@ -280,7 +280,13 @@ class FiGLU(nn.Module):
     weight: torch.Tensor
 
     def __init__(
-        self, features: int, dim: int = -1, *, generator: torch.Generator | None = None, device=None, dtype=None
+        self,
+        features: int,
+        dim: int = -1,
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ):
         super().__init__()
         self.features = check_int(features, "features")

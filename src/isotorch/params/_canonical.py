@@ -78,7 +78,13 @@ def _order(rows: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.lexsort(keys)).to(torch.long)
 
 
-def canonical_element(model: nn.Module, x=None, *, syms: Symmetries | None = None, scaling: str = "fan_in") -> Element:
+def canonical_element(
+    model: nn.Module,
+    x: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+    *,
+    syms: Symmetries | None = None,
+    scaling: str = "fan_in",
+) -> Element:
     """The element that brings ``model`` to its canonical form (see :func:`canonicalise`).
 
     Args:
@@ -136,7 +142,13 @@ def canonical_element(model: nn.Module, x=None, *, syms: Symmetries | None = Non
     return Element(syms, total)
 
 
-def canonicalise(model: nn.Module, x=None, *, syms: Symmetries | None = None, scaling: str = "fan_in") -> nn.Module:
+def canonicalise(
+    model: nn.Module,
+    x: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+    *,
+    syms: Symmetries | None = None,
+    scaling: str = "fan_in",
+) -> nn.Module:
     """The canonical representative of ``model``'s symmetry orbit (a new model with the same function, verified).
 
     Two models that differ by an element of their sites' groups have the same canonical form (up to rounding,

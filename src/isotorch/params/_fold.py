@@ -319,24 +319,40 @@ def _output_error(model: nn.Module, graph, new: nn.Module, inputs: tuple) -> tup
 
 @overload
 def fold_norms(
-    model: nn.Module, x=None, *, return_report: Literal[False] = False, tol: float | None = None
+    model: nn.Module,
+    x: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+    *,
+    return_report: Literal[False] = False,
+    tol: float | None = None,
 ) -> nn.Module: ...
 
 
 @overload
 def fold_norms(
-    model: nn.Module, x=None, *, return_report: Literal[True], tol: float | None = None
+    model: nn.Module,
+    x: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+    *,
+    return_report: Literal[True],
+    tol: float | None = None,
 ) -> tuple[nn.Module, FoldReport]: ...
 
 
 @overload
 def fold_norms(
-    model: nn.Module, x=None, *, return_report: bool = False, tol: float | None = None
+    model: nn.Module,
+    x: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+    *,
+    return_report: bool = False,
+    tol: float | None = None,
 ) -> nn.Module | tuple[nn.Module, FoldReport]: ...
 
 
 def fold_norms(
-    model: nn.Module, x=None, *, return_report: bool = False, tol: float | None = None
+    model: nn.Module,
+    x: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+    *,
+    return_report: bool = False,
+    tol: float | None = None,
 ) -> nn.Module | tuple[nn.Module, FoldReport]:
     """Return a copy of ``model`` with every residual-stream norm gain-free and the same function.
 

@@ -2043,7 +2043,7 @@ def _replace(site: Site, **changes) -> Site:
     return replace(site, **changes)
 
 
-def symmetries(model: nn.Module, x) -> Symmetries:
+def symmetries(model: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...]) -> Symmetries:
     """Find the hidden sites of ``model`` on the example input ``x`` and the symmetry group of each.
 
     The model is traced with torch.fx, or, when fx cannot trace it (HF transformers, data-dependent control

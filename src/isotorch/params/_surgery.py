@@ -65,7 +65,12 @@ def _single_linear_producer(model: nn.Module, site: Site) -> nn.Linear:
 
 
 def svd_diagonalise(
-    model: nn.Module, site: str | Site, *, x=None, syms: Symmetries | None = None, full: bool = False
+    model: nn.Module,
+    site: str | Site,
+    *,
+    x: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+    syms: Symmetries | None = None,
+    full: bool = False,
 ) -> nn.Module:
     """Rotate an isotropic site so that its producer's rows are orthogonal, sorted by singular value.
 
@@ -153,7 +158,7 @@ def grow(
     site: str | Site,
     k: int,
     *,
-    x=None,
+    x: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
     syms: Symmetries | None = None,
     scale: float = 0.01,
     generator: torch.Generator | None = None,
@@ -258,7 +263,7 @@ def prune(
     k: int,
     criterion: str = "singular_value",
     *,
-    x=None,
+    x: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
     syms: Symmetries | None = None,
 ) -> PruneResult:
     """Remove the ``k`` units of an isotropic site with the smallest singular values (neurodegeneration).

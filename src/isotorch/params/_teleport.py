@@ -122,7 +122,7 @@ def _zeros(kind: str, n: int, dtype) -> torch.Tensor:
 def teleport(
     model: nn.Module,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    batch,
+    batch: tuple[torch.Tensor, torch.Tensor],
     *,
     steps: int = 10,
     lr: float = 1e-2,

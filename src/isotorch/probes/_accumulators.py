@@ -55,6 +55,10 @@ def _check_dim(expected: int | None, x: torch.Tensor, who: str) -> None:
         raise ValueError(f"{who} holds {expected} features, got a batch with {x.shape[1]}")
 
 
+Classifier = torch.nn.Linear | torch.Tensor | tuple[torch.Tensor, torch.Tensor | None] | None
+"""A linear classifier as the probes take it: an ``nn.Linear``, a (C, d) weight, a (weight, bias) pair, or none."""
+
+
 class Moments:
     """Streaming count, mean and covariance of feature rows (float64, pairwise merge).
 
@@ -412,7 +416,7 @@ class NearestCentreAgreement:
 
     name = "nc4"
 
-    def __init__(self, means: torch.Tensor, classifier=None) -> None:
+    def __init__(self, means: torch.Tensor, classifier: Classifier = None) -> None:
         from isotorch.probes._collapse import classifier_parameters
 
         if not isinstance(means, torch.Tensor) or not means.is_floating_point() or means.ndim != 2:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from isotorch._util import check_choice, check_labels, check_matrix, finite_rows, json_safe
-from isotorch.probes._accumulators import ClassMoments, NearestCentreAgreement
+from isotorch.probes._accumulators import Classifier, ClassMoments, NearestCentreAgreement
 
 __all__ = ["NeuralCollapseResult", "neural_collapse", "neural_collapse_from_stats"]
 
@@ -87,10 +87,10 @@ class NeuralCollapseResult:
         )
 
 
-def classifier_parameters(classifier, means_shape) -> tuple[torch.Tensor, torch.Tensor | None]:
+def classifier_parameters(classifier: Classifier, means_shape) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(W, b) in float64 from an ``nn.Linear``, a (C, d) weight tensor or a (weight, bias) pair, shape-checked."""
     c, d = means_shape
-    bias = None
+    bias: torch.Tensor | None = None
     if isinstance(classifier, torch.nn.Linear):
         weight, bias = classifier.weight, classifier.bias
     elif isinstance(classifier, torch.Tensor):
@@ -206,7 +206,7 @@ def _collapse_from_moments(
 def neural_collapse(
     features: torch.Tensor,
     labels: torch.Tensor,
-    classifier=None,
+    classifier: Classifier = None,
     *,
     num_classes: int | None = None,
     nan_policy: str = "raise",
@@ -267,7 +267,7 @@ def _check_centre(centre: object) -> str:
 
 def neural_collapse_from_stats(
     stats: ClassMoments,
-    classifier=None,
+    classifier: Classifier = None,
     *,
     nc4: NearestCentreAgreement | float | None = None,
     excluded_nonfinite: int = 0,

@@ -15,6 +15,7 @@ Per head of an attention layer, use W_Q W_Kᵀ and W_V W_O (the factors alone ar
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,7 +202,7 @@ class RankProfile:
 
 def rank_profile(
     model: torch.nn.Module,
-    data,
+    data: Iterable,
     layers: list[str],
     *,
     tol: float = 1e-3,

@@ -22,7 +22,9 @@ from isotorch.studies._stats import Figure, mean_ci
 __all__ = ["ci_band", "cmap", "save_figure", "subplots"]
 
 
-def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], dpi: int = 110, **kwargs: Any):
+def subplots(
+    nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], dpi: int = 110, **kwargs: Any
+) -> tuple[Any, Any]:
     """A new matplotlib figure and its axes on the Agg backend (``plt.subplots`` with the studies' resolution).
 
     Args:
@@ -93,7 +95,7 @@ def save_figure(fig, out: str | Path, name: str, caption: str, *, tight: bool = 
 
 
 def ci_band(
-    ax,
+    ax: Any,
     xs: Sequence[float],
     values: Iterable[Iterable[float]],
     *,
