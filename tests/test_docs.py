@@ -225,19 +225,3 @@ def test_private_names_are_found_in_code_and_prose():
         "isotorch.studies._stats"
     ]
     assert private_names("Call `isotorch.studies._runner.run_study(...)`.") == ["isotorch.studies._runner.run_study"]
-
-
-def test_mkdocs_builds_strict(tmp_path):
-    """The API reference builds with warnings as errors (CI runs `make docs`; this catches it earlier)."""
-    pytest.importorskip("mkdocstrings_handlers.python", reason="no docs extra (make docs installs it)")
-    import subprocess
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(tmp_path / "site")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "site" / "api" / "params" / "index.html").is_file()
