@@ -297,7 +297,8 @@ def test_internal_probes_leave_the_global_rng_alone():
 
 
 @pytest.mark.parametrize(
-    ("module", "what"), [(it.init, "initialiser"), (it.optim, "optimiser"), (it.directions, "direction set")]
+    ("module", "what"),
+    [(it.init, "initialiser"), (it.optim, "optimiser"), (it.directions, "direction set"), (it.nn, "primitive")],
 )
 def test_registries_refuse_unknown_names_listing_the_valid_ones(module, what):
     names = module.names()

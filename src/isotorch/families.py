@@ -1,4 +1,4 @@
-"""Primitive families chosen by symmetry group, the primitive registry, conversion, and group averaging.
+"""Primitive families chosen by symmetry group, conversion, and group averaging.
 
 A :class:`PrimitiveSet` names a group and gives one primitive for each role a network is built from
 (activation, normaliser, dropout, pooling, gating, initialiser, optimiser). Registered families:
@@ -42,135 +42,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from isotorch import directions as _directions
-from isotorch import groups as _groups
 from isotorch import init as _init
 from isotorch import nn as inn
 from isotorch import optim as _optim
-from isotorch._util import check_choice, json_safe
+from isotorch._util import json_safe
 
 __all__ = [
     "ConversionReport",
     "ConversionRow",
     "PrimitiveSet",
-    "PrimitiveSpec",
     "Symmetrised",
     "convert",
     "get",
     "names",
-    "primitives",
     "register",
-    "register_primitive",
     "symmetrise",
 ]
 
 logger = logging.getLogger(__name__)
-
-ROLES = ("activation", "norm", "dropout", "pool", "gate")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The primitive registry: every isotorch primitive, how to build it for a test, and the groups it declares.
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PrimitiveSpec:
-    """A registered primitive: how to build it at feature size n, its role, and the groups it declares.
-
-    Attributes:
-        name: registry name, e.g. ``"iso_tanh"``.
-        role: one of ``activation``, ``norm``, ``dropout``, ``pool``, ``gate``.
-        build: ``build(n)`` returns the module for feature size ``n`` along ``dim``.
-        groups: canonical group keys it is equivariant to (``"block_orthogonal:2"`` style for parameters).
-        sizes: feature sizes at which the registry tests check it.
-        input_shape: shape of a test input with ``"n"`` in place of the feature axis, e.g. ``(5, "n")`` or
-            ``(2, "n", 6, 6)`` for a channel-first feature map.
-        dim: the feature axis.
-        train: check it in training mode (batch statistics, or seeded randomness for dropout).
-        note: why the negative control does not apply, when it does not.
-    """
-
-    name: str
-    role: str
-    build: Callable[[int], nn.Module]
-    groups: tuple[str, ...]
-    sizes: tuple[int, ...] = (8,)
-    input_shape: tuple = (5, "n")
-    dim: int = -1
-    train: bool = False
-    note: str = ""
-
-    def example_input(self, n: int, *, dtype=torch.float32, generator: torch.Generator | None = None) -> torch.Tensor:
-        """A generic Gaussian test input of :attr:`input_shape` with feature size ``n``."""
-        shape = tuple(n if s == "n" else s for s in self.input_shape)
-        return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
-
-
-_PRIMITIVES: dict[str, PrimitiveSpec] = {}
-
-
-def register_primitive(spec: PrimitiveSpec) -> PrimitiveSpec:
-    """Add a primitive to the registry; the test suite then audits it against its declared groups."""
-    check_choice(spec.role, "role", ROLES)
-    if spec.name in _PRIMITIVES:
-        raise ValueError(f"a primitive named {spec.name!r} is already registered")
-    for key in spec.groups:
-        _groups.get(key)
-    _PRIMITIVES[spec.name] = spec
-    return spec
-
-
-def primitives(role: str | None = None) -> list[PrimitiveSpec]:
-    """The registered primitives, optionally only those of one role."""
-    if role is not None and role not in ROLES:
-        raise ValueError(f"role must be one of {ROLES} or None, got {role!r}")
-    return [s for s in _PRIMITIVES.values() if role is None or s.role == role]
-
-
-_MAP = (2, "n", 5, 5)
-_ISO = ("orthogonal",)
-_SCALAR_NOTE = "multiplies each vector by a scalar, so it commutes with every linear map: no larger group can fail"
-for _spec in (
-    PrimitiveSpec("iso_tanh", "activation", lambda n: inn.IsoTanh(), _ISO),
-    PrimitiveSpec("iso_tanh_channels", "activation", lambda n: inn.IsoTanh(dim=1), _ISO, input_shape=_MAP, dim=1),
-    PrimitiveSpec("iso_log1p", "activation", lambda n: inn.IsotropicActivation("log1p"), _ISO),
-    PrimitiveSpec("iso_softsign", "activation", lambda n: inn.IsotropicActivation("softsign"), _ISO),
-    PrimitiveSpec("iso_relu", "activation", lambda n: inn.IsoReLU(radius=1.0), _ISO),
-    PrimitiveSpec("iso_tanh_length", "activation", lambda n: inn.IsotropicActivation("tanh", length=0.5), _ISO),
-    PrimitiveSpec(
-        "block_iso_2", "activation", lambda n: inn.BlockIsotropicActivation(2), ("block_orthogonal:2",), sizes=(8, 6)
-    ),
-    PrimitiveSpec(
-        "direction_standard_tanh",
-        "activation",
-        lambda n: inn.DirectionActivation(_directions.standard_basis(n), "tanh"),
-        ("signed_permutation",),
-    ),
-    PrimitiveSpec(
-        "direction_thomson",
-        "activation",
-        lambda n: inn.DirectionActivation(
-            _directions.thomson(n + 4, n, generator=torch.Generator().manual_seed(0)), "tanh"
-        ),
-        ("trivial",),
-    ),
-    PrimitiveSpec("iso_rms_norm", "norm", lambda n: inn.IsoRMSNorm(), _ISO),
-    PrimitiveSpec("chi_norm", "norm", lambda n: inn.ChiNorm(n), _ISO, train=True),
-    PrimitiveSpec("iso_batch_norm", "norm", lambda n: inn.IsoBatchNorm(n), _ISO, train=True),
-    PrimitiveSpec(
-        "iso_batch_norm_channels",
-        "norm",
-        lambda n: inn.IsoBatchNorm(n, dim=1),
-        _ISO,
-        input_shape=_MAP,
-        dim=1,
-        train=True,
-    ),
-    PrimitiveSpec("iso_dropout", "dropout", lambda n: inn.IsoDropout(0.5), _ISO, train=True, note=_SCALAR_NOTE),
-    PrimitiveSpec("norm_max_pool", "pool", lambda n: inn.NormMaxPool2d(2), _ISO, input_shape=(2, "n", 4, 4), dim=1),
-):
-    register_primitive(_spec)
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Families

@@ -8,8 +8,9 @@ import pytest
 import torch
 from rich.console import Console
 
-from isotorch import families
+import isotorch as it
 from isotorch.audit import PrimitiveTable, _table, primitive_table
+from isotorch.nn import _registry
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "audit.md"
 
@@ -112,11 +113,13 @@ def test_training_rows_come_from_the_optimiser_and_initialiser_registries():
 
 def test_isotorch_rows_compare_declared_and_measured(monkeypatch):
     specs = [
-        families.PrimitiveSpec("fake_overclaim", "activation", lambda n: torch.nn.Tanh(), ("orthogonal",)),
-        families.PrimitiveSpec("fake_honest", "activation", lambda n: torch.nn.Tanh(), ("signed_permutation",)),
-        families.PrimitiveSpec("fake_broken", "activation", lambda n: 1 / 0, ("orthogonal",)),
+        it.nn.PrimitiveSpec("fake_overclaim", "activation", lambda n: torch.nn.Tanh(), ("orthogonal",)),
+        it.nn.PrimitiveSpec("fake_honest", "activation", lambda n: torch.nn.Tanh(), ("signed_permutation",)),
+        it.nn.PrimitiveSpec("fake_broken", "activation", lambda n: 1 / 0, ("orthogonal",)),
     ]
-    monkeypatch.setattr(families, "primitives", lambda role=None: specs)
+    monkeypatch.setattr(_registry, "_PRIMITIVES", {})  # the registry holds only the fakes during this test
+    for spec in specs:
+        it.nn.register(spec)
     table = primitive_table(torch_primitives=False, training=False)
     rows = {r.name: r for r in table.rows}
     assert rows["fake_overclaim"].agrees is False

@@ -336,26 +336,25 @@ def _regulariser_row(fn):
 
 
 def _isotorch_rows() -> list[tuple[str, str, Callable, tuple[str, ...], str]]:
-    from isotorch import families
+    from isotorch import nn as inn
 
     rows = []
-    for spec in families.primitives():
+    for spec in map(inn.get, inn.names()):
         n = spec.sizes[0] if spec.sizes else N
 
         def run(gen, name, spec=spec, n=n):
             module = spec.build(n)
-            x = spec.example_input(n, generator=gen) if hasattr(spec, "example_input") else None
-            if x is None:
-                shape = tuple(n if s == "n" else s for s in spec.input_shape)
-                x = _randn(gen, *shape)
-            train = bool(getattr(spec, "train", False))
             return audit_module(
-                module, x, dim=spec.dim, generator=gen, name=name, train=train, common_random_numbers=train
+                module,
+                spec.example_input(n, generator=gen),
+                dim=spec.dim,
+                generator=gen,
+                name=name,
+                train=spec.train,
+                common_random_numbers=spec.train,
             )
 
-        note = getattr(spec, "note", "") or ""
-        if getattr(spec, "train", False):
-            note = "; ".join(p for p in ("train mode, common random numbers", note) if p)
+        note = "; ".join(p for p in ("train mode, common random numbers" if spec.train else "", spec.note) if p)
         rows.append((spec.name, spec.role, run, tuple(spec.groups), note))
     return rows
 
@@ -398,7 +397,7 @@ def primitive_table(
         generator: a CPU ``torch.Generator`` whose current state every row starts from, or ``None`` (torch's
             global RNG, its CPU state). ``isotorch audit --primitives`` passes ``torch.Generator().manual_seed(0)``.
         torch_primitives: include torch's activations, normalisers, pooling and dropout (default True).
-        isotorch_primitives: include every primitive of :func:`isotorch.families.primitives` (default True).
+        isotorch_primitives: include every registered primitive, :func:`isotorch.nn.names` (default True).
         training: include optimisers, initialisers and weight penalties (default True).
         kinds: keep only rows of these kinds (default all).
 
