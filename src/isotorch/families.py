@@ -36,6 +36,7 @@ import operator
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Literal, TypeVar, overload
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +61,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_M = TypeVar("_M", bound=nn.Module)  # convert returns a copy of the model's own class (only submodules are swapped)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Families
@@ -495,14 +498,36 @@ def _set_module(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+@overload
 def convert(
-    model: nn.Module,
+    model: _M,
+    family: str | PrimitiveSet,
+    *,
+    x: torch.Tensor | None = None,
+    dims: dict[str, int] | None = None,
+    return_report: Literal[False] = False,
+) -> _M: ...
+
+
+@overload
+def convert(
+    model: _M,
+    family: str | PrimitiveSet,
+    *,
+    x: torch.Tensor | None = None,
+    dims: dict[str, int] | None = None,
+    return_report: Literal[True],
+) -> tuple[_M, ConversionReport]: ...
+
+
+def convert(
+    model: _M,
     family: str | PrimitiveSet,
     *,
     x: torch.Tensor | None = None,
     dims: dict[str, int] | None = None,
     return_report: bool = False,
-):
+) -> _M | tuple[_M, ConversionReport]:
     """Return a copy of ``model`` whose activations, normalisers, dropout, pooling and gates are ``family``'s.
 
     Linear, convolutional and embedding layers (the channel mixing that absorbs any group) keep their weights;
