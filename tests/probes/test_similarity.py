@@ -104,3 +104,31 @@ def test_compare_layers_between_models(tmp_path):
         compare_layers(a, b, data, ["0"], features="channels")
     with pytest.raises(ValueError, match="layers"):
         compare_layers(a, b, data, ["9"])
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_compare_layers_entries_are_linear_cka_of_the_layer_outputs_exactly(debiased):
+    # compare_layers centres and self-pairs each layer once; every entry must still be linear_cka of the two layers
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 4)).double()
+    b = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    x = gaussian(120, 5)
+    layers_a, layers_b = ["0", "1", "2"], ["0", "2"]
+    sim = compare_layers(a, b, [x], layers_a, layers_b, debiased=debiased, samples=120)  # one batch: same rounding
+    with torch.no_grad():
+        outs_a = {"0": a[0](x), "1": a[:2](x), "2": a(x)}
+        outs_b = {"0": b[0](x), "2": b(x)}
+    expected = [[linear_cka(outs_a[i], outs_b[j], debiased=debiased) for j in ("0", "2")] for i in ("0", "1", "2")]
+    assert sim.matrix.tolist() == expected
+    subsample = compare_layers(a, b, [x], layers_a, layers_b, debiased=debiased, samples=60)
+    assert (subsample.matrix - sim.matrix).abs().max() > 1e-3
+
+
+def test_compare_layers_refuses_non_finite_activations_naming_the_layer():
+    a = nn.Sequential(nn.Linear(5, 4), nn.ReLU())
+    b = nn.Sequential(nn.Linear(5, 4), nn.ReLU())
+    with torch.no_grad():
+        b[0].bias[0] = float("nan")
+    with pytest.raises(ValueError, match="layer '0' of model_b gave NaN or inf"):
+        compare_layers(a, b, [torch.randn(16, 5)], ["0"])
+    assert compare_layers(a, a, [torch.randn(16, 5)], ["0"]).matrix.isfinite().all()

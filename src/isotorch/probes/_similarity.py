@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -51,6 +51,39 @@ def _hsic_terms(x: torch.Tensor, y: torch.Tensor) -> float:
 
 def _debias(dot: float, r: torch.Tensor, s: torch.Tensor, n: int) -> float:
     return dot - n / (n - 2) * float(r @ s) + float(r.sum()) * float(s.sum()) / ((n - 1) * (n - 2))
+
+
+class _Centred(NamedTuple):
+    """One representation made ready for CKA against others: computed once per layer, not once per pair."""
+
+    rows: torch.Tensor  # column-centred float64 features, (N, p)
+    norms: torch.Tensor  # squared row norms ‖x_i‖², (N,)
+    self_hsic: float  # ⟨X_cX_cᵀ, X_cX_cᵀ⟩_F, debiased when asked
+
+
+def _centred(x: torch.Tensor, debiased: bool, device: torch.device | None = None) -> _Centred:
+    x = x.detach().to(device=x.device if device is None else device, dtype=torch.float64)
+    x = x - x.mean(dim=0)
+    norms = (x * x).sum(1)
+    self_hsic = _hsic_terms(x, x)
+    if debiased:
+        self_hsic = _debias(self_hsic, norms, norms, x.shape[0])
+    return _Centred(x, norms, self_hsic)
+
+
+def _cka(a: _Centred, b: _Centred, debiased: bool) -> float:
+    xy = _hsic_terms(a.rows, b.rows)
+    if debiased:
+        xy = _debias(xy, a.norms, b.norms, a.rows.shape[0])
+    xx, yy = a.self_hsic, b.self_hsic
+    denom = (xx * yy) ** 0.5 if xx > 0 and yy > 0 else 0.0
+    return xy / denom if denom > 0 else float("nan")
+
+
+def _finite(rows: torch.Tensor, layer: str, model: str) -> torch.Tensor:
+    if not torch.isfinite(rows).all():
+        raise ValueError(f"layer {layer!r} of {model} gave NaN or inf values; CKA needs finite activations")
+    return rows
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor, *, debiased: bool = False) -> float:
@@ -87,16 +120,7 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor, *, debiased: bool = False) -> f
     n = x.shape[0]
     if debiased and n < 4:
         raise ValueError(f"debiased CKA needs at least 4 samples, got {n}")
-    x = x.detach().to(torch.float64)
-    y = y.detach().to(device=x.device, dtype=torch.float64) if y.device != x.device else y.detach().to(torch.float64)
-    x = x - x.mean(dim=0)
-    y = y - y.mean(dim=0)
-    xy, xx, yy = _hsic_terms(x, y), _hsic_terms(x, x), _hsic_terms(y, y)
-    if debiased:
-        r, s = (x * x).sum(1), (y * y).sum(1)
-        xy, xx, yy = _debias(xy, r, s, n), _debias(xx, r, r, n), _debias(yy, s, s, n)
-    denom = (xx * yy) ** 0.5 if xx > 0 and yy > 0 else 0.0
-    return xy / denom if denom > 0 else float("nan")
+    return _cka(_centred(x, debiased), _centred(y, debiased, x.device), debiased)
 
 
 def kernel_alignment(k_a: torch.Tensor, k_b: torch.Tensor, *, centered: bool = False) -> float:
@@ -275,11 +299,14 @@ def compare_layers(
                 break
     if n_inputs < 4:
         raise ValueError(f"data gave {n_inputs} input(s); CKA needs at least 4")
+    # each layer is checked, centred and paired with itself once; the pairs then cost one cross product each
+    device = next(iter(res_a.values())).values.device
+    centred_b = [_centred(_finite(res_b[nb].values, nb, "model_b"), debiased, device) for nb in layers_b]
     matrix = torch.empty(len(layers_a), len(layers_b), dtype=torch.float64)
     for i, na in enumerate(layers_a):
-        xa = res_a[na].values
-        for j, nb in enumerate(layers_b):
-            matrix[i, j] = linear_cka(xa, res_b[nb].values.to(xa.device), debiased=debiased)
+        centred_a = _centred(_finite(res_a[na].values, na, "model_a"), debiased, device)
+        for j, cb in enumerate(centred_b):
+            matrix[i, j] = _cka(centred_a, cb, debiased)
     return LayerSimilarity(
         matrix=matrix,
         layers_a=tuple(layers_a),
