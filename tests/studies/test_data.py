@@ -117,7 +117,10 @@ def test_read_idx_rejects_bad_files(tmp_path):
 
 
 def test_mnist1d_is_seeded_and_shaped():
-    a, b, c = make_mnist1d(400, seed=3), make_mnist1d(400, seed=3), make_mnist1d(400, seed=4)
+    def gen(seed):
+        return torch.Generator().manual_seed(seed)
+
+    a, b, c = (make_mnist1d(400, generator=gen(s)) for s in (3, 3, 4))
     assert a.x_train.shape == (320, 40) and a.x_test.shape == (80, 40)
     assert torch.equal(a.x_train, b.x_train) and not torch.equal(a.x_train, c.x_train)
     assert torch.bincount(torch.cat([a.y_train, a.y_test])).tolist() == [40] * 10
@@ -128,11 +131,39 @@ def test_mnist1d_is_seeded_and_shaped():
     assert np.array_equal(state, np.random.get_state()[1])  # noqa: NPY002
 
 
+def test_digits_standardised_on_the_training_split():
+    """Train features have mean 0 and std 1 (or are constant); a pixel blank in every training digit but used by a
+    test digit (pixel 56 with generator seed 0) stays at pixel scale instead of being divided by ~0."""
+    split = load_digits(generator=torch.Generator().manual_seed(0))
+    std = split.x_train.double().std(0, unbiased=False)
+    used = std > 0
+    assert torch.allclose(split.x_train.double().mean(0), torch.zeros(64, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(std[used], torch.ones(int(used.sum()), dtype=torch.float64), atol=1e-5)
+    assert not used[56] and split.x_test[:, 56].abs().max() > 0  # the case that matters is present
+    assert split.x_test.abs().max() < 100  # dividing by (0 + 1e-6) would give ~1e7
+
+
+def test_embedded_splits_follow_the_generator():
+    """generator=None draws from torch's global RNG (two calls differ); equal seeded generators give equal splits."""
+    split = load_dataset("digits", generator=torch.Generator().manual_seed(5))
+    again = load_dataset("digits", generator=torch.Generator().manual_seed(5))
+    assert torch.equal(split.x_test, again.x_test) and torch.equal(split.y_train, again.y_train)
+    other = load_dataset("digits", generator=torch.Generator().manual_seed(6))
+    assert not torch.equal(split.x_test, other.x_test)
+    torch.manual_seed(0)
+    first = load_digits()
+    assert not torch.equal(first.x_test, load_digits().x_test)  # the global RNG advanced
+    torch.manual_seed(0)
+    assert torch.equal(first.x_test, load_digits().x_test)  # and is what drew it
+    with pytest.raises(TypeError, match="generator"):
+        load_dataset("mnist1d", generator=3)
+
+
 def test_mnist1d_classes_are_learnable():
     """A linear classifier beats chance clearly (templates carry the label), a check that can fail."""
     from sklearn.linear_model import LogisticRegression
 
-    s = make_mnist1d(2000, seed=0)
+    s = make_mnist1d(2000, generator=torch.Generator().manual_seed(0))
     acc = LogisticRegression(max_iter=300).fit(s.x_train.numpy(), s.y_train.numpy()).score(s.x_test.numpy(), s.y_test)
     assert acc > 0.25
 

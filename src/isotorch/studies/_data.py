@@ -3,12 +3,13 @@
 Every loader returns a :class:`Split` of float32 inputs and int64 labels (float32 targets for regression), on CPU.
 
 - :func:`load_digits`: scikit-learn's bundled 8×8 digits, standardised with the training set's statistics.
-- :func:`make_mnist1d`: MNIST-1D (Greydanus 2020) generated here, seeded, no download: each of 10 one-dimensional
+- :func:`make_mnist1d`: MNIST-1D (Greydanus 2020) generated here, no download: each of 10 one-dimensional
   templates (length 12) is padded with 36–60 zeros, resampled to 72 points, scaled by 1 + 0.4·(u − ½), circularly
   shifted by up to 48, its zero padding replaced by Gaussian-smoothed noise (σ = 2, scale 0.25), iid noise
   (0.02) added, sheared by 0.75·(u − ½)·linspace(−½, ½), and resampled to 40 points; the set is standardised.
-  It follows the paper's procedure with a local ``numpy.random.Generator`` (so it never touches global RNGs); the
-  numbers differ from the ``mnist1d`` package's pickled set, which is seeded through numpy's global RNG.
+  It follows the paper's procedure with a local ``numpy.random.Generator`` seeded by one draw from ``generator``
+  (so it never touches numpy's global RNG); the numbers differ from the ``mnist1d`` package's pickled set, which is
+  seeded through numpy's global RNG.
 - :func:`teacher_student`: Gaussian inputs and a rank-r linear teacher y = U diag(s) Vᵀ x with s = 4, 2, 1, …, or a
   small tanh teacher y = A tanh(Bx) (REFERENCE 6.4).
 - :func:`load_vision`: MNIST, FashionMNIST and CIFAR-10 from their standard files (idx-ubyte, optionally gzipped;
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from isotorch._util import check_generator
+from isotorch._util import check_generator, draw_seed
 
 __all__ = [
     "DatasetNotFoundError",
@@ -71,10 +72,12 @@ class Split:
         }
 
 
-def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Split:
+def load_digits(*, test_fraction: float = 0.2, generator: torch.Generator | None = None) -> Split:
     """scikit-learn's bundled 8×8 digits (1,797 samples of 64 features, 10 classes; no download).
 
-    The split is a seeded permutation; features are standardised with the training set's mean and std.
+    The split is a random permutation drawn from ``generator`` (``None``: torch's global RNG; pass a seeded
+    generator for a fixed split); features are standardised with the training set's mean and std (scikit-learn's
+    ``StandardScaler``: a feature constant on the training split is centred, not scaled).
 
     Examples:
         >>> s = load_digits()
@@ -82,14 +85,18 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Split:
         (torch.Size([1438, 64]), torch.Size([359, 64]))
     """
     from sklearn.datasets import load_digits as _load
+    from sklearn.preprocessing import StandardScaler
 
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    generator = check_generator(generator)
     x, y = _load(return_X_y=True)
-    order = np.random.default_rng(seed).permutation(len(x))
+    order = torch.randperm(len(x), generator=generator).numpy()
     n_test = round(test_fraction * len(x))
     test, train = order[:n_test], order[n_test:]
-    x = (x - x[train].mean(0)) / (x[train].std(0) + 1e-6)
+    # scikit-learn's scaler: a pixel constant on the training split (blank in every training digit) is centred but
+    # not scaled, so the test digits that do use it stay at pixel scale instead of being divided by ~0
+    x = StandardScaler().fit(x[train]).transform(x)
 
     def tensors(idx) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.tensor(x[idx], dtype=torch.float32), torch.tensor(y[idx], dtype=torch.int64)
@@ -121,7 +128,7 @@ def _resample(x: np.ndarray, n: int) -> np.ndarray:
 def make_mnist1d(
     num_samples: int = 5000,
     *,
-    seed: int = 42,
+    generator: torch.Generator | None = None,
     test_fraction: float = 0.2,
     length: int = 40,
     padding: tuple[int, int] = (36, 60),
@@ -131,16 +138,16 @@ def make_mnist1d(
     iid_noise_scale: float = 0.02,
     shear_scale: float = 0.75,
 ) -> Split:
-    """MNIST-1D, generated locally and seeded (10 classes, ``length`` = 40 features); see the module docstring.
+    """MNIST-1D, generated locally (10 classes, ``length`` = 40 features); see the module docstring.
 
     Args:
         num_samples: total samples, split evenly over the classes (default 5000).
-        seed: seed of the local generator (default 42).
+        generator: draws the set (``None``: torch's global RNG; pass a seeded generator for a fixed set).
         test_fraction: fraction held out for the test set (default 0.2).
         length: output length (default 40). Other arguments: the paper's transformation scales.
 
     Examples:
-        >>> s = make_mnist1d(200, seed=0)
+        >>> s = make_mnist1d(200, generator=torch.Generator().manual_seed(0))
         >>> s.x_train.shape, s.y_train.unique().numel()
         (torch.Size([160, 40]), 10)
     """
@@ -150,7 +157,7 @@ def make_mnist1d(
         raise ValueError(f"num_samples must be at least 10 (one per class), got {num_samples}")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(draw_seed(generator))
     templates = _TEMPLATES - _TEMPLATES.mean(1, keepdims=True)
     templates /= templates.std(1, keepdims=True)
     templates = (templates - templates[:, :1]) / 6.0  # every signal starts and ends at 0
@@ -421,15 +428,24 @@ def check_dataset(name: str, root: str | Path | None = None) -> None:
             raise ValueError(f"{found[0]} holds {images} images but {found[1]} holds {labels} labels")
 
 
-def load_dataset(name: str, *, root: str | Path | None = None, seed: int = 0, flatten: bool = False, **kwargs) -> Split:
+def load_dataset(
+    name: str,
+    *,
+    root: str | Path | None = None,
+    generator: torch.Generator | None = None,
+    flatten: bool = False,
+    **kwargs,
+) -> Split:
     """One entry point: ``"digits"``, ``"mnist1d"`` (embedded), ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``
-    (files under ``root``; an empty string counts as none). ``flatten`` gives (N, features) inputs for every
-    dataset (the embedded ones already are). Extra keyword arguments go to the loader.
+    (files under ``root``; an empty string counts as none). ``generator`` draws an embedded dataset's split (and
+    MNIST-1D's samples; ``None``: torch's global RNG); standard files come with their own split and draw nothing.
+    ``flatten`` gives (N, features) inputs for every dataset (the embedded ones already are). Extra keyword
+    arguments go to the loader.
     """
     if name == "digits":
-        return load_digits(seed=seed, **kwargs)
+        return load_digits(generator=generator, **kwargs)
     if name == "mnist1d":
-        return make_mnist1d(seed=seed, **kwargs)
+        return make_mnist1d(generator=generator, **kwargs)
     if name in _VISION:
         if not root:
             raise ValueError(f"dataset {name!r} needs root= (the folder holding its standard files)")

@@ -228,7 +228,9 @@ def capacity_measures(model: nn.Module, *, rank_tol: float = 0.01, neuron_tol: f
 
 
 def _load(config: CapacityConfig):
-    x, y, x_test, y_test = load_dataset(config.dataset, root=config.data_root, flatten=True)
+    x, y, x_test, y_test = load_dataset(
+        config.dataset, root=config.data_root, flatten=True, generator=torch.Generator().manual_seed(0)
+    )
     if config.max_train:
         x, y = x[: config.max_train], y[: config.max_train]
     return x, y, x_test, y_test

@@ -211,7 +211,12 @@ class Collapse(Study):
 
     def run(self, ctx) -> dict[str, Any]:
         config: CollapseConfig = ctx.config
-        split = load_dataset(config.dataset, root=config.data_root, flatten=config.model == "mlp")
+        split = load_dataset(
+            config.dataset,
+            root=config.data_root,
+            flatten=config.model == "mlp",
+            generator=torch.Generator().manual_seed(0),
+        )
         x, y, x_test, y_test = split
         if config.n_train:
             x, y = x[: config.n_train], y[: config.n_train]

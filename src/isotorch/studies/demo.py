@@ -177,7 +177,7 @@ class Demo(Study):
 
     def run(self, ctx) -> dict[str, Any]:
         cfg = ctx.config
-        data = load_digits(test_fraction=cfg.test_fraction, seed=0)
+        data = load_digits(test_fraction=cfg.test_fraction, generator=torch.Generator().manual_seed(0))
         x, y, x_test, y_test = data
         n = len(x)
         per_epoch = math.ceil(n / cfg.batch_size)

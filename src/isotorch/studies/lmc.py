@@ -317,7 +317,9 @@ class Lmc(Study):
 
     def run(self, ctx) -> dict[str, Any]:
         config: LmcConfig = ctx.config
-        x, y, x_test, y_test = load_dataset(config.dataset, root=config.data_root, flatten=True)
+        x, y, x_test, y_test = load_dataset(
+            config.dataset, root=config.data_root, flatten=True, generator=torch.Generator().manual_seed(0)
+        )
         if config.n_train:
             x, y = x[: config.n_train], y[: config.n_train]
         x, y, x_test, y_test = (t.to(ctx.device) for t in (x, y, x_test, y_test))
@@ -387,7 +389,7 @@ class Lmc(Study):
                 return data @ transforms[m] if m in transforms else data
 
             def step(t, nets=nets, opts=opts):
-                total = 0.0
+                total: float | torch.Tensor = 0.0
                 for m in MODELS:
                     idx = ctx.batch_indices(t, len(x), config.batch_size, key=m)
                     loss = nn.functional.cross_entropy(nets[m](feed(m, x[idx])), y[idx])

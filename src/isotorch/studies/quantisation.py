@@ -179,7 +179,9 @@ def build_autoencoder(
 
 
 def _load(config: QuantisationConfig | SymmetryOrderConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    split = load_dataset(config.dataset, root=config.data_root, flatten=True)
+    split = load_dataset(
+        config.dataset, root=config.data_root, flatten=True, generator=torch.Generator().manual_seed(0)
+    )
     return split.x_train, split.x_test
 
 

@@ -208,7 +208,7 @@ def prune_by_norm(model: nn.Sequential, producer: int, k: int) -> tuple[nn.Seque
 
 
 def _load(config: TopologyConfig):
-    return load_dataset(config.dataset, root=config.data_root, flatten=True)
+    return load_dataset(config.dataset, root=config.data_root, flatten=True, generator=torch.Generator().manual_seed(0))
 
 
 def _producers(model: nn.Sequential) -> list[int]:
