@@ -194,9 +194,7 @@ def test_trained_model_learns_but_never_beats_the_source_entropy():
 
     lang = markov_language(8, sharpness=3.0, generator=torch.Generator().manual_seed(0))
     model = _tiny()
-    result = train_lm(
-        model, lang, steps=60, batch_size=32, seq_len=16, lr=1e-2, generator=torch.Generator().manual_seed(1)
-    )
+    result = train_lm(model, lang, steps=60, batch_size=32, seq_len=16, lr=1e-2, data_seed=1)
     assert result.steps == 60 and len(result.losses) == 60
     held_out = lang.sample(1000, 16, generator=torch.Generator().manual_seed(2))
     losses = evaluate_lm(model, held_out)
@@ -207,6 +205,32 @@ def test_trained_model_learns_but_never_beats_the_source_entropy():
     import json
 
     assert json.loads(json.dumps(result.to_dict(), allow_nan=False))["steps"] == 60
+
+
+@needs_hf
+def test_lm_step_is_one_adamw_update_on_the_batch_of_data_seed_and_t():
+    """LMStep(t) is the hand-written update on batch t of its data seed, bit for bit; another seed, other batches."""
+    from isotorch.studies._lm import LMStep, lm_loss
+
+    lang = _lang()
+    model, twin = _tiny(), _tiny()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    twin_opt = torch.optim.AdamW(twin.parameters(), lr=1e-2)
+    step = LMStep(model, opt, lang, batch_size=4, seq_len=8, data_seed=3)
+    for t in (0, 1, 5):
+        loss = step(t)
+        tokens = lang.sample(4, 8, generator=torch.Generator().manual_seed(1_000_003 * 4 + t))
+        twin.train()
+        expected = lm_loss(twin, tokens)
+        twin_opt.zero_grad()
+        expected.backward()
+        twin_opt.step()
+        assert torch.equal(loss, expected.detach())
+    assert model.training
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert torch.equal(step.batch(5), step.batch(5))
+    assert not torch.equal(LMStep(model, opt, lang, batch_size=4, seq_len=8, data_seed=4).batch(5), step.batch(5))
 
 
 @needs_hf

@@ -25,7 +25,7 @@ def _trained_pair():
 
     lang = markov_language(8, generator=torch.Generator().manual_seed(0))
     model = gpt2(8, n_layer=1, n_embd=16, n_head=2, n_positions=16, seed=0)
-    train_lm(model, lang, steps=60, batch_size=16, seq_len=16, lr=1e-2, generator=torch.Generator().manual_seed(1))
+    train_lm(model, lang, steps=60, batch_size=16, seq_len=16, lr=1e-2, data_seed=1)
     model = model.double().eval()
     tokens = lang.sample(16, 16, generator=torch.Generator().manual_seed(2))
     syms = symmetries(model, tokens[:2])

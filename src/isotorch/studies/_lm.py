@@ -3,9 +3,11 @@
 :func:`gpt2` builds Hugging Face's ``GPT2LMHeadModel`` from a tiny ``GPT2Config`` with random weights (no download;
 eager attention, no dropout, seeded), optionally with every MLP activation swapped for a primitive family's
 (``family="isotropic"`` puts :class:`~isotorch.nn.IsoTanh` on the 4d hidden units of each block, the rest of the
-model unchanged), so an elementwise/isotropic pair differs only there. :func:`train_lm` fits it to a
-:class:`~isotorch.studies._text.MarkovLanguage` with AdamW on the causal language-model loss, and :func:`lm_loss`
-is that loss: mean over predicted tokens of −log softmax(logits)[next token], in nats.
+model unchanged), so an elementwise/isotropic pair differs only there. :func:`language_of` is a study's
+:class:`~isotorch.studies._text.MarkovLanguage`; :class:`LMStep` is one optimiser update on batch t of it (the
+``step`` of ``ctx.train``) and :func:`lm_evaluation` the held-out loss to log (its ``evaluate``); :func:`train_lm`
+runs the steps outside a study. :func:`lm_loss` is the loss: mean over predicted tokens of
+−log softmax(logits)[next token], in nats (:func:`next_token_loss` from logits).
 """
 
 from __future__ import annotations
@@ -19,7 +21,17 @@ from torch import nn
 
 from isotorch._util import check_int
 
-__all__ = ["LMTrainResult", "evaluate_lm", "gpt2", "lm_loss", "train_lm"]
+__all__ = [
+    "LMStep",
+    "LMTrainResult",
+    "evaluate_lm",
+    "gpt2",
+    "language_of",
+    "lm_evaluation",
+    "lm_loss",
+    "next_token_loss",
+    "train_lm",
+]
 
 
 def gpt2(
@@ -104,8 +116,20 @@ def lm_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """
     if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tokens.ndim != 2 or tokens.shape[1] < 2:
         raise ValueError(f"tokens must be an int64 tensor of shape (B, T) with T >= 2, got {tokens!r:.80}")
-    logits = _logits(model, tokens)
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
+    return next_token_loss(_logits(model, tokens), tokens, dtype=torch.float32)
+
+
+def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Causal language-model loss of ``logits`` (B, T, V) of ``tokens`` (B, T): the mean over b, t ≥ 1 of
+    −log softmax(logits[b, t−1])[tokens[b, t]] in nats, computed in ``dtype`` (default float64).
+
+    Examples:
+        >>> tokens = torch.tensor([[0, 1, 1]])
+        >>> logits = torch.zeros(1, 3, 2)  # uniform over two tokens: log 2 per prediction
+        >>> round(float(next_token_loss(logits, tokens)), 6), round(math.log(2), 6)
+        (0.693147, 0.693147)
+    """
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).to(dtype), tokens[:, 1:].flatten())
 
 
 @dataclass(frozen=True)
@@ -115,7 +139,7 @@ class LMTrainResult:
     Attributes:
         steps: optimiser steps taken.
         losses: training loss at each step (nats per token).
-        settings: batch size, sequence length, learning rate, weight decay.
+        settings: batch size, sequence length, learning rate, weight decay, data seed.
     """
 
     steps: int
@@ -131,6 +155,83 @@ class LMTrainResult:
         }
 
 
+def language_of(config):
+    """The study's language: ``markov_language(config.vocab_size, sharpness=config.sharpness)`` drawn from a generator
+    seeded with ``config.language_seed`` (one language for every seed of a run)."""
+    from isotorch.studies._text import markov_language
+
+    gen = torch.Generator().manual_seed(config.language_seed)
+    return markov_language(config.vocab_size, sharpness=config.sharpness, generator=gen)
+
+
+class LMStep:
+    """One optimiser update on language-model batch ``t``: the ``step`` of :meth:`StudyContext.train`, as a callable.
+
+    ``step(t)`` puts the model in training mode (an evaluation switches it to ``eval``), takes :meth:`batch` ``t``
+    to the model's device, computes :func:`lm_loss`, zeroes the gradients, back-propagates, steps ``opt`` and
+    returns the loss. Batch t is drawn from a generator seeded with 1 000 003·(data_seed + 1) + t: a function of
+    (data_seed, t) alone, so a resumed run sees the batches it would have seen and models given one ``data_seed``
+    see the same batches.
+
+    Args:
+        model: maps (B, T) tokens to logits (e.g. from :func:`gpt2`).
+        opt: the optimiser of ``model``'s parameters.
+        language: a source with ``sample(batch_size, seq_len, generator=)`` (e.g. a ``MarkovLanguage``).
+        batch_size: sequences per batch.
+        seq_len: tokens per sequence.
+        data_seed: selects the batches.
+
+    Examples:
+        >>> from isotorch.studies._text import markov_language
+        >>> lang = markov_language(8, generator=torch.Generator().manual_seed(0))
+        >>> model = gpt2(8, n_layer=1, n_embd=8, n_head=2, n_positions=8)
+        >>> step = LMStep(model, torch.optim.AdamW(model.parameters(), lr=1e-2), lang, batch_size=4, seq_len=8,
+        ...               data_seed=0)
+        >>> bool((step.batch(3) == step.batch(3)).all()), bool((step.batch(3) == step.batch(4)).all())
+        (True, False)
+        >>> first = float(step(0)); last = [float(step(t)) for t in range(1, 30)][-1]
+        >>> last < first
+        True
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        opt: torch.optim.Optimizer,
+        language,
+        *,
+        batch_size: int,
+        seq_len: int,
+        data_seed: int,
+    ):
+        self.model, self.opt, self.language = model, opt, language
+        self.batch_size, self.seq_len, self.data_seed = batch_size, seq_len, data_seed
+
+    def batch(self, t: int) -> torch.Tensor:
+        """Training batch ``t``: int64 (batch_size, seq_len) tokens, on the CPU."""
+        gen = torch.Generator().manual_seed(1_000_003 * (self.data_seed + 1) + t)
+        return self.language.sample(self.batch_size, self.seq_len, generator=gen)
+
+    def __call__(self, t: int) -> torch.Tensor:
+        self.model.train()
+        device = next(self.model.parameters()).device
+        loss = lm_loss(self.model, self.batch(t).to(device))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.detach()
+
+
+def lm_evaluation(model: nn.Module, tokens: torch.Tensor):
+    """The ``evaluate`` of an LM's ``ctx.train``: ``{"eval_loss": mean of evaluate_lm(model, tokens)}`` (nats)."""
+
+    def evaluate(t: int) -> dict[str, float]:
+        device = next(model.parameters()).device
+        return {"eval_loss": float(evaluate_lm(model, tokens.to(device)).mean())}
+
+    return evaluate
+
+
 def train_lm(
     model: nn.Module,
     language,
@@ -140,37 +241,32 @@ def train_lm(
     seq_len: int = 64,
     lr: float = 3e-3,
     weight_decay: float = 0.0,
-    generator: torch.Generator | None = None,
+    data_seed: int = 0,
 ) -> LMTrainResult:
-    """Train ``model`` in place on fresh batches of ``language`` with AdamW on :func:`lm_loss`.
+    """Train ``model`` in place for ``steps`` :class:`LMStep` updates with AdamW, outside a study.
 
     Args:
         model: maps (B, T) tokens to logits (e.g. from :func:`gpt2`).
         language: a source with ``sample(batch_size, seq_len, generator=)`` (e.g. a ``MarkovLanguage``).
         steps: optimiser steps (one fresh batch each).
-        batch_size, seq_len: batch shape. Defaults: 32, 64.
-        lr, weight_decay: AdamW settings (β = (0.9, 0.999)). Defaults: 3e-3, 0.
-        generator: draws the batches (``None``: torch's global RNG).
+        batch_size: sequences per batch. Default: 32.
+        seq_len: tokens per sequence. Default: 64.
+        lr: AdamW's learning rate (β = (0.9, 0.999)). Default: 3e-3.
+        weight_decay: AdamW's weight decay. Default: 0.
+        data_seed: selects the batches (:meth:`LMStep.batch`). Default: 0.
     """
     steps = check_int(steps, "steps", minimum=0)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (0 < lr < math.inf):
         raise ValueError(f"lr must be a finite float > 0, got {lr!r}")
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    step = LMStep(model, opt, language, batch_size=batch_size, seq_len=seq_len, data_seed=data_seed)
     was_training = model.training
-    model.train()
-    losses = []
-    device = next(model.parameters()).device
     try:
-        for _ in range(steps):
-            tokens = language.sample(batch_size, seq_len, generator=generator).to(device)
-            loss = lm_loss(model, tokens)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
+        losses = [float(step(t)) for t in range(steps)]
     finally:
         model.train(was_training)
     settings = {"batch_size": batch_size, "seq_len": seq_len, "lr": lr, "weight_decay": weight_decay}
+    settings["data_seed"] = data_seed
     return LMTrainResult(steps, tuple(losses), settings)
 
 

@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from isotorch.studies._figures import cmap, save_figure, subplots
+from isotorch.studies._lm import LMStep, gpt2, language_of, lm_evaluation, next_token_loss
 from isotorch.studies._registry import Study, register
 from isotorch.studies._stats import Figure, Findings, number
 from isotorch.studies._verdicts import Claim, inconclusive, paired_verdict
@@ -135,8 +136,6 @@ class OutliersConfig:
 
 def build_model(config: OutliersConfig, variant: str, seed: int) -> nn.Module:
     """The variant's GPT-2 (float32, eval mode); every variant of a seed has the same initial linear weights."""
-    from isotorch.studies._lm import gpt2
-
     family, norm, _ = VARIANTS[variant]
     model = gpt2(
         config.vocab_size,
@@ -163,19 +162,6 @@ def _optimiser(config: OutliersConfig, variant: str, model: nn.Module) -> torch.
 
         return IsoAdam(model.parameters(), lr=config.lr_iso_adam, weight_decay=config.weight_decay)
     return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-
-
-def _language(config: OutliersConfig):
-    from isotorch.studies._text import markov_language
-
-    gen = torch.Generator().manual_seed(config.language_seed)
-    return markov_language(config.vocab_size, sharpness=config.sharpness, generator=gen)
-
-
-def _batch(language, config: OutliersConfig, seed: int, t: int) -> torch.Tensor:
-    """Training batch t of a seed: a function of (seed, t) alone, so resume is exact and variants share batches."""
-    gen = torch.Generator().manual_seed(1_000_003 * (seed + 1) + t)
-    return language.sample(config.batch_size, config.seq_len, generator=gen)
 
 
 def _stream_site(syms):
@@ -205,12 +191,6 @@ def _capture(model: nn.Module, tokens: torch.Tensor, norms: list[str]):
     return logits, inputs, outputs
 
 
-def _loss(logits: torch.Tensor, tokens: torch.Tensor) -> float:
-    return float(
-        nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).double(), tokens[:, 1:].flatten(), reduction="mean")
-    )
-
-
 @torch.no_grad()
 def _loss_with_quantised_inputs(model: nn.Module, tokens: torch.Tensor, readers: list[str], bits: int) -> float:
     from isotorch.probes import fake_quantise
@@ -221,7 +201,7 @@ def _loss_with_quantised_inputs(model: nn.Module, tokens: torch.Tensor, readers:
         for r in readers
     ]
     try:
-        return _loss(model(input_ids=tokens).logits, tokens)
+        return float(next_token_loss(model(input_ids=tokens).logits, tokens))
     finally:
         for h in hooks:
             h.remove()
@@ -241,7 +221,7 @@ def _loss_with_quantised_weights(model: nn.Module, tokens: torch.Tensor, bits: i
             continue
         seen.add(id(w))
         w.copy_(fake_quantise(w, bits, dim=axis))
-    return _loss(twin(input_ids=tokens).logits, tokens)
+    return float(next_token_loss(twin(input_ids=tokens).logits, tokens))
 
 
 def _pooled_error(mats: list[torch.Tensor], bits: int) -> float:
@@ -264,7 +244,7 @@ def _measure(model, tokens, norms, readers, reference_logits) -> dict[str, Any]:
 
     logits, streams, acts = _capture(model, tokens, norms)
     kurtosis = torch.cat([channel_kurtosis(h) for h in streams.values()])
-    loss = _loss(logits, tokens)
+    loss = float(next_token_loss(logits, tokens))
     weights = weight_quantisation(model, bits=(8, 4))
     final = acts[norms[-1]]
     return {
@@ -479,10 +459,8 @@ class Outliers(Study):
     claims = _CLAIMS
 
     def run(self, ctx) -> dict[str, Any]:
-        from isotorch.studies._lm import evaluate_lm, lm_loss
-
         config: OutliersConfig = ctx.config
-        language = _language(config)
+        language = language_of(config)
         gen = torch.Generator().manual_seed(31337 + ctx.seed)
         eval_tokens = language.sample(config.eval_seqs, config.seq_len, generator=gen)
         calib_tokens = language.sample(config.calib_seqs, config.seq_len, generator=gen)
@@ -490,25 +468,17 @@ class Outliers(Study):
         for variant in config.variants:
             model = build_model(config, variant, ctx.seed).to(ctx.device)
             opt = _optimiser(config, variant, model)
-
-            def step(t, model=model, opt=opt):
-                model.train()
-                loss = lm_loss(model, _batch(language, config, ctx.seed, t).to(ctx.device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                return loss
-
-            def evaluate(t, model=model):
-                return {"eval_loss": float(evaluate_lm(model, eval_tokens.to(ctx.device)).mean())}
-
+            # the variants of a seed see the same batches
+            step = LMStep(
+                model, opt, language, batch_size=config.batch_size, seq_len=config.seq_len, data_seed=ctx.seed
+            )
             key = f"variant={variant}"
             ctx.train(
                 key,
                 step,
                 config.steps,
                 state={"model": model, "opt": opt},
-                evaluate=evaluate,
+                evaluate=lm_evaluation(model, eval_tokens),
                 log_every=max(1, config.steps // 10),
             )
             model.eval()

@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from isotorch.studies._figures import cmap, save_figure, subplots
+from isotorch.studies._lm import LMStep, gpt2, language_of, lm_evaluation, next_token_loss
 from isotorch.studies._registry import Study, register
 from isotorch.studies._stats import Figure, Findings, number
 from isotorch.studies._verdicts import Claim, paired_verdict, verdict_from_values
@@ -116,13 +117,6 @@ class TransformerLMCConfig:
                 raise ValueError(f"{name} must be a positive finite float, got {value!r}")
 
 
-def _language(config: TransformerLMCConfig):
-    from isotorch.studies._text import markov_language
-
-    gen = torch.Generator().manual_seed(config.language_seed)
-    return markov_language(config.vocab_size, sharpness=config.sharpness, generator=gen)
-
-
 class _Logits(nn.Module):
     """A causal LM as a tokens → logits module (what :func:`isotorch.params.barrier` evaluates)."""
 
@@ -134,14 +128,10 @@ class _Logits(nn.Module):
         return self.model(input_ids=tokens).logits
 
 
-def _lm_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).double(), tokens[:, 1:].flatten())
-
-
 def _barrier(model_a: nn.Module, model_b: nn.Module, tokens: torch.Tensor, alphas: int) -> dict[str, Any]:
     from isotorch.params import barrier
 
-    r = barrier(_Logits(model_a), _Logits(model_b), _lm_loss, (tokens, tokens), steps=alphas)
+    r = barrier(_Logits(model_a), _Logits(model_b), next_token_loss, (tokens, tokens), steps=alphas)
     sa = torch.cat([p.detach().flatten() for p in model_a.parameters()])
     sb = torch.cat([p.detach().flatten() for p in model_b.parameters()])
     return {
@@ -276,10 +266,8 @@ class TransformerLMC(Study):
     claims = _CLAIMS
 
     def run(self, ctx) -> dict[str, Any]:
-        from isotorch.studies._lm import evaluate_lm, gpt2, lm_loss
-
         config: TransformerLMCConfig = ctx.config
-        language = _language(config)
+        language = language_of(config)
         gen = torch.Generator().manual_seed(31337 + ctx.seed)
         eval_tokens = language.sample(config.eval_seqs, config.seq_len, generator=gen)
         act_tokens = language.sample(config.activation_seqs, config.seq_len, generator=gen)
@@ -296,26 +284,15 @@ class TransformerLMC(Study):
             ).to(ctx.device)
             opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
             data_seed = ctx.seed if config.same_data_order else init_seed
-
-            def step(t, model=model, opt=opt, data_seed=data_seed):
-                model.train()
-                batch_gen = torch.Generator().manual_seed(1_000_003 * (data_seed + 1) + t)
-                tokens = language.sample(config.batch_size, config.seq_len, generator=batch_gen)
-                loss = lm_loss(model, tokens.to(ctx.device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                return loss
-
-            def evaluate(t, model=model):
-                return {"eval_loss": float(evaluate_lm(model, eval_tokens.to(ctx.device)).mean())}
-
+            step = LMStep(
+                model, opt, language, batch_size=config.batch_size, seq_len=config.seq_len, data_seed=data_seed
+            )
             ctx.train(
                 f"model={which}",
                 step,
                 config.steps,
                 state={"model": model, "opt": opt},
-                evaluate=evaluate,
+                evaluate=lm_evaluation(model, eval_tokens),
                 log_every=max(1, config.steps // 10),
             )
             models.append(model.eval().cpu())
