@@ -184,7 +184,8 @@ class SupervisedStep:
 
     ``step(t)`` takes minibatch ``t`` of ``ctx.batch_indices(offset + t, len(x), batch_size, key=key)`` (the whole
     data when ``batch_size`` is None), computes ``loss_fn(model(x[idx]), y[idx])`` (``y = x`` for an autoencoder
-    when ``y`` is None), zeroes the gradients, back-propagates, steps ``opt`` and returns the loss. With
+    when ``y`` is None; ``model(input_map(x[idx]))`` with an ``input_map``, e.g. a fixed change of basis of the
+    inputs, applied to each minibatch), zeroes the gradients, back-propagates, steps ``opt`` and returns the loss. With
     ``train_mode`` the model is put in training mode first (when an evaluation switches it to ``eval``). With
     ``skip_nonfinite`` a non-finite loss sets :attr:`diverged` and every later step returns 0 without updating (a
     learning-rate sweep's diverged candidate), instead of the runner stopping the study.
@@ -214,10 +215,11 @@ class SupervisedStep:
         offset: int = 0,
         train_mode: bool = False,
         skip_nonfinite: bool = False,
+        input_map: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         self.ctx, self.model, self.opt, self.x, self.y = ctx, model, opt, x, x if y is None else y
         self.batch_size, self.key, self.loss_fn, self.offset = batch_size, key, loss_fn, offset
-        self.train_mode, self.skip_nonfinite = train_mode, skip_nonfinite
+        self.train_mode, self.skip_nonfinite, self.input_map = train_mode, skip_nonfinite, input_map
         self.diverged = False
 
     def __call__(self, t: int) -> torch.Tensor | float:
@@ -226,10 +228,11 @@ class SupervisedStep:
         if self.train_mode:
             self.model.train()
         if self.batch_size is None:
-            loss = self.loss_fn(self.model(self.x), self.y)
+            x, y = self.x, self.y
         else:
             idx = self.ctx.batch_indices(self.offset + t, len(self.x), self.batch_size, key=self.key)
-            loss = self.loss_fn(self.model(self.x[idx]), self.y[idx])
+            x, y = self.x[idx], self.y[idx]
+        loss = self.loss_fn(self.model(x if self.input_map is None else self.input_map(x)), y)
         if self.skip_nonfinite and not torch.isfinite(loss):
             self.diverged = True
             return 0.0

@@ -61,7 +61,7 @@ from torch import nn
 
 from isotorch.studies._data import load_dataset
 from isotorch.studies._figures import cmap, save_figure, subplots
-from isotorch.studies._models import layer_features, mlp, scale_hint, select_lr, unparametrised
+from isotorch.studies._models import SupervisedStep, layer_features, mlp, scale_hint, select_lr, unparametrised
 from isotorch.studies._registry import Study, register
 from isotorch.studies._stats import Figure, Findings, number
 from isotorch.studies._verdicts import Claim, Verdict, inconclusive, paired_verdict
@@ -385,19 +385,14 @@ class Lmc(Study):
                 nets[m], names = make(m_index)
                 opts[m] = torch.optim.AdamW(nets[m].parameters(), lr=lr, weight_decay=wd)
 
-            def feed(m, data):
-                return data @ transforms[m] if m in transforms else data
+            maps = {m: (lambda batch, u=u: batch @ u) for m, u in transforms.items()}  # UA, UB see x·U
+            updates = [
+                SupervisedStep(ctx, nets[m], opts[m], x, y, batch_size=config.batch_size, key=m, input_map=maps.get(m))
+                for m in MODELS
+            ]
 
-            def step(t, nets=nets, opts=opts):
-                total: float | torch.Tensor = 0.0
-                for m in MODELS:
-                    idx = ctx.batch_indices(t, len(x), config.batch_size, key=m)
-                    loss = nn.functional.cross_entropy(nets[m](feed(m, x[idx])), y[idx])
-                    opts[m].zero_grad()
-                    loss.backward()
-                    opts[m].step()
-                    total = total + loss.detach()
-                return total / len(MODELS)
+            def step(t, updates=updates):  # update t of each net in turn; their mean loss
+                return sum(update(t) for update in updates) / len(MODELS)
 
             def evaluate(t, nets=nets, names=names):
                 values: dict[str, Any] = {"epoch": t // per_epoch, "input_cka": input_cka}
