@@ -84,7 +84,7 @@ def test_sampling_is_deterministic_given_a_generator():
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True, "3", None])
 def test_sample_rejects_bad_sizes(bad):
-    with pytest.raises(ValueError, match="n must be a positive int"):
+    with pytest.raises(ValueError, match="n must be an int >= 1"):
         get("orthogonal").sample(bad)
 
 
@@ -486,5 +486,5 @@ def test_unknown_names_fail_everywhere():
     ):
         with pytest.raises(KeyError, match="valid names"):
             call()
-    with pytest.raises(ValueError, match="n must be a positive int"):
+    with pytest.raises(ValueError, match="n must be an int >= 1"):
         lattice(0)

@@ -16,6 +16,7 @@ from isotorch._util import (
     as_generator,
     check_bool,
     check_choice,
+    check_dtype,
     check_finite,
     check_generator,
     check_int,
@@ -65,6 +66,10 @@ def test_fresh_seed_names_the_seed_only_while_the_generator_is_unused():
 
 
 def test_argument_checks_accept_the_range_and_name_the_argument():
+    assert check_dtype(torch.float16) is torch.float16
+    for bad in (torch.int64, torch.bool, "float32"):
+        with pytest.raises(TypeError, match=r"^dtype must be a floating dtype, got"):
+            check_dtype(bad)
     assert check_bool(False, "train") is False
     for bad in (0, 1, None, torch.tensor(True)):
         with pytest.raises(TypeError, match=r"^train must be a bool, got"):

@@ -21,6 +21,7 @@ __all__ = [
     "check_axis",
     "check_bool",
     "check_choice",
+    "check_dtype",
     "check_epsilon",
     "check_finite",
     "check_floating",
@@ -108,12 +109,20 @@ def check_bool(value: object, name: str) -> bool:
     return value
 
 
-def check_floating(x: object, name: str = "x") -> None:
-    """Raise unless ``x`` is a floating-point tensor."""
+def check_dtype(dtype: object, name: str = "dtype") -> torch.dtype:
+    """Return ``dtype`` if it is a floating ``torch.dtype``; raise ``TypeError`` otherwise."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating dtype, got {dtype}")
+    return dtype
+
+
+def check_floating(x: object, name: str = "x") -> torch.Tensor:
+    """Return ``x`` if it is a floating-point tensor; raise ``TypeError`` otherwise."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    return x
 
 
 def feature_dim(x: torch.Tensor, dim: object, name: str = "dim") -> int:

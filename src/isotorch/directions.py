@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 
 from isotorch import groups as _groups
-from isotorch._util import check_finite, check_generator, check_int, check_name
+from isotorch._util import check_dtype, check_finite, check_generator, check_int, check_name
 
 __all__ = [
     "cross_polytope",
@@ -66,12 +66,6 @@ def names() -> list[str]:
     return list(_NAMES)
 
 
-def _check_dtype(dtype: torch.dtype) -> torch.dtype:
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
-    return dtype
-
-
 def standard_basis(
     n: int, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
 ) -> torch.Tensor:
@@ -90,7 +84,7 @@ def standard_basis(
         [[1.0, 0.0], [0.0, 1.0]]
     """
     n = check_int(n, "n", minimum=1)
-    return torch.eye(n, dtype=_check_dtype(dtype), device=device)
+    return torch.eye(n, dtype=check_dtype(dtype), device=device)
 
 
 def random_orthonormal(
@@ -118,7 +112,7 @@ def random_orthonormal(
     """
     generator = check_generator(generator)
     n = check_int(n, "n", minimum=1)
-    dtype = _check_dtype(dtype)
+    dtype = check_dtype(dtype)
     g = _groups.get("orthogonal").sample(n, generator=generator, dtype=torch.float64)
     return g.to(dtype=dtype, device=device)
 
@@ -141,7 +135,7 @@ def cross_polytope(
         [[1.0], [-1.0]]
     """
     n = check_int(n, "n", minimum=1)
-    eye = torch.eye(n, dtype=_check_dtype(dtype), device=device)
+    eye = torch.eye(n, dtype=check_dtype(dtype), device=device)
     return torch.cat([eye, -eye])
 
 
@@ -165,7 +159,7 @@ def simplex(n: int, *, dtype: torch.dtype = torch.float64, device: torch.device 
         -0.5
     """
     n = check_int(n, "n", minimum=1)
-    dtype = _check_dtype(dtype)
+    dtype = check_dtype(dtype)
     m = n + 1
     a = torch.eye(m, dtype=torch.float64)
     a[:, 0] = 1.0
@@ -272,7 +266,7 @@ def thomson(
     steps = check_int(steps, "steps", minimum=0)
     restarts = check_int(restarts, "restarts", minimum=1)
     tol = check_finite(tol, "tol", minimum=0)
-    dtype = _check_dtype(dtype)
+    dtype = check_dtype(dtype)
     if n == 1:
         if k > 2:
             raise ValueError(f"only k=2 points fit on the 0-sphere S^0 = {{-1, 1}} (n=1) without coinciding, got k={k}")

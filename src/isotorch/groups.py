@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from isotorch._util import check_generator
+from isotorch._util import check_dtype, check_generator, check_int
 
 __all__ = [
     "Group",
@@ -85,12 +85,6 @@ _COMPACT = {
     "orthogonal",
 }
 _CONTINUOUS = {"positive_scaling", "mean_orthogonal", "block_orthogonal", "special_orthogonal", "orthogonal"}
-
-
-def _check_n(n: object) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int (the size of the feature axis), got {n!r}")
-    return n
 
 
 def _haar_orthogonal(n: int, generator: torch.Generator | None, device) -> torch.Tensor:
@@ -163,7 +157,7 @@ class Group:
 
     def check(self, n: int) -> int:
         """Raise ``ValueError`` if the group cannot act on a feature axis of size ``n``; return ``n``."""
-        n = _check_n(n)
+        n = check_int(n, "n")
         if self.name == "block_orthogonal" and n % self._block_size() != 0:
             raise ValueError(
                 f"block_orthogonal with block={self.block} needs a feature size divisible by {self.block}, got {n}"
@@ -194,8 +188,7 @@ class Group:
         """
         generator = check_generator(generator)
         n = self.check(n)
-        if not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+        check_dtype(dtype)
         dev = device if device is not None else (generator.device if generator is not None else None)
         name = self.name
         if name == "trivial":
@@ -424,7 +417,7 @@ def lattice(n: int, *, blocks: tuple[int, ...] | None = None) -> list[Group]:
 
     Block-orthogonal groups are included for ``blocks`` (default: the proper divisors 1 < k < n of n).
     """
-    n = _check_n(n)
+    n = check_int(n, "n")
     if blocks is None:
         blocks = tuple(k for k in range(2, n) if n % k == 0)
     out = [get(name) for name in _NAMES if name != "block_orthogonal"]

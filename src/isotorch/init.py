@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from isotorch._util import check_finite, check_generator, check_name
+from isotorch._util import check_finite, check_floating, check_generator, check_name
 
 __all__ = [
     "SCHEMES",
@@ -41,10 +41,7 @@ _MODES = ("fan_in", "fan_out", "fan_avg")
 
 
 def _check_tensor(tensor: object, minimum_ndim: int) -> torch.Tensor:
-    if not isinstance(tensor, torch.Tensor):
-        raise TypeError(f"tensor must be a torch.Tensor, got {type(tensor).__name__}")
-    if not tensor.is_floating_point():
-        raise TypeError(f"tensor must be a floating-point tensor, got {tensor.dtype}")
+    tensor = check_floating(tensor, "tensor")
     if tensor.ndim < minimum_ndim:
         raise ValueError(f"tensor must have at least {minimum_ndim} dimensions, got shape {tuple(tensor.shape)}")
     return tensor

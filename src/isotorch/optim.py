@@ -29,7 +29,7 @@ from typing import NamedTuple, overload
 
 import torch
 
-from isotorch._util import check_finite, check_name
+from isotorch._util import check_choice, check_finite, check_name
 
 __all__ = ["SECOND_MOMENTS", "IsoAdam", "OptimiserSpec", "get", "names"]
 
@@ -51,8 +51,7 @@ def _check_hyperparameters(lr, betas, eps, weight_decay, second_moment) -> None:
         raise ValueError(f"betas must be a pair (beta1, beta2) with 0 <= beta < 1, got {betas!r}")
     check_finite(eps, "eps", minimum=0)
     check_finite(weight_decay, "weight_decay", minimum=0)
-    if second_moment not in SECOND_MOMENTS:
-        raise ValueError(f"second_moment must be one of {', '.join(map(repr, SECOND_MOMENTS))}, got {second_moment!r}")
+    check_choice(second_moment, "second_moment", SECOND_MOMENTS)
 
 
 class IsoAdam(torch.optim.Optimizer):

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 
 from isotorch import groups as _groups
-from isotorch._util import as_generator
+from isotorch._util import as_generator, check_int
 from isotorch.groups import Group
 
 __all__ = [
@@ -88,8 +88,7 @@ def _check_not_vacuous(fn, x, y) -> None:
 def _errors(fn, x, group, dim, trials, generator, equivariant: bool) -> tuple[float, torch.dtype]:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x))}")
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise ValueError(f"trials must be a positive int, got {trials!r}")
+    check_int(trials, "trials")
     if not -x.ndim <= dim < x.ndim:
         raise ValueError(f"dim={dim} is out of range for x with {x.ndim} dimensions")
     g_obj = _groups.get(group)

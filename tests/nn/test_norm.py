@@ -261,7 +261,7 @@ class TestChiNorm:
     def test_bad_input(self):
         with pytest.raises(ValueError, match="num_features = 4"):
             it.nn.ChiNorm(4)(torch.ones(2, 5))
-        with pytest.raises(ValueError, match="num_features must be a positive int"):
+        with pytest.raises(ValueError, match="num_features must be an int >= 1"):
             it.nn.ChiNorm(0)
         with pytest.raises(ValueError, match="momentum must be in"):
             it.nn.ChiNorm(4, momentum=1.5)

@@ -35,7 +35,7 @@ def test_paley_sizes_are_hadamard(n):
 def test_unsupported_size_names_n(n):
     with pytest.raises(ValueError, match=f"size n={n}"):
         hadamard(n)
-    with pytest.raises(ValueError, match="positive int"):
+    with pytest.raises(ValueError, match="n must be an int >= 1"):
         hadamard(0)
 
 

@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from isotorch._util import check_axis, check_floating, compute_dtype
+from isotorch._util import check_axis, check_floating, check_int, compute_dtype
 
 __all__ = [
     "PROFILES",
@@ -760,8 +760,7 @@ def block_iso_activation(
     _check_input(x, dim)
     resolved = _resolve_profile(profile)
     n = x.shape[dim]
-    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-        raise ValueError(f"block must be a positive int, got {block!r}")
+    check_int(block, "block")
     if n % block != 0:
         raise ValueError(f"block={block} must divide the size of x along dim={dim}, which is {n}")
     if block == n:

@@ -12,7 +12,16 @@ import math
 import torch
 
 from isotorch._functional.norm import _vector_norm
-from isotorch._util import check_choice, check_floating, check_generator, compute_dtype, feature_dim
+from isotorch._util import (
+    check_bool,
+    check_choice,
+    check_floating,
+    check_generator,
+    check_int,
+    check_real,
+    compute_dtype,
+    feature_dim,
+)
 
 __all__ = ["iso_dropout"]
 
@@ -20,12 +29,7 @@ MODES = ("vector", "projection", "gaussian")
 
 
 def _check_p(p: object) -> float:
-    if isinstance(p, bool) or not isinstance(p, (int, float)):
-        raise TypeError(f"p must be a float in [0, 1), got {type(p).__name__}")
-    p = float(p)
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"p must be in [0, 1) (p = 1 would drop everything and cannot be rescaled), got {p!r}")
-    return p
+    return check_real(p, "p", 0, 1, low_open=False, high_open=True)  # p = 1 would drop everything
 
 
 def _check_mode(mode: object) -> str:
@@ -39,8 +43,7 @@ def _projection_rank(n: int, p: float) -> int:
     rescaling n/k keeps the output unbiased for every k.
     """
     p = _check_p(p)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+    check_int(n, "n")
     return min(n, max(1, math.floor((1.0 - p) * n + 0.5)))
 
 
@@ -103,8 +106,7 @@ def iso_dropout(
     d = feature_dim(x, dim)
     p = _check_p(p)
     mode = _check_mode(mode)
-    if not isinstance(training, bool):
-        raise TypeError(f"training must be a bool, got {type(training).__name__}")
+    check_bool(training, "training")
     generator = check_generator(generator)
     if not training or p == 0.0:
         return x

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from isotorch._functional.norm import _vector_norm
-from isotorch._util import check_floating, compute_dtype
+from isotorch._util import check_bool, check_floating, compute_dtype
 
 __all__ = ["norm_max_pool2d"]
 
@@ -62,8 +62,7 @@ def norm_max_pool2d(
     batch, channels, height, width = x.shape
     if channels == 0:
         raise ValueError(f"x has no channels (shape {tuple(x.shape)}); expected C >= 1 along dim=1")
-    if not isinstance(ceil_mode, bool):
-        raise TypeError(f"ceil_mode must be a bool, got {type(ceil_mode).__name__}")
+    check_bool(ceil_mode, "ceil_mode")
     xd = x.detach().to(compute_dtype(x.dtype))
     norms = None  # (N, 1, H, W): only their order matters, so squared norms serve while they stay normal floats
     if x.device.type == "cpu" and not torch.compiler.is_compiling():  # eager CPU: one fused pass, host check

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from isotorch import groups as _groups
-from isotorch._util import as_generator, check_bool, check_choice, check_int
+from isotorch._util import as_generator, check_bool, check_choice, check_int, feature_dim
 from isotorch.audit._result import AuditResult, maximal_groups
 from isotorch.audit._sampling import DISTRIBUTIONS, Element, Sampler, draw_input, random_generator
 from isotorch.testing import relative_error, tolerance
@@ -190,15 +190,12 @@ def _resolve_inputs(inputs) -> tuple[str, ...]:
 def _check_x(x: object, dim: int) -> int:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
-    if x.ndim == 0:
-        raise ValueError("x must have at least one dimension (the feature axis)")
-    if isinstance(dim, bool) or not isinstance(dim, int) or not -x.ndim <= dim < x.ndim:
-        raise ValueError(f"dim must be an int in [{-x.ndim}, {x.ndim - 1}] for x of shape {tuple(x.shape)}, got {dim}")
+    d = feature_dim(x, dim)
     if x.numel() == 0:
         raise ValueError(f"x must be non-empty, got shape {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x contains NaN or inf; audit a finite input")
-    return x.shape[dim]
+    return x.shape[d]
 
 
 class _Max:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from isotorch._functional import activation as _F
-from isotorch._util import check_axis
+from isotorch._util import check_axis, check_int
 
 __all__ = [
     "BlockIsotropicActivation",
@@ -331,9 +331,7 @@ class BlockIsotropicActivation(nn.Module):
         dim: int = -1,
     ) -> None:
         super().__init__()
-        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-            raise ValueError(f"block must be a positive int, got {block!r}")
-        self.block = block
+        self.block = check_int(block, "block")
         self.profile = profile
         self._profile = _F._resolve_profile(profile)
         self.dim = check_axis(dim)

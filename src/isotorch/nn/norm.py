@@ -20,15 +20,9 @@ from isotorch._functional.norm import (
     iso_batch_norm,
     iso_rms_norm,
 )
-from isotorch._util import check_axis
+from isotorch._util import check_axis, check_bool, check_int
 
 __all__ = ["ChiNorm", "IsoBatchNorm", "IsoRMSNorm"]
-
-
-def _check_num_features(num_features: object) -> int:
-    if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
-        raise ValueError(f"num_features must be a positive int, got {num_features!r}")
-    return num_features
 
 
 def _check_input_features(x: torch.Tensor, dim: int, num_features: int) -> None:
@@ -78,9 +72,7 @@ class IsoRMSNorm(nn.Module):
         super().__init__()
         self.dim = check_axis(dim)
         self.eps = None if eps is None else _check_eps(eps)
-        if not isinstance(gain, bool):
-            raise TypeError(f"gain must be a bool, got {type(gain).__name__}")
-        self.gain = gain
+        self.gain = check_bool(gain, "gain")
         if gain:
             self.weight = nn.Parameter(torch.empty((), device=device, dtype=dtype))
         else:
@@ -152,7 +144,7 @@ class ChiNorm(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.num_features = _check_num_features(num_features)
+        self.num_features = check_int(num_features, "num_features")
         self.dim = check_axis(dim)
         self.momentum = _check_momentum(momentum)
         self.eps = _check_eps(eps)
@@ -240,15 +232,12 @@ class IsoBatchNorm(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.num_features = _check_num_features(num_features)
+        self.num_features = check_int(num_features, "num_features")
         self.dim = check_axis(dim)
         self.momentum = _check_momentum(momentum)
         self.eps = _check_eps(eps)
-        for name, flag in (("affine", affine), ("center", center)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
-        self.affine = affine
-        self.center = center
+        self.affine = check_bool(affine, "affine")
+        self.center = check_bool(center, "center")
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         if affine:
             self.weight = nn.Parameter(torch.empty((), **factory))

@@ -26,12 +26,6 @@ from isotorch._util import check_axis, check_finite, check_int
 __all__ = ["AsymConv2d", "AsymLinear", "FiGLU", "asym_conv2d", "asym_linear", "figlu"]
 
 
-def _check_count(value: object, name: str, upper: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= upper:
-        raise ValueError(f"{name} must be an int in [0, {upper}], got {value!r}")
-    return value
-
-
 def _mask_and_fixed(rows: int, cols: int, n_fix: int, kappa: float, generator, dtype, device):
     mask = torch.ones(rows, cols, dtype=dtype)
     for r in range(rows):
@@ -131,9 +125,9 @@ class AsymLinear(_WAsymmetric):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.in_features = _check_count(in_features, "in_features", 1 << 62)
-        self.out_features = _check_count(out_features, "out_features", 1 << 62)
-        self.n_fix = _check_count(n_fix, "n_fix", in_features)
+        self.in_features = check_int(in_features, "in_features", minimum=0, maximum=1 << 62)
+        self.out_features = check_int(out_features, "out_features", minimum=0, maximum=1 << 62)
+        self.n_fix = check_int(n_fix, "n_fix", minimum=0, maximum=in_features)
         self.kappa = check_finite(kappa, "kappa")
         dtype = dtype or torch.get_default_dtype()
         bound = 1 / math.sqrt(max(in_features, 1))
@@ -215,7 +209,7 @@ class AsymConv2d(_WAsymmetric):
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.groups = 1
         fan_in = in_channels * kh * kw
-        self.n_fix = _check_count(n_fix, "n_fix", fan_in)
+        self.n_fix = check_int(n_fix, "n_fix", minimum=0, maximum=fan_in)
         self.kappa = check_finite(kappa, "kappa")
         dtype = dtype or torch.get_default_dtype()
         bound = 1 / math.sqrt(max(fan_in, 1))

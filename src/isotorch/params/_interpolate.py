@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from isotorch._util import json_safe
+from isotorch._util import check_int, json_safe
 from isotorch.params._compat import batches, check_same_architecture, run_checked
 from isotorch.params._trace import evaluation
 
@@ -198,8 +198,7 @@ def barrier(
     check_same_architecture(model_a, model_b)
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-        raise ValueError(f"steps must be an int ≥ 2, got {steps!r}")
+    check_int(steps, "steps", minimum=2)
     batch_list = list(batches(data))
     if recalibrate_bn is None:
         recalibrate_bn = _has_batchnorm(model_a)

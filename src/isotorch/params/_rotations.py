@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from isotorch._util import check_generator, json_safe
+from isotorch._util import check_floating, check_generator, check_int, feature_dim, json_safe
 from isotorch.params._errors import SymmetryError
 
 __all__ = [
@@ -117,8 +117,7 @@ def hadamard(n: int, *, dtype: torch.dtype = torch.float64, device: torch.device
         >>> bool(torch.allclose(q @ q.T, torch.eye(12, dtype=torch.float64), atol=1e-15))
         True
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int (the size of the rotation), got {n!r}")
+    check_int(n, "n")
     return (_hadamard_int(n).to(dtype=torch.float64) / math.sqrt(n)).to(dtype=dtype, device=device)
 
 
@@ -135,10 +134,8 @@ def hadamard_transform(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
         >>> bool(torch.allclose(hadamard_transform(x), x @ hadamard(12), atol=1e-14))
         True
     """
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point torch.Tensor, got {type(x).__name__}")
-    if isinstance(dim, bool) or not isinstance(dim, int) or not (-x.ndim <= dim < x.ndim):
-        raise ValueError(f"dim must be an int in [{-x.ndim}, {x.ndim}) for a {x.ndim}-d x, got {dim!r}")
+    x = check_floating(x)
+    dim = feature_dim(x, dim)
     n = x.shape[dim]
     return _hadamard_apply(x, dim) / math.sqrt(n)
 
@@ -315,15 +312,14 @@ def learn_rotation(
         True
     """
     generator = check_generator(generator)
-    from isotorch.probes._outliers import _check_bits
-
     if not isinstance(h, torch.Tensor) or not h.is_floating_point() or h.ndim != 2 or h.shape[0] < 1:
         raise ValueError(f"h must be a floating-point (N, d) tensor of calibration activations, got {h!r:.80}")
     d = h.shape[1]
+    from isotorch.probes._outliers import _check_bits
+
     bits = _check_bits(bits)
-    for name, value, low in (("steps", steps, 0), ("rebase", rebase, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    check_int(steps, "steps", minimum=0)
+    check_int(rebase, "rebase")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (0 < lr < math.inf):
         raise ValueError(f"lr must be a finite float > 0, got {lr!r}")
     h64 = h.detach().double()

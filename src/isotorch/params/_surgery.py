@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from isotorch._util import check_generator, json_safe
+from isotorch._util import check_generator, check_int, json_safe
 from isotorch.params._element import Element
 from isotorch.params._errors import SymmetryError
 from isotorch.params._sites import Site, Symmetries, symmetries
@@ -188,8 +188,7 @@ def grow(
         Linear(in_features=4, out_features=9, bias=True)
     """
     generator = check_generator(generator)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+    check_int(k, "k")
     syms, s = _resolve(model, site, x, syms)
     if not s.free:
         raise SymmetryError(f"site {s.name!r} is {s.status}: {s.reason}")
@@ -296,8 +295,7 @@ def prune(
     syms, s = _resolve(model, site, x, syms)
     _check_isotropic(s, "prune")
     _check_growable(model, s)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < s.size:
-        raise ValueError(f"k must be an int in [1, {s.size - 1}], got {k!r}")
+    check_int(k, "k", maximum=s.size - 1)
     diag = svd_diagonalise(model, s, syms=syms)
     producer = _linear_at(diag, s.producers[0])
     sv = producer.weight.detach().to(torch.float64).norm(dim=1)

@@ -28,7 +28,7 @@ from torch.func import functional_call
 
 from isotorch import groups as _groups
 from isotorch import testing as _testing
-from isotorch._util import check_choice, json_safe
+from isotorch._util import check_choice, check_int, json_safe
 from isotorch.params._compat import batches, run_checked
 from isotorch.params._errors import SymmetryError
 from isotorch.params._sites import Site, Symmetries, symmetries
@@ -165,8 +165,7 @@ def teleport(
         (True, True)
     """
     check_choice(objective, "objective", OBJECTIVES)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    check_int(steps, "steps", minimum=0)
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive finite float, got {lr!r}")
     parts = next(batches(batch, name="batch"))

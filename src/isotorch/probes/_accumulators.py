@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from isotorch._util import as_generator
+from isotorch._util import as_generator, check_int
 
 __all__ = ["ClassMoments", "Moments", "NearestCentreAgreement", "Reservoir"]
 
@@ -183,10 +183,8 @@ class ClassMoments:
     def __init__(
         self, num_classes: int | None = None, *, class_scatter: bool = False, matmul_dtype: torch.dtype = torch.float64
     ) -> None:
-        if num_classes is not None and (
-            isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
-        ):
-            raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
+        if num_classes is not None:
+            check_int(num_classes, "num_classes")
         self.matmul_dtype = _check_matmul_dtype(matmul_dtype)
         self.num_classes = num_classes
         self.keep_class_scatter = bool(class_scatter)
@@ -315,9 +313,7 @@ class Reservoir:
     name = "samples"
 
     def __init__(self, capacity: int, *, generator: torch.Generator | None = None) -> None:
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            raise ValueError(f"capacity must be a positive int, got {capacity!r}")
-        self.capacity = capacity
+        self.capacity = check_int(capacity, "capacity")
         self.seen = 0
         self._gen = as_generator(generator)
         self._keys: torch.Tensor | None = None

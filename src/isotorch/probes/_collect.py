@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from isotorch._util import NAN_POLICIES, check_choice, draw_seed, json_safe
+from isotorch._util import NAN_POLICIES, check_axis, check_choice, check_int, draw_seed, json_safe
 from isotorch.probes._accumulators import ClassMoments, Moments, Reservoir
 
 __all__ = ["Collection", "LayerStatistics", "collect"]
@@ -317,12 +317,9 @@ def total_inputs(data: object, max_samples: int | None) -> int | None:
 
 def check_common(features: str, channel_dim: object, max_samples: object, nan_policy: str) -> None:
     check_choice(features, "features", FEATURE_MODES)
-    if isinstance(channel_dim, bool) or not isinstance(channel_dim, int):
-        raise TypeError(f"channel_dim must be an int, got {channel_dim!r}")
-    if max_samples is not None and (
-        isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1
-    ):
-        raise ValueError(f"max_samples must be a positive int or None, got {max_samples!r}")
+    check_axis(channel_dim, "channel_dim", "the channel axis")
+    if max_samples is not None:
+        check_int(max_samples, "max_samples")
     check_choice(nan_policy, "nan_policy", NAN_POLICIES)
 
 
@@ -462,8 +459,7 @@ def collect(
     """
     layers = check_layers(model, layers)
     check_common(features, channel_dim, max_samples, nan_policy)
-    if isinstance(reservoir_size, bool) or not isinstance(reservoir_size, int) or reservoir_size < 1:
-        raise ValueError(f"reservoir_size must be a positive int, got {reservoir_size!r}")
+    check_int(reservoir_size, "reservoir_size")
     if probes is not None:
         if isinstance(probes, str) or not isinstance(probes, Sequence):
             raise TypeError(f"probes must be a list of names {PROBE_NAMES} or factories, got {probes!r}")

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from isotorch._util import check_matrix, json_safe
+from isotorch._util import check_floating, check_int, check_matrix, feature_dim, json_safe
 
 __all__ = [
     "OutlierResult",
@@ -38,23 +38,16 @@ __all__ = [
 ]
 
 
-def _check_bits(bits: object) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not (2 <= bits <= 16):
-        raise ValueError(f"bits must be an int in [2, 16] (symmetric signed integers), got {bits!r}")
-    return bits
-
-
 def _check_dim(x: torch.Tensor, dim: object) -> int | None:
-    if dim is None:
-        return None
-    if isinstance(dim, bool) or not isinstance(dim, int) or not (-x.ndim <= dim < x.ndim):
-        raise ValueError(f"dim must be None or an int in [{-x.ndim}, {x.ndim}) for a {x.ndim}-d tensor, got {dim!r}")
-    return dim % x.ndim
+    return None if dim is None else feature_dim(x, dim)
+
+
+def _check_bits(bits: object) -> int:
+    return check_int(bits, "bits", minimum=2, maximum=16)  # symmetric signed integers
 
 
 def _check_tensor(x: object, name: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point torch.Tensor, got {type(x).__name__}")
+    x = check_floating(x, name)
     if x.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); nothing to measure")
     if not torch.isfinite(x).all():
@@ -103,8 +96,7 @@ def fake_quantise(
         >>> fake_quantise(torch.tensor([[0.3, -1.0, 0.55]]), 8).mul(127).round().tolist()
         [[38.0, -127.0, 70.0]]
     """
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point torch.Tensor, got {type(x).__name__}")
+    x = check_floating(x)
     q = float(2 ** (_check_bits(bits) - 1) - 1)
     d = _check_dim(x, dim)
     if isinstance(clip_ratio, bool) or not isinstance(clip_ratio, (int, float)) or not (0 < clip_ratio <= 1):

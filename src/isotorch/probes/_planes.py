@@ -23,7 +23,15 @@ from dataclasses import dataclass
 import torch
 
 from isotorch import groups as _groups
-from isotorch._util import check_choice, check_epsilon, check_generator, check_matrix, check_probability, finite_rows
+from isotorch._util import (
+    check_choice,
+    check_epsilon,
+    check_generator,
+    check_int,
+    check_matrix,
+    check_probability,
+    finite_rows,
+)
 
 __all__ = ["srm_baseline", "srm_epsilon"]
 
@@ -52,8 +60,7 @@ def srm_baseline(n: int, epsilon: float) -> float:
     """
     from scipy.special import betainc
 
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"n must be an int >= 2 (a spotlight needs a plane), got {n!r}")
+    check_int(n, "n", minimum=2)  # a spotlight needs a plane
     epsilon = check_epsilon(epsilon)
     a = (n - 1) / 2
     return float(betainc(a, a, (1.0 - epsilon) / 2.0))
@@ -78,8 +85,7 @@ def srm_epsilon(n: int, baseline: float = DEFAULT_BASELINE) -> float:
     """
     from scipy.special import betaincinv
 
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"n must be an int >= 2 (a spotlight needs a plane), got {n!r}")
+    check_int(n, "n", minimum=2)  # a spotlight needs a plane
     baseline = check_probability(baseline, "baseline")
     a = (n - 1) / 2
     return float(1.0 - 2.0 * betaincinv(a, a, baseline))
@@ -131,8 +137,7 @@ def plane_pairs(
         ij = grid[:, grid[0] != grid[1]]
     total = ij.shape[1]
     if max_planes is not None:
-        if isinstance(max_planes, bool) or not isinstance(max_planes, int) or max_planes < 1:
-            raise ValueError(f"max_planes must be a positive int or None, got {max_planes!r}")
+        check_int(max_planes, "max_planes")
         if max_planes < total:
             gen = check_generator(generator)
             keep = torch.randperm(total, generator=gen).to(device)[:max_planes].sort().values

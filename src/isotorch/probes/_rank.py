@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from isotorch._util import check_matrix, json_safe
+from isotorch._util import check_int, check_matrix, check_real, json_safe
 
 __all__ = ["RankProfile", "effective_rank", "numerical_rank", "rank_profile", "stable_rank"]
 
@@ -54,9 +54,7 @@ def _stable_rank(s: torch.Tensor) -> float:
 
 
 def _check_tol(tol: object) -> float:
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (0.0 <= float(tol) < 1.0):
-        raise ValueError(f"tol must be a float in [0, 1) (relative to the largest singular value), got {tol!r}")
-    return float(tol)
+    return check_real(tol, "tol", 0, 1, low_open=False, high_open=True)  # relative to the largest singular value
 
 
 def numerical_rank(h: torch.Tensor, tol: float | None = None) -> int:
@@ -249,8 +247,7 @@ def rank_profile(
     from isotorch.probes._collect import collect
 
     tol = _check_tol(tol)
-    if isinstance(svd_rows, bool) or not isinstance(svd_rows, int) or svd_rows < 2:
-        raise ValueError(f"svd_rows must be an int >= 2, got {svd_rows!r}")
+    check_int(svd_rows, "svd_rows", minimum=2)
     fine = tol < covariance_floor(1 << 20)  # some layer (width up to 2**20) may need the SVD: keep rows
     result = collect(
         model,
