@@ -26,7 +26,7 @@ import torch
 from scipy import stats
 
 from isotorch import groups as _groups
-from isotorch._util import as_generator, check_int, json_safe
+from isotorch._util import as_generator, check_int, check_probability, draw_seed, json_safe
 from isotorch.audit._function import (
     _describe,
     _name_of,
@@ -335,14 +335,13 @@ def audit_initialiser(
     samples = check_int(samples, "samples")
     trials = check_int(trials, "trials")
     projections = check_int(projections, "projections") if projections else 0
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    alpha = check_probability(alpha, "alpha")
     n = shape[0]
     group_list = _resolve_groups(groups if groups is not None else _groups.lattice(n, blocks=()), n)
     gen = as_generator(generator)
     sampler = Sampler(gen)
     label = name if name is not None else _name_of(fn)
-    seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+    seed = draw_seed(gen)
 
     def out(status, reason=None, p_values=None, statistics=None, invariant=frozenset(), notes=()):
         return InitialiserAudit(

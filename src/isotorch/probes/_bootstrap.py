@@ -20,6 +20,8 @@ import math
 
 import torch
 
+from isotorch._util import draw_seed
+
 __all__ = ["ResampleStream", "bca_bounds"]
 
 # Elements of one (replicates × rows) block of resample counts.
@@ -37,7 +39,7 @@ class ResampleStream:
         self.n_rows = n_rows
         self.n_bootstrap = n_bootstrap
         self.device = device
-        self.seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        self.seed = draw_seed(generator)
         self.block = max(1, min(n_bootstrap, COUNT_ELEMENTS // max(n_rows, 1)))
 
     def _counts(self, b0: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from isotorch._util import check_generator, check_int, json_safe
+from isotorch._util import check_generator, check_int, draw_seed, json_safe
 from isotorch.probes._planes import (
     block_sizes,
     chunk_elements_for,
@@ -178,7 +178,7 @@ def ppp(
     n, n_planes = setup.n_features, setup.n_planes
     eps2 = setup.epsilon**2 if setup.epsilon > 0 else 0.0
     row_chunk, plane_chunk = block_sizes(n_planes, chunk_elements_for(device))
-    ref_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+    ref_seed = draw_seed(gen)
 
     def histogram(source: torch.Tensor | None):
         def partial(r0: int, r1: int):
