@@ -39,6 +39,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/audit.py
 	$(BIN)/python benchmarks/probes.py
 	$(BIN)/python benchmarks/params.py
+	$(BIN)/python benchmarks/cka.py
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/sweep.py
 	$(BIN)/python benchmarks/fold.py
