@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from isotorch._util import check_finite, check_floating, check_generator, check_name
+from isotorch._util import check_choice, check_finite, check_floating, check_generator, check_name
 
 __all__ = [
     "SCHEMES",
@@ -122,8 +122,7 @@ def isotropic_normal_(
     generator = check_generator(generator)
     tensor = _check_tensor(tensor, 2)
     gain = check_finite(gain, "gain")
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {', '.join(map(repr, _MODES))}, got {mode!r}")
+    check_choice(mode, "mode", _MODES)
     if tensor.numel() == 0:
         return tensor
     fan_in, fan_out = _fans(tensor)
@@ -175,8 +174,7 @@ def init_model_(
     generator = check_generator(generator)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if scheme not in _SCHEME_FUNCTIONS:
-        raise ValueError(f"scheme must be one of {', '.join(map(repr, SCHEMES))}, got {scheme!r}")
+    check_choice(scheme, "scheme", SCHEMES)
     gain = check_finite(gain, "gain")
     fill = _SCHEME_FUNCTIONS[scheme]
     for name, module in model.named_modules():

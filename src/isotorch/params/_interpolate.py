@@ -25,7 +25,6 @@ Examples:
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -33,7 +32,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from isotorch._util import check_int, json_safe
+from isotorch._util import check_finite, check_int, json_safe
 from isotorch.params._compat import batches, check_same_architecture, run_checked
 from isotorch.params._trace import evaluation
 
@@ -60,8 +59,7 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, alpha: float) -> nn.Modu
         True
     """
     check_same_architecture(model_a, model_b)
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise ValueError(f"alpha must be a finite float, got {alpha!r}")
+    check_finite(alpha, "alpha")
     new = copy.deepcopy(model_a)
     sb = model_b.state_dict()
     state = new.state_dict(keep_vars=True)

@@ -18,13 +18,12 @@ every site that touches a reparametrised weight as broken.
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from isotorch._util import check_choice, check_generator
+from isotorch._util import check_choice, check_finite, check_generator
 
 __all__ = ["SyreOffset", "syre"]
 
@@ -97,8 +96,7 @@ def syre(
     """
     generator = check_generator(generator)
     check_choice(kind, "kind", KINDS)
-    if isinstance(sigma0, bool) or not isinstance(sigma0, (int, float)) or not math.isfinite(sigma0) or sigma0 < 0:
-        raise ValueError(f"sigma0 must be a finite float ≥ 0, got {sigma0!r}")
+    check_finite(sigma0, "sigma0", minimum=0)
     if kind == "offset" and sigma0 == 0:
         raise ValueError("sigma0 must be > 0 for kind='offset' (a zero offset removes nothing)")
     new = copy.deepcopy(model)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from isotorch._util import json_safe
+from isotorch._util import check_real, json_safe
 
 __all__ = ["NeuronDistances", "neuron_distances"]
 
@@ -148,8 +148,7 @@ def neuron_distances(
         if not torch.isfinite(b_in).all():
             raise ValueError("b_in holds NaN or inf values")
         b = b_in.detach().to(device=w1.device, dtype=torch.float64)[:, None]
-    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not (0.0 <= rtol < 1.0):
-        raise ValueError(f"rtol must be a float in [0, 1), got {rtol!r}")
+    check_real(rtol, "rtol", 0, 1, low_open=False, high_open=True)
     theta = torch.cat([w1, b, w2.T.to(w1.device)], dim=1)
 
     if n > 1:

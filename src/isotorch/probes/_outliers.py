@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from isotorch._util import check_floating, check_int, check_matrix, feature_dim, json_safe
+from isotorch._util import check_floating, check_int, check_matrix, check_real, feature_dim, json_safe
 
 __all__ = [
     "OutlierResult",
@@ -99,8 +99,7 @@ def fake_quantise(
     x = check_floating(x)
     q = float(2 ** (_check_bits(bits) - 1) - 1)
     d = _check_dim(x, dim)
-    if isinstance(clip_ratio, bool) or not isinstance(clip_ratio, (int, float)) or not (0 < clip_ratio <= 1):
-        raise ValueError(f"clip_ratio must be a float in (0, 1], got {clip_ratio!r}")
+    check_real(clip_ratio, "clip_ratio", 0, 1, low_open=True, high_open=False)
     amax = x.abs().amax() if d is None else x.abs().amax(dim=d, keepdim=True)
     scale = amax * (float(clip_ratio) / q)
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from isotorch._util import check_generator, check_int, draw_seed, json_safe
+from isotorch._util import check_generator, check_int, check_real, draw_seed, json_safe
 from isotorch.probes._planes import (
     block_sizes,
     chunk_elements_for,
@@ -170,8 +170,7 @@ def ppp(
         (torch.Size([64, 64]), True, True)
     """
     resolution = check_int(resolution, "resolution", minimum=2)
-    if isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float)) or not (0 <= bandwidth < 2):
-        raise ValueError(f"bandwidth must be a float in [0, 2) (disk units), got {bandwidth!r}")
+    check_real(bandwidth, "bandwidth", 0, 2, low_open=False, high_open=True)  # disk units
     gen = check_generator(generator)
     setup = prepare(acts, basis, epsilon, planes, max_planes, gen, nan_policy)
     device = setup.acts.device
