@@ -11,6 +11,7 @@ ones; a value that does not parse is an error naming the key. Validation beyond 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -18,7 +19,15 @@ from typing import Any
 
 from isotorch._util import json_safe
 
-__all__ = ["ConfigError", "config_from_dict", "config_to_dict", "make_config", "parse_overrides", "parse_value"]
+__all__ = [
+    "ConfigError",
+    "check_positive",
+    "config_from_dict",
+    "config_to_dict",
+    "make_config",
+    "parse_overrides",
+    "parse_value",
+]
 
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
@@ -26,6 +35,31 @@ _FALSE = {"false", "no", "0", "off"}
 
 class ConfigError(ValueError):
     """An invalid study config: an unknown key, or a value that does not parse or validate."""
+
+
+def check_positive(config: Any, *, ints: Iterable[str] = (), floats: Iterable[str] = ()) -> None:
+    """Refuse a config (from its ``__post_init__``) whose fields named in ``ints`` are below 1, or whose fields named
+    in ``floats`` are not positive and finite: a ``ValueError`` naming the first such field (ints first).
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> check_positive(SimpleNamespace(steps=3, lr=0.1), ints=("steps",), floats=("lr",))
+        >>> check_positive(SimpleNamespace(steps=3, lr=math.inf), ints=("steps",), floats=("lr",))
+        Traceback (most recent call last):
+        ...
+        ValueError: lr must be a positive finite float, got inf
+        >>> check_positive(SimpleNamespace(steps=0), ints=("steps",))
+        Traceback (most recent call last):
+        ...
+        ValueError: steps must be a positive int, got 0
+    """
+    for name in ints:
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be a positive int, got {getattr(config, name)!r}")
+    for name in floats:
+        value = getattr(config, name)
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{name} must be a positive finite float, got {value!r}")
 
 
 def _fields(cls: type) -> dict[str, Any]:

@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from isotorch.studies._config import check_positive
 from isotorch.studies._data import load_dataset
 from isotorch.studies._figures import cmap, save_figure, subplots
 from isotorch.studies._models import SupervisedStep, layer_features, mlp, scale_hint, unparametrised
@@ -104,15 +105,10 @@ class CollapseConfig:
             raise ValueError(f"model='cnn' needs an image dataset {IMAGE_DATASETS}, got dataset={self.dataset!r}")
         if self.dataset in IMAGE_DATASETS and not self.data_root:
             raise ValueError(f"data_root must name the folder holding the {self.dataset} files, got ''")
-        for name in ("width", "depth", "epochs", "batch_size", "log_points", "probe_samples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        check_positive(self, ints=("width", "depth", "epochs", "batch_size", "log_points", "probe_samples"))
         if self.n_train < 0:
             raise ValueError(f"n_train must be ≥ 0 (0: the whole training set), got {self.n_train}")
-        for name in ("lr", "syre_sigma0", "rank_tol"):
-            value = getattr(self, name)
-            if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"{name} must be a positive finite float, got {value!r}")
+        check_positive(self, floats=("lr", "syre_sigma0", "rank_tol"))
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise ValueError(f"weight_decay must be a finite float ≥ 0, got {self.weight_decay!r}")
 

@@ -59,6 +59,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from isotorch.studies._config import check_positive
 from isotorch.studies._data import load_dataset
 from isotorch.studies._figures import cmap, save_figure, subplots
 from isotorch.studies._models import SupervisedStep, layer_features, mlp, scale_hint, select_lr, unparametrised
@@ -106,9 +107,7 @@ class LmcConfig:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.dataset not in ("digits", "mnist1d") and not self.data_root:
             raise ValueError(f"data_root must name the folder holding the {self.dataset} files, got ''")
-        for name in ("width", "depth", "epochs", "batch_size", "sweep_epochs", "log_points"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        check_positive(self, ints=("width", "depth", "epochs", "batch_size", "sweep_epochs", "log_points"))
         if self.n_train < 0:
             raise ValueError(f"n_train must be ≥ 0 (0: the whole training set), got {self.n_train}")
         if self.path_steps < 3:
@@ -123,10 +122,7 @@ class LmcConfig:
             raise ValueError(f"lrs must be distinct positive finite floats, got {self.lrs!r}")
         if not 0 < self.n_fix_fraction < 1:
             raise ValueError(f"n_fix_fraction must be in (0, 1), got {self.n_fix_fraction!r}")
-        for name in ("kappa", "syre_sigma0", "figlu_scale"):
-            value = getattr(self, name)
-            if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"{name} must be a positive finite float, got {value!r}")
+        check_positive(self, floats=("kappa", "syre_sigma0", "figlu_scale"))
         for name in ("weight_decay", "syre_weight_decay"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):

@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from isotorch.studies._config import check_positive
 from isotorch.studies._figures import cmap, save_figure, subplots
 from isotorch.studies._lm import LMStep, gpt2, language_of, lm_evaluation, next_token_loss
 from isotorch.studies._registry import Study, register
@@ -114,9 +115,7 @@ class OutliersConfig:
                 raise ValueError(f"variants: {name!r} is not one of {', '.join(VARIANTS)}")
         if not 2 <= self.vocab_size <= 256:
             raise ValueError(f"vocab_size must be an int in [2, 256], got {self.vocab_size!r}")
-        for name in ("n_layer", "n_embd", "n_head", "batch_size", "steps", "eval_seqs", "calib_seqs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        check_positive(self, ints=("n_layer", "n_embd", "n_head", "batch_size", "steps", "eval_seqs", "calib_seqs"))
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd must be divisible by n_head, got n_embd={self.n_embd}, n_head={self.n_head}")
         if self.seq_len < 4:
@@ -126,10 +125,7 @@ class OutliersConfig:
                 raise ValueError(f"{name} must be a non-negative int, got {getattr(self, name)!r}")
         if self.align_samples < 10 or self.n_bootstrap < 2:
             raise ValueError("align_samples must be >= 10 and n_bootstrap >= 2")
-        for name in ("sharpness", "lr", "lr_iso_adam", "learn_lr", "outlier_threshold"):
-            value = getattr(self, name)
-            if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"{name} must be a positive finite float, got {value!r}")
+        check_positive(self, floats=("sharpness", "lr", "lr_iso_adam", "learn_lr", "outlier_threshold"))
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise ValueError(f"weight_decay must be a non-negative float, got {self.weight_decay!r}")
 

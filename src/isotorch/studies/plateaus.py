@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from isotorch.studies._config import check_positive
 from isotorch.studies._data import teacher_student
 from isotorch.studies._figures import cmap, save_figure, subplots
 from isotorch.studies._models import SupervisedStep, mlp, scale_hint
@@ -97,17 +98,16 @@ class PlateausConfig:
             pair = getattr(self, name)
             if len(pair) != 2 or not pair[0] < pair[1] or any(p not in self.scales for p in pair):
                 raise ValueError(f"{name} must be two increasing scales from scales={self.scales!r}, got {pair!r}")
-        if not (self.small_scale > 0 and math.isfinite(self.small_scale)):
-            raise ValueError(f"small_scale must be a positive finite float, got {self.small_scale!r}")
+        check_positive(self, floats=("small_scale",))
         if self.teacher not in ("linear", "tanh"):
             raise ValueError(f"teacher must be 'linear' or 'tanh', got {self.teacher!r}")
         if self.optimiser not in ("gd", "adam"):
             raise ValueError(f"optimiser must be 'gd' or 'adam', got {self.optimiser!r}")
         if self.family not in ("elementwise", "isotropic"):
             raise ValueError(f"family must be 'elementwise' or 'isotropic', got {self.family!r}")
-        for name in ("teacher_rank", "dim", "width", "steps", "n_train", "n_test", "log_points", "n_singular"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        check_positive(
+            self, ints=("teacher_rank", "dim", "width", "steps", "n_train", "n_test", "log_points", "n_singular")
+        )
         if self.depth < 2:
             raise ValueError(f"depth must be at least 2 (one hidden layer), got {self.depth}")
         if self.teacher_rank > self.dim:

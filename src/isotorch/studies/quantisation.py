@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from isotorch.studies._config import check_positive
 from isotorch.studies._data import load_dataset
 from isotorch.studies._figures import cmap, save_figure, subplots
 from isotorch.studies._models import SupervisedStep, mlp, scale_hint, select_lr, uniform_init
@@ -130,9 +131,7 @@ class QuantisationConfig:
             raise ValueError(f"dataset must be one of {', '.join(_DATASETS)}, got {self.dataset!r}")
         if any(h < 1 for h in self.hidden):
             raise ValueError(f"hidden must hold positive widths, got {self.hidden!r}")
-        for name in ("epochs", "batch_size", "probe_samples", "n_bootstrap", "track_bootstrap"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        check_positive(self, ints=("epochs", "batch_size", "probe_samples", "n_bootstrap", "track_bootstrap"))
         for name in ("n_null", "track_null"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {getattr(self, name)!r}")
@@ -140,12 +139,10 @@ class QuantisationConfig:
             raise ValueError("probe_samples and n_bootstrap must be at least 2")
         if self.ppp_resolution < 8:
             raise ValueError(f"ppp_resolution must be at least 8, got {self.ppp_resolution!r}")
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            raise ValueError(f"lr must be a positive finite float, got {self.lr!r}")
+        check_positive(self, floats=("lr",))
         if any(not (lr > 0 and math.isfinite(lr)) for lr in self.lrs) or len(set(self.lrs)) != len(self.lrs):
             raise ValueError(f"lrs must be distinct positive finite floats (or empty: lr for all), got {self.lrs!r}")
-        if self.sweep_epochs < 1:
-            raise ValueError(f"sweep_epochs must be a positive int, got {self.sweep_epochs!r}")
+        check_positive(self, ints=("sweep_epochs",))
         if self.epsilon is not None and not -1 < self.epsilon < 1:
             raise ValueError(f"epsilon must be in (-1, 1) or None, got {self.epsilon!r}")
         if not 0 < self.ppp_bandwidth < 2:
@@ -176,6 +173,38 @@ def build_autoencoder(
             if isinstance(m, nn.Linear):
                 init(m)
     return model
+
+
+def _training(
+    ctx, config: QuantisationConfig | SymmetryOrderConfig, variant: str, x_train: torch.Tensor, sweep_key: str
+) -> tuple[nn.Sequential, torch.optim.Optimizer, SupervisedStep, float]:
+    """(model, Adam, its reconstruction-MSE step, lr) of a variant: the autoencoder seeded by the unit's seed, trained
+    at ``config.lr``, or at the best of ``config.lrs`` by a sweep ``sweep_key`` of validation reconstruction MSE
+    (training set only; each variant at its own learning rate)."""
+
+    def build() -> nn.Sequential:
+        gen = torch.Generator().manual_seed(ctx.seed)
+        return build_autoencoder(x_train.shape[1], config.hidden, config.bottleneck, variant, generator=gen).to(
+            ctx.device
+        )
+
+    lr = config.lr
+    if config.lrs:
+        lr, _ = select_lr(
+            ctx,
+            sweep_key,
+            build,
+            config.lrs,
+            x_train,
+            x_train,
+            steps=config.sweep_epochs * math.ceil(0.8 * len(x_train) / config.batch_size),
+            batch_size=config.batch_size,
+            loss_fn=nn.functional.mse_loss,
+        )
+    model = build()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    step = SupervisedStep(ctx, model, opt, x_train, batch_size=config.batch_size, loss_fn=nn.functional.mse_loss)
+    return model, opt, step, lr
 
 
 def _load(config: QuantisationConfig | SymmetryOrderConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -340,7 +369,7 @@ class Quantisation(Study):
         x_train, x_test = _load(config)
         x_train, x_test = x_train.to(ctx.device), x_test.to(ctx.device)
         probe = torch.cat([x_train, x_test])[: config.probe_samples]
-        n, per_epoch = len(x_train), math.ceil(len(x_train) / config.batch_size)
+        per_epoch = math.ceil(len(x_train) / config.batch_size)
         schedule = snapshot_epochs(config.epochs)
         steps = config.epochs * per_epoch
         log_steps = [e * per_epoch for e in schedule]
@@ -358,35 +387,8 @@ class Quantisation(Study):
             if ctx.configuration is not None and key != ctx.configuration:
                 continue
 
-            def build(variant=variant):
-                return build_autoencoder(
-                    x_train.shape[1],
-                    config.hidden,
-                    config.bottleneck,
-                    variant,
-                    generator=torch.Generator().manual_seed(ctx.seed),
-                ).to(ctx.device)
-
-            lr = config.lr
-            if config.lrs:  # each variant at its own learning rate (validation reconstruction MSE, training set only)
-                lr, _ = select_lr(
-                    ctx,
-                    f"sweep/{variant}",
-                    build,
-                    config.lrs,
-                    x_train,
-                    x_train,
-                    steps=config.sweep_epochs * math.ceil(0.8 * n / config.batch_size),
-                    batch_size=config.batch_size,
-                    loss_fn=nn.functional.mse_loss,
-                )
-            model = build()
+            model, opt, step, lr = _training(ctx, config, variant, x_train, f"sweep/{variant}")
             basis = _privileged(model, variant)
-            opt = torch.optim.Adam(model.parameters(), lr=lr)
-
-            step = SupervisedStep(
-                ctx, model, opt, x_train, batch_size=config.batch_size, loss_fn=nn.functional.mse_loss
-            )
 
             def evaluate(t, model=model, basis=basis, variant=variant):
                 code = _code(model, probe).double()

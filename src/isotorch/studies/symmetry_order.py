@@ -43,8 +43,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from isotorch.studies._config import check_positive
 from isotorch.studies._figures import save_figure, subplots
-from isotorch.studies._models import SupervisedStep, scale_hint, select_lr
+from isotorch.studies._models import scale_hint
 from isotorch.studies._registry import Study, register
 from isotorch.studies._stats import Figure, Findings, number
 from isotorch.studies._verdicts import Claim, inconclusive, verdict_from_correlations
@@ -56,7 +57,7 @@ from isotorch.studies.quantisation import (
     _privileged,
     _saturation,
     _scores,
-    build_autoencoder,
+    _training,
 )
 
 __all__ = ["SymmetryOrder", "SymmetryOrderConfig", "divisors", "trend"]
@@ -136,17 +137,13 @@ class SymmetryOrderConfig:
             raise ValueError(f"dataset must be one of {', '.join(_DATASETS)}, got {self.dataset!r}")
         if any(h < 1 for h in self.hidden):
             raise ValueError(f"hidden must hold positive widths, got {self.hidden!r}")
-        for name in ("epochs", "batch_size", "probe_samples", "n_bootstrap"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        check_positive(self, ints=("epochs", "batch_size", "probe_samples", "n_bootstrap"))
         if self.n_null < 0:
             raise ValueError(f"n_null must be a non-negative int, got {self.n_null!r}")
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            raise ValueError(f"lr must be a positive finite float, got {self.lr!r}")
+        check_positive(self, floats=("lr",))
         if any(not (lr > 0 and math.isfinite(lr)) for lr in self.lrs) or len(set(self.lrs)) != len(self.lrs):
             raise ValueError(f"lrs must be distinct positive finite floats (or empty: lr for all), got {self.lrs!r}")
-        if self.sweep_epochs < 1:
-            raise ValueError(f"sweep_epochs must be a positive int, got {self.sweep_epochs!r}")
+        check_positive(self, ints=("sweep_epochs",))
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -245,36 +242,14 @@ class SymmetryOrder(Study):
         x_train, x_test = _load(cfg)
         x_train, x_test = x_train.to(ctx.device), x_test.to(ctx.device)
         probe = torch.cat([x_train, x_test])[: cfg.probe_samples]
-        n, per_epoch = len(x_train), math.ceil(len(x_train) / cfg.batch_size)
+        per_epoch = math.ceil(len(x_train) / cfg.batch_size)
         steps = cfg.epochs * per_epoch
         finals: dict[str, Any] = {}
         for key, variant in _runs(cfg):
             if ctx.configuration is not None and key != ctx.configuration:
                 continue
 
-            def build(variant=variant):
-                gen = torch.Generator().manual_seed(ctx.seed)
-                return build_autoencoder(x_train.shape[1], cfg.hidden, cfg.bottleneck, variant, generator=gen).to(
-                    ctx.device
-                )
-
-            lr = cfg.lr
-            if cfg.lrs:  # each variant at its own learning rate (validation reconstruction MSE, training set only)
-                lr, _ = select_lr(
-                    ctx,
-                    f"sweep/{key}",
-                    build,
-                    cfg.lrs,
-                    x_train,
-                    x_train,
-                    steps=cfg.sweep_epochs * math.ceil(0.8 * n / cfg.batch_size),
-                    batch_size=cfg.batch_size,
-                    loss_fn=nn.functional.mse_loss,
-                )
-            model = build()
-            opt = torch.optim.Adam(model.parameters(), lr=lr)
-
-            step = SupervisedStep(ctx, model, opt, x_train, batch_size=cfg.batch_size, loss_fn=nn.functional.mse_loss)
+            model, opt, step, lr = _training(ctx, cfg, variant, x_train, f"sweep/{key}")
 
             def evaluate(t, model=model):
                 return {"epoch": t / per_epoch, "test_mse": nn.functional.mse_loss(model(x_test), x_test)}

@@ -58,6 +58,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from isotorch.studies._config import check_positive
 from isotorch.studies._data import load_dataset
 from isotorch.studies._figures import save_figure, subplots
 from isotorch.studies._models import SupervisedStep, mlp, scale_hint, select_lr, uniform_init
@@ -106,9 +107,9 @@ class TopologyConfig:
             raise ValueError(f"dataset must be one of {', '.join(_DATASETS)}, got {self.dataset!r}")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {self.hidden!r}")
-        for name in ("steps", "surgery_every", "batch_size", "log_every", "min_width", "max_width", "sweep_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        check_positive(
+            self, ints=("steps", "surgery_every", "batch_size", "log_every", "min_width", "max_width", "sweep_steps")
+        )
         if self.scaffold < 0:
             raise ValueError(f"scaffold must be a non-negative int, got {self.scaffold!r}")
         if self.min_width <= self.scaffold:
@@ -123,9 +124,7 @@ class TopologyConfig:
             or len(set(self.lrs)) != len(self.lrs)
         ):
             raise ValueError(f"lrs must be distinct positive finite floats, got {self.lrs!r}")
-        for name in ("threshold", "grow_scale"):
-            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
-                raise ValueError(f"{name} must be a positive finite float, got {getattr(self, name)!r}")
+        check_positive(self, floats=("threshold", "grow_scale"))
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise ValueError(f"weight_decay must be a non-negative finite float, got {self.weight_decay!r}")
 
