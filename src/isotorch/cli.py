@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from isotorch.studies._cli import study_app
+from isotorch.studies._cli import parse_seeds, study_app
 
 app = typer.Typer(help="isotorch: symmetry-principled deep learning.", no_args_is_help=True, add_completion=False)
 app.add_typer(study_app, name="study")
@@ -37,14 +37,9 @@ def demo(
 
     console = Console()
     try:
-        seed_list = _parse_ints(seeds, "--seeds")
+        seed_list = parse_seeds(seeds)  # the same rules as `isotorch study run --seeds`
     except ValueError as exc:
         _fail(console, str(exc))
-    if not seed_list:
-        _fail(console, f"--seeds must name at least one seed, got {seeds!r}")
-    if len(set(seed_list)) != len(seed_list):
-        twice = sorted({s for s in seed_list if seed_list.count(s) > 1})
-        _fail(console, f"--seeds must be distinct, got {seeds!r} (repeated: {', '.join(map(str, twice))})")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the demo's models are tiny: one thread avoids synchronisation overhead
     try:
@@ -73,13 +68,6 @@ def demo(
         console.print(_findings_table(findings))
     console.print(verdict_table(result.verdicts))
     console.print(f"report: {result.report}")
-
-
-def _parse_ints(text: str, name: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise ValueError(f"{name} must be comma-separated integers, got {text!r}") from None
 
 
 def _fail(console, message: str):
