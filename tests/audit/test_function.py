@@ -193,6 +193,16 @@ def test_common_random_numbers_replay_the_callers_state_and_restore_it():
     assert module.ok and module.maximal == {"positive_scaling"}
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: replaying the GPU's RNG state")
+def test_common_random_numbers_on_the_gpu_replay_its_rng_and_restore_it():
+    x = _x(5, N).cuda()
+    before = torch.cuda.get_rng_state()
+    fixed = audit_module(nn.Dropout(0.5), x, train=True, common_random_numbers=True)
+    assert fixed.ok and fixed.maximal == {"positive_scaling"}
+    assert torch.equal(torch.cuda.get_rng_state(), before)
+    assert audit_module(nn.Dropout(0.5), x, train=True).status == "random"  # negative control
+
+
 @pytest.mark.parametrize(
     ("fn", "status", "text"),
     [
