@@ -24,6 +24,10 @@ deep copies of the models (its forward hooks are never removed). It is not an is
 ``bench`` extra, which ``make bench`` installs (``pip install -e '.[bench]'``). Where it cannot be imported or
 fails, its column says ``not run`` and the output gives the reason.
 
+Wall and CPU seconds are both printed: on a shared machine the wall time also counts other processes. On an
+oversubscribed one, torch's default two threads spend most of their time waiting for each other (measured: every
+number several times larger); ``--threads 1`` gives steadier numbers there.
+
 Usage:
     python benchmarks/cka.py [--width 256] [--inputs 20000] [--batch 256] [--agreement-inputs 1024] [--threads N]
         [--no-torch-cka]
