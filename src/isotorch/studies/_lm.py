@@ -13,17 +13,24 @@ runs the steps outside a study. :func:`lm_loss` is the loss: mean over predicted
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from isotorch._util import check_int
+from isotorch.studies._config import check_positive
+
+if TYPE_CHECKING:
+    from isotorch.studies._text import MarkovLanguage
 
 __all__ = [
     "LMStep",
     "LMTrainResult",
+    "check_lm_config",
     "evaluate_lm",
     "gpt2",
     "language_of",
@@ -155,7 +162,30 @@ class LMTrainResult:
         }
 
 
-def language_of(config):
+def check_lm_config(config, *, ints: tuple[str, ...] = ()) -> None:
+    """The checks shared by the language-model studies' configs (from their ``__post_init__``): ``vocab_size`` in
+    [2, 256]; ``n_layer``, ``n_embd``, ``n_head``, ``batch_size``, ``steps``, ``eval_seqs`` and the fields in ``ints``
+    positive; ``n_embd`` divisible by ``n_head``; ``seq_len`` ≥ 4. A ``ValueError`` names the first bad field.
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> sizes = dict(vocab_size=8, n_layer=1, n_embd=16, n_head=2, batch_size=4, steps=1, eval_seqs=2, seq_len=8)
+        >>> check_lm_config(SimpleNamespace(**sizes))
+        >>> check_lm_config(SimpleNamespace(**{**sizes, "n_head": 3}))
+        Traceback (most recent call last):
+        ...
+        ValueError: n_embd must be divisible by n_head, got n_embd=16, n_head=3
+    """
+    if not 2 <= config.vocab_size <= 256:
+        raise ValueError(f"vocab_size must be an int in [2, 256], got {config.vocab_size!r}")
+    check_positive(config, ints=("n_layer", "n_embd", "n_head", "batch_size", "steps", "eval_seqs", *ints))
+    if config.n_embd % config.n_head:
+        raise ValueError(f"n_embd must be divisible by n_head, got n_embd={config.n_embd}, n_head={config.n_head}")
+    if config.seq_len < 4:
+        raise ValueError(f"seq_len must be an int >= 4, got {config.seq_len!r}")
+
+
+def language_of(config) -> MarkovLanguage:
     """The study's language: ``markov_language(config.vocab_size, sharpness=config.sharpness)`` drawn from a generator
     seeded with ``config.language_seed`` (one language for every seed of a run)."""
     from isotorch.studies._text import markov_language
@@ -222,7 +252,7 @@ class LMStep:
         return loss.detach()
 
 
-def lm_evaluation(model: nn.Module, tokens: torch.Tensor):
+def lm_evaluation(model: nn.Module, tokens: torch.Tensor) -> Callable[[int], dict[str, float]]:
     """The ``evaluate`` of an LM's ``ctx.train``: ``{"eval_loss": mean of evaluate_lm(model, tokens)}`` (nats)."""
 
     def evaluate(t: int) -> dict[str, float]:

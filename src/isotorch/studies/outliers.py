@@ -59,7 +59,7 @@ from torch import nn
 
 from isotorch.studies._config import check_positive
 from isotorch.studies._figures import cmap, save_figure, subplots
-from isotorch.studies._lm import LMStep, gpt2, language_of, lm_evaluation, next_token_loss
+from isotorch.studies._lm import LMStep, check_lm_config, gpt2, language_of, lm_evaluation, next_token_loss
 from isotorch.studies._registry import Study, register
 from isotorch.studies._stats import Figure, Findings, number
 from isotorch.studies._verdicts import Claim, inconclusive, paired_verdict
@@ -113,13 +113,7 @@ class OutliersConfig:
         for name in self.variants:
             if name not in VARIANTS:
                 raise ValueError(f"variants: {name!r} is not one of {', '.join(VARIANTS)}")
-        if not 2 <= self.vocab_size <= 256:
-            raise ValueError(f"vocab_size must be an int in [2, 256], got {self.vocab_size!r}")
-        check_positive(self, ints=("n_layer", "n_embd", "n_head", "batch_size", "steps", "eval_seqs", "calib_seqs"))
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd must be divisible by n_head, got n_embd={self.n_embd}, n_head={self.n_head}")
-        if self.seq_len < 4:
-            raise ValueError(f"seq_len must be an int >= 4, got {self.seq_len!r}")
+        check_lm_config(self, ints=("calib_seqs",))
         for name in ("learn_steps", "n_null"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {getattr(self, name)!r}")

@@ -51,7 +51,7 @@ from torch import nn
 
 from isotorch.studies._config import check_positive
 from isotorch.studies._figures import cmap, save_figure, subplots
-from isotorch.studies._lm import LMStep, gpt2, language_of, lm_evaluation, next_token_loss
+from isotorch.studies._lm import LMStep, check_lm_config, gpt2, language_of, lm_evaluation, next_token_loss
 from isotorch.studies._registry import Study, register
 from isotorch.studies._stats import Figure, Findings, number
 from isotorch.studies._verdicts import Claim, paired_verdict, verdict_from_values
@@ -101,16 +101,7 @@ class TransformerLMCConfig:
     activation_seqs: int = 32
 
     def __post_init__(self):
-        if not 2 <= self.vocab_size <= 256:
-            raise ValueError(f"vocab_size must be an int in [2, 256], got {self.vocab_size!r}")
-        check_positive(
-            self,
-            ints=("n_layer", "n_embd", "n_head", "batch_size", "steps", "eval_seqs", "max_iter", "activation_seqs"),
-        )
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd must be divisible by n_head, got n_embd={self.n_embd}, n_head={self.n_head}")
-        if self.seq_len < 4:
-            raise ValueError(f"seq_len must be an int >= 4, got {self.seq_len!r}")
+        check_lm_config(self, ints=("max_iter", "activation_seqs"))
         if self.alphas < 3 or self.alphas % 2 == 0:
             raise ValueError(f"alphas must be an odd int >= 3 (λ = ½ on the grid), got {self.alphas!r}")
         check_positive(self, floats=("sharpness", "lr"))
