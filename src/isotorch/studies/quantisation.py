@@ -95,6 +95,22 @@ def _check_variant(name: str) -> None:
         raise ValueError(f"variants: {name!r} is not a family name ({exc})") from None
 
 
+def _check_data(config: QuantisationConfig | SymmetryOrderConfig) -> None:
+    """The data checks the autoencoder studies' configs share: a known dataset and positive hidden widths."""
+    if config.dataset not in _DATASETS:
+        raise ValueError(f"dataset must be one of {', '.join(_DATASETS)}, got {config.dataset!r}")
+    if any(h < 1 for h in config.hidden):
+        raise ValueError(f"hidden must hold positive widths, got {config.hidden!r}")
+
+
+def _check_learning_rates(config: QuantisationConfig | SymmetryOrderConfig) -> None:
+    """The learning-rate checks the autoencoder studies' configs share: ``lr``, ``lrs`` and ``sweep_epochs``."""
+    check_positive(config, floats=("lr",))
+    if any(not (lr > 0 and math.isfinite(lr)) for lr in config.lrs) or len(set(config.lrs)) != len(config.lrs):
+        raise ValueError(f"lrs must be distinct positive finite floats (or empty: lr for all), got {config.lrs!r}")
+    check_positive(config, ints=("sweep_epochs",))
+
+
 @dataclass(frozen=True)
 class QuantisationConfig:
     """Settings of the ``quantisation`` study (see the module docstring)."""
@@ -127,10 +143,7 @@ class QuantisationConfig:
             _check_variant(name)
             if name.startswith("block:") and self.bottleneck % int(name.split(":")[1]):
                 raise ValueError(f"variants: {name!r} needs a block size dividing bottleneck={self.bottleneck}")
-        if self.dataset not in _DATASETS:
-            raise ValueError(f"dataset must be one of {', '.join(_DATASETS)}, got {self.dataset!r}")
-        if any(h < 1 for h in self.hidden):
-            raise ValueError(f"hidden must hold positive widths, got {self.hidden!r}")
+        _check_data(self)
         check_positive(self, ints=("epochs", "batch_size", "probe_samples", "n_bootstrap", "track_bootstrap"))
         for name in ("n_null", "track_null"):
             if getattr(self, name) < 0:
@@ -139,10 +152,7 @@ class QuantisationConfig:
             raise ValueError("probe_samples and n_bootstrap must be at least 2")
         if self.ppp_resolution < 8:
             raise ValueError(f"ppp_resolution must be at least 8, got {self.ppp_resolution!r}")
-        check_positive(self, floats=("lr",))
-        if any(not (lr > 0 and math.isfinite(lr)) for lr in self.lrs) or len(set(self.lrs)) != len(self.lrs):
-            raise ValueError(f"lrs must be distinct positive finite floats (or empty: lr for all), got {self.lrs!r}")
-        check_positive(self, ints=("sweep_epochs",))
+        _check_learning_rates(self)
         if self.epsilon is not None and not -1 < self.epsilon < 1:
             raise ValueError(f"epsilon must be in (-1, 1) or None, got {self.epsilon!r}")
         if not 0 < self.ppp_bandwidth < 2:

@@ -50,7 +50,8 @@ from isotorch.studies._registry import Study, register
 from isotorch.studies._stats import Figure, Findings, number
 from isotorch.studies._verdicts import Claim, inconclusive, verdict_from_correlations
 from isotorch.studies.quantisation import (
-    _DATASETS,
+    _check_data,
+    _check_learning_rates,
     _code,
     _load,
     _lr_text,
@@ -133,17 +134,11 @@ class SymmetryOrderConfig:
                 f"thomson must be empty or name at least 3 distinct numbers of directions K > bottleneck="
                 f"{self.bottleneck}, got {self.thomson!r}"
             )
-        if self.dataset not in _DATASETS:
-            raise ValueError(f"dataset must be one of {', '.join(_DATASETS)}, got {self.dataset!r}")
-        if any(h < 1 for h in self.hidden):
-            raise ValueError(f"hidden must hold positive widths, got {self.hidden!r}")
+        _check_data(self)
         check_positive(self, ints=("epochs", "batch_size", "probe_samples", "n_bootstrap"))
         if self.n_null < 0:
             raise ValueError(f"n_null must be a non-negative int, got {self.n_null!r}")
-        check_positive(self, floats=("lr",))
-        if any(not (lr > 0 and math.isfinite(lr)) for lr in self.lrs) or len(set(self.lrs)) != len(self.lrs):
-            raise ValueError(f"lrs must be distinct positive finite floats (or empty: lr for all), got {self.lrs!r}")
-        check_positive(self, ints=("sweep_epochs",))
+        _check_learning_rates(self)
 
     @property
     def sizes(self) -> tuple[int, ...]:
