@@ -17,7 +17,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from isotorch._util import json_safe
+from isotorch._util import check_int, check_real, json_safe
 
 __all__ = [
     "ConfigError",
@@ -38,8 +38,8 @@ class ConfigError(ValueError):
 
 
 def check_positive(config: Any, *, ints: Iterable[str] = (), floats: Iterable[str] = ()) -> None:
-    """Refuse a config (from its ``__post_init__``) whose fields named in ``ints`` are below 1, or whose fields named
-    in ``floats`` are not positive and finite: a ``ValueError`` naming the first such field (ints first).
+    """Refuse a config (from its ``__post_init__``) whose fields named in ``ints`` are not ints ≥ 1, or whose fields
+    named in ``floats`` are not positive and finite (``isotorch._util``'s checks, the first such field named).
 
     Examples:
         >>> from types import SimpleNamespace
@@ -47,19 +47,16 @@ def check_positive(config: Any, *, ints: Iterable[str] = (), floats: Iterable[st
         >>> check_positive(SimpleNamespace(steps=3, lr=math.inf), ints=("steps",), floats=("lr",))
         Traceback (most recent call last):
         ...
-        ValueError: lr must be a positive finite float, got inf
+        ValueError: lr must be in (0, inf), got inf
         >>> check_positive(SimpleNamespace(steps=0), ints=("steps",))
         Traceback (most recent call last):
         ...
-        ValueError: steps must be a positive int, got 0
+        ValueError: steps must be an int >= 1, got 0
     """
     for name in ints:
-        if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be a positive int, got {getattr(config, name)!r}")
+        check_int(getattr(config, name), name, minimum=1)
     for name in floats:
-        value = getattr(config, name)
-        if not (value > 0 and math.isfinite(value)):
-            raise ValueError(f"{name} must be a positive finite float, got {value!r}")
+        check_real(getattr(config, name), name, 0, math.inf, low_open=True, high_open=True)
 
 
 def _fields(cls: type) -> dict[str, Any]:
