@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from isotorch._util import check_generator, draw_seed
+from isotorch._util import check_choice, check_generator, draw_seed
 
 __all__ = [
     "DatasetNotFoundError",
@@ -322,8 +322,7 @@ def load_vision(name: str, root: str | Path, *, flatten: bool = False, test_only
     Raises:
         DatasetNotFoundError: files missing (the message says where to put them and where to get them).
     """
-    if name not in _VISION:
-        raise ValueError(f"name must be one of {', '.join(_VISION)}, got {name!r}")
+    check_choice(name, "name", tuple(_VISION))
     root = Path(root)
     folder = _VISION[name][0]
     splits = ("test",) if test_only else ("train", "test")

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from isotorch._util import dumps, json_float, json_safe
+from isotorch._util import check_choice, dumps, json_float, json_safe
 from isotorch.studies._stats import number
 
 __all__ = [
@@ -126,8 +126,7 @@ class Verdict:
     def __post_init__(self):
         if not isinstance(self.claim, Claim):
             raise TypeError(f"Verdict.claim must be a Claim, got {type(self.claim).__name__}")
-        if self.verdict not in VERDICTS:
-            raise ValueError(f"Verdict.verdict must be one of {VERDICTS}, got {self.verdict!r}")
+        check_choice(self.verdict, "Verdict.verdict", tuple(VERDICTS))
         if len(self.ci95) != 2:
             raise ValueError(f"Verdict.ci95 must be a (lo, hi) pair, got {self.ci95!r}")
 

@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from isotorch._util import check_choice
 from isotorch.studies._data import load_dataset
 from isotorch.studies._figures import ci_band, cmap, save_figure, subplots
 from isotorch.studies._models import SupervisedStep, mlp, scale_hint, select_lr
@@ -94,8 +95,7 @@ class CapacityConfig:
     neuron_tol: float = 0.05
 
     def __post_init__(self):
-        if self.dataset not in _DATASETS:
-            raise ValueError(f"dataset must be one of {', '.join(_DATASETS)}, got {self.dataset!r}")
+        check_choice(self.dataset, "dataset", tuple(_DATASETS))
         if self.dataset not in ("digits", "mnist1d") and not self.data_root:
             raise ValueError(f"data_root must name the folder holding the {self.dataset} files, got ''")
         for name in ("widths", "depths"):
@@ -141,8 +141,7 @@ def build_mlp(d_in: int, width: int, depth: int, d_out: int, variant: str) -> nn
         >>> [type(x).__name__ for x in m]
         ['Linear', 'ChiNorm', 'IsoTanh', 'Linear', 'ChiNorm', 'IsoTanh', 'Linear']
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    check_choice(variant, "variant", tuple(VARIANTS))
     family, normalise, _ = VARIANTS[variant]
     norm = (lambda w: nn.LayerNorm(w, elementwise_affine=False)) if normalise else None
     model = mlp([d_in, *[width] * depth, d_out], norm=norm)

@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from isotorch._util import check_choice
 from isotorch.studies._config import check_positive
 from isotorch.studies._data import load_dataset
 from isotorch.studies._figures import cmap, save_figure, subplots
@@ -97,8 +98,7 @@ class CollapseConfig:
             raise ValueError(f"variants must be a non-empty subset of {VARIANTS}, got {self.variants!r}")
         if len(set(self.variants)) != len(self.variants):
             raise ValueError(f"variants must not repeat, got {self.variants!r}")
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        check_choice(self.dataset, "dataset", tuple(DATASETS))
         if self.model not in ("mlp", "cnn"):
             raise ValueError(f"model must be 'mlp' or 'cnn', got {self.model!r}")
         if self.model == "cnn" and self.dataset not in IMAGE_DATASETS:

@@ -59,6 +59,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from isotorch._util import check_choice
 from isotorch.studies._config import check_positive
 from isotorch.studies._data import load_dataset
 from isotorch.studies._figures import cmap, save_figure, subplots
@@ -103,8 +104,7 @@ class LmcConfig:
             raise ValueError(f"variants must be a non-empty subset of {VARIANTS}, got {self.variants!r}")
         if len(set(self.variants)) != len(self.variants):
             raise ValueError(f"variants must not repeat, got {self.variants!r}")
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        check_choice(self.dataset, "dataset", tuple(DATASETS))
         if self.dataset not in ("digits", "mnist1d") and not self.data_root:
             raise ValueError(f"data_root must name the folder holding the {self.dataset} files, got ''")
         check_positive(self, ints=("width", "depth", "epochs", "batch_size", "sweep_epochs", "log_points"))
@@ -160,8 +160,7 @@ def build_mlp(
     """
     from isotorch.params import AsymLinear, FiGLU
 
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    check_choice(variant, "variant", tuple(VARIANTS))
     arch = torch.Generator().manual_seed(arch_seed)
     init = torch.Generator().manual_seed(init_seed)
 

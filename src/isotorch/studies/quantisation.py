@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from isotorch._util import check_choice
 from isotorch.studies._config import check_positive
 from isotorch.studies._data import load_dataset
 from isotorch.studies._figures import cmap, save_figure, subplots
@@ -97,8 +98,7 @@ def _check_variant(name: str) -> None:
 
 def _check_data(config: QuantisationConfig | SymmetryOrderConfig) -> None:
     """The data checks the autoencoder studies' configs share: a known dataset and positive hidden widths."""
-    if config.dataset not in _DATASETS:
-        raise ValueError(f"dataset must be one of {', '.join(_DATASETS)}, got {config.dataset!r}")
+    check_choice(config.dataset, "dataset", tuple(_DATASETS))
     if any(h < 1 for h in config.hidden):
         raise ValueError(f"hidden must hold positive widths, got {config.hidden!r}")
 

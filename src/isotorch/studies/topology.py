@@ -58,6 +58,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from isotorch._util import check_choice
 from isotorch.studies._config import check_positive
 from isotorch.studies._data import load_dataset
 from isotorch.studies._figures import save_figure, subplots
@@ -103,8 +104,7 @@ class TopologyConfig:
                 f"arms: 'elementwise' follows the adaptive arm's widths, so 'adaptive' must precede it, "
                 f"got {self.arms!r}"
             )
-        if self.dataset not in _DATASETS:
-            raise ValueError(f"dataset must be one of {', '.join(_DATASETS)}, got {self.dataset!r}")
+        check_choice(self.dataset, "dataset", tuple(_DATASETS))
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {self.hidden!r}")
         check_positive(
