@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from isotorch._util import check_matrix, draw_seed, json_safe
+from isotorch._util import check_int, check_matrix, draw_seed, json_safe
 from isotorch.probes._accumulators import Reservoir
 from isotorch.probes._collect import (
     batch_size,
@@ -263,8 +263,7 @@ def compare_layers(
     check_common(features, channel_dim, max_samples, "raise")
     if features == "channels":
         raise ValueError("features must be 'flatten' or 'pool' for compare_layers (one row per input)")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 4:
-        raise ValueError(f"samples must be an int >= 4, got {samples!r}")
+    check_int(samples, "samples", minimum=4)
     dev_a, dev_b = model_device(model_a, device), model_device(model_b, device)
     seed = draw_seed(generator)
     res_a = {n: Reservoir(samples, generator=torch.Generator().manual_seed(seed)) for n in layers_a}
