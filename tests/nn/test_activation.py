@@ -400,9 +400,9 @@ def test_input_validation():
         iso_tanh(torch.arange(6).reshape(2, 3))
     with pytest.raises(TypeError, match=r"x must be a torch\.Tensor"):
         iso_tanh([1.0, 2.0])
-    with pytest.raises(IndexError, match="dim=2 is out of range"):
+    with pytest.raises(ValueError, match="dim=2 is out of range"):
         iso_tanh(torch.randn(2, 3), dim=2)
-    with pytest.raises(IndexError, match="dim=-3"):
+    with pytest.raises(ValueError, match="dim=-3"):
         iso_activation(torch.randn(2, 3), dim=-3)
     with pytest.raises(TypeError, match="dim must be an int"):
         iso_tanh(torch.randn(2, 3), dim=1.0)

@@ -306,7 +306,7 @@ def _check_input(x, dim, name: str = "x") -> None:
     if x.ndim == 0:
         raise ValueError(f"{name} must have at least one dimension (the feature axis), got a 0-d tensor")
     if not -x.ndim <= dim < x.ndim:
-        raise IndexError(
+        raise ValueError(
             f"dim={dim} is out of range for {name} with {x.ndim} dimensions (expected {-x.ndim}..{x.ndim - 1})"
         )
 
@@ -555,8 +555,7 @@ def iso_activation(
 
     Raises:
         TypeError: ``x`` is not a floating-point tensor.
-        IndexError: ``dim`` is out of range.
-        ValueError: unknown profile name, or an invalid ``length``.
+        ValueError: ``dim`` is out of range, an unknown profile name, or an invalid ``length``.
 
     Examples:
         >>> import torch
