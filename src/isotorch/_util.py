@@ -183,6 +183,22 @@ def check_finite(value: object, name: str, *, minimum: float | None = None) -> f
     return float(value)
 
 
+def check_positive_float(value: object, name: str) -> float:
+    """Return ``value`` as a float if it is a finite real number (not a bool or tensor) > 0; ``ValueError`` otherwise.
+
+    Examples:
+        >>> check_positive_float(2, "lr")
+        2.0
+        >>> check_positive_float(float("inf"), "lr")
+        Traceback (most recent call last):
+        ...
+        ValueError: lr must be a finite float > 0, got inf
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
+        raise ValueError(f"{name} must be a finite float > 0, got {value!r}")
+    return float(value)
+
+
 def check_probability(value: object, name: str) -> float:
     """Return ``value`` if it is a float in the open interval (0, 1)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 < float(value) < 1.0):

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from isotorch._util import check_floating, check_generator, check_int, feature_dim, json_safe
+from isotorch._util import check_floating, check_generator, check_int, check_positive_float, feature_dim, json_safe
 from isotorch.params._errors import SymmetryError
 
 __all__ = [
@@ -320,8 +320,7 @@ def learn_rotation(
     bits = _check_bits(bits)
     check_int(steps, "steps", minimum=0)
     check_int(rebase, "rebase")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (0 < lr < math.inf):
-        raise ValueError(f"lr must be a finite float > 0, got {lr!r}")
+    check_positive_float(lr, "lr")
     h64 = h.detach().double()
     ws = []
     for i, w in enumerate(weights):

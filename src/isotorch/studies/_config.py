@@ -11,13 +11,12 @@ ones; a value that does not parse is an error naming the key. Validation beyond 
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from isotorch._util import check_int, check_real, json_safe
+from isotorch._util import check_int, check_positive_float, json_safe
 
 __all__ = [
     "ConfigError",
@@ -44,10 +43,10 @@ def check_positive(config: Any, *, ints: Iterable[str] = (), floats: Iterable[st
     Examples:
         >>> from types import SimpleNamespace
         >>> check_positive(SimpleNamespace(steps=3, lr=0.1), ints=("steps",), floats=("lr",))
-        >>> check_positive(SimpleNamespace(steps=3, lr=math.inf), ints=("steps",), floats=("lr",))
+        >>> check_positive(SimpleNamespace(steps=3, lr=float("inf")), ints=("steps",), floats=("lr",))
         Traceback (most recent call last):
         ...
-        ValueError: lr must be in (0, inf), got inf
+        ValueError: lr must be a finite float > 0, got inf
         >>> check_positive(SimpleNamespace(steps=0), ints=("steps",))
         Traceback (most recent call last):
         ...
@@ -56,7 +55,7 @@ def check_positive(config: Any, *, ints: Iterable[str] = (), floats: Iterable[st
     for name in ints:
         check_int(getattr(config, name), name, minimum=1)
     for name in floats:
-        check_real(getattr(config, name), name, 0, math.inf, low_open=True, high_open=True)
+        check_positive_float(getattr(config, name), name)
 
 
 def _fields(cls: type) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from isotorch._util import check_int
+from isotorch._util import check_int, check_positive_float
 from isotorch.studies._config import check_positive
 
 if TYPE_CHECKING:
@@ -286,8 +286,7 @@ def train_lm(
         data_seed: selects the batches (:meth:`LMStep.batch`). Default: 0.
     """
     steps = check_int(steps, "steps", minimum=0)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (0 < lr < math.inf):
-        raise ValueError(f"lr must be a finite float > 0, got {lr!r}")
+    check_positive_float(lr, "lr")
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     step = LMStep(model, opt, language, batch_size=batch_size, seq_len=seq_len, data_seed=data_seed)
     was_training = model.training

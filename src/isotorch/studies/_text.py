@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from isotorch._util import check_int
+from isotorch._util import check_int, check_positive_float
 
 __all__ = ["MarkovLanguage", "markov_language"]
 
@@ -161,8 +161,7 @@ def markov_language(
         torch.Size([2, 5])
     """
     v = check_int(vocab_size, "vocab_size", minimum=2, maximum=_MAX_VOCAB)
-    if isinstance(sharpness, bool) or not isinstance(sharpness, (int, float)) or not (0 < sharpness < math.inf):
-        raise ValueError(f"sharpness must be a finite float > 0, got {sharpness!r}")
+    check_positive_float(sharpness, "sharpness")
     logits = torch.randn(v, v, v, dtype=torch.float64, generator=generator)
     transition = torch.softmax(float(sharpness) * logits, dim=-1)
     pi = _stationary(transition)
