@@ -36,6 +36,7 @@ __all__ = [
     "load_digits",
     "load_vision",
     "make_mnist1d",
+    "study_split",
     "teacher_student",
 ]
 
@@ -450,3 +451,11 @@ def load_dataset(
             raise ValueError(f"dataset {name!r} needs root= (the folder holding its standard files)")
         return load_vision(name, root, flatten=flatten, **kwargs)
     raise ValueError(f"unknown dataset {name!r}; choose from digits, mnist1d, {', '.join(_VISION)}")
+
+
+def study_split(config, *, flatten: bool = True) -> Split:
+    """The split every seed of a study trains on: ``config.dataset`` (files under ``config.data_root``) from
+    :func:`load_dataset`, its split drawn from ``torch.Generator().manual_seed(0)`` (one split for the whole run)."""
+    return load_dataset(
+        config.dataset, root=config.data_root, flatten=flatten, generator=torch.Generator().manual_seed(0)
+    )

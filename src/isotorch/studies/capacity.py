@@ -55,7 +55,7 @@ import torch
 from torch import nn
 
 from isotorch._util import check_choice
-from isotorch.studies._data import load_dataset
+from isotorch.studies._data import study_split
 from isotorch.studies._figures import ci_band, cmap, save_figure, subplots
 from isotorch.studies._models import SupervisedStep, mlp, scale_hint, select_lr
 from isotorch.studies._registry import Study, register
@@ -227,9 +227,7 @@ def capacity_measures(model: nn.Module, *, rank_tol: float = 0.01, neuron_tol: f
 
 
 def _load(config: CapacityConfig):
-    x, y, x_test, y_test = load_dataset(
-        config.dataset, root=config.data_root, flatten=True, generator=torch.Generator().manual_seed(0)
-    )
+    x, y, x_test, y_test = study_split(config)
     if config.max_train:
         x, y = x[: config.max_train], y[: config.max_train]
     return x, y, x_test, y_test

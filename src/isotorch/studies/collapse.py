@@ -59,7 +59,7 @@ from torch import nn
 
 from isotorch._util import check_choice
 from isotorch.studies._config import check_positive
-from isotorch.studies._data import load_dataset
+from isotorch.studies._data import study_split
 from isotorch.studies._figures import cmap, save_figure, subplots
 from isotorch.studies._models import SupervisedStep, layer_features, mlp, scale_hint, unparametrised
 from isotorch.studies._registry import Study, register
@@ -207,12 +207,7 @@ class Collapse(Study):
 
     def run(self, ctx) -> dict[str, Any]:
         config: CollapseConfig = ctx.config
-        split = load_dataset(
-            config.dataset,
-            root=config.data_root,
-            flatten=config.model == "mlp",
-            generator=torch.Generator().manual_seed(0),
-        )
+        split = study_split(config, flatten=config.model == "mlp")
         x, y, x_test, y_test = split
         if config.n_train:
             x, y = x[: config.n_train], y[: config.n_train]

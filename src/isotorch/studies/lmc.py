@@ -61,7 +61,7 @@ from torch import nn
 
 from isotorch._util import check_choice
 from isotorch.studies._config import check_positive
-from isotorch.studies._data import load_dataset
+from isotorch.studies._data import study_split
 from isotorch.studies._figures import cmap, save_figure, subplots
 from isotorch.studies._models import SupervisedStep, layer_features, mlp, scale_hint, select_lr, unparametrised
 from isotorch.studies._registry import Study, register
@@ -312,9 +312,7 @@ class Lmc(Study):
 
     def run(self, ctx) -> dict[str, Any]:
         config: LmcConfig = ctx.config
-        x, y, x_test, y_test = load_dataset(
-            config.dataset, root=config.data_root, flatten=True, generator=torch.Generator().manual_seed(0)
-        )
+        x, y, x_test, y_test = study_split(config)
         if config.n_train:
             x, y = x[: config.n_train], y[: config.n_train]
         x, y, x_test, y_test = (t.to(ctx.device) for t in (x, y, x_test, y_test))

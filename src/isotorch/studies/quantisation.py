@@ -52,7 +52,7 @@ from torch import nn
 
 from isotorch._util import check_choice
 from isotorch.studies._config import check_positive
-from isotorch.studies._data import load_dataset
+from isotorch.studies._data import study_split
 from isotorch.studies._figures import cmap, save_figure, subplots
 from isotorch.studies._models import SupervisedStep, mlp, scale_hint, select_lr, uniform_init
 from isotorch.studies._registry import Study, register
@@ -218,9 +218,7 @@ def _training(
 
 
 def _load(config: QuantisationConfig | SymmetryOrderConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    split = load_dataset(
-        config.dataset, root=config.data_root, flatten=True, generator=torch.Generator().manual_seed(0)
-    )
+    split = study_split(config)
     return split.x_train, split.x_test
 
 

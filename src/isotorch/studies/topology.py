@@ -60,7 +60,7 @@ from torch import nn
 
 from isotorch._util import check_choice
 from isotorch.studies._config import check_positive
-from isotorch.studies._data import load_dataset
+from isotorch.studies._data import study_split
 from isotorch.studies._figures import save_figure, subplots
 from isotorch.studies._models import SupervisedStep, mlp, scale_hint, select_lr, uniform_init
 from isotorch.studies._registry import Study, register
@@ -206,10 +206,6 @@ def prune_by_norm(model: nn.Sequential, producer: int, k: int) -> tuple[nn.Seque
     return new, [float(v) for v in norms[order[:k]]]
 
 
-def _load(config: TopologyConfig):
-    return load_dataset(config.dataset, root=config.data_root, flatten=True, generator=torch.Generator().manual_seed(0))
-
-
 def _producers(model: nn.Sequential) -> list[int]:
     linears = [i for i, m in enumerate(model) if isinstance(m, nn.Linear)]
     return linears[:-1]
@@ -269,7 +265,7 @@ class Topology(Study):
         from isotorch.params import grow, prune, symmetries
 
         config: TopologyConfig = ctx.config
-        x, y, x_test, y_test = (t.to(ctx.device) for t in _load(config))
+        x, y, x_test, y_test = (t.to(ctx.device) for t in study_split(config))
         n_classes = int(max(y.max(), y_test.max())) + 1
         n_segments = math.ceil(config.steps / config.surgery_every)
         plan: dict[tuple[int, int], int] = {}  # (segment, producer) → units added (+) or removed (−) by "adaptive"
