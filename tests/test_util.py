@@ -20,7 +20,6 @@ from isotorch._util import (
     check_finite,
     check_generator,
     check_int,
-    check_positive_float,
     check_probability,
     draw_seed,
     dumps,
@@ -83,10 +82,10 @@ def test_argument_checks_accept_the_range_and_name_the_argument():
     for bad in (math.nan, math.inf, True, torch.tensor(1.0), -1.0):
         with pytest.raises(ValueError, match=r"^lr must be a finite float >= 0, got"):
             check_finite(bad, "lr", minimum=0)
-    assert check_positive_float(2, "lr") == 2.0 and isinstance(check_positive_float(2, "lr"), float)
+    assert check_finite(2, "lr", minimum=0, strict=True) == 2.0 and check_finite(0, "lr", minimum=0) == 0.0
     for bad in (0, -1.0, math.nan, math.inf, True, torch.tensor(1.0), "1"):
         with pytest.raises(ValueError, match=r"^lr must be a finite float > 0, got"):
-            check_positive_float(bad, "lr")
+            check_finite(bad, "lr", minimum=0, strict=True)
     assert check_probability(0.95, "confidence") == 0.95
     assert check_choice("perm", "planes", ("comb", "perm")) == "perm"
     with pytest.raises(ValueError, match=r"^planes must be one of \('comb', 'perm'\), got 'all'$"):

@@ -170,32 +170,26 @@ def check_name(name: object, valid: Collection[str], what: str) -> str:
     return name
 
 
-def check_finite(value: object, name: str, *, minimum: float | None = None) -> float:
-    """Return ``value`` as a float if it is a finite real number (not a bool or tensor) ≥ ``minimum``."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or (minimum is not None and value < minimum)
-    ):
-        bound = "" if minimum is None else f" >= {minimum:g}"
-        raise ValueError(f"{name} must be a finite float{bound}, got {value!r}")
-    return float(value)
-
-
-def check_positive_float(value: object, name: str) -> float:
-    """Return ``value`` as a float if it is a finite real number (not a bool or tensor) > 0; ``ValueError`` otherwise.
+def check_finite(value: object, name: str, *, minimum: float | None = None, strict: bool = False) -> float:
+    """Return ``value`` as a float if it is a finite real number (not a bool or tensor) ≥ ``minimum`` (> with
+    ``strict``); raise ``ValueError`` otherwise.
 
     Examples:
-        >>> check_positive_float(2, "lr")
+        >>> check_finite(2, "lr", minimum=0, strict=True)
         2.0
-        >>> check_positive_float(float("inf"), "lr")
+        >>> check_finite(float("inf"), "lr", minimum=0, strict=True)
         Traceback (most recent call last):
         ...
         ValueError: lr must be a finite float > 0, got inf
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
-        raise ValueError(f"{name} must be a finite float > 0, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or (minimum is not None and (value <= minimum if strict else value < minimum))
+    ):
+        bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
+        raise ValueError(f"{name} must be a finite float{bound}, got {value!r}")
     return float(value)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from isotorch._util import check_floating, check_generator, check_int, check_positive_float, feature_dim, json_safe
+from isotorch._util import check_finite, check_floating, check_generator, check_int, feature_dim, json_safe
 from isotorch.params._errors import SymmetryError
 
 __all__ = [
@@ -320,7 +320,7 @@ def learn_rotation(
     bits = _check_bits(bits)
     check_int(steps, "steps", minimum=0)
     check_int(rebase, "rebase")
-    check_positive_float(lr, "lr")
+    check_finite(lr, "lr", minimum=0, strict=True)
     h64 = h.detach().double()
     ws = []
     for i, w in enumerate(weights):

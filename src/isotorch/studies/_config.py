@@ -16,7 +16,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from isotorch._util import check_int, check_positive_float, json_safe
+from isotorch._util import check_finite, check_int, json_safe
 
 __all__ = [
     "ConfigError",
@@ -55,7 +55,7 @@ def check_positive(config: Any, *, ints: Iterable[str] = (), floats: Iterable[st
     for name in ints:
         check_int(getattr(config, name), name, minimum=1)
     for name in floats:
-        check_positive_float(getattr(config, name), name)
+        check_finite(getattr(config, name), name, minimum=0, strict=True)
 
 
 def _fields(cls: type) -> dict[str, Any]:

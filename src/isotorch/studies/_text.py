@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from isotorch._util import check_int, check_positive_float
+from isotorch._util import check_finite, check_int
 
 __all__ = ["MarkovLanguage", "markov_language"]
 
@@ -161,7 +161,7 @@ def markov_language(
         torch.Size([2, 5])
     """
     v = check_int(vocab_size, "vocab_size", minimum=2, maximum=_MAX_VOCAB)
-    check_positive_float(sharpness, "sharpness")
+    check_finite(sharpness, "sharpness", minimum=0, strict=True)
     logits = torch.randn(v, v, v, dtype=torch.float64, generator=generator)
     transition = torch.softmax(float(sharpness) * logits, dim=-1)
     pi = _stationary(transition)
