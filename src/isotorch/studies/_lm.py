@@ -12,7 +12,6 @@ runs the steps outside a study. :func:`lm_loss` is the loss: mean over predicted
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from isotorch._util import check_int, check_positive_float
+from isotorch._util import check_finite, check_int, json_safe
 from isotorch.studies._config import check_positive
 
 if TYPE_CHECKING:
@@ -133,6 +132,7 @@ def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor, *, dtype: torch.
     Examples:
         >>> tokens = torch.tensor([[0, 1, 1]])
         >>> logits = torch.zeros(1, 3, 2)  # uniform over two tokens: log 2 per prediction
+        >>> import math
         >>> round(float(next_token_loss(logits, tokens)), 6), round(math.log(2), 6)
         (0.693147, 0.693147)
     """
@@ -155,11 +155,7 @@ class LMTrainResult:
 
     def to_dict(self) -> dict:
         """JSON-ready dictionary (non-finite losses as ``None``)."""
-        return {
-            "steps": self.steps,
-            "losses": [x if math.isfinite(x) else None for x in self.losses],
-            "settings": dict(self.settings),
-        }
+        return json_safe({"steps": self.steps, "losses": self.losses, "settings": self.settings})
 
 
 def check_lm_config(config, *, ints: tuple[str, ...] = ()) -> None:
@@ -286,7 +282,7 @@ def train_lm(
         data_seed: selects the batches (:meth:`LMStep.batch`). Default: 0.
     """
     steps = check_int(steps, "steps", minimum=0)
-    check_positive_float(lr, "lr")
+    check_finite(lr, "lr", minimum=0, strict=True)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     step = LMStep(model, opt, language, batch_size=batch_size, seq_len=seq_len, data_seed=data_seed)
     was_training = model.training
@@ -294,8 +290,13 @@ def train_lm(
         losses = [float(step(t)) for t in range(steps)]
     finally:
         model.train(was_training)
-    settings = {"batch_size": batch_size, "seq_len": seq_len, "lr": lr, "weight_decay": weight_decay}
-    settings["data_seed"] = data_seed
+    settings = {
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "data_seed": data_seed,
+    }
     return LMTrainResult(steps, tuple(losses), settings)
 
 
