@@ -9,14 +9,15 @@ renamed into place, so a killed run never leaves half an image), closes it and r
 
 from __future__ import annotations
 
+import io
 import math
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from isotorch.studies._checkpoint import write_bytes_atomic
 from isotorch.studies._stats import Figure, mean_ci
 
 __all__ = ["ci_band", "cmap", "save_figure", "subplots"]
@@ -81,16 +82,14 @@ def save_figure(fig, out: str | Path, name: str, caption: str, *, tight: bool = 
 
     if not name.endswith(".png") or "/" in name or "\\" in name:
         raise ValueError(f"name must be a plain file name ending in .png, got {name!r}")
-    path = Path(out) / name
-    tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
+    buffer = io.BytesIO()
     try:
         if tight:
             fig.tight_layout()
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        fig.savefig(buffer, format="png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    write_bytes_atomic(Path(out) / name, buffer.getvalue())
     return Figure(name, caption)
 
 
